@@ -1,0 +1,47 @@
+# Every target creates or refreshes .venv itself, so a fresh clone needs only python3 (3.11+) and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test lint format dev simulator api bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "oura_assets needs Python 3.11+; set PYTHON=python3.11 (or newer)")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	OURA_ASSETS_DEMO=1 $(BIN)/oura-assets demo
+
+test: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+dev: $(STAMP)
+	OURA_ASSETS_DEMO=1 $(BIN)/oura-assets dev
+
+simulator: $(STAMP)
+	OURA_ASSETS_DEMO=1 $(BIN)/oura-assets simulator
+
+api: $(STAMP)
+	OURA_ASSETS_DEMO=1 $(BIN)/oura-assets serve
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) data/*.duckdb data/*.wal

@@ -1,0 +1,195 @@
+"""Settings from the environment, read when a component starts (never at import time).
+
+Outside demo mode every component names what it needs (`load_settings(require=...)`) and a missing variable
+stops start-up with one clear line naming it. In demo mode (`OURA_ASSETS_DEMO=1`) the bundled simulator's URLs
+and secrets generated into the data folder (mode 0600) fill whatever is unset, so `make demo` needs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+from cryptography.fernet import Fernet
+
+REAL_API_BASE_URL = "https://api.ouraring.com"
+REAL_AUTHORIZE_URL = "https://cloud.ouraring.com/oauth/authorize"
+REAL_TOKEN_URL = "https://api.ouraring.com/oauth/token"
+REAL_REVOKE_URL = "https://api.ouraring.com/oauth/revoke"
+
+DEMO_CLIENT_ID = "oura-assets-demo"
+DEMO_SIMULATOR_URL = "http://127.0.0.1:8787"
+DEMO_API_URL = "http://127.0.0.1:8000"
+DEMO_JWT_ISSUER = "oura-assets-demo"
+CALLBACK_PATH = "/api/patient-graph/wearables/callback/oura"
+OAUTH_SCOPES = ("email", "personal", "daily", "heartrate", "workout", "session")
+
+# What each component needs outside demo mode. A missing one is a start-up error naming the variable.
+REQUIREMENTS: dict[str, tuple[str, ...]] = {
+    "oauth": ("OURA_CLIENT_ID", "OURA_CLIENT_SECRET", "OURA_REDIRECT_URI"),
+    "tokens": ("OURA_ASSETS_TOKEN_KEY",),
+    "jwt": ("CLERK_JWKS_URL", "CLERK_ISSUER"),
+}
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or malformed. The message is one line that names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    demo: bool
+    data_dir: Path
+    warehouse_path: Path
+    client_id: str | None
+    client_secret: str | None = field(repr=False)
+    redirect_uri: str | None
+    api_base_url: str
+    authorize_url: str
+    token_url: str
+    revoke_url: str
+    token_keys: tuple[str, ...] = field(repr=False)
+    clerk_jwks_url: str | None
+    clerk_issuer: str | None
+    clerk_audience: str | None
+    start_date: date
+    lookback_days: int
+    simulator_url: str
+    api_url: str
+
+    @property
+    def demo_jwt_key_path(self) -> Path:
+        """Private RSA key (PEM, mode 0600) that signs development JWTs in demo mode."""
+        return self.data_dir / "demo-jwt-key.pem"
+
+    @property
+    def lock_dir(self) -> Path:
+        """Cross-process lock files (warehouse writer, per-patient token refresh)."""
+        return self.data_dir / "locks"
+
+
+def _env(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    return value.strip() if value and value.strip() else None
+
+
+def _write_private(path: Path, content: str) -> None:
+    """Create a file only its owner can read, without a window where it is world-readable."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(content)
+
+
+def _demo_secrets(data_dir: Path) -> dict[str, str]:
+    """The demo's generated client secret and Fernet key, created once and kept in data/ (mode 0600)."""
+    path = data_dir / "demo-secrets.json"
+    if not path.exists():
+        try:
+            _write_private(
+                path,
+                json.dumps(
+                    {
+                        "client_secret": secrets.token_urlsafe(32),
+                        "token_key": Fernet.generate_key().decode(),
+                    }
+                ),
+            )
+        except FileExistsError:
+            pass  # another process created it first; read theirs
+    return json.loads(path.read_text())
+
+
+def _parse_date(env: Mapping[str, str], name: str, default: str) -> date:
+    raw = _env(env, name) or default
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a date like 2024-06-10, got {raw!r}") from None
+
+
+def _parse_int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
+    raw = _env(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name} must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def _parse_token_keys(raw: str) -> tuple[str, ...]:
+    keys = tuple(k.strip() for k in raw.split(",") if k.strip())
+    for position, key in enumerate(keys, start=1):
+        try:
+            Fernet(key.encode())
+        except (ValueError, TypeError):
+            raise ConfigError(
+                f"OURA_ASSETS_TOKEN_KEY key #{position} is not a Fernet key (32 url-safe base64 bytes); "
+                "make one with: python -c 'from cryptography.fernet import Fernet; "
+                "print(Fernet.generate_key().decode())'"
+            ) from None
+    return keys
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None,
+    require: Iterable[str] = (),
+) -> Settings:
+    """Read settings from `env` (default: the process environment).
+
+    `require` names components from REQUIREMENTS ("oauth", "tokens", "jwt") whose variables must be set
+    outside demo mode.
+    """
+    env = os.environ if env is None else env
+    demo = _env(env, "OURA_ASSETS_DEMO") in {"1", "true", "yes"}
+
+    warehouse_path = Path(_env(env, "OURA_ASSETS_WAREHOUSE") or "data/warehouse.duckdb").expanduser()
+    warehouse_path = warehouse_path.resolve()
+    data_dir = Path(_env(env, "OURA_ASSETS_DATA_DIR") or warehouse_path.parent).resolve()
+
+    if not demo:
+        for component in require:
+            for name in REQUIREMENTS[component]:
+                if _env(env, name) is None:
+                    raise ConfigError(
+                        f"{name} is not set (needed for {component}); set it, or run with "
+                        "OURA_ASSETS_DEMO=1 to use the bundled simulator"
+                    )
+
+    simulator_url = (_env(env, "OURA_ASSETS_SIMULATOR_URL") or DEMO_SIMULATOR_URL).rstrip("/")
+    api_url = (_env(env, "OURA_ASSETS_API_URL") or DEMO_API_URL).rstrip("/")
+    generated = _demo_secrets(data_dir) if demo else {}
+
+    def pick(name: str, demo_value: str | None, real_value: str | None) -> str | None:
+        return _env(env, name) or (demo_value if demo else real_value)
+
+    token_key_raw = pick("OURA_ASSETS_TOKEN_KEY", generated.get("token_key"), None)
+    return Settings(
+        demo=demo,
+        data_dir=data_dir,
+        warehouse_path=warehouse_path,
+        client_id=pick("OURA_CLIENT_ID", DEMO_CLIENT_ID, None),
+        client_secret=pick("OURA_CLIENT_SECRET", generated.get("client_secret"), None),
+        redirect_uri=pick("OURA_REDIRECT_URI", api_url + CALLBACK_PATH, None),
+        api_base_url=pick("OURA_API_BASE_URL", simulator_url, REAL_API_BASE_URL).rstrip("/"),
+        authorize_url=pick("OURA_AUTHORIZE_URL", simulator_url + "/oauth/authorize", REAL_AUTHORIZE_URL),
+        token_url=pick("OURA_TOKEN_URL", simulator_url + "/oauth/token", REAL_TOKEN_URL),
+        revoke_url=pick("OURA_REVOKE_URL", simulator_url + "/oauth/revoke", REAL_REVOKE_URL),
+        token_keys=_parse_token_keys(token_key_raw) if token_key_raw else (),
+        clerk_jwks_url=_env(env, "CLERK_JWKS_URL"),
+        clerk_issuer=pick("CLERK_ISSUER", DEMO_JWT_ISSUER, None),
+        clerk_audience=_env(env, "CLERK_AUDIENCE"),
+        start_date=_parse_date(env, "OURA_ASSETS_START_DATE", "2020-01-01"),
+        lookback_days=_parse_int(env, "OURA_ASSETS_LOOKBACK_DAYS", 3, 0, 60),
+        simulator_url=simulator_url,
+        api_url=api_url,
+    )
