@@ -1,0 +1,117 @@
+"""What a simulator instance is configured with: its OAuth clients, token lifetime, limits, page sizes.
+
+Kept apart from the app so the demo, the CLI and tests can build a configuration (usually from `Settings`)
+without importing Starlette or uvicorn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from oura_assets.config import ConfigError, Settings
+
+DOCUMENT_COLLECTIONS = ("daily_readiness", "daily_sleep", "sleep", "daily_activity", "workout", "session")
+
+# Small on purpose: a month of any collection, or one day of heart rate, takes several pages, so a client
+# that stops at the first page is caught by the simulator. Real Oura pages are larger.
+DEFAULT_PAGE_SIZES: dict[str, int] = {
+    "daily_readiness": 10,
+    "daily_sleep": 10,
+    "sleep": 10,
+    "daily_activity": 10,
+    "workout": 10,
+    "session": 10,
+    "heartrate": 200,
+    "default": 10,
+}
+
+
+@dataclass(frozen=True)
+class ClientRegistration:
+    """An OAuth application registered at the simulated Oura: its secret and its exact redirect URIs."""
+
+    secret: str = field(repr=False)
+    redirect_uris: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most `limit` requests per `window_s` seconds (fixed windows aligned to the epoch)."""
+
+    limit: int
+    window_s: float
+
+    @classmethod
+    def coerce(cls, value: RateLimit | Mapping[str, Any] | tuple[int, float]) -> RateLimit:
+        if isinstance(value, RateLimit):
+            return value
+        if isinstance(value, Mapping):
+            return cls(int(value["limit"]), float(value["window_s"]))
+        limit, window_s = value
+        return cls(int(limit), float(window_s))
+
+    def __post_init__(self) -> None:
+        if self.limit < 0 or self.window_s <= 0:
+            raise ValueError(f"a rate limit needs limit >= 0 and window_s > 0, got {self}")
+
+
+@dataclass
+class SimulatorConfig:
+    """Everything a simulator instance needs.
+
+    `page_size` maps a route (`daily_readiness`, ..., `heartrate`, or `default` for the rest) to its
+    page size; a partial mapping or a single int is merged over `DEFAULT_PAGE_SIZES`. `now` starts the data
+    clock at that instant (it then advances with real time); `None` follows the wall clock. `seed` seeds the
+    fault dice (the data itself depends only on user names and days).
+    """
+
+    clients: dict[str, ClientRegistration] = field(default_factory=dict)
+    access_token_ttl_s: int = 86400
+    app_rate_limit: RateLimit = field(default_factory=lambda: RateLimit(5000, 300.0))
+    token_rate_limit: RateLimit | None = None
+    page_size: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PAGE_SIZES))
+    seed: int = 0
+    code_ttl_s: int = 600
+    now: datetime | None = None
+
+    def __post_init__(self) -> None:
+        self.app_rate_limit = RateLimit.coerce(self.app_rate_limit)
+        if self.token_rate_limit is not None:
+            self.token_rate_limit = RateLimit.coerce(self.token_rate_limit)
+        sizes = dict(DEFAULT_PAGE_SIZES)
+        if isinstance(self.page_size, int):
+            sizes = dict.fromkeys(sizes, self.page_size)
+        else:
+            sizes.update(self.page_size)
+        if any(size < 1 for size in sizes.values()):
+            raise ValueError(f"page sizes must be positive, got {sizes}")
+        self.page_size = sizes
+        if self.now is not None and self.now.tzinfo is None:
+            raise ValueError("SimulatorConfig.now must be timezone-aware")
+
+    def page_size_for(self, route: str) -> int:
+        return self.page_size.get(route, self.page_size["default"])
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> SimulatorConfig:
+        """The simulator the project's own settings talk to: their client id, secret and redirect URI."""
+        missing = [
+            name
+            for name, value in (
+                ("OURA_CLIENT_ID", settings.client_id),
+                ("OURA_CLIENT_SECRET", settings.client_secret),
+                ("OURA_REDIRECT_URI", settings.redirect_uri),
+            )
+            if not value
+        ]
+        if missing:
+            raise ConfigError(
+                f"{missing[0]} is not set, so the simulator has no client to register; "
+                "set it or run with OURA_ASSETS_DEMO=1"
+            )
+        assert settings.client_id and settings.client_secret and settings.redirect_uri
+        clients = {settings.client_id: ClientRegistration(settings.client_secret, (settings.redirect_uri,))}
+        return cls(clients=clients, **overrides)
