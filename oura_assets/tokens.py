@@ -1,0 +1,392 @@
+"""Oura tokens at rest, and the one place that spends a patient's refresh token.
+
+Oura's refresh tokens are single use: the answer to a refresh carries a new refresh token, and losing it (or
+spending the old one twice) locks the patient out until they reconnect (OURA-NOTES "OAuth"; parallel refreshes
+race, watt-mind/coach #385). So a refresh happens under a per-patient cross-process file lock, re-reads the
+stored pair first (another process may already have rotated it), and stores the new pair encrypted before the
+new access token is used. If the warehouse cannot take the write, the pair goes to an encrypted journal beside
+the lock that the next load applies. `invalid_grant` flags the connection once and every later call in this
+process fails fast instead of asking Oura again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+import filelock
+import stamina
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+from oura_assets import warehouse as wh
+from oura_assets.oura.client import OuraError, OuraUnauthorized
+from oura_assets.oura.oauth import RefreshRejected, TokenSet
+
+log = logging.getLogger(__name__)
+
+# Refresh ahead of expiry so a page request never goes out with a token about to die mid-sync.
+REFRESH_LEEWAY = timedelta(minutes=5)
+RECONNECT_EVENT = "wearable_reconnect_required"
+
+# Fingerprints (SHA-256) of refresh tokens Oura refused in this process: asking again would only repeat the
+# refusal, so later calls fail at once ("no retry storm", CONTRACT §6).
+_REFUSED_REFRESH_TOKENS: set[str] = set()
+
+
+class ReconnectRequired(OuraUnauthorized):
+    """The patient must connect Oura again: the refresh token was refused, or no usable connection exists."""
+
+
+class TokenStoreError(OuraError):
+    """The stored tokens could not be read, decrypted or written, or the refresh lock was not obtained."""
+
+
+class TokenDecryptError(ValueError):
+    """A stored token cannot be decrypted with any configured key."""
+
+
+class RefreshingOAuthApp(Protocol):
+    """What PatientTokens needs from `oura_assets.oura.oauth.OuraOAuthApp`."""
+
+    def refresh(self, refresh_token: str, *, fallback_scopes: Sequence[str] | None = None) -> TokenSet: ...
+
+
+def _fingerprint(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _is_worth_another_write(exc: Exception) -> bool:
+    # A removed connection or undecryptable stored tokens will not change by writing again.
+    return not isinstance(exc, ReconnectRequired | TokenStoreError)
+
+
+class TokenCipher:
+    """Fernet encryption of tokens at rest with key rotation (MultiFernet; newest key first).
+
+    Decrypting tries every key; encrypting and `rotate` use the newest, so a rotation is: put the new key
+    first in OURA_ASSETS_TOKEN_KEY, `rotate` what is stored, then drop the old key.
+    """
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        if not keys:
+            raise ValueError("TokenCipher needs at least one Fernet key (OURA_ASSETS_TOKEN_KEY)")
+        self._fernet = MultiFernet([Fernet(k.encode() if isinstance(k, str) else k) for k in keys])
+
+    def __repr__(self) -> str:
+        return "TokenCipher(keys=[redacted])"
+
+    def encrypt(self, plaintext: str) -> str:
+        return self._fernet.encrypt(plaintext.encode()).decode("ascii")
+
+    def decrypt(self, ciphertext: str | bytes) -> str:
+        data = ciphertext.encode("ascii") if isinstance(ciphertext, str) else bytes(ciphertext)
+        try:
+            return self._fernet.decrypt(data).decode()
+        except InvalidToken:
+            raise TokenDecryptError(
+                "a stored token cannot be decrypted with any key in OURA_ASSETS_TOKEN_KEY"
+            ) from None
+
+    def rotate(self, ciphertext: str | bytes) -> str:
+        """Re-encrypt under the newest key."""
+        data = ciphertext.encode("ascii") if isinstance(ciphertext, str) else bytes(ciphertext)
+        try:
+            return self._fernet.rotate(data).decode("ascii")
+        except InvalidToken:
+            raise TokenDecryptError(
+                "a stored token cannot be decrypted with any key in OURA_ASSETS_TOKEN_KEY"
+            ) from None
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _as_scopes(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            return tuple(value.replace(",", " ").split())
+        return _as_scopes(decoded) if not isinstance(decoded, str) else tuple(decoded.split())
+    return tuple(str(s) for s in value)
+
+
+class PatientTokens:
+    """One patient's access tokens for `OuraClient` (implements `AccessTokenSource`).
+
+    Holds the current pair in memory; goes to the warehouse (under the patient's lock) only on first use, when
+    the access token expires within `REFRESH_LEEWAY`, or when Oura answered 401.
+    """
+
+    def __init__(
+        self,
+        patient_id: str,
+        warehouse: wh.Warehouse,
+        cipher: TokenCipher,
+        oauth_app: RefreshingOAuthApp,
+        lock_dir: Path | str,
+        *,
+        lock_timeout_s: float = 120.0,
+        persist_attempts: int = 3,
+        persist_backoff_s: float = 0.5,
+        refresh_leeway: timedelta = REFRESH_LEEWAY,
+    ) -> None:
+        self.patient_id = patient_id
+        self._warehouse = warehouse
+        self._cipher = cipher
+        self._oauth = oauth_app
+        self._lock_dir = Path(lock_dir)
+        self._lock_timeout_s = lock_timeout_s
+        self._persist_attempts = max(1, persist_attempts)
+        self._persist_backoff_s = persist_backoff_s
+        self._leeway = refresh_leeway
+        # Lock and journal are named by a hash: patient ids are personal identifiers and have no place in
+        # file names.
+        digest = _fingerprint(patient_id)[:32]
+        self._lock_path = self._lock_dir / f"oura-tokens-{digest}.lock"
+        self.journal_path = self._lock_dir / f"oura-tokens-{digest}.journal"
+        self._cached: TokenSet | None = None
+        self._reconnect_required: str | None = None
+
+    def __repr__(self) -> str:
+        return f"PatientTokens(patient_id={self.patient_id!r})"
+
+    def get(self) -> str:
+        """A valid access token, refreshing first if it expires within the leeway."""
+        self._fail_fast()
+        cached = self._cached
+        if cached is not None and not cached.expires_within(self._leeway):
+            return cached.access_token
+        return self._obtain(stale=cached.access_token if cached is not None else None)
+
+    def force_refresh(self, rejected: str) -> str:
+        """Oura answered 401 to `rejected`: a newer token, refreshing only if nobody else already did."""
+        self._fail_fast()
+        return self._obtain(stale=rejected)
+
+    def _fail_fast(self) -> None:
+        if self._reconnect_required is not None:
+            raise ReconnectRequired(self._reconnect_required)
+
+    def _obtain(self, stale: str | None) -> str:
+        self._lock_dir.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(self._lock_path, timeout=self._lock_timeout_s)
+        try:
+            with lock:
+                pair = self._load()
+                if pair.access_token != stale and not pair.expires_within(self._leeway):
+                    # Someone (another process, or the first load) already holds a good token: the refresh
+                    # token stays unspent.
+                    self._cached = pair
+                    return pair.access_token
+                return self._refresh(pair)
+        except filelock.Timeout:
+            raise TokenStoreError(
+                f"timed out after {self._lock_timeout_s:g} s waiting for another process refreshing this "
+                "patient's Oura token"
+            ) from None
+
+    def _load(self) -> TokenSet:
+        """The current pair: the stored one, or the journal's when it supersedes the stored one."""
+        try:
+            with self._warehouse.transaction("tokens: read connection") as conn:
+                record = wh.get_connection(conn, self.patient_id)
+        except (ReconnectRequired, TokenStoreError):
+            raise
+        except Exception as exc:
+            raise TokenStoreError(f"could not read the Oura connection ({type(exc).__name__})") from exc
+        if record is None:
+            raise ReconnectRequired("no Oura connection is stored for this patient")
+        if record.status != "active":
+            raise ReconnectRequired(f"the Oura connection is {record.status}; the patient must reconnect")
+        stored = self._decrypt_record(record)
+        journaled = self._read_journal()
+        if journaled is None:
+            return stored
+        pair, replaces = journaled
+        if replaces != _fingerprint(stored.refresh_token):
+            # The warehouse moved on since the journal was written (e.g. the patient reconnected).
+            log.info("discarding a stale Oura token journal for patient %s", self.patient_id)
+            self.journal_path.unlink(missing_ok=True)
+            return stored
+        log.warning("applying the Oura token journal for patient %s", self.patient_id)
+        try:
+            current = self._save(pair, replaces)
+        except ReconnectRequired:
+            self.journal_path.unlink(missing_ok=True)
+            raise
+        except Exception as exc:
+            log.warning(
+                "the warehouse still refuses journaled Oura tokens for patient %s (%s); using the journal",
+                self.patient_id,
+                type(exc).__name__,
+            )
+            return pair
+        self.journal_path.unlink(missing_ok=True)
+        return current
+
+    def _refresh(self, pair: TokenSet) -> str:
+        spent = _fingerprint(pair.refresh_token)
+        if spent in _REFUSED_REFRESH_TOKENS:
+            self._flag_reconnect(spent)
+            raise ReconnectRequired(self._reconnect_required or "the patient must reconnect Oura")
+        try:
+            new = self._oauth.refresh(pair.refresh_token, fallback_scopes=pair.scopes)
+        except RefreshRejected:
+            _REFUSED_REFRESH_TOKENS.add(spent)
+            self._flag_reconnect(spent)
+            raise ReconnectRequired(self._reconnect_required or "the patient must reconnect Oura") from None
+        # From here Oura has rotated the pair: the old refresh token is dead and the new one exists only in
+        # this process until it is stored.
+        current = self._persist(new, spent)
+        self._cached = current
+        log.info("refreshed the Oura access token for patient %s", self.patient_id)
+        return current.access_token
+
+    def _flag_reconnect(self, spent: str) -> None:
+        message = "Oura refused the refresh token (invalid_grant); the patient must reconnect Oura"
+        self._reconnect_required = message
+        self._cached = None
+        try:
+            with self._warehouse.transaction("tokens: reconnect required") as conn:
+                wh.set_connection_status(conn, self.patient_id, "reconnect_required", last_error=message)
+                wh.record_event(
+                    conn,
+                    patient_id=self.patient_id,
+                    event_type=RECONNECT_EVENT,
+                    payload={"source": "oura", "reason": "refresh_rejected", "message": message},
+                    # One event per refused token, however many processes hit the refusal.
+                    event_id=f"{RECONNECT_EVENT}:{self.patient_id}:{spent[:16]}",
+                )
+        except Exception as exc:
+            log.error(
+                "could not mark patient %s's Oura connection reconnect_required (%s)",
+                self.patient_id,
+                type(exc).__name__,
+            )
+
+    def _decrypt_record(self, record: wh.ConnectionRecord) -> TokenSet:
+        if not record.access_token_enc or not record.refresh_token_enc or record.expires_at is None:
+            raise ReconnectRequired("the Oura connection has no stored tokens; the patient must reconnect")
+        try:
+            return TokenSet(
+                access_token=self._cipher.decrypt(record.access_token_enc),
+                refresh_token=self._cipher.decrypt(record.refresh_token_enc),
+                expires_at=_as_utc(record.expires_at),
+                scopes=_as_scopes(record.scopes),
+            )
+        except TokenDecryptError as exc:
+            raise TokenStoreError(str(exc)) from None
+
+    def _save(self, pair: TokenSet, replaces: str) -> TokenSet:
+        """Store `pair` over the pair it replaces and return the pair now current.
+
+        Compare-and-swap inside one transaction: if the stored pair is no longer the one `pair` replaces, the
+        patient reconnected meanwhile and their new connection wins; if they disconnected, the refresh must
+        not bring the connection back (`ReconnectRequired`).
+        """
+        with self._warehouse.transaction("tokens: store refreshed pair") as conn:
+            record = wh.get_connection(conn, self.patient_id)
+            if record is None or record.status == "disconnected":
+                raise ReconnectRequired("the Oura connection was removed during a token refresh")
+            if record.refresh_token_enc:
+                current = self._decrypt_record(record)
+                if _fingerprint(current.refresh_token) not in (replaces, _fingerprint(pair.refresh_token)):
+                    log.info(
+                        "patient %s reconnected during a refresh; keeping the new connection", self.patient_id
+                    )
+                    return current
+            stored = wh.save_tokens(
+                conn,
+                self.patient_id,
+                access_token_enc=self._cipher.encrypt(pair.access_token),
+                refresh_token_enc=self._cipher.encrypt(pair.refresh_token),
+                expires_at=pair.expires_at,
+                scopes=list(pair.scopes),
+            )
+            if not stored:
+                raise ReconnectRequired("the Oura connection was removed during a token refresh")
+            return pair
+
+    def _persist(self, pair: TokenSet, replaces: str) -> TokenSet:
+        """`_save` with retries; as a last resort the encrypted journal, so the rotated pair is never lost."""
+        try:
+            for attempt in stamina.retry_context(
+                on=_is_worth_another_write,
+                attempts=self._persist_attempts,
+                timeout=None,
+                wait_initial=self._persist_backoff_s,
+                wait_max=self._persist_backoff_s * 8,
+                wait_jitter=self._persist_backoff_s,
+            ):
+                with attempt:
+                    return self._save(pair, replaces)
+        except ReconnectRequired:
+            raise
+        except Exception as exc:
+            log.error(
+                "could not store refreshed Oura tokens for patient %s (%s); writing the encrypted journal",
+                self.patient_id,
+                type(exc).__name__,
+            )
+        self._write_journal(pair, replaces)
+        return pair
+
+    def _write_journal(self, pair: TokenSet, replaces: str) -> None:
+        """Last resort after Oura rotated the pair: Fernet-encrypted, mode 0600, replaced atomically."""
+        content = self._cipher.encrypt(
+            json.dumps(
+                {
+                    "access_token": pair.access_token,
+                    "refresh_token": pair.refresh_token,
+                    "expires_at": pair.expires_at.isoformat(),
+                    "scopes": list(pair.scopes),
+                    "replaces": replaces,
+                }
+            )
+        )
+        tmp = self.journal_path.with_suffix(".journal.tmp")
+        try:
+            tmp.unlink(missing_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(content)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.journal_path)
+        except OSError as exc:
+            raise TokenStoreError(
+                f"could not store refreshed Oura tokens anywhere ({type(exc).__name__}); "
+                "the patient may have to reconnect"
+            ) from None
+
+    def _read_journal(self) -> tuple[TokenSet, str] | None:
+        try:
+            content = self.journal_path.read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            data = json.loads(self._cipher.decrypt(content))
+            pair = TokenSet(
+                access_token=data["access_token"],
+                refresh_token=data["refresh_token"],
+                expires_at=_as_utc(datetime.fromisoformat(data["expires_at"])),
+                scopes=tuple(data["scopes"]),
+            )
+            return pair, str(data["replaces"])
+        except (TokenDecryptError, ValueError, KeyError, TypeError) as exc:
+            log.error(
+                "ignoring an unreadable Oura token journal for patient %s (%s)",
+                self.patient_id,
+                type(exc).__name__,
+            )
+            return None
