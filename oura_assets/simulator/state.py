@@ -360,6 +360,7 @@ class SimulatorState:
         with self._lock:
             self.faults = Faults()
             self._windows.clear()
+            self._auth_offset_s = 0.0
             return self.faults.as_dict()
 
     def roll(self, probability: float) -> bool:
@@ -386,7 +387,7 @@ class SimulatorState:
             token_limit = token_limit or self.config.token_rate_limit
             if token_limit is not None:
                 limits.append(("access_token", principal.access_token, token_limit))
-            now = self.wall()
+            now = time.time()
             for tier, key, limit in limits:
                 window = int(now // limit.window_s)
                 start, count = self._windows.get((tier, key), (window, 0))
@@ -451,7 +452,9 @@ class SimulatorControl:
             return self._state.faults.as_dict()
 
     def reset(self) -> dict[str, Any]:
-        """Every fault off and rate-limit windows emptied (tokens, clock and stats are kept)."""
+        """Every fault off, rate-limit windows emptied, the auth clock back on the wall clock.
+
+        Tokens, the data clock and stats are kept."""
         return self._state.reset_faults()
 
     def set_clock(self, now: datetime | None, *, frozen: bool = False) -> None:
