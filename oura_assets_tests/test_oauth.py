@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from oura_assets.config import OAUTH_SCOPES, load_settings
+from oura_assets.oura.client import OuraClient, OuraUnauthorized
 from oura_assets.oura.oauth import (
     DEFAULT_EXPIRES_IN,
     OuraOAuthApp,
@@ -262,3 +263,64 @@ def test_oauth_logs_never_contain_secrets(caplog: pytest.LogCaptureFixture) -> N
     assert any("revoke" in r.getMessage() for r in caplog.records)
     assert_no_secret(caplog.text)
     assert_no_secret("\n".join(r.getMessage() for r in caplog.records))
+
+
+class FixedToken:
+    """An AccessTokenSource that cannot refresh: a second 401 surfaces as OuraUnauthorized."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def get(self) -> str:
+        return self.token
+
+    def force_refresh(self, rejected: str) -> str:
+        return self.token
+
+
+def consent(app: OuraOAuthApp, ring_user: str, state: str = "state-1") -> str:
+    """Play the patient's browser: the simulator consents at once for `sim_user` and redirects with a code."""
+    answer = httpx.get(f"{app.authorization_url(state)}&sim_user={ring_user}", follow_redirects=False)
+    assert answer.status_code in (302, 303), answer.text
+    location = httpx.URL(answer.headers["location"])
+    assert str(location).startswith(app.redirect_uri) and location.params["state"] == state
+    return location.params["code"]
+
+
+def test_sim_code_flow_exchanges_a_single_use_code(simulator, pipeline_env) -> None:
+    app = OuraOAuthApp.from_settings(pipeline_env)
+    code = consent(app, "alice")
+    tokens = app.exchange_code(code)
+    assert tokens.scopes == OAUTH_SCOPES
+    assert tokens.expires_at > datetime.now(UTC) + timedelta(hours=23)
+    assert OuraClient(pipeline_env.api_base_url, FixedToken(tokens.access_token)).personal_info()["id"]
+    with pytest.raises(TokenEndpointError) as caught:
+        app.exchange_code(code)
+    assert not isinstance(caught.value, RefreshRejected) and caught.value.error == "invalid_grant"
+    assert code not in str(caught.value)
+
+
+def test_sim_refresh_rotates_and_a_spent_refresh_token_is_rejected(simulator, pipeline_env) -> None:
+    app = OuraOAuthApp.from_settings(pipeline_env)
+    first = app.exchange_code(consent(app, "bob"))
+    second = app.refresh(first.refresh_token)
+    assert second.refresh_token != first.refresh_token and second.access_token != first.access_token
+    with pytest.raises(RefreshRejected) as caught:
+        app.refresh(first.refresh_token)
+    assert first.refresh_token not in str(caught.value)
+    stats = simulator.control.stats()
+    assert (stats["refresh_grants"], stats["spent_refresh_reuse"]) == (1, 1)
+    with pytest.raises(OuraUnauthorized):
+        OuraClient(pipeline_env.api_base_url, FixedToken(first.access_token)).personal_info()
+    assert OuraClient(pipeline_env.api_base_url, FixedToken(second.access_token)).personal_info()["id"]
+
+
+def test_sim_revoke_ends_the_grant(simulator, pipeline_env) -> None:
+    app = OuraOAuthApp.from_settings(pipeline_env)
+    tokens = app.exchange_code(consent(app, "carol"))
+    app.revoke(tokens.access_token)
+    assert simulator.control.stats()["revocations"] == 1
+    with pytest.raises(OuraUnauthorized):
+        OuraClient(pipeline_env.api_base_url, FixedToken(tokens.access_token)).personal_info()
+    with pytest.raises(RefreshRejected):
+        app.refresh(tokens.refresh_token)

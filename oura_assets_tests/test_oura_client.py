@@ -27,6 +27,7 @@ from oura_assets.oura.client import (
     heartrate_windows,
     parse_instant,
 )
+from oura_assets.simulator import SimulatorServer
 
 BASE = "https://api.ouraring.com"
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -453,3 +454,109 @@ def test_client_logs_never_contain_the_access_token(caplog: pytest.LogCaptureFix
         client.documents("sleep", date(2024, 6, 10), date(2024, 6, 10))
     assert caplog.records
     assert "access-" not in caplog.text
+
+
+class SimulatorTokens:
+    """Tokens the simulator issued directly (no browser), refreshed through its token endpoint on 401."""
+
+    def __init__(self, simulator: SimulatorServer, ring_user: str) -> None:
+        self.token = simulator.control.issue_tokens(ring_user)["access_token"]
+
+    def get(self) -> str:
+        return self.token
+
+    def force_refresh(self, rejected: str) -> str:
+        return self.token
+
+
+def sim_client(simulator: SimulatorServer, ring_user: str, **retry: Any) -> OuraClient:
+    policy = RetryPolicy(**{"attempts": 8, "backoff_base_s": 0.001, "backoff_max_s": 0.01, **retry})
+    return OuraClient(simulator.url, SimulatorTokens(simulator, ring_user), retry=policy)
+
+
+DOCUMENT_COLLECTIONS = ("daily_readiness", "daily_sleep", "sleep", "daily_activity")
+
+
+def test_sim_documents_cover_every_day_of_the_range(simulator: SimulatorServer) -> None:
+    client = sim_client(simulator, "alice")
+    end = simulator.control.now().date()
+    start = end - timedelta(days=29)
+    for collection in DOCUMENT_COLLECTIONS:
+        batch = client.documents(collection, start, end)
+        days = {date.fromisoformat(d["day"]) for d in batch.documents}
+        assert days and min(days) >= start and max(days) <= end, collection
+        assert len({d["id"] for d in batch.documents}) == len(batch.documents)
+        assert batch.rejected == []
+    # The simulator reads the start as exclusive on `sleep` and every end as exclusive; padding still
+    # brings back the first and last day of the range.
+    single = client.documents("daily_activity", start, start)
+    assert [d["day"] for d in single.documents] == [start.isoformat()]
+    pages = simulator.control.stats()["requests"]["GET /v2/usercollection/sleep"]["200"]
+    assert pages > 1
+
+
+def test_sim_fault_5xx_and_dropped_connections_give_the_same_data(simulator: SimulatorServer) -> None:
+    end = simulator.control.now().date()
+    start = end - timedelta(days=20)
+    hr_start = datetime.combine(end - timedelta(days=5), datetime.min.time(), tzinfo=UTC)
+    hr_end = hr_start + timedelta(days=5)
+    clean_client = sim_client(simulator, "dana")
+    clean = {c: clean_client.documents(c, start, end).documents for c in DOCUMENT_COLLECTIONS}
+    clean_hr = clean_client.heartrate(hr_start, hr_end)
+    simulator.control.set_faults(error_rate=0.3, drop_rate=0.3)
+    faulty = sim_client(simulator, "dana", attempts=20)
+    for collection in DOCUMENT_COLLECTIONS:
+        got = faulty.documents(collection, start, end).documents
+        assert sorted(d["id"] for d in got) == sorted(d["id"] for d in clean[collection])
+    assert faulty.heartrate(hr_start, hr_end) == clean_hr
+    stats = simulator.control.stats()
+    assert stats["injected_errors"] > 0 and stats["dropped"] > 0
+
+
+def test_sim_heartrate_over_60_days_in_30_day_windows(simulator: SimulatorServer) -> None:
+    end_day = simulator.control.now().date()
+    start = datetime.combine(end_day - timedelta(days=60), datetime.min.time(), tzinfo=UTC)
+    end = start + timedelta(days=60)
+    samples = sim_client(simulator, "erin").heartrate(start, end)
+    instants = [parse_instant(s["timestamp"]) for s in samples]
+    assert len(samples) > 1000
+    assert all(i is not None and start <= i < end for i in instants)
+    assert len({(i, s["source"]) for i, s in zip(instants, samples, strict=True)}) == len(samples)
+    statuses = simulator.control.stats()["requests"]["GET /v2/usercollection/heartrate"]
+    assert set(statuses) == {"200"}
+
+
+def test_sim_fault_rate_limit_waits_retry_after(simulator: SimulatorServer) -> None:
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        # Record what the client chose to wait, but only wait out the simulator's 50 ms window.
+        waits.append(seconds)
+        time.sleep(0.06)
+
+    simulator.control.set_faults(rate_limit={"limit": 2, "window_s": 0.05})
+    client = sim_client(simulator, "fred", wait_budget_s=600, sleep=sleep)
+    end = simulator.control.now().date()
+    batch = client.documents("sleep", end - timedelta(days=29), end)
+    assert batch.documents
+    # The simulator's Retry-After is whole seconds (at least 1): waits are its value, not the tiny backoff.
+    assert waits and all(w == 1.0 for w in waits)
+    assert simulator.control.stats()["rate_limited"] == len(waits)
+
+
+def test_sim_fault_rate_limit_beyond_budget_is_rate_limited(simulator: SimulatorServer) -> None:
+    waits: list[float] = []
+    simulator.control.set_faults(rate_limit={"limit": 1, "window_s": 3600})
+    client = sim_client(simulator, "gina", wait_budget_s=0.5, sleep=waits.append)
+    client.personal_info()
+    with pytest.raises(OuraRateLimited) as caught:
+        client.personal_info()
+    assert caught.value.retry_after_s is not None and caught.value.retry_after_s >= 1
+    assert waits == []
+
+
+def test_sim_fault_forbidden_user_is_forbidden(simulator: SimulatorServer) -> None:
+    simulator.control.set_user_faults("hank", forbidden=True)
+    client = sim_client(simulator, "hank")
+    with pytest.raises(OuraForbidden):
+        client.documents("daily_sleep", date(2024, 6, 10), date(2024, 6, 10))

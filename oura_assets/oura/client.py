@@ -391,8 +391,7 @@ class OuraClient:
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             log.warning(
-                "Oura GET %s: %s; retrying in %.2f s (attempt %d)",
-                path,
+                "Oura %s; retrying in %.2f s (attempt %d)",
                 exc,
                 state.upcoming_sleep,
                 state.attempt_number + 1,
