@@ -109,3 +109,54 @@ def jwks_server(keys: list[RSAKey]) -> Iterator[JwksServer]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@dataclass
+class ApiHarness:
+    """The API under test (in-process, via TestClient) beside a real simulator and warehouse."""
+
+    client: Any
+    settings: Any
+    simulator: Any
+    key: RSAKey
+    responses: list[Any] = field(default_factory=list)
+
+    def token(self, patient_id: str, **overrides: Any) -> str:
+        return sign(self.key, claims(patient_id, **overrides))
+
+    def auth(self, patient_id: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(patient_id)}"}
+
+    def call(self, method: str, path: str, patient_id: str | None = None, **kwargs: Any) -> Any:
+        headers = dict(kwargs.pop("headers", {}))
+        if patient_id is not None:
+            headers.update(self.auth(patient_id))
+        response = self.client.request(method, path, headers=headers, **kwargs)
+        self.responses.append(response)
+        return response
+
+    def start_connect(self, patient_id: str) -> str:
+        answer = self.call("POST", "/api/patient-graph/wearables/connect/oura", patient_id)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["data"]["authUrl"]
+
+    def consent(self, auth_url: str, ring_user: str | None = None, deny: bool = False) -> dict[str, str]:
+        """The patient's browser at the simulator's consent page: the query Oura redirects back with."""
+        import httpx
+
+        extra = {"sim_deny": "1"} if deny else {"sim_user": ring_user or "ring-user"}
+        # Added to the URL's own query (httpx's `params=` would replace it).
+        url = httpx.URL(auth_url)
+        answer = httpx.get(url.copy_merge_params(extra), follow_redirects=False)
+        assert answer.status_code in (302, 303), answer.text
+        return dict(httpx.URL(answer.headers["location"]).params)
+
+    def callback(self, params: dict[str, str]) -> Any:
+        return self.call("GET", "/api/patient-graph/wearables/callback/oura", params=params)
+
+    def connect(self, patient_id: str, ring_user: str | None = None) -> dict[str, Any]:
+        answer = self.callback(
+            self.consent(self.start_connect(patient_id), ring_user or f"{patient_id}-ring")
+        )
+        assert answer.status_code == 200, answer.text
+        return answer.json()["data"]

@@ -1,0 +1,282 @@
+"""What each route does, as plain blocking functions (the routes run them in a worker thread).
+
+Kept apart from Starlette so the connection flow reads top to bottom without HTTP plumbing. Two rules shape
+every method: HTTP to Oura never happens while the warehouse lock is held (a slow Oura must not stall
+Dagster runs and sensors), and the writes that belong together — tokens, event, initial sync request — land in
+one transaction. Nothing here logs or returns a token, code, state or client secret.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from oura_assets import warehouse as wh
+from oura_assets.api.responses import ApiError
+from oura_assets.api.state import STATE_TTL, new_state, state_hash, well_formed
+from oura_assets.config import Settings
+from oura_assets.oura.client import OuraClient, OuraError, OuraUnauthorized, RetryPolicy
+from oura_assets.oura.oauth import OuraOAuthApp, TokenEndpointError, TokenSet
+from oura_assets.tokens import TokenCipher
+
+log = logging.getLogger("oura_assets.api")
+
+SOURCE = "oura"
+INITIAL_SYNC_DAYS = 30
+MAX_SYNC_DAYS = 366
+
+
+def _iso(value: date | datetime | None) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime) and value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.isoformat()
+
+
+class _JustIssuedToken:
+    """The access token the code exchange just returned, for one `personal_info` call (nothing to refresh)."""
+
+    def __init__(self, access_token: str) -> None:
+        self._token = access_token
+
+    def get(self) -> str:
+        return self._token
+
+    def force_refresh(self, rejected: str) -> str:
+        raise OuraUnauthorized("Oura rejected the access token it had just issued", status=401)
+
+
+def not_connected(message: str = "no active Oura connection for this patient; connect first") -> ApiError:
+    return ApiError(409, "not_connected", message)
+
+
+def invalid_request(message: str) -> ApiError:
+    return ApiError(422, "invalid_request", message)
+
+
+@dataclass
+class ConnectionService:
+    settings: Settings
+    warehouse: wh.Warehouse
+    oauth: OuraOAuthApp
+    cipher: TokenCipher
+    now: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    def today(self) -> date:
+        # Days are UTC days here, like the daily partitions (whose last one is today, UTC).
+        return self.now().astimezone(UTC).date()
+
+    def start_connect(self, patient_id: str) -> dict[str, Any]:
+        state = new_state()
+        expires_at = self.now() + STATE_TTL
+        with self.warehouse.transaction("api: save oauth state") as conn:
+            wh.save_oauth_state(conn, state_hash(state), patient_id, expires_at)
+        return {"authUrl": self.oauth.authorization_url(state), "expiresAt": _iso(expires_at)}
+
+    def _consume_state(self, state: str | None) -> str | None:
+        if not well_formed(state):
+            return None
+        assert state is not None
+        with self.warehouse.transaction("api: consume oauth state") as conn:
+            return wh.consume_oauth_state(conn, state_hash(state), self.now())
+
+    def complete_callback(self, code: str | None, state: str | None, error: str | None) -> dict[str, Any]:
+        if error is not None:
+            # The patient said no (or Oura refused): spend the state so it cannot be replayed, store nothing.
+            self._consume_state(state)
+            if error == "access_denied":
+                raise ApiError(400, "access_denied", "the Oura account holder did not grant access")
+            raise ApiError(400, "oauth_error", "Oura did not authorize the connection; start again")
+        if not state:
+            raise ApiError(400, "invalid_state", "the state parameter is missing")
+        if not code:
+            raise invalid_request("the code parameter is missing")
+        patient_id = self._consume_state(state)
+        if patient_id is None:
+            raise ApiError(400, "invalid_state", "the state is unknown, expired or already used; start again")
+
+        try:
+            tokens = self.oauth.exchange_code(code)
+        except TokenEndpointError as exc:
+            # The message is secret-free by construction (oauth.py), but the type and status say enough.
+            log.warning(
+                "code exchange for patient %s failed (%s, HTTP %s, %s)",
+                patient_id,
+                type(exc).__name__,
+                exc.status,
+                exc.error,
+            )
+            if exc.error or (exc.status is not None and 400 <= exc.status < 500):
+                raise ApiError(
+                    400,
+                    "invalid_code",
+                    "Oura did not accept the authorization code; start the connection again",
+                ) from None
+            raise ApiError(
+                502,
+                "oura_unavailable",
+                "Oura could not be reached to finish the connection; start again shortly",
+            ) from None
+        oura_user_id = self._oura_user_id(patient_id, tokens)
+
+        today = self.today()
+        start = today - timedelta(days=INITIAL_SYNC_DAYS - 1)
+        try:
+            with self.warehouse.transaction("api: store oura connection") as conn:
+                previous = wh.get_connection(conn, patient_id)
+                wh.upsert_connection(
+                    conn,
+                    patient_id,
+                    oura_user_id=oura_user_id,
+                    scopes=list(tokens.scopes),
+                    access_token_enc=self.cipher.encrypt(tokens.access_token),
+                    refresh_token_enc=self.cipher.encrypt(tokens.refresh_token),
+                    expires_at=tokens.expires_at,
+                    connected_at=self.now(),
+                )
+                wh.record_event(
+                    conn,
+                    patient_id=patient_id,
+                    event_type="wearable_connected",
+                    event_id=f"wearable_connected:{patient_id}:{uuid.uuid4().hex}",
+                    payload={
+                        "source": SOURCE,
+                        "ouraUserId": oura_user_id,
+                        "scopes": list(tokens.scopes),
+                        "reconnect": previous is not None,
+                    },
+                )
+                sync_id = wh.create_sync_request(conn, patient_id=patient_id, start_day=start, end_day=today)
+        except wh.WarehouseBusy:
+            # The code is spent and the tokens cannot be stored: give the grant back rather than orphan it.
+            self._revoke_quietly(patient_id, tokens.access_token)
+            raise
+        log.info(
+            "patient %s connected Oura; initial sync %s queued for %s..%s", patient_id, sync_id, start, today
+        )
+        return {
+            "status": "active",
+            "source": SOURCE,
+            "patientId": patient_id,
+            "syncId": sync_id,
+            "startDate": start.isoformat(),
+            "endDate": today.isoformat(),
+        }
+
+    def _oura_user_id(self, patient_id: str, tokens: TokenSet) -> str | None:
+        """Oura's id for the account, from personal_info. Optional: a connection works without it."""
+        # A patient's browser is waiting on this: a short retry budget, not a batch job's.
+        retry = RetryPolicy(attempts=2, wait_budget_s=5.0)
+        try:
+            with OuraClient(
+                self.settings.api_base_url, _JustIssuedToken(tokens.access_token), retry=retry
+            ) as client:
+                info = client.personal_info()
+        except OuraError as exc:
+            log.warning("personal_info for patient %s failed (%s)", patient_id, type(exc).__name__)
+            return None
+        user_id = info.get("id") if isinstance(info, dict) else None
+        return str(user_id) if user_id else None
+
+    def _revoke_quietly(self, patient_id: str, access_token: str) -> bool:
+        try:
+            self.oauth.revoke(access_token)
+        except Exception as exc:
+            log.warning("revoking patient %s's Oura token failed (%s)", patient_id, type(exc).__name__)
+            return False
+        return True
+
+    def request_sync(self, patient_id: str, start: date | None, end: date | None) -> dict[str, Any]:
+        today = self.today()
+        end = end or today
+        start = start or end - timedelta(days=INITIAL_SYNC_DAYS - 1)
+        if start > end:
+            raise invalid_request("startDate must not be after endDate")
+        if end > today:
+            raise invalid_request(f"endDate must not be after today ({today.isoformat()}, UTC)")
+        if (end - start).days + 1 > MAX_SYNC_DAYS:
+            raise invalid_request(f"a sync covers at most {MAX_SYNC_DAYS} days")
+        first = self.settings.start_date
+        if start < first:
+            raise invalid_request(
+                f"startDate must not be before {first.isoformat()} (OURA_ASSETS_START_DATE)"
+            )
+        with self.warehouse.transaction("api: queue sync request") as conn:
+            connection = wh.get_connection(conn, patient_id)
+            if connection is None or connection.status != "active":
+                raise not_connected()
+            sync_id = wh.create_sync_request(conn, patient_id=patient_id, start_day=start, end_day=end)
+        log.info("patient %s queued sync %s for %s..%s", patient_id, sync_id, start, end)
+        return {
+            "syncId": sync_id,
+            "status": "queued",
+            "source": SOURCE,
+            "startDate": start.isoformat(),
+            "endDate": end.isoformat(),
+        }
+
+    def sync_status(self, patient_id: str, sync_id: str) -> dict[str, Any]:
+        with self.warehouse.connect("api: read sync request") as conn:
+            request = wh.get_sync_request(conn, sync_id)
+        # Someone else's sync answers exactly like one that does not exist.
+        if request is None or request.patient_id != patient_id:
+            raise ApiError(404, "not_found", "no such sync for this patient")
+        return {
+            "syncId": request.sync_id,
+            "source": SOURCE,
+            "status": request.status,
+            "startDate": _iso(request.start_day),
+            "endDate": _iso(request.end_day),
+            "runId": request.run_id,
+            "requestedAt": _iso(request.requested_at),
+            "startedAt": _iso(request.started_at),
+            "finishedAt": _iso(request.finished_at),
+            "result": request.result,
+        }
+
+    def connections(self, patient_id: str) -> dict[str, Any]:
+        with self.warehouse.connect("api: list connections") as conn:
+            rows = wh.list_connections(conn, patient_id)
+        return {
+            "connections": [
+                {
+                    "source": SOURCE,
+                    "status": row.status,
+                    "scopes": list(row.scopes or []),
+                    "connectedAt": _iso(row.connected_at),
+                    "lastSyncedAt": _iso(row.last_synced_at),
+                    "lastError": row.last_error,
+                }
+                for row in rows
+            ]
+        }
+
+    def disconnect(self, patient_id: str) -> dict[str, Any]:
+        with self.warehouse.connect("api: read connection to disconnect") as conn:
+            connection = wh.get_connection(conn, patient_id)
+        if connection is None or connection.status == "disconnected":
+            raise not_connected("no Oura connection to disconnect")
+        revoked = False
+        if connection.access_token_enc:
+            try:
+                access_token = self.cipher.decrypt(connection.access_token_enc)
+            except Exception as exc:
+                log.warning("cannot decrypt patient %s's access token (%s)", patient_id, type(exc).__name__)
+            else:
+                revoked = self._revoke_quietly(patient_id, access_token)
+        with self.warehouse.transaction("api: disconnect oura") as conn:
+            wh.delete_tokens(conn, patient_id)  # also sets the status to `disconnected`
+            wh.record_event(
+                conn,
+                patient_id=patient_id,
+                event_type="wearable_disconnected",
+                event_id=f"wearable_disconnected:{patient_id}:{uuid.uuid4().hex}",
+                payload={"source": SOURCE, "revoked": revoked},
+            )
+        log.info("patient %s disconnected Oura (revoked at Oura: %s)", patient_id, revoked)
+        return {"source": SOURCE, "status": "disconnected", "revoked": revoked}
