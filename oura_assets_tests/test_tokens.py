@@ -5,22 +5,26 @@ write, and several processes refreshing the same patient spending the refresh to
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
 import stat
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
 import filelock
+import httpx
 import pytest
 from cryptography.fernet import Fernet
 
 from oura_assets import tokens as tokens_module
 from oura_assets import warehouse as wh
-from oura_assets.oura.oauth import RefreshRejected, TokenEndpointError, TokenSet
+from oura_assets.config import Settings, load_settings
+from oura_assets.oura.client import OuraClient, RetryPolicy
+from oura_assets.oura.oauth import OuraOAuthApp, RefreshRejected, TokenEndpointError, TokenSet
 from oura_assets.tokens import (
     PatientTokens,
     ReconnectRequired,
@@ -404,3 +408,158 @@ def test_processes_refreshing_the_same_patient_spend_the_refresh_token_once(
     assert answers == ["access-2"] * workers
     assert oura.calls() == ["refresh-1"]
     assert stored_pair(store, cipher) == ("access-2", "refresh-2", "active")
+
+
+def consent(app: OuraOAuthApp, ring_user: str) -> str:
+    """Play the patient's browser: the simulator consents at once for `sim_user` and redirects with a code."""
+    answer = httpx.get(f"{app.authorization_url('state-1')}&sim_user={ring_user}", follow_redirects=False)
+    assert answer.status_code in (302, 303), answer.text
+    return httpx.URL(answer.headers["location"]).params["code"]
+
+
+def connect_through_oura(
+    settings: Settings, ring_user: str, *, expires_at: datetime | None = None
+) -> TokenSet:
+    """The callback's work: exchange the code, store the pair encrypted (optionally with another expiry)."""
+    app = OuraOAuthApp.from_settings(settings)
+    tokens = app.exchange_code(consent(app, ring_user))
+    cipher = TokenCipher(settings.token_keys)
+    with wh.Warehouse(settings.warehouse_path).transaction("test: connect") as conn:
+        wh.upsert_connection(
+            conn,
+            PATIENT,
+            oura_user_id=None,
+            scopes=tokens.scopes,
+            access_token_enc=cipher.encrypt(tokens.access_token),
+            refresh_token_enc=cipher.encrypt(tokens.refresh_token),
+            expires_at=expires_at or tokens.expires_at,
+            connected_at=datetime.now(UTC),
+        )
+    return tokens
+
+
+def settings_source(settings: Settings) -> PatientTokens:
+    return PatientTokens(
+        patient_id=PATIENT,
+        warehouse=wh.Warehouse(settings.warehouse_path),
+        cipher=TokenCipher(settings.token_keys),
+        oauth_app=OuraOAuthApp.from_settings(settings),
+        lock_dir=settings.lock_dir,
+    )
+
+
+def test_sim_401_refreshes_stores_and_retries(simulator, pipeline_env) -> None:
+    first = connect_through_oura(pipeline_env, "ivy")
+    simulator.control.set_user_faults("ivy", expire_access_tokens=True)
+    client = OuraClient(pipeline_env.api_base_url, settings_source(pipeline_env))
+    assert client.personal_info()["id"]
+    access, refresh, status = stored_pair(
+        wh.Warehouse(pipeline_env.warehouse_path), TokenCipher(pipeline_env.token_keys)
+    )
+    assert status == "active" and access != first.access_token and refresh != first.refresh_token
+    stats = simulator.control.stats()
+    assert (stats["refresh_grants"], stats["spent_refresh_reuse"]) == (1, 0)
+    assert stats["requests"]["GET /v2/usercollection/personal_info"] == {"200": 1, "401": 1}
+
+
+def test_sim_fault_refresh_reject_flags_reconnect_and_stops_asking(simulator, pipeline_env) -> None:
+    connect_through_oura(pipeline_env, "jack")
+    simulator.control.set_user_faults("jack", expire_access_tokens=True, refresh_reject=True)
+    client = OuraClient(pipeline_env.api_base_url, settings_source(pipeline_env))
+    with pytest.raises(ReconnectRequired):
+        client.documents("daily_sleep", date(2024, 6, 10), date(2024, 6, 11))
+    token_posts = simulator.control.stats()["requests"]["POST /oauth/token"]
+    for _ in range(3):
+        with pytest.raises(ReconnectRequired):
+            client.documents("sleep", date(2024, 6, 10), date(2024, 6, 11))
+        with pytest.raises(ReconnectRequired):
+            OuraClient(pipeline_env.api_base_url, settings_source(pipeline_env)).personal_info()
+    stats = simulator.control.stats()
+    assert stats["requests"]["POST /oauth/token"] == token_posts
+    assert stats["refresh_rejected"] == 1
+    with wh.Warehouse(pipeline_env.warehouse_path).connect("test: read") as conn:
+        record = wh.get_connection(conn, PATIENT)
+        events = conn.execute(
+            "SELECT count(*) FROM patient_graph.patient_events WHERE event_type = ?",
+            [tokens_module.RECONNECT_EVENT],
+        ).fetchone()
+    assert record is not None and record.status == "reconnect_required"
+    assert events == (1,)
+
+
+def _sim_get_in_child(env: dict[str, str], barrier: object, results: object) -> None:
+    settings = load_settings(env, require=("oauth", "tokens"))
+    source = settings_source(settings)
+    barrier.wait()  # type: ignore[attr-defined]
+    try:
+        results.put(source.get())  # type: ignore[attr-defined]
+    except Exception as exc:
+        results.put(f"error: {type(exc).__name__}: {exc}")  # type: ignore[attr-defined]
+
+
+def test_sim_processes_refreshing_the_same_patient_spend_the_refresh_token_once(
+    simulator, pipeline_env
+) -> None:
+    connect_through_oura(pipeline_env, "kate", expires_at=datetime.now(UTC) - timedelta(minutes=1))
+    env = {k: v for k, v in os.environ.items() if k.startswith(("OURA_", "CLERK_"))}
+    context = multiprocessing.get_context("spawn")
+    workers = 4
+    barrier, results = context.Barrier(workers), context.Queue()
+    processes = [
+        context.Process(target=_sim_get_in_child, args=(env, barrier, results)) for _ in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    answers = [results.get(timeout=60) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+    assert len(set(answers)) == 1 and not answers[0].startswith("error"), answers
+    stats = simulator.control.stats()
+    assert (stats["refresh_grants"], stats["spent_refresh_reuse"]) == (1, 0)
+    cipher = TokenCipher(pipeline_env.token_keys)
+    assert stored_pair(wh.Warehouse(pipeline_env.warehouse_path), cipher)[0] == answers[0]
+
+
+def test_sim_full_flow_logs_no_token_secret_or_code(simulator, pipeline_env, caplog) -> None:
+    app = OuraOAuthApp.from_settings(pipeline_env)
+    # The patient's browser is not our code: its redirect (with the code) is fetched before capturing.
+    code = consent(app, "liam")
+    secrets = [pipeline_env.client_secret or "", code]
+    with caplog.at_level(logging.DEBUG):
+        tokens = app.exchange_code(code)
+        secrets += [tokens.access_token, tokens.refresh_token]
+        cipher = TokenCipher(pipeline_env.token_keys)
+        store = wh.Warehouse(pipeline_env.warehouse_path)
+        with store.transaction("test: connect") as conn:
+            wh.upsert_connection(
+                conn,
+                PATIENT,
+                oura_user_id=None,
+                scopes=tokens.scopes,
+                access_token_enc=cipher.encrypt(tokens.access_token),
+                refresh_token_enc=cipher.encrypt(tokens.refresh_token),
+                expires_at=tokens.expires_at,
+                connected_at=datetime.now(UTC),
+            )
+        simulator.control.set_user_faults("liam", expire_access_tokens=True)
+        simulator.control.set_faults(error_rate=0.2)
+        client = OuraClient(
+            pipeline_env.api_base_url, settings_source(pipeline_env), retry=RetryPolicy(backoff_base_s=0.001)
+        )
+        end = simulator.control.now().date()
+        client.documents("daily_sleep", end - timedelta(days=7), end)
+        client.heartrate(datetime.now(UTC) - timedelta(days=2), datetime.now(UTC))
+        access, refresh, _ = stored_pair(store, cipher)
+        secrets += [access, refresh]
+        with pytest.raises(RefreshRejected):
+            app.refresh(tokens.refresh_token)
+        app.revoke(access)
+        # Revoking ended the grant: the 401 refresh is refused and the patient must reconnect.
+        with pytest.raises(ReconnectRequired):
+            client.personal_info()
+    assert simulator.control.stats()["refresh_grants"] == 1
+    assert any("refreshed the Oura access token" in r.getMessage() for r in caplog.records)
+    logged = caplog.text + "\n".join(r.getMessage() for r in caplog.records)
+    assert "access_token=[redacted]" in logged
+    for secret in secrets:
+        assert secret and secret not in logged
