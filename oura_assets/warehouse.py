@@ -49,6 +49,9 @@ EVENT_TYPES = frozenset(
 DEFAULT_RETRY_AFTER_S = 5.0
 
 _TERMINAL_SYNC_STATUSES = frozenset({"success", "partial", "failed"})
+# DuckDB 1.x/2.x: 'IO Error: Could not set lock on file "…": Conflicting lock is held in /usr/bin/python3.11
+# (PID 4242). See also https://duckdb.org/docs/current/connect/concurrency'
+_DUCKDB_LOCK_ERROR = "could not set lock on file"
 _DUCKDB_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<pid>\d+)\)")
 
 
@@ -143,9 +146,7 @@ def _guard_for(path: Path) -> _ProcessGuard:
     with _guards_lock:
         guard = _guards.get(key)
         if guard is None:
-            guard = _ProcessGuard(
-                threading.RLock(), filelock.FileLock(f"{path}.lock", thread_local=False, is_singleton=False)
-            )
+            guard = _ProcessGuard(threading.RLock(), filelock.FileLock(f"{path}.lock", thread_local=False))
             _guards[key] = guard
         return guard
 
@@ -232,9 +233,9 @@ class Warehouse:
             try:
                 return duckdb.connect(str(self._resolved))
             except duckdb.IOException as exc:
-                found = _DUCKDB_LOCK_HOLDER.search(str(exc))
-                if found is None and "lock" not in str(exc).lower():
+                if _DUCKDB_LOCK_ERROR not in str(exc).lower():
                     raise
+                found = _DUCKDB_LOCK_HOLDER.search(str(exc))
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     holder = WarehouseHolder(
@@ -439,7 +440,9 @@ def _json_default(value: object) -> object:
 
 
 def _dumps(value: object) -> str:
-    return json.dumps(value, default=_json_default, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(
+        value, default=_json_default, ensure_ascii=False, allow_nan=False, separators=(",", ":")
+    )
 
 
 def _loads(value: str | None) -> Any:
@@ -504,6 +507,13 @@ def _mirror(
     return int(written)
 
 
+def _window(start: date, end: date) -> tuple[date, date]:
+    start, end = _day(start), _day(end)
+    if end < start:
+        raise ValueError(f"day window ends ({end}) before it starts ({start})")
+    return start, end
+
+
 def _collection(collection: str) -> str:
     if collection not in DOCUMENT_COLLECTIONS:
         raise ValueError(
@@ -527,11 +537,16 @@ def replace_raw_documents(
     version by `id`, including one whose `day` lies outside the window. Each document needs `id` and `day`.
     """
     table = f"oura_raw.{_collection(collection)}"
+    start, end = _window(start_day, end_day)
     records = []
     for doc in documents:
         if not isinstance(doc, Mapping) or doc.get("id") in (None, "") or not doc.get("day"):
             raise ValueError(f"{collection}: a document needs an `id` and a `day`, got {str(doc)[:200]}")
-        records.append({"id": str(doc["id"]), "day": str(_day(doc["day"])), "document": doc})
+        try:
+            day = _day(doc["day"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{collection} {doc['id']}: `day` {doc['day']!r} is not a date") from None
+        records.append({"id": str(doc["id"]), "day": day, "document": doc})
     _stage(
         conn,
         "_staged_documents",
@@ -547,7 +562,7 @@ def replace_raw_documents(
         "_staged_documents",
         ("patient_id", "id"),
         "patient_id = ? AND day BETWEEN ? AND ?",
-        [patient_id, _day(start_day), _day(end_day)],
+        [patient_id, start, end],
     )
 
 
@@ -576,6 +591,8 @@ def replace_raw_heartrate(
     Samples are keyed by (timestamp instant, source): "…+02:00" and the same instant in "Z" are one sample,
     and the last one given wins. A timestamp without an offset is taken to be UTC.
     """
+    if _utc(end) < _utc(start):
+        raise ValueError(f"heart-rate window ends ({end}) before it starts ({start})")
     samples = samples if isinstance(samples, list) else list(samples)
     _stage(
         conn,
@@ -652,6 +669,7 @@ def replace_wearable_data(
 
     A row is a mapping or an object (`normalize.WearableRow`) with metric_type, day and metrics (a dict).
     """
+    start, end = _window(start_day, end_day)
     records = []
     for row in rows:
         _check_patient(row, patient_id)
@@ -676,7 +694,7 @@ def replace_wearable_data(
         "_staged_wearable_data",
         ("patient_id", "source", "metric_type", "day"),
         "patient_id = ? AND source = ? AND day BETWEEN ? AND ?",
-        [patient_id, SOURCE, _day(start_day), _day(end_day)],
+        [patient_id, SOURCE, start, end],
     )
 
 
@@ -711,6 +729,7 @@ def replace_daily_stats(
     A row is a mapping or an object (`normalize.DailyStatsRow`) with day and the stats columns; a missing
     stats field is stored as NULL.
     """
+    start, end = _window(start_day, end_day)
     records = []
     for row in rows:
         _check_patient(row, patient_id)
@@ -733,7 +752,7 @@ def replace_daily_stats(
         "_staged_daily_stats",
         ("patient_id", "source", "day"),
         "patient_id = ? AND source = ? AND day BETWEEN ? AND ?",
-        [patient_id, SOURCE, _day(start_day), _day(end_day)],
+        [patient_id, SOURCE, start, end],
     )
 
 

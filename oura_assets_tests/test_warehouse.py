@@ -830,3 +830,61 @@ def test_many_writer_processes_lose_no_write(store):
     with store.connect("test") as conn:
         assert rows(conn, "SELECT n FROM main.counter") == [(200,)]
         assert rows(conn, "SELECT count(DISTINCT event_id) FROM patient_graph.patient_events") == [(200,)]
+
+
+def test_raw_window_with_no_documents_left_is_emptied(conn):
+    wh.replace_raw_documents(
+        conn, "daily_sleep", "p1", D, D + timedelta(days=1), [doc("a", D), doc("b", D)], NOW
+    )
+    assert wh.replace_raw_documents(conn, "daily_sleep", "p1", D, D + timedelta(days=1), [], NOW) == 0
+    assert wh.read_raw_documents(conn, "daily_sleep", "p1", D, D + timedelta(days=1)) == []
+
+
+def test_writes_refuse_a_reversed_window_or_a_bad_day(conn):
+    with pytest.raises(ValueError, match="before it starts"):
+        wh.replace_wearable_data(conn, "p1", D, D - timedelta(days=1), [], NOW)
+    with pytest.raises(ValueError, match="before it starts"):
+        wh.replace_raw_heartrate(conn, "p1", T0, T0 - timedelta(hours=1), [], NOW)
+    with pytest.raises(ValueError, match="is not a date"):
+        wh.replace_raw_documents(conn, "sleep", "p1", D, D, [{"id": "x", "day": "10/06/2024"}], NOW)
+
+
+def test_zero_timeout_fails_at_once_when_busy(store, child):
+    store.ensure_schema()
+    process, _ = child(hold_warehouse, str(store.path), "backfill")
+    began = time.monotonic()
+    with (
+        pytest.raises(wh.WarehouseBusy, match=f"held by pid {process.pid} "),
+        store.connect("api", timeout_s=0),
+    ):
+        pass
+    assert time.monotonic() - began < 1
+
+
+def test_a_killed_holder_does_not_keep_the_warehouse(store):
+    store.ensure_schema()
+    ready, release = SPAWN.Event(), SPAWN.Event()
+    process = SPAWN.Process(target=hold_warehouse, args=(str(store.path), "doomed run", ready, release))
+    process.start()
+    assert ready.wait(60)
+    process.kill()
+    process.join(30)
+    assert Path(f"{store.path}.holder").exists()  # left behind by the killed process
+    with store.transaction("after the crash", timeout_s=5) as conn:
+        wh.record_event(conn, patient_id="p1", event_type="wearable_sync", payload={})
+        holder = wh.WarehouseHolder.from_json(Path(f"{store.path}.holder").read_text())
+    assert (holder.pid, holder.purpose) == (os.getpid(), "after the crash")
+
+
+def test_an_unopenable_file_fails_at_once_not_as_busy(tmp_path):
+    (tmp_path / "not-a-db").write_text(
+        "this is not a DuckDB file, and it is long enough to have a header " * 100
+    )
+    began = time.monotonic()
+    with (
+        pytest.raises(duckdb.Error) as caught,
+        wh.Warehouse(tmp_path / "not-a-db").connect("test", timeout_s=10),
+    ):
+        pass
+    assert not isinstance(caught.value, wh.WarehouseBusy)
+    assert time.monotonic() - began < 2
