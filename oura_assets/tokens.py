@@ -124,7 +124,8 @@ class PatientTokens:
     """One patient's access tokens for `OuraClient` (implements `AccessTokenSource`).
 
     Holds the current pair in memory; goes to the warehouse (under the patient's lock) only on first use, when
-    the access token expires within `REFRESH_LEEWAY`, or when Oura answered 401.
+    the access token expires within `REFRESH_LEEWAY`, or when Oura answered 401. Locks are taken patient lock
+    first, warehouse lock second: never call `get` / `force_refresh` inside a warehouse connection block.
     """
 
     def __init__(
