@@ -27,8 +27,8 @@ and value, and any date can be asked for in any order. The model, which clients 
 - Unknown extra fields: some documents carry `meta {updated_at, version}`, some heart-rate rows a
   `producer_timestamp`; heart-rate timestamps come as `+00:00` or `.000Z`.
 
-Documents are built lazily per (user, day, collection) and cached, so a year of every collection takes a
-fraction of a second and heart rate for 30 days a few milliseconds once warm.
+Documents are built lazily per (user, day, collection) and kept in bounded caches (callers must not mutate
+them), so a year of every collection takes a fraction of a second and 30 days of heart rate milliseconds.
 """
 
 from __future__ import annotations
@@ -521,13 +521,13 @@ def _sleep_doc(
     return _with_meta(user, doc, period.visible_at, plan_.revised_at if revised else None)
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=16384)
 def _sleep_final(name: str, day: date, index: int, revised: bool) -> Document:
     plan_ = plan(name, day)
     return _sleep_doc(profile(name), plan_, plan_.periods[index], revised, None)
 
 
-@lru_cache(maxsize=32768)
+@lru_cache(maxsize=4096)
 def _daily_activity(name: str, day: date, revised: bool) -> Document:
     user, plan_ = profile(name), plan(name, day)
     rng = _rng("activity", name, day.isoformat())
@@ -733,7 +733,7 @@ class HeartRateDay:
 _EMPTY_DAY = HeartRateDay((), (), ())
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=4096)
 def heart_rate_day(name: str, day: date) -> HeartRateDay:
     """Samples in the user's local day `day`: every 5 minutes while worn, every minute during workouts."""
     plan_ = plan(name, day)

@@ -5,6 +5,8 @@ Binds 127.0.0.1 unless told otherwise: the simulator has no authentication on it
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import time
 from types import TracebackType
@@ -16,6 +18,23 @@ import uvicorn
 from oura_assets.simulator.app import create_app
 from oura_assets.simulator.config import SimulatorConfig
 from oura_assets.simulator.state import SimulatorControl
+
+_SECRET_PARAMS = re.compile(r"((?:access_token|refresh_token|code|token|client_secret)=)[^&\s]+")
+
+
+class _RedactSecrets(logging.Filter):
+    """Access-log lines show paths with their query; Oura's revoke URL carries the token there."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                _SECRET_PARAMS.sub(r"\1[redacted]", arg) if isinstance(arg, str) else arg
+                for arg in record.args
+            )
+        return True
+
+
+logging.getLogger("uvicorn.access").addFilter(_RedactSecrets())
 
 
 class SimulatorServer:
