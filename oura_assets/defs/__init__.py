@@ -1,0 +1,1 @@
+"""Dagster objects for the Oura pipeline: one small module per concern, assembled in `definitions.py`."""

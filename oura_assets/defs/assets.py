@@ -1,0 +1,308 @@
+"""The Oura assets: raw documents per collection, then the normalized patient-graph tables.
+
+Every asset covers a range of daily partitions in one run (`BackfillPolicy.single_run()`), so a 30-day
+backfill asks Oura for 30 days per patient in a handful of requests rather than 30 runs of one day. A run
+serves every patient with an active connection, or only the one named by the run's `oura_assets/patient_id`
+tag (API sync requests). One patient's failure is recorded for that patient and never stops the others.
+"""
+
+import time as clock
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+
+import dagster as dg
+
+from oura_assets import normalize
+from oura_assets import warehouse as wh
+from oura_assets.defs.partitions import PATIENT_TAG, SYNC_IDS_TAG
+from oura_assets.defs.resources import OuraResource, WarehouseResource
+from oura_assets.sync import PatientSyncResult, SyncError, heartrate_window, sync_patient
+
+RAW_GROUP = "oura_raw"
+GRAPH_GROUP = "patient_graph"
+
+# Each raw asset and the Oura collections it lands (`sleep` holds both the daily score and the periods).
+RAW_ASSETS: dict[str, tuple[str, ...]] = {
+    "daily_readiness": ("daily_readiness",),
+    "sleep": ("daily_sleep", "sleep"),
+    "daily_activity": ("daily_activity",),
+    "heartrate": ("heartrate",),
+}
+RAW_KEYS = {name: dg.AssetKey([RAW_GROUP, name]) for name in RAW_ASSETS}
+WEARABLE_DATA_KEY = dg.AssetKey([GRAPH_GROUP, "wearable_data"])
+DAILY_STATS_KEY = dg.AssetKey([GRAPH_GROUP, "patient_wearable_daily_stats"])
+
+RAW_DESCRIPTIONS = {
+    "daily_readiness": "Oura `daily_readiness` documents, one row per document id, as Oura sent them.",
+    "sleep": "Oura `daily_sleep` documents and every `sleep` period (main sleep, naps, rest, deleted).",
+    "daily_activity": "Oura `daily_activity` documents (a 24-hour day starting at 4 a.m. local time).",
+    "heartrate": "Oura heart-rate samples, one row per (timestamp, source), fetched in <= 30-day windows.",
+}
+# Local days need offsets; a day without a daily document borrows the nearest known one within this margin.
+OFFSET_SEARCH_MARGIN = timedelta(days=31)
+
+
+def _day_range(context: dg.AssetExecutionContext) -> tuple[date, date]:
+    window = context.partition_time_window
+    return window.start.date(), (window.end - timedelta(days=1)).date()
+
+
+def _run_patient(context: dg.AssetExecutionContext) -> str | None:
+    return context.run.tags.get(PATIENT_TAG)
+
+
+def _sync_ids(context: dg.AssetExecutionContext) -> list[str]:
+    raw = context.run.tags.get(SYNC_IDS_TAG, "")
+    return [s for s in raw.split(",") if s]
+
+
+def _progress(context: dg.AssetExecutionContext, n: int, total: int, patient_id: str, msg: str) -> None:
+    context.log.info(f"patient {n} of {total} ({patient_id}): {msg}")
+
+
+def _summary_metadata(results: list[PatientSyncResult], rows: dict[str, int]) -> dict[str, dg.MetadataValue]:
+    failed = [r for r in results if r.status == "failed"]
+    return {
+        "patients": dg.MetadataValue.int(len(results)),
+        "patients_ok": dg.MetadataValue.int(len(results) - len(failed)),
+        "patients_failed": dg.MetadataValue.int(len(failed)),
+        "patients_partial": dg.MetadataValue.int(sum(r.status == "partial" for r in results)),
+        "failed_patients": dg.MetadataValue.json(
+            {r.patient_id: [e.code for e in r.errors] for r in results if r.status != "success"}
+        ),
+        "rows": dg.MetadataValue.json(rows),
+        "dagster/row_count": dg.MetadataValue.int(sum(rows.values())),
+    }
+
+
+def build_raw_assets(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    specs = [
+        dg.AssetSpec(
+            key,
+            description=RAW_DESCRIPTIONS[name],
+            group_name=RAW_GROUP,
+            kinds={"duckdb"},
+            metadata={"tables": [f"oura_raw.{c}" for c in RAW_ASSETS[name]]},
+            skippable=True,
+        )
+        for name, key in RAW_KEYS.items()
+    ]
+
+    @dg.multi_asset(
+        name="oura_raw",
+        specs=specs,
+        partitions_def=partitions_def,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        can_subset=True,
+    )
+    def oura_raw(
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource, oura: OuraResource
+    ) -> Iterator[dg.MaterializeResult]:
+        """Fetch the partition range from Oura for each patient and mirror it into `oura_raw.*`."""
+        start, end = _day_range(context)
+        selected = [name for name, key in RAW_KEYS.items() if key in context.selected_asset_keys]
+        collections = [c for name in selected for c in RAW_ASSETS[name]]
+        store = warehouse.warehouse()
+        store.ensure_schema()
+        with store.transaction("list patients for a sync run") as conn:
+            patients = [c.patient_id for c in wh.list_active_connections(conn, _run_patient(context))]
+            for sync_id in _sync_ids(context):
+                wh.mark_sync_request(conn, sync_id, "running", run_id=context.run.run_id)
+        context.log.info(
+            f"syncing {len(patients)} patient(s), days {start}..{end}, collections {collections}"
+        )
+
+        results: list[PatientSyncResult] = []
+        with oura.session() as session:
+            for n, patient_id in enumerate(patients, start=1):
+                began = clock.monotonic()
+                try:
+                    result = sync_patient(
+                        patient_id=patient_id,
+                        client=session.client_for(patient_id, store),
+                        warehouse=store,
+                        start=start,
+                        end=end,
+                        collections=collections,
+                        purpose=f"dagster run {context.run.run_id[:8]}",
+                    )
+                except Exception as exc:  # one patient's bug must not cost the others their sync
+                    context.log.exception(f"patient {patient_id}: unexpected error")
+                    result = PatientSyncResult(
+                        patient_id, "failed", {}, [SyncError("internal_error", type(exc).__name__)]
+                    )
+                results.append(result)
+                codes = ", ".join(e.code for e in result.errors) or "no errors"
+                _progress(
+                    context,
+                    n,
+                    len(patients),
+                    patient_id,
+                    f"{result.status} ({codes}), {sum(result.rows.values())} rows "
+                    f"in {clock.monotonic() - began:.1f}s",
+                )
+                with store.transaction("record a patient's sync result") as conn:
+                    wh.record_sync_result(
+                        conn,
+                        run_id=context.run.run_id,
+                        patient_id=patient_id,
+                        status=result.status,
+                        start_day=start,
+                        end_day=end,
+                        rows=result.rows,
+                        errors=[e.to_dict() for e in result.errors],
+                    )
+                    if result.status != "failed":
+                        wh.mark_synced(conn, patient_id, datetime.now(UTC))
+                    elif result.errors and result.errors[0].code == "subscription_expired":
+                        wh.set_connection_status(
+                            conn, patient_id, "active", last_error="Oura membership expired (403)"
+                        )
+
+        _tag_run(context, results)
+        infra_failures = [r for r in results if r.status == "failed" and not r.patient_side]
+        if results and len(infra_failures) == len(results):
+            # Nobody landed and it is not the patients' doing (Oura down, warehouse locked): that is ours to
+            # see, so the run goes red. Results and sync events are already recorded.
+            raise dg.Failure(
+                description=f"all {len(results)} patient(s) failed; first: {infra_failures[0].errors[0]}",
+                metadata=_summary_metadata(results, {}),
+            )
+        for name in selected:
+            tables = {f"oura_raw.{c}" for c in RAW_ASSETS[name]}
+            rows = {t: sum(r.rows.get(t, 0) for r in results) for t in sorted(tables)}
+            yield dg.MaterializeResult(asset_key=RAW_KEYS[name], metadata=_summary_metadata(results, rows))
+
+    return oura_raw
+
+
+def _tag_run(context: dg.AssetExecutionContext, results: list[PatientSyncResult]) -> None:
+    """Put the run's outcome on the run itself, where the Runs page shows it."""
+    failed = sum(r.status == "failed" for r in results)
+    context.instance.add_run_tags(
+        context.run.run_id,
+        {"oura_assets/patients_ok": str(len(results) - failed), "oura_assets/patients_failed": str(failed)},
+    )
+
+
+def _patients_to_normalize(context: dg.AssetExecutionContext, store: wh.Warehouse, start: date, end: date):
+    """The run's patient, or everyone with raw data in the window: normalizing is a pure function of raw."""
+    patient = _run_patient(context)
+    if patient:
+        return [patient]
+    with store.connect("list patients with raw data") as conn:
+        return wh.patients_with_raw_data(conn, start, end)
+
+
+def _read_daily_documents(conn, patient_id: str, start: date, end: date) -> dict[str, list[dict]]:
+    return {
+        collection: wh.read_raw_documents(conn, collection, patient_id, start, end)
+        for collection in ("daily_readiness", "daily_sleep", "sleep", "daily_activity")
+    }
+
+
+def _wearable_rows(patient_id: str, docs: dict[str, list[dict]]) -> list[normalize.WearableRow]:
+    return normalize.wearable_rows(
+        patient_id, docs["daily_readiness"], docs["daily_sleep"], docs["sleep"], docs["daily_activity"]
+    )
+
+
+def _graph_metadata(patients: int, rows: int, table: str) -> dict[str, dg.MetadataValue]:
+    return {
+        "patients": dg.MetadataValue.int(patients),
+        "rows": dg.MetadataValue.json({table: rows}),
+        "dagster/row_count": dg.MetadataValue.int(rows),
+    }
+
+
+def build_graph_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+    @dg.asset(
+        key=WEARABLE_DATA_KEY,
+        deps=[RAW_KEYS["daily_readiness"], RAW_KEYS["sleep"], RAW_KEYS["daily_activity"]],
+        partitions_def=partitions_def,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        group_name=GRAPH_GROUP,
+        kinds={"duckdb"},
+    )
+    def wearable_data(
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource
+    ) -> dg.MaterializeResult:
+        """One row per (patient, metric_type, day): readiness, sleep, activity and hrv, camelCase keys.
+
+        Built from the raw tables, so re-materializing re-derives it without calling Oura. A row exists only
+        where Oura returned the documents it is built from; sleep and hrv use the day's main sleep period.
+        """
+        start, end = _day_range(context)
+        store = warehouse.warehouse()
+        total = 0
+        patients = _patients_to_normalize(context, store, start, end)
+        for n, patient_id in enumerate(patients, start=1):
+            with store.transaction(f"dagster run {context.run.run_id[:8]}: write wearable_data") as conn:
+                rows = _wearable_rows(patient_id, _read_daily_documents(conn, patient_id, start, end))
+                written = wh.replace_wearable_data(conn, patient_id, start, end, rows, datetime.now(UTC))
+                _add_rows(conn, context, patient_id, start, end, "patient_graph.wearable_data", written)
+            total += written
+            if len(patients) > 20 and n % 20 == 0:
+                _progress(context, n, len(patients), patient_id, f"{written} rows")
+        return dg.MaterializeResult(
+            metadata=_graph_metadata(len(patients), total, "patient_graph.wearable_data")
+        )
+
+    @dg.asset(
+        key=DAILY_STATS_KEY,
+        deps=[WEARABLE_DATA_KEY, RAW_KEYS["heartrate"]],
+        partitions_def=partitions_def,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        group_name=GRAPH_GROUP,
+        kinds={"duckdb"},
+    )
+    def patient_wearable_daily_stats(
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource
+    ) -> dg.MaterializeResult:
+        """One row per (patient, day) with any data: the day's scores, sleep, steps, HRV and heart rate.
+
+        Heart-rate figures cover the patient's local calendar day (UTC plus the offset on that day's daily
+        documents, else the nearest known offset, else UTC); a sample repeated by Oura counts once.
+        """
+        start, end = _day_range(context)
+        store = warehouse.warehouse()
+        total = 0
+        patients = _patients_to_normalize(context, store, start, end)
+        days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
+        for n, patient_id in enumerate(patients, start=1):
+            with store.transaction(f"dagster run {context.run.run_id[:8]}: write daily stats") as conn:
+                docs = _read_daily_documents(conn, patient_id, start, end)
+                nearby = _read_daily_documents(
+                    conn, patient_id, start - OFFSET_SEARCH_MARGIN, end + OFFSET_SEARCH_MARGIN
+                )
+                offsets = normalize.day_offsets(
+                    nearby["daily_readiness"], nearby["daily_sleep"], nearby["daily_activity"]
+                )
+                samples = wh.read_raw_heartrate(conn, patient_id, *heartrate_window(start, end))
+                hr_stats = normalize.heart_rate_day_stats(samples, offsets, days)
+                rows = normalize.daily_stats_rows(
+                    patient_id, _wearable_rows(patient_id, docs), hr_stats, offsets
+                )
+                written = wh.replace_daily_stats(conn, patient_id, start, end, rows, datetime.now(UTC))
+                _add_rows(
+                    conn,
+                    context,
+                    patient_id,
+                    start,
+                    end,
+                    "patient_graph.patient_wearable_daily_stats",
+                    written,
+                )
+            total += written
+            if len(patients) > 20 and n % 20 == 0:
+                _progress(context, n, len(patients), patient_id, f"{written} rows")
+        return dg.MaterializeResult(
+            metadata=_graph_metadata(len(patients), total, "patient_graph.patient_wearable_daily_stats")
+        )
+
+    return [wearable_data, patient_wearable_daily_stats]
+
+
+def _add_rows(conn, context, patient_id: str, start: date, end: date, table: str, count: int) -> None:
+    """Add a normalized table's row count to the patient's sync result for this run (if it has one)."""
+    wh.add_sync_result_rows(conn, run_id=context.run.run_id, patient_id=patient_id, rows={table: count})

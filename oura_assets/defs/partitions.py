@@ -1,0 +1,32 @@
+"""Daily partitions keyed by Oura `day` (the patient's local calendar date).
+
+Built by a function rather than at import so `OURA_ASSETS_START_DATE` is read when Dagster loads the code
+location, not when a test or a tool merely imports the package.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import dagster as dg
+
+# Dagster's own tags for a ranged run; the public module does not re-export their names.
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+PATIENT_TAG = "oura_assets/patient_id"
+SYNC_IDS_TAG = "oura_assets/sync_ids"
+
+
+def daily_partitions(start_date: date) -> dg.DailyPartitionsDefinition:
+    # end_offset=1 keeps today's partition: a patient east of UTC is already living "today", and an API sync
+    # asks for the last 30 days up to today.
+    return dg.DailyPartitionsDefinition(start_date=start_date.isoformat(), timezone="UTC", end_offset=1)
+
+
+def partition_range_tags(start: date, end: date) -> dict[str, str]:
+    """Run tags that make one run cover [start, end] (a single-run backfill)."""
+    return {
+        RANGE_START_TAG: start.isoformat(),
+        RANGE_END_TAG: end.isoformat(),
+    }
