@@ -1,0 +1,285 @@
+"""End to end: Dagster runs over real partitions against the simulator on loopback, asserted with SQL."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime
+
+import dagster as dg
+import duckdb
+import pytest
+
+from oura_assets import warehouse as wh
+from oura_assets.definitions import defs as load_defs
+from oura_assets.defs.partitions import PATIENT_TAG, SYNC_IDS_TAG, partition_range_tags
+from oura_assets.defs.schedules import nightly_range
+from oura_assets.defs.sensors import build_event_sensor
+from oura_assets.normalize import METRIC_KEYS
+
+START, END = date(2024, 6, 10), date(2024, 6, 16)
+VOLATILE = {"synced_at", "updated_at", "fetched_at", "recorded_at", "occurred_at", "last_synced_at"}
+
+
+def run_sync(
+    start: date = START, end: date = END, **tags: str
+) -> tuple[dg.Definitions, dg.DagsterInstance, str]:
+    definitions = load_defs()
+    instance = dg.DagsterInstance.ephemeral()
+    result = definitions.resolve_job_def("oura_sync").execute_in_process(
+        instance=instance, tags={**partition_range_tags(start, end), **tags}, raise_on_error=False
+    )
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    with dg.build_sensor_context(instance=instance, resources=definitions.resources) as context:
+        build_event_sensor()(context)
+    return definitions, instance, result.run_id
+
+
+def query(settings, sql: str, params: list | None = None) -> list[tuple]:
+    with wh.Warehouse(settings.warehouse_path).connect("test: query") as conn:
+        return conn.execute(sql, params or []).fetchall()
+
+
+def snapshot(settings) -> dict[str, list[tuple]]:
+    """Every table's content without the columns that record when something happened."""
+    tables = {}
+    with wh.Warehouse(settings.warehouse_path).connect("test: snapshot") as conn:
+        names = conn.execute(
+            "SELECT table_schema, table_name FROM information_schema.tables "
+            "WHERE table_schema IN ('patient_graph', 'oura_raw') AND table_name NOT IN "
+            "('patient_events', 'sync_results', 'sync_requests', 'oauth_states', 'wearable_connections')"
+        ).fetchall()
+        for schema, table in names:
+            columns = [
+                c
+                for (c,) in conn.execute(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_schema = ? AND table_name = ? "
+                    "ORDER BY ordinal_position",
+                    [schema, table],
+                ).fetchall()
+                if c not in VOLATILE
+            ]
+            cols = ", ".join(f'"{c}"' for c in columns)
+            tables[f"{schema}.{table}"] = conn.execute(
+                f"SELECT {cols} FROM {schema}.{table} ORDER BY ALL"  # noqa: S608 (names from the catalog)
+            ).fetchall()
+    return tables
+
+
+def test_definitions_load_with_assets_schedule_and_sensors(pipeline_env):
+    definitions = load_defs()
+    keys = {key.to_user_string() for key in definitions.resolve_all_asset_keys()}
+    assert {
+        "oura_raw/daily_readiness",
+        "oura_raw/sleep",
+        "oura_raw/daily_activity",
+        "oura_raw/heartrate",
+        "patient_graph/wearable_data",
+        "patient_graph/patient_wearable_daily_stats",
+    } <= keys
+    schedule = definitions.resolve_schedule_def("sync_wearables_daily")
+    assert schedule.cron_schedule == "0 3 * * *" and schedule.execution_timezone == "UTC"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    for name in ("wearable_sync_events", "oura_sync_requests"):
+        assert definitions.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING
+    raw = definitions.resolve_assets_def(dg.AssetKey(["oura_raw", "heartrate"]))
+    assert raw.backfill_policy == dg.BackfillPolicy.single_run()
+
+
+def test_materialized_range_lands_every_table(pipeline_env, connect_patient):
+    settings = pipeline_env
+    for n in range(3):
+        connect_patient(f"patient-{n}")
+    _, _, run_id = run_sync()
+
+    metric_types = {
+        t for (t,) in query(settings, "SELECT DISTINCT metric_type FROM patient_graph.wearable_data")
+    }
+    assert metric_types == {"readiness", "sleep", "activity", "hrv"}
+    days = query(
+        settings, "SELECT min(day), max(day), count(DISTINCT patient_id) FROM patient_graph.wearable_data"
+    )
+    assert days == [(START, END, 3)]
+    for metric_type, metrics in query(
+        settings, "SELECT metric_type, metrics FROM patient_graph.wearable_data"
+    ):
+        assert sorted(json.loads(metrics)) == sorted(METRIC_KEYS[metric_type])
+    for start, end in query(
+        settings,
+        "SELECT metrics->>'bedtimeStart', metrics->>'bedtimeEnd' FROM patient_graph.wearable_data "
+        "WHERE metric_type = 'sleep' AND metrics->>'bedtimeStart' IS NOT NULL",
+    ):
+        assert start.endswith("Z") and (end is None or end.endswith("Z"))
+    stats = query(
+        settings,
+        "SELECT count(*), count(hr_samples), min(hr_min), max(hr_max) "
+        "FROM patient_graph.patient_wearable_daily_stats",
+    )[0]
+    assert stats[0] >= 3 * 5 and stats[1] > 0 and 30 <= stats[2] <= stats[3] <= 220
+    # Heart rate is fetched a day beyond each end of the range (for local days) and lands once per sample.
+    dupes = query(
+        settings,
+        "SELECT count(*) FROM (SELECT patient_id, timestamp, source FROM oura_raw.heartrate GROUP BY ALL "
+        "HAVING count(*) > 1)",
+    )
+    assert dupes == [(0,)]
+    events = query(
+        settings,
+        "SELECT patient_id, payload->>'status', payload->>'runId', payload->'rows' "
+        "FROM patient_graph.patient_events "
+        "WHERE event_type = 'wearable_sync' ORDER BY patient_id",
+    )
+    assert [(p, s, r) for p, s, r, _ in events] == [(f"patient-{n}", "success", run_id) for n in range(3)]
+    assert json.loads(events[0][3])["patient_graph.wearable_data"] > 0
+    synced = query(settings, "SELECT count(last_synced_at) FROM patient_graph.wearable_connections")
+    assert synced == [(3,)]
+
+
+def test_materializing_twice_leaves_tables_identical(pipeline_env, connect_patient):
+    connect_patient("patient-a")
+    connect_patient("patient-b")
+    run_sync()
+    first = snapshot(pipeline_env)
+    run_sync()
+    assert snapshot(pipeline_env) == first
+    assert sum(len(rows) for rows in first.values()) > 100
+
+
+def test_days_not_worn_have_no_rows(pipeline_env, connect_patient):
+    connect_patient("patient-a")
+    run_sync(date(2024, 3, 1), date(2024, 5, 31))
+    all_null = [
+        (metric_type, day)
+        for metric_type, day, metrics in query(
+            pipeline_env, "SELECT metric_type, day, metrics FROM patient_graph.wearable_data"
+        )
+        if all(value is None for value in json.loads(metrics).values())
+    ]
+    assert all_null == [], "a row with no non-null value was written"
+    covered = query(
+        pipeline_env, "SELECT count(DISTINCT day) FROM patient_graph.patient_wearable_daily_stats"
+    )[0][0]
+    assert 0 < covered < 92, "a simulated patient always has some days without the ring"
+
+
+def test_one_patient_forbidden_while_others_land(pipeline_env, connect_patient, simulator):
+    connect_patient("patient-ok")
+    expired = connect_patient("patient-expired")
+    simulator.control.set_faults(users={expired.ring_user: {"forbidden": True}})
+    _, instance, run_id = run_sync()
+
+    per_patient = dict(
+        query(pipeline_env, "SELECT patient_id, count(*) FROM patient_graph.wearable_data GROUP BY ALL")
+    )
+    assert per_patient.get("patient-ok", 0) > 0 and "patient-expired" not in per_patient
+    events = dict(
+        query(
+            pipeline_env,
+            "SELECT patient_id, payload FROM patient_graph.patient_events WHERE event_type = 'wearable_sync'",
+        )
+    )
+    failed = json.loads(events["patient-expired"])
+    assert failed["status"] == "failed"
+    assert failed["errors"][0]["code"] == "subscription_expired"
+    assert json.loads(events["patient-ok"])["status"] == "success"
+    run = instance.get_run_by_id(run_id)
+    assert run.tags["oura_assets/patients_ok"] == "1" and run.tags["oura_assets/patients_failed"] == "1"
+
+
+def test_refresh_rejected_marks_reconnect_required_and_others_land(pipeline_env, connect_patient, simulator):
+    connect_patient("patient-ok")
+    rejected = connect_patient("patient-rejected")
+    simulator.control.set_faults(
+        users={rejected.ring_user: {"expire_access_tokens": True, "refresh_reject": True}}
+    )
+    run_sync()
+    status = dict(query(pipeline_env, "SELECT patient_id, status FROM patient_graph.wearable_connections"))
+    assert status == {"patient-ok": "active", "patient-rejected": "reconnect_required"}
+    kinds = query(
+        pipeline_env,
+        "SELECT event_type, count(*) FROM patient_graph.patient_events WHERE patient_id = 'patient-rejected' "
+        "GROUP BY ALL ORDER BY ALL",
+    )
+    assert kinds == [("wearable_reconnect_required", 1), ("wearable_sync", 1)]
+    assert query(
+        pipeline_env, "SELECT count(*) FROM patient_graph.wearable_data WHERE patient_id = 'patient-ok'"
+    )[0][0]
+
+
+def test_expired_access_token_is_refreshed_and_rotated_pair_stored(pipeline_env, connect_patient, simulator):
+    patient = connect_patient("patient-a")
+    before = query(
+        pipeline_env, "SELECT access_token_enc, refresh_token_enc FROM patient_graph.wearable_connections"
+    )
+    simulator.control.set_faults(users={patient.ring_user: {"expire_access_tokens": True}})
+    run_sync()
+    after = query(
+        pipeline_env, "SELECT access_token_enc, refresh_token_enc FROM patient_graph.wearable_connections"
+    )
+    assert after[0][0] != before[0][0] and after[0][1] != before[0][1]
+    assert query(pipeline_env, "SELECT count(*) FROM patient_graph.wearable_data")[0][0] > 0
+    assert simulator.control.stats()["refresh_grants"] >= 1
+
+
+def test_no_plaintext_token_in_the_warehouse_file(pipeline_env, connect_patient):
+    patient = connect_patient("patient-a")
+    run_sync()
+    raw = pipeline_env.warehouse_path.read_bytes()
+    assert patient.access_token.encode() not in raw
+
+
+def test_run_for_one_patient_syncs_only_that_patient(pipeline_env, connect_patient):
+    connect_patient("patient-a")
+    connect_patient("patient-b")
+    with wh.Warehouse(pipeline_env.warehouse_path).transaction("test: request") as conn:
+        sync_id = wh.create_sync_request(conn, patient_id="patient-b", start_day=START, end_day=END)
+    run_sync(**{PATIENT_TAG: "patient-b", SYNC_IDS_TAG: sync_id})
+    patients = query(pipeline_env, "SELECT DISTINCT patient_id FROM patient_graph.wearable_data")
+    assert patients == [("patient-b",)]
+    with wh.Warehouse(pipeline_env.warehouse_path).connect("test: read request") as conn:
+        assert wh.get_sync_request(conn, sync_id).status == "success"
+
+
+@pytest.mark.parametrize(
+    ("scheduled", "lookback", "expected"),
+    [
+        (date(2024, 6, 20), 3, (date(2024, 6, 16), date(2024, 6, 19))),
+        (date(2024, 6, 20), 0, (date(2024, 6, 19), date(2024, 6, 19))),
+        (date(2024, 1, 2), 3, (date(2024, 1, 1), date(2024, 1, 1))),
+    ],
+    ids=["default-lookback", "no-lookback", "clamped-to-first-partition"],
+)
+def test_nightly_range(scheduled, lookback, expected):
+    assert nightly_range(scheduled, lookback, date(2024, 1, 1)) == expected
+
+
+def test_schedule_requests_one_ranged_run(pipeline_env):
+    schedule = load_defs().resolve_schedule_def("sync_wearables_daily")
+    context = dg.build_schedule_context(scheduled_execution_time=datetime(2024, 6, 20, 3, tzinfo=UTC))
+    request = schedule.evaluate_tick(context).run_requests[0]
+    assert request.tags["dagster/asset_partition_range_start"] == "2024-06-16"
+    assert request.tags["dagster/asset_partition_range_end"] == "2024-06-19"
+
+
+def test_sync_request_sensor_turns_a_request_into_a_run(pipeline_env, connect_patient):
+    connect_patient("patient-a")
+    with wh.Warehouse(pipeline_env.warehouse_path).transaction("test: request") as conn:
+        sync_id = wh.create_sync_request(conn, patient_id="patient-a", start_day=START, end_day=END)
+    definitions = load_defs()
+    sensor = definitions.resolve_sensor_def("oura_sync_requests")
+    with dg.build_sensor_context(
+        instance=dg.DagsterInstance.ephemeral(), resources=definitions.resources
+    ) as context:
+        requests = sensor.evaluate_tick(context).run_requests
+    assert [r.run_key for r in requests] == [sync_id]
+    assert requests[0].tags[PATIENT_TAG] == "patient-a"
+    assert requests[0].tags["dagster/asset_partition_range_start"] == START.isoformat()
+
+
+def test_warehouse_file_is_a_plain_duckdb_database(pipeline_env, connect_patient):
+    connect_patient("patient-a")
+    run_sync()
+    with duckdb.connect(str(pipeline_env.warehouse_path), read_only=True) as conn:
+        assert (
+            conn.execute("SELECT count(*) FROM patient_graph.patient_wearable_daily_stats").fetchone()[0] > 0
+        )
