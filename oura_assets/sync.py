@@ -23,6 +23,7 @@ from oura_assets.oura.client import (
     OuraRateLimited,
     OuraUnauthorized,
     OuraUnavailable,
+    parse_instant,
 )
 from oura_assets.tokens import ReconnectRequired
 
@@ -71,6 +72,35 @@ def heartrate_window(start: date, end: date) -> tuple[datetime, datetime]:
     )
 
 
+def _sample_problem(sample: Any) -> str | None:
+    """Why a heart-rate sample cannot be landed, or None. `bpm` must be a whole number, `source` a string."""
+    if not isinstance(sample, dict):
+        return f"a {type(sample).__name__}, not an object"
+    if parse_instant(sample.get("timestamp")) is None:
+        return "no readable `timestamp`"
+    if not isinstance(sample.get("source"), str):
+        return "no `source`"
+    bpm = sample.get("bpm")
+    if isinstance(bpm, bool) or not isinstance(bpm, int | float) or bpm != bpm or float(bpm) % 1:
+        return f"`bpm` is {bpm!r}, not a whole number"
+    return None
+
+
+def screen_samples(samples: list[Any]) -> tuple[list[dict[str, Any]], list[SyncError]]:
+    """Split heart-rate samples into those that can land and one error summarising the rest (if any)."""
+    good, problems = [], []
+    for sample in samples:
+        problem = _sample_problem(sample)
+        if problem is None:
+            good.append(sample)
+        else:
+            problems.append(problem)
+    if not problems:
+        return good, []
+    message = f"{len(problems)} heart-rate sample(s) left out; first: {problems[0]}"
+    return good, [SyncError("rejected_document", message, "heartrate")]
+
+
 def _classify(error: OuraError, collection: str) -> SyncError:
     if isinstance(error, OuraForbidden):
         # Oura answers 403 both for a missing scope and for an expired membership [spec]; one collection
@@ -110,7 +140,10 @@ def sync_patient(
     for collection in wanted:
         try:
             if collection == "heartrate":
-                fetched[collection] = client.heartrate(*heartrate_window(start, end))
+                fetched[collection], rejected = screen_samples(
+                    client.heartrate(*heartrate_window(start, end))
+                )
+                errors.extend(rejected)
             else:
                 batch = client.documents(collection, start, end)
                 fetched[collection] = batch.documents
