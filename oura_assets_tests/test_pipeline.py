@@ -283,3 +283,35 @@ def test_warehouse_file_is_a_plain_duckdb_database(pipeline_env, connect_patient
         assert (
             conn.execute("SELECT count(*) FROM patient_graph.patient_wearable_daily_stats").fetchone()[0] > 0
         )
+
+
+def test_bad_raw_document_is_left_out_and_reported_while_the_rest_lands(pipeline_env, connect_patient):
+    connect_patient("patient-a")
+    run_sync()
+    store = wh.Warehouse(pipeline_env.warehouse_path)
+    with store.transaction("test: corrupt one document") as conn:
+        doc_id, day = conn.execute(
+            "SELECT id, day FROM oura_raw.daily_readiness WHERE patient_id = 'patient-a' ORDER BY day LIMIT 1"
+        ).fetchone()
+        conn.execute(
+            "UPDATE oura_raw.daily_readiness SET document = json_merge_patch(document, ?) WHERE id = ?",
+            ['{"score": "high"}', doc_id],
+        )
+    definitions = load_defs()
+    instance = dg.DagsterInstance.ephemeral()
+    result = definitions.resolve_job_def("oura_sync").execute_in_process(
+        instance=instance,
+        tags=partition_range_tags(START, END),
+        asset_selection=[dg.AssetKey(["patient_graph", "wearable_data"])],
+    )
+    assert result.success
+    readiness_days = {
+        d
+        for (d,) in query(
+            pipeline_env, "SELECT day FROM patient_graph.wearable_data WHERE metric_type = 'readiness'"
+        )
+    }
+    assert day not in readiness_days and len(readiness_days) >= 3
+    assert query(pipeline_env, "SELECT count(*) FROM oura_raw.daily_readiness WHERE id = ?", [doc_id]) == [
+        (1,)
+    ]

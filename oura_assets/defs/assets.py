@@ -194,11 +194,43 @@ def _patients_to_normalize(context: dg.AssetExecutionContext, store: wh.Warehous
         return wh.patients_with_raw_data(conn, start, end)
 
 
-def _read_daily_documents(conn, patient_id: str, start: date, end: date) -> dict[str, list[dict]]:
-    return {
-        collection: wh.read_raw_documents(conn, collection, patient_id, start, end)
-        for collection in ("daily_readiness", "daily_sleep", "sleep", "daily_activity")
-    }
+def _read_daily_documents(
+    conn, patient_id: str, start: date, end: date
+) -> tuple[dict[str, list[dict]], list[SyncError]]:
+    """The patient's raw documents in [start, end], screened: a document the normalizers cannot read is left
+    out of the normalized tables and reported, but stays in the raw table exactly as Oura sent it."""
+    documents: dict[str, list[dict]] = {}
+    rejected: list[SyncError] = []
+    for collection in ("daily_readiness", "daily_sleep", "sleep", "daily_activity"):
+        documents[collection] = []
+        for document in wh.read_raw_documents(conn, collection, patient_id, start, end):
+            reason = normalize.validate_document(collection, document)
+            if reason is None:
+                documents[collection].append(document)
+            else:
+                doc_id = document.get("id") if isinstance(document, dict) else None
+                rejected.append(SyncError("invalid_document", f"document {doc_id!r}: {reason}", collection))
+    return documents, rejected
+
+
+def _report_rejected(
+    conn, context: dg.AssetExecutionContext, patient_id: str, rejected: list[SyncError]
+) -> None:
+    if not rejected:
+        return
+    context.log.warning(f"patient {patient_id}: {len(rejected)} document(s) left out: {rejected[0].message}")
+    previous = [r for r in wh.sync_results_for_run(conn, context.run.run_id) if r.patient_id == patient_id]
+    if previous:
+        wh.record_sync_result(
+            conn,
+            run_id=context.run.run_id,
+            patient_id=patient_id,
+            status="partial",
+            start_day=previous[0].start_day,
+            end_day=previous[0].end_day,
+            rows={},
+            errors=[e.to_dict() for e in rejected],
+        )
 
 
 def _wearable_rows(patient_id: str, docs: dict[str, list[dict]]) -> list[normalize.WearableRow]:
@@ -238,9 +270,16 @@ def build_graph_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         patients = _patients_to_normalize(context, store, start, end)
         for n, patient_id in enumerate(patients, start=1):
             with store.transaction(f"dagster run {context.run.run_id[:8]}: write wearable_data") as conn:
-                rows = _wearable_rows(patient_id, _read_daily_documents(conn, patient_id, start, end))
+                docs, rejected = _read_daily_documents(conn, patient_id, start, end)
+                _report_rejected(conn, context, patient_id, rejected)
+                rows = _wearable_rows(patient_id, docs)
                 written = wh.replace_wearable_data(conn, patient_id, start, end, rows, datetime.now(UTC))
-                _add_rows(conn, context, patient_id, start, end, "patient_graph.wearable_data", written)
+                wh.add_sync_result_rows(
+                    conn,
+                    run_id=context.run.run_id,
+                    patient_id=patient_id,
+                    rows={"patient_graph.wearable_data": written},
+                )
             total += written
             if len(patients) > 20 and n % 20 == 0:
                 _progress(context, n, len(patients), patient_id, f"{written} rows")
@@ -271,8 +310,9 @@ def build_graph_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
         for n, patient_id in enumerate(patients, start=1):
             with store.transaction(f"dagster run {context.run.run_id[:8]}: write daily stats") as conn:
-                docs = _read_daily_documents(conn, patient_id, start, end)
-                nearby = _read_daily_documents(
+                docs, rejected = _read_daily_documents(conn, patient_id, start, end)
+                _report_rejected(conn, context, patient_id, rejected)
+                nearby, _ = _read_daily_documents(
                     conn, patient_id, start - OFFSET_SEARCH_MARGIN, end + OFFSET_SEARCH_MARGIN
                 )
                 offsets = normalize.day_offsets(
@@ -284,14 +324,11 @@ def build_graph_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                     patient_id, _wearable_rows(patient_id, docs), hr_stats, offsets
                 )
                 written = wh.replace_daily_stats(conn, patient_id, start, end, rows, datetime.now(UTC))
-                _add_rows(
+                wh.add_sync_result_rows(
                     conn,
-                    context,
-                    patient_id,
-                    start,
-                    end,
-                    "patient_graph.patient_wearable_daily_stats",
-                    written,
+                    run_id=context.run.run_id,
+                    patient_id=patient_id,
+                    rows={"patient_graph.patient_wearable_daily_stats": written},
                 )
             total += written
             if len(patients) > 20 and n % 20 == 0:
@@ -301,8 +338,3 @@ def build_graph_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         )
 
     return [wearable_data, patient_wearable_daily_stats]
-
-
-def _add_rows(conn, context, patient_id: str, start: date, end: date, table: str, count: int) -> None:
-    """Add a normalized table's row count to the patient's sync result for this run (if it has one)."""
-    wh.add_sync_result_rows(conn, run_id=context.run.run_id, patient_id=patient_id, rows={table: count})
