@@ -35,6 +35,11 @@ import duckdb
 import filelock
 import polars as pl
 
+try:
+    import fcntl
+except ImportError:  # Windows: no waiter hand-off, the lock itself still works
+    fcntl = None  # type: ignore[assignment]
+
 logger = logging.getLogger(__name__)
 
 SOURCE = "oura"
@@ -48,6 +53,8 @@ EVENT_TYPES = frozenset(
 )
 DEFAULT_RETRY_AFTER_S = 5.0
 _STAGE_CHUNK = 50_000
+_POLL_S = 0.02
+_HANDOFF_S = 4 * _POLL_S
 
 _TERMINAL_SYNC_STATUSES = frozenset({"success", "partial", "failed"})
 # DuckDB 1.x/2.x: 'IO Error: Could not set lock on file "…": Conflicting lock is held in /usr/bin/python3.11
@@ -116,16 +123,68 @@ def _seconds(value: float) -> str:
     return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
 
 
-@dataclass
 class _ProcessGuard:
-    """The per-process half of the lock: threads of one process queue here before the file lock.
+    """This process's side of the writer lock on one file: threads queue here, then on the file lock.
 
     `filelock` is re-entrant per thread (or per process with thread_local=False), so on its own it would let
     two threads of the API in at once; the RLock serializes threads and keeps one thread's nesting harmless.
+
+    Neither an RLock nor a polled file lock is fair: a run that writes patient after patient back to back
+    takes the lock again before a waiting API request's next poll, and starves it. So waiters make
+    themselves known (threads with a counter, processes with a shared `flock` on `<file>.waiters`, which
+    the OS drops if they die), and whoever released the lock a moment ago and sees a waiter steps aside
+    for `_HANDOFF_S` before taking it again.
     """
 
-    thread_lock: threading.RLock
-    file_lock: filelock.FileLock
+    def __init__(self, path: Path):
+        self.thread_lock = threading.RLock()
+        self.file_lock = filelock.FileLock(f"{path}.lock", thread_local=False)
+        self.waiters_path = f"{path}.waiters"
+        self.threads_waiting = 0
+        self.released_at = -_HANDOFF_S
+        self.owner: int | None = None
+        self._counter = threading.Lock()
+
+    def step_aside_if_others_wait(self) -> None:
+        if self.owner == threading.get_ident() or time.monotonic() - self.released_at >= _HANDOFF_S:
+            return
+        if self.threads_waiting > 0 or self._other_process_waits():
+            time.sleep(_HANDOFF_S)
+
+    @contextlib.contextmanager
+    def waiting_thread(self) -> Iterator[None]:
+        with self._counter:
+            self.threads_waiting += 1
+        try:
+            yield
+        finally:
+            with self._counter:
+                self.threads_waiting -= 1
+
+    @contextlib.contextmanager
+    def waiting_process(self) -> Iterator[None]:
+        """Hold a shared lock on the waiters file while this process waits for the writer lock."""
+        if fcntl is None:
+            yield
+            return
+        fd = os.open(self.waiters_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    def _other_process_waits(self) -> bool:
+        if fcntl is None:
+            return False
+        fd = os.open(self.waiters_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
 
 
 _guards: dict[str, _ProcessGuard] = {}
@@ -147,8 +206,7 @@ def _guard_for(path: Path) -> _ProcessGuard:
     with _guards_lock:
         guard = _guards.get(key)
         if guard is None:
-            guard = _ProcessGuard(threading.RLock(), filelock.FileLock(f"{path}.lock", thread_local=False))
-            _guards[key] = guard
+            guard = _guards[key] = _ProcessGuard(path)
         return guard
 
 
@@ -177,16 +235,16 @@ class Warehouse:
         deadline = began + timeout
         self._resolved.parent.mkdir(parents=True, exist_ok=True)
         guard = _guard_for(self._resolved)
-        if not guard.thread_lock.acquire(timeout=max(0.0, timeout)):
-            raise self._busy(self._read_holder(), time.monotonic() - began)
+        guard.step_aside_if_others_wait()
+        with guard.waiting_thread():
+            if not guard.thread_lock.acquire(timeout=max(0.0, timeout)):
+                raise self._busy(self._read_holder(), time.monotonic() - began)
         try:
-            outermost = not guard.file_lock.is_locked
-            try:
-                guard.file_lock.acquire(timeout=max(0.0, deadline - time.monotonic()), poll_interval=0.02)
-            except filelock.Timeout:
-                raise self._busy(self._read_holder(), time.monotonic() - began) from None
+            outermost = guard.owner is None
+            self._acquire_file_lock(guard, deadline, began)
             try:
                 if outermost:
+                    guard.owner = threading.get_ident()
                     self._write_holder(purpose)
                 conn = self._open(deadline, began)
                 waited = time.monotonic() - began
@@ -203,8 +261,23 @@ class Warehouse:
                     with contextlib.suppress(OSError):
                         self._holder_path.unlink()
                 guard.file_lock.release()
+                if outermost:
+                    guard.owner = None
+                    guard.released_at = time.monotonic()
         finally:
             guard.thread_lock.release()
+
+    def _acquire_file_lock(self, guard: _ProcessGuard, deadline: float, began: float) -> None:
+        try:
+            guard.file_lock.acquire(timeout=0)
+            return
+        except filelock.Timeout:
+            pass
+        with guard.waiting_process():
+            try:
+                guard.file_lock.acquire(timeout=max(0.0, deadline - time.monotonic()), poll_interval=_POLL_S)
+            except filelock.Timeout:
+                raise self._busy(self._read_holder(), time.monotonic() - began) from None
 
     @contextlib.contextmanager
     def transaction(

@@ -888,3 +888,50 @@ def test_an_unopenable_file_fails_at_once_not_as_busy(tmp_path):
         pass
     assert not isinstance(caught.value, wh.WarehouseBusy)
     assert time.monotonic() - began < 2
+
+
+def hog_warehouse(path: str, ready: Any, release: Any) -> None:
+    """Child process: back-to-back short transactions (a run writing patient after patient) until told."""
+    store = wh.Warehouse(path)
+    ready.set()
+    while not release.is_set():
+        with store.transaction("dagster run: write patient after patient") as conn:
+            conn.execute("SELECT 1").fetchall()
+            time.sleep(0.01)
+
+
+def waits_for_five_requests(store: wh.Warehouse) -> list[float]:
+    waits = []
+    for _ in range(5):
+        began = time.monotonic()
+        with store.connect("api: request", timeout_s=1.5):
+            waits.append(time.monotonic() - began)
+        time.sleep(0.05)
+    return waits
+
+
+def test_a_back_to_back_writer_process_does_not_starve_a_waiting_request(store, child):
+    store.ensure_schema()
+    child(hog_warehouse, str(store.path))
+    waits = waits_for_five_requests(store)
+    assert max(waits) < 1.0, waits
+
+
+def test_a_back_to_back_writer_thread_leaves_room_for_another_thread(store):
+    store.ensure_schema()
+    stop = threading.Event()
+
+    def hog() -> None:
+        while not stop.is_set():
+            with store.transaction("sensor: write"):
+                time.sleep(0.01)
+
+    writer = threading.Thread(target=hog)
+    writer.start()
+    try:
+        time.sleep(0.1)
+        waits = waits_for_five_requests(store)
+    finally:
+        stop.set()
+        writer.join()
+    assert max(waits) < 1.0, waits
