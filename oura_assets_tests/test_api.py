@@ -124,6 +124,7 @@ def test_connect_answers_the_contract_auth_url_and_stores_only_the_state_hash(ap
         "&scope=email+personal+daily+heartrate+workout+session&response_type=code&state="
     )
     assert auth_url.startswith(expected)
+    assert api.responses[-1].headers["cache-control"] == "no-store"
     state = httpx.URL(auth_url).params["state"]
     assert len(state) >= 43
     rows = query(
@@ -228,6 +229,14 @@ def test_callback_expired_state_is_invalid_state(api: ApiHarness) -> None:
     assert answer.status_code == 400
     assert error_of(answer) == "invalid_state"
     assert query(api.settings, "SELECT count(*) FROM patient_graph.wearable_connections") == [(0,)]
+
+
+def test_callback_other_oauth_error_is_oauth_error_and_spends_the_state(api: ApiHarness) -> None:
+    state = httpx.URL(api.start_connect("patient-a")).params["state"]
+    answer = api.callback({"error": "server_error", "state": state})
+    assert answer.status_code == 400
+    assert error_of(answer) == "oauth_error"
+    assert query(api.settings, "SELECT used_at IS NOT NULL FROM patient_graph.oauth_states") == [(True,)]
 
 
 def test_callback_without_code_is_invalid_request(api: ApiHarness) -> None:

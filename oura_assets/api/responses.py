@@ -35,15 +35,19 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
+# Answers carry auth URLs (with a state) and per-patient data: no cache may keep them.
+NO_STORE = {"Cache-Control": "no-store"}
+
+
 def ok(data: Mapping[str, Any], status: int = 200) -> JSONResponse:
-    return JSONResponse({"success": True, "data": dict(data)}, status_code=status)
+    return JSONResponse({"success": True, "data": dict(data)}, status_code=status, headers=NO_STORE)
 
 
 def failure(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse(
         {"success": False, "error": {"code": code, "message": message}},
         status_code=status,
-        headers=dict(headers or {}),
+        headers={**NO_STORE, **(headers or {})},
     )
 
 

@@ -15,15 +15,20 @@ from typing import Any
 import httpx
 import uvicorn
 
-from oura_assets.api.app import create_app
+from oura_assets.api.app import REQUIRED_SETTINGS, create_app
 from oura_assets.api.logs import uvicorn_log_config
-from oura_assets.config import Settings
+from oura_assets.config import Settings, load_settings
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve `oura_assets.api:app` until interrupted. Settings are read when the app starts."""
+    """Serve the connection API until interrupted.
+
+    Settings are read here, before uvicorn starts, so a missing variable is the one-line `ConfigError` the
+    CLI prints rather than a traceback from the lifespan.
+    """
+    settings = load_settings(require=REQUIRED_SETTINGS)
     uvicorn.run(
-        "oura_assets.api:app",
+        create_app(settings),
         host=host,
         port=port,
         log_config=uvicorn_log_config(),
