@@ -46,7 +46,6 @@ class SimulatorServer:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
-        log_level: str = "warning",
         start_timeout_s: float = 10.0,
     ) -> None:
         self.config = config
@@ -54,7 +53,6 @@ class SimulatorServer:
         self.port = port
         self.app = create_app(config)
         self.control: SimulatorControl = self.app.state.control
-        self._log_level = log_level
         self._start_timeout_s = start_timeout_s
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -67,11 +65,14 @@ class SimulatorServer:
         """Start serving and return once the simulator answers HTTP."""
         if self._thread is not None:
             return self
+        # Embedded in someone else's process (tests, the demo beside the API): leave the process's logging
+        # alone. uvicorn's defaults would re-run dictConfig and reset the shared `uvicorn.*` loggers.
         config = uvicorn.Config(
             self.app,
             host=self.host,
             port=self.port,
-            log_level=self._log_level,
+            log_config=None,
+            log_level=None,
             lifespan="off",
             access_log=False,
         )
