@@ -110,16 +110,17 @@ def build_event_sensor() -> dg.SensorDefinition:
         )
         store = warehouse.warehouse()
         store.ensure_schema()
-        written = 0
+        written = runs = 0
         newest = float(context.cursor) if context.cursor else 0.0
         for record in records:
             if _is_sync_run(record.dagster_run):
                 written += record_run_outcome(store, record.dagster_run)
+                runs += 1
             newest = max(newest, record.update_timestamp.timestamp())
         context.update_cursor(str(newest))
         if not written:
             return dg.SkipReason("no finished sync runs to record")
-        context.log.info(f"recorded {written} wearable_sync event(s)")
+        context.log.info(f"recorded the outcome of {runs} sync run(s): {written} wearable_sync event(s)")
         return None
 
     return wearable_sync_events

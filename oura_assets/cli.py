@@ -1,0 +1,131 @@
+"""The `oura-assets` command: serve the API, mint a development JWT, run the simulator, the demo or dev.
+
+Settings come from the environment (see README); start-up errors are one clear line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from oura_assets.config import ConfigError, load_settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from oura_assets.api.server import serve
+
+    serve(host=args.host, port=args.port)
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from oura_assets.api.auth import mint_dev_token
+
+    print(mint_dev_token(load_settings(), args.patient, ttl_s=args.ttl))
+    return 0
+
+
+def _simulator(args: argparse.Namespace) -> int:
+    from oura_assets.simulator import SimulatorConfig, run
+
+    run(host=args.host, port=args.port, config=SimulatorConfig.from_settings(load_settings()))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from oura_assets.demo import run_demo
+
+    return run_demo(days=args.days)
+
+
+def _dev(args: argparse.Namespace) -> int:
+    """Simulator, connection API and `dagster dev` (UI + daemon) together, until Ctrl-C."""
+    root = Path.cwd()
+    env = dict(os.environ)
+    env.setdefault("OURA_ASSETS_DEMO", "1")
+    env.setdefault("DAGSTER_HOME", str((root / "data" / "dagster").resolve()))
+    home = Path(env["DAGSTER_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    settings = load_settings(env)
+    exe = Path(sys.executable).parent
+    commands = [
+        [str(exe / "oura-assets"), "serve"],
+        [
+            str(exe / "dagster"),
+            "dev",
+            "-w",
+            "workspace.yaml",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(args.port),
+        ],
+    ]
+    if settings.demo:
+        commands.insert(0, [str(exe / "oura-assets"), "simulator"])
+    children = [subprocess.Popen(command, env=env) for command in commands]
+    print(f"Dagster UI http://127.0.0.1:{args.port}  connection API {settings.api_url}", flush=True)
+    try:
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)
+        for child in children:
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    return max((child.returncode or 0) for child in children)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="oura-assets", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the connection API (uvicorn)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=_serve)
+
+    token = sub.add_parser("token", help="print a development JWT for a patient (demo mode only)")
+    token.add_argument("--patient", required=True, help="the patient id (the JWT's sub)")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    token.set_defaults(func=_token)
+
+    sim = sub.add_parser("simulator", help="run the bundled Oura simulator")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8787)
+    sim.set_defaults(func=_simulator)
+
+    demo = sub.add_parser("demo", help="connect demo patients and materialize the last 30 days")
+    demo.add_argument("--days", type=int, default=30)
+    demo.set_defaults(func=_demo)
+
+    dev = sub.add_parser("dev", help="simulator (demo mode) + connection API + Dagster UI and daemon")
+    dev.add_argument("--port", type=int, default=3000, help="Dagster UI port")
+    dev.set_defaults(func=_dev)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"oura-assets: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
