@@ -23,9 +23,10 @@ import uvicorn.logging
 from starlette.testclient import TestClient
 
 from oura_assets.api.auth import mint_dev_token
-from oura_assets.api.logs import RedactQueryFilter, uvicorn_log_config
+from oura_assets.api.logs import uvicorn_log_config
 from oura_assets.api.server import ApiServer
 from oura_assets.config import ConfigError, Settings, load_settings
+from oura_assets.redaction import RedactQueryFilter
 from oura_assets.simulator import SimulatorConfig, SimulatorServer
 from oura_assets_tests.conftest_api import ISSUER, JwksServer, claims, jwks_server, new_key, public, sign
 
@@ -75,6 +76,9 @@ def test_flow_over_real_http_with_jwks_and_redacted_access_log(
             )
         )
         access = logging.getLogger("uvicorn.access")
+        # ApiServer leaves the host's logging alone; this test is the host and wants the access log at INFO.
+        level = access.level
+        access.setLevel(logging.INFO)
         access.addHandler(handler)
         try:
             base, headers = server.url, bearer("patient-a")
@@ -91,6 +95,7 @@ def test_flow_over_real_http_with_jwks_and_redacted_access_log(
             assert httpx.get(f"{base}{W}/connections").status_code == 401
         finally:
             access.removeHandler(handler)
+            access.setLevel(level)
     assert jwks.fetches == 1  # one JWKS fetch served every request
     lines = captured.getvalue().splitlines()
     callback_lines = [line for line in lines if "/callback/oura" in line]

@@ -560,6 +560,6 @@ def test_sim_full_flow_logs_no_token_secret_or_code(simulator, pipeline_env, cap
     assert simulator.control.stats()["refresh_grants"] == 1
     assert any("refreshed the Oura access token" in r.getMessage() for r in caplog.records)
     logged = caplog.text + "\n".join(r.getMessage() for r in caplog.records)
-    assert "access_token=[redacted]" in logged
+    assert "/oauth/revoke?<redacted>" in logged
     for secret in secrets:
         assert secret and secret not in logged

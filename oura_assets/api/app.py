@@ -26,7 +26,6 @@ from starlette.routing import Route
 
 from oura_assets import warehouse as wh
 from oura_assets.api.auth import AuthUnavailable, JwtVerifier, Unauthorized, verifier_from_settings
-from oura_assets.api.logs import install_log_redaction
 from oura_assets.api.responses import (
     ApiError,
     CatchAllMiddleware,
@@ -39,6 +38,7 @@ from oura_assets.api.responses import (
 from oura_assets.api.service import SOURCE, ConnectionService, invalid_request
 from oura_assets.config import Settings, load_settings
 from oura_assets.oura.oauth import OuraOAuthApp
+from oura_assets.redaction import install_log_redaction
 from oura_assets.tokens import TokenCipher
 
 log = logging.getLogger("oura_assets.api")

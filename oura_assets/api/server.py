@@ -1,7 +1,9 @@
 """Running the connection API under uvicorn: `serve()` for `oura-assets serve`, `ApiServer` in a thread.
 
-Both use the redacting log configuration: uvicorn's access log would otherwise print the callback's
-`code=…&state=…` on every connection.
+`serve()` owns its process and installs the redacting log configuration; uvicorn's access log would
+otherwise print the callback's `code=…&state=…` on every connection. `ApiServer` is a guest in someone
+else's process (the demo, tests) and leaves its logging configuration alone: the app's lifespan attaches the
+redaction filters to the URL-logging loggers, which is all that secrecy needs.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class ApiServer:
         self.port = self._sock.getsockname()[1]
         config = uvicorn.Config(
             create_app(settings, **app_options),
-            log_config=uvicorn_log_config(),
+            log_config=None,
             server_header=False,
             lifespan="on",
         )

@@ -21,6 +21,7 @@ from authlib.integrations.httpx_client import OAuth2Client
 
 from oura_assets.config import OAUTH_SCOPES, ConfigError, Settings
 from oura_assets.oura.client import OuraError
+from oura_assets.redaction import install_log_redaction
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,7 @@ class OuraOAuthApp:
     def revoke(self, access_token: str) -> None:
         """`POST {revoke_url}?access_token=…`, what Oura's client libraries use (not in the spec)."""
         redact = _Redactor(access_token, self._client_secret)
-        _install_url_redaction()
+        install_log_redaction()  # httpx logs the revoke URL, token and all
         try:
             with self._session() as session:
                 response = session.request(
@@ -286,26 +287,3 @@ def _oauth_error_code(response: httpx.Response) -> str | None:
         return None
     error = body.get("error") if isinstance(body, dict) else None
     return error if isinstance(error, str) and _OAUTH_ERROR_CODE.match(error) else None
-
-
-class _RedactAccessTokenInUrls(logging.Filter):
-    """httpx logs every request URL at INFO; the revoke URL carries the access token in its query."""
-
-    _pattern = re.compile(r"(access_token=)[^&\s\"']+")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                self._pattern.sub(r"\1" + _REDACTED, str(a)) if "access_token=" in str(a) else a
-                for a in record.args
-            )
-        if isinstance(record.msg, str) and "access_token=" in record.msg:
-            record.msg = self._pattern.sub(r"\1" + _REDACTED, record.msg)
-        return True
-
-
-def _install_url_redaction() -> None:
-    """Added on first revoke rather than at import, so importing this module changes nothing."""
-    logger = logging.getLogger("httpx")
-    if not any(isinstance(f, _RedactAccessTokenInUrls) for f in logger.filters):
-        logger.addFilter(_RedactAccessTokenInUrls())

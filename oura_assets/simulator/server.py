@@ -19,7 +19,7 @@ from oura_assets.simulator.app import create_app
 from oura_assets.simulator.config import SimulatorConfig
 from oura_assets.simulator.state import SimulatorControl
 
-_SECRET_PARAMS = re.compile(r"((?:access_token|refresh_token|code|token|client_secret)=)[^&\s]+")
+_SECRET_PARAMS = re.compile(r"((?:access_token|refresh_token|code|token|client_secret|state)=)[^&\s]+")
 
 
 class _RedactSecrets(logging.Filter):
