@@ -7,6 +7,7 @@ and secrets generated into the data folder (mode 0600) fill whatever is unset, s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -19,7 +20,7 @@ from cryptography.fernet import Fernet
 
 REAL_API_BASE_URL = "https://api.ouraring.com"
 REAL_AUTHORIZE_URL = "https://cloud.ouraring.com/oauth/authorize"
-REAL_TOKEN_URL = "https://api.ouraring.com/oauth/token"
+REAL_TOKEN_URL = "https://api.ouraring.com/oauth/token"  # noqa: S105 (a URL, not a secret)
 REAL_REVOKE_URL = "https://api.ouraring.com/oauth/revoke"
 
 DEMO_CLIENT_ID = "oura-assets-demo"
@@ -90,7 +91,7 @@ def _demo_secrets(data_dir: Path) -> dict[str, str]:
     """The demo's generated client secret and Fernet key, created once and kept in data/ (mode 0600)."""
     path = data_dir / "demo-secrets.json"
     if not path.exists():
-        try:
+        with contextlib.suppress(FileExistsError):  # another process created it first; read theirs
             _write_private(
                 path,
                 json.dumps(
@@ -100,8 +101,6 @@ def _demo_secrets(data_dir: Path) -> dict[str, str]:
                     }
                 ),
             )
-        except FileExistsError:
-            pass  # another process created it first; read theirs
     return json.loads(path.read_text())
 
 
