@@ -12,14 +12,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from oura_assets.config import ConfigError, load_settings
+
+
+def _port_of(url: str) -> int:
+    return urlsplit(url).port or (443 if url.startswith("https") else 80)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from oura_assets.api.server import serve
 
-    serve(host=args.host, port=args.port)
+    serve(host=args.host, port=args.port or _port_of(load_settings().api_url))
     return 0
 
 
@@ -33,7 +38,9 @@ def _token(args: argparse.Namespace) -> int:
 def _simulator(args: argparse.Namespace) -> int:
     from oura_assets.simulator import SimulatorConfig, run
 
-    run(host=args.host, port=args.port, config=SimulatorConfig.from_settings(load_settings()))
+    settings = load_settings()
+    port = args.port or _port_of(settings.simulator_url)
+    run(host=args.host, port=port, config=SimulatorConfig.from_settings(settings))
     return 0
 
 
@@ -95,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the connection API (uvicorn)")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=int, help="default: the port of OURA_ASSETS_API_URL (8000)")
     serve.set_defaults(func=_serve)
 
     token = sub.add_parser("token", help="print a development JWT for a patient (demo mode only)")
@@ -105,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulator", help="run the bundled Oura simulator")
     sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=8787)
+    sim.add_argument("--port", type=int, help="default: the port of OURA_ASSETS_SIMULATOR_URL (8787)")
     sim.set_defaults(func=_simulator)
 
     demo = sub.add_parser("demo", help="connect demo patients and materialize the last 30 days")
