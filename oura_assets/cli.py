@@ -77,6 +77,14 @@ def _dev(args: argparse.Namespace) -> int:
     ]
     if settings.demo:
         commands.insert(0, [str(exe / "oura-assets"), "simulator"])
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # Ctrl-C, and SIGTERM from a service manager, both shut the children down (a background job may start
+    # with SIGINT ignored, so install the handlers explicitly).
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     children = [subprocess.Popen(command, env=env) for command in commands]
     print(f"Dagster UI http://127.0.0.1:{args.port}  connection API {settings.api_url}", flush=True)
     try:
