@@ -45,9 +45,13 @@ def _simulator(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from oura_assets.demo import run_demo
+    from oura_assets.demo import DemoError, run_demo
 
-    return run_demo(days=args.days)
+    try:
+        return run_demo(days=args.days)
+    except DemoError as exc:
+        print(f"oura-assets demo: {exc}", file=sys.stderr)
+        return 2
 
 
 def _dev(args: argparse.Namespace) -> int:

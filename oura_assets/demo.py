@@ -25,6 +25,11 @@ from oura_assets import warehouse as wh
 from oura_assets.config import Settings, load_settings
 from oura_assets.defs.partitions import SYNC_IDS_TAG, partition_range_tags
 
+
+class DemoError(RuntimeError):
+    """Something the person running the demo can fix; the message says what."""
+
+
 DEMO_PATIENTS = tuple(f"demo-patient-{n}" for n in range(1, 6))
 DEMO_DAYS = 30
 
@@ -51,11 +56,19 @@ def _simulator(settings: Settings) -> Iterator[str]:
         return
     from oura_assets.simulator import SimulatorConfig, SimulatorServer
 
-    with SimulatorServer(
-        SimulatorConfig.from_settings(settings), port=_port(settings.simulator_url)
-    ) as server:
-        print(f"started the Oura simulator at {server.url}")
+    server = SimulatorServer(SimulatorConfig.from_settings(settings), port=_port(settings.simulator_url))
+    try:
+        server.start()
+    except (OSError, RuntimeError) as exc:
+        raise DemoError(
+            f"cannot start the Oura simulator at {settings.simulator_url} ({exc}); stop what uses that port "
+            "or set OURA_ASSETS_SIMULATOR_URL to a free one"
+        ) from None
+    print(f"started the Oura simulator at {server.url}")
+    try:
         yield server.url
+    finally:
+        server.stop()
 
 
 @contextlib.contextmanager
@@ -67,9 +80,18 @@ def _api(settings: Settings) -> Iterator[str]:
         return
     from oura_assets.api.server import ApiServer
 
-    with ApiServer(settings, port=_port(settings.api_url)) as server:
-        print(f"started the connection API at {server.url}")
+    try:
+        server = ApiServer(settings, port=_port(settings.api_url)).start()
+    except (OSError, RuntimeError) as exc:
+        raise DemoError(
+            f"cannot start the connection API at {settings.api_url} ({exc}); stop what uses that port "
+            "or set OURA_ASSETS_API_URL to a free one"
+        ) from None
+    print(f"started the connection API at {server.url}")
+    try:
         yield server.url
+    finally:
+        server.stop()
 
 
 def connect_patient(api_url: str, patient_id: str, ring_user: str, settings: Settings) -> dict:
