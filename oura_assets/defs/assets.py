@@ -7,7 +7,7 @@ tag (API sync requests). One patient's failure is recorded for that patient and 
 """
 
 import time as clock
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
@@ -239,12 +239,54 @@ def _wearable_rows(patient_id: str, docs: dict[str, list[dict]]) -> list[normali
     )
 
 
-def _graph_metadata(patients: int, rows: int, table: str) -> dict[str, dg.MetadataValue]:
-    return {
-        "patients": dg.MetadataValue.int(patients),
-        "rows": dg.MetadataValue.json({table: rows}),
-        "dagster/row_count": dg.MetadataValue.int(rows),
-    }
+def _write_wearable_data(conn, patient_id: str, start: date, end: date, docs: dict[str, list[dict]]) -> int:
+    rows = _wearable_rows(patient_id, docs)
+    return wh.replace_wearable_data(conn, patient_id, start, end, rows, datetime.now(UTC))
+
+
+def _write_daily_stats(conn, patient_id: str, start: date, end: date, docs: dict[str, list[dict]]) -> int:
+    nearby, _ = _read_daily_documents(
+        conn, patient_id, start - OFFSET_SEARCH_MARGIN, end + OFFSET_SEARCH_MARGIN
+    )
+    offsets = normalize.day_offsets(
+        nearby["daily_readiness"], nearby["daily_sleep"], nearby["daily_activity"]
+    )
+    days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
+    samples = wh.read_raw_heartrate(conn, patient_id, *heartrate_window(start, end))
+    hr_stats = normalize.heart_rate_day_stats(samples, offsets, days)
+    rows = normalize.daily_stats_rows(patient_id, _wearable_rows(patient_id, docs), hr_stats, offsets)
+    return wh.replace_daily_stats(conn, patient_id, start, end, rows, datetime.now(UTC))
+
+
+def _rebuild_per_patient(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    table: str,
+    write: Callable[..., int],
+) -> dg.MaterializeResult:
+    """Rebuild `table` over the run's days from the raw tables, one patient per short transaction."""
+    start, end = _day_range(context)
+    store = warehouse.warehouse()
+    patients = _patients_to_normalize(context, store, start, end)
+    total = 0
+    for n, patient_id in enumerate(patients, start=1):
+        with store.transaction(f"dagster run {context.run.run_id[:8]}: write {table}") as conn:
+            docs, rejected = _read_daily_documents(conn, patient_id, start, end)
+            _report_rejected(conn, context, patient_id, rejected)
+            written = write(conn, patient_id, start, end, docs)
+            wh.add_sync_result_rows(
+                conn, run_id=context.run.run_id, patient_id=patient_id, rows={table: written}
+            )
+        total += written
+        if len(patients) > 20 and n % 20 == 0:
+            _progress(context, n, len(patients), patient_id, f"{written} rows")
+    return dg.MaterializeResult(
+        metadata={
+            "patients": dg.MetadataValue.int(len(patients)),
+            "rows": dg.MetadataValue.json({table: total}),
+            "dagster/row_count": dg.MetadataValue.int(total),
+        }
+    )
 
 
 def build_graph_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
@@ -264,28 +306,7 @@ def build_graph_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         Built from the raw tables, so re-materializing re-derives it without calling Oura. A row exists only
         where Oura returned the documents it is built from; sleep and hrv use the day's main sleep period.
         """
-        start, end = _day_range(context)
-        store = warehouse.warehouse()
-        total = 0
-        patients = _patients_to_normalize(context, store, start, end)
-        for n, patient_id in enumerate(patients, start=1):
-            with store.transaction(f"dagster run {context.run.run_id[:8]}: write wearable_data") as conn:
-                docs, rejected = _read_daily_documents(conn, patient_id, start, end)
-                _report_rejected(conn, context, patient_id, rejected)
-                rows = _wearable_rows(patient_id, docs)
-                written = wh.replace_wearable_data(conn, patient_id, start, end, rows, datetime.now(UTC))
-                wh.add_sync_result_rows(
-                    conn,
-                    run_id=context.run.run_id,
-                    patient_id=patient_id,
-                    rows={"patient_graph.wearable_data": written},
-                )
-            total += written
-            if len(patients) > 20 and n % 20 == 0:
-                _progress(context, n, len(patients), patient_id, f"{written} rows")
-        return dg.MaterializeResult(
-            metadata=_graph_metadata(len(patients), total, "patient_graph.wearable_data")
-        )
+        return _rebuild_per_patient(context, warehouse, "patient_graph.wearable_data", _write_wearable_data)
 
     @dg.asset(
         key=DAILY_STATS_KEY,
@@ -303,38 +324,8 @@ def build_graph_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         Heart-rate figures cover the patient's local calendar day (UTC plus the offset on that day's daily
         documents, else the nearest known offset, else UTC); a sample repeated by Oura counts once.
         """
-        start, end = _day_range(context)
-        store = warehouse.warehouse()
-        total = 0
-        patients = _patients_to_normalize(context, store, start, end)
-        days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
-        for n, patient_id in enumerate(patients, start=1):
-            with store.transaction(f"dagster run {context.run.run_id[:8]}: write daily stats") as conn:
-                docs, rejected = _read_daily_documents(conn, patient_id, start, end)
-                _report_rejected(conn, context, patient_id, rejected)
-                nearby, _ = _read_daily_documents(
-                    conn, patient_id, start - OFFSET_SEARCH_MARGIN, end + OFFSET_SEARCH_MARGIN
-                )
-                offsets = normalize.day_offsets(
-                    nearby["daily_readiness"], nearby["daily_sleep"], nearby["daily_activity"]
-                )
-                samples = wh.read_raw_heartrate(conn, patient_id, *heartrate_window(start, end))
-                hr_stats = normalize.heart_rate_day_stats(samples, offsets, days)
-                rows = normalize.daily_stats_rows(
-                    patient_id, _wearable_rows(patient_id, docs), hr_stats, offsets
-                )
-                written = wh.replace_daily_stats(conn, patient_id, start, end, rows, datetime.now(UTC))
-                wh.add_sync_result_rows(
-                    conn,
-                    run_id=context.run.run_id,
-                    patient_id=patient_id,
-                    rows={"patient_graph.patient_wearable_daily_stats": written},
-                )
-            total += written
-            if len(patients) > 20 and n % 20 == 0:
-                _progress(context, n, len(patients), patient_id, f"{written} rows")
-        return dg.MaterializeResult(
-            metadata=_graph_metadata(len(patients), total, "patient_graph.patient_wearable_daily_stats")
+        return _rebuild_per_patient(
+            context, warehouse, "patient_graph.patient_wearable_daily_stats", _write_daily_stats
         )
 
     return [wearable_data, patient_wearable_daily_stats]
