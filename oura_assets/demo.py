@@ -13,9 +13,10 @@ import contextlib
 import logging
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import dagster as dg
@@ -48,50 +49,49 @@ def _answers(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def _simulator(settings: Settings) -> Iterator[str]:
-    """The simulator at the demo URL: reuse one already running there (`make simulator`), else start one."""
-    if _answers(settings.simulator_url + "/_sim/stats"):
-        print(f"using the simulator already running at {settings.simulator_url}")
-        yield settings.simulator_url
+def _running(name: str, url: str, probe: str, variable: str, start: Callable[[int], Any]) -> Iterator[str]:
+    """A server of ours at `url`: reuse one that already answers `probe` (`make dev`), else start one."""
+    if _answers(url + probe):
+        print(f"using the {name} already running at {url}")
+        yield url
         return
+    try:
+        server = start(_port(url))
+    except (OSError, RuntimeError) as exc:
+        raise DemoError(
+            f"cannot start the {name} at {url} ({exc}); "
+            f"stop what uses that port or set {variable} to a free one"
+        ) from None
+    print(f"started the {name} at {server.url}")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def _simulator(settings: Settings) -> contextlib.AbstractContextManager[str]:
     from oura_assets.simulator import SimulatorConfig, SimulatorServer
 
-    server = SimulatorServer(SimulatorConfig.from_settings(settings), port=_port(settings.simulator_url))
-    try:
-        server.start()
-    except (OSError, RuntimeError) as exc:
-        raise DemoError(
-            f"cannot start the Oura simulator at {settings.simulator_url} ({exc}); stop what uses that port "
-            "or set OURA_ASSETS_SIMULATOR_URL to a free one"
-        ) from None
-    print(f"started the Oura simulator at {server.url}")
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    config = SimulatorConfig.from_settings(settings)
+    return _running(
+        "Oura simulator",
+        settings.simulator_url,
+        "/_sim/stats",
+        "OURA_ASSETS_SIMULATOR_URL",
+        lambda port: SimulatorServer(config, port=port).start(),
+    )
 
 
-@contextlib.contextmanager
-def _api(settings: Settings) -> Iterator[str]:
-    """The connection API at the demo URL: reuse one already running there (`make dev`), else start one."""
-    if _answers(settings.api_url + "/healthz"):
-        print(f"using the connection API already running at {settings.api_url}")
-        yield settings.api_url
-        return
+def _api(settings: Settings) -> contextlib.AbstractContextManager[str]:
     from oura_assets.api.server import ApiServer
 
-    try:
-        server = ApiServer(settings, port=_port(settings.api_url)).start()
-    except (OSError, RuntimeError) as exc:
-        raise DemoError(
-            f"cannot start the connection API at {settings.api_url} ({exc}); stop what uses that port "
-            "or set OURA_ASSETS_API_URL to a free one"
-        ) from None
-    print(f"started the connection API at {server.url}")
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    return _running(
+        "connection API",
+        settings.api_url,
+        "/healthz",
+        "OURA_ASSETS_API_URL",
+        lambda port: ApiServer(settings, port=port).start(),
+    )
 
 
 def connect_patient(api_url: str, patient_id: str, ring_user: str, settings: Settings) -> dict:
