@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from oura_assets.config import ConfigError, Settings
@@ -65,7 +66,9 @@ class SimulatorConfig:
     `page_size` maps a route (`daily_readiness`, ..., `heartrate`, or `default` for the rest) to its
     page size; a partial mapping or a single int is merged over `DEFAULT_PAGE_SIZES`. `now` starts the data
     clock at that instant (it then advances with real time); `None` follows the wall clock. `seed` seeds the
-    fault dice (the data itself depends only on user names and days).
+    fault dice (the data itself depends only on user names and days). `state_path`, when set, is the file the
+    OAuth grants are kept in (as digests, never the tokens themselves) so a restarted simulator still honours
+    the tokens it issued; `None` keeps them in memory only, as tests want.
     """
 
     clients: dict[str, ClientRegistration] = field(default_factory=dict)
@@ -76,6 +79,7 @@ class SimulatorConfig:
     seed: int = 0
     code_ttl_s: int = 600
     now: datetime | None = None
+    state_path: Path | None = None
 
     def __post_init__(self) -> None:
         self.app_rate_limit = RateLimit.coerce(self.app_rate_limit)
@@ -97,7 +101,12 @@ class SimulatorConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> SimulatorConfig:
-        """The simulator the project's own settings talk to: their client id, secret and redirect URI."""
+        """The simulator the project's own settings talk to: their client id, secret and redirect URI.
+
+        In demo mode its grants persist in `<data_dir>/simulator-state.json`, shared by every way of starting
+        it (`make demo`'s in-process one, `make simulator`, `make dev`), so tokens the demo stored stay valid
+        when another of them takes over. `overrides` win, including `state_path=None`.
+        """
         missing = [
             name
             for name, value in (
@@ -114,4 +123,6 @@ class SimulatorConfig:
             )
         assert settings.client_id and settings.client_secret and settings.redirect_uri
         clients = {settings.client_id: ClientRegistration(settings.client_secret, (settings.redirect_uri,))}
+        if settings.demo:
+            overrides = {"state_path": settings.data_dir / "simulator-state.json", **overrides}
         return cls(clients=clients, **overrides)

@@ -7,10 +7,15 @@ Two clocks, on purpose. The data clock (`now()`) decides which documents exist a
 stand at any moment of a simulated user's life. Tokens, codes and rate-limit windows run on the wall
 clock (plus `advance_auth_clock`), like Oura's, so moving the data clock never expires a token behind a
 client's back.
+
+Only the grant tables outlive the process (when `SimulatorConfig.state_path` is set, see `grants.py`): they
+are what a real Oura would still know after a restart. Faults, clocks, rate-limit windows and stats are a
+test's or a demo's knobs and start afresh.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import secrets
 import threading
@@ -21,6 +26,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from oura_assets.simulator.config import ClientRegistration, RateLimit, SimulatorConfig
+from oura_assets.simulator.grants import (
+    AccessToken,
+    AuthCode,
+    Grant,
+    GrantTables,
+    RefreshToken,
+    digest,
+    load_tables,
+    save_tables,
+)
+
+log = logging.getLogger(__name__)
 
 KNOWN_SCOPES = ("email", "personal", "daily", "heartrate", "workout", "tag", "session", "spo2Daily")
 USER_FAULTS = ("forbidden", "refresh_reject", "expire_access_tokens")
@@ -44,43 +61,6 @@ class TokenRejected(Exception):
         self.detail = detail
 
 
-@dataclass
-class Grant:
-    """One user's consent to one client; its current access/refresh pair dies with it."""
-
-    grant_id: str
-    user: str
-    client_id: str
-    scopes: tuple[str, ...]
-    revoked: bool = False
-
-
-@dataclass
-class AccessToken:
-    grant_id: str
-    expires_at: float
-    serial: int
-    dead: str | None = None
-
-
-@dataclass
-class RefreshToken:
-    grant_id: str
-    access_token: str
-    spent: bool = False
-
-
-@dataclass
-class AuthCode:
-    client_id: str
-    redirect_uri: str
-    user: str
-    scopes: tuple[str, ...]
-    expires_at: float
-    used: bool = False
-    grant_id: str | None = None
-
-
 @dataclass(frozen=True)
 class Principal:
     """Who a valid access token speaks for."""
@@ -88,7 +68,8 @@ class Principal:
     user: str
     client_id: str
     scopes: tuple[str, ...]
-    access_token: str
+    # The token's digest, which keys the per-token rate-limit window; the plaintext is not kept.
+    token_digest: str
 
 
 @dataclass
@@ -146,11 +127,12 @@ class SimulatorState:
         self.config = config
         self._lock = threading.RLock()
         self._rng = random.Random(config.seed)
-        self._grants: dict[str, Grant] = {}
-        self._access: dict[str, AccessToken] = {}
-        self._refresh: dict[str, RefreshToken] = {}
-        self._codes: dict[str, AuthCode] = {}
-        self._serial = 0
+        # Tokens and codes are keyed by `digest()` of their value, never by the value itself (see grants.py).
+        self._tables = GrantTables() if config.state_path is None else load_tables(config.state_path)
+        self._grants: dict[str, Grant] = self._tables.grants
+        self._access: dict[str, AccessToken] = self._tables.access
+        self._refresh: dict[str, RefreshToken] = self._tables.refresh
+        self._codes: dict[str, AuthCode] = self._tables.codes
         self._auth_offset_s = 0.0
         self._clock_base_sim: datetime | None = config.now
         self._clock_base_real = time.time()
@@ -189,21 +171,42 @@ class SimulatorState:
     def client(self, client_id: str) -> ClientRegistration | None:
         return self.config.clients.get(client_id)
 
+    def _saved(self) -> None:
+        """Write the grant tables to `config.state_path` (if any); called, under the lock, after each change.
+
+        A failed write is logged, not raised: the change already holds in memory and the client's request
+        should still succeed; only a later simulator process would miss it.
+        """
+        path = self.config.state_path
+        if path is None:
+            return
+        try:
+            save_tables(path, self._tables)
+        except OSError as exc:
+            log.warning(
+                "Oura simulator: could not save its grants to %s (%s); a restarted simulator will not know "
+                "the tokens issued since",
+                path,
+                exc,
+            )
+
     def issue_code(self, client_id: str, redirect_uri: str, user: str, scopes: tuple[str, ...]) -> str:
         code = secrets.token_urlsafe(24)
         with self._lock:
-            self._codes[code] = AuthCode(
+            self._codes[digest(code)] = AuthCode(
                 client_id, redirect_uri, user, scopes, self.wall() + self.config.code_ttl_s
             )
+            self._saved()
         return code
 
     def _new_pair(self, grant: Grant) -> dict[str, Any]:
         access, refresh = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-        self._serial += 1
-        self._access[access] = AccessToken(
-            grant.grant_id, self.wall() + self.config.access_token_ttl_s, self._serial
+        self._tables.serial += 1
+        self._access[digest(access)] = AccessToken(
+            grant.grant_id, self.wall() + self.config.access_token_ttl_s, self._tables.serial
         )
-        self._refresh[refresh] = RefreshToken(grant.grant_id, access)
+        self._refresh[digest(refresh)] = RefreshToken(grant.grant_id, digest(access))
+        self._saved()
         return {
             "token_type": "bearer",
             "access_token": access,
@@ -225,7 +228,7 @@ class SimulatorState:
 
     def exchange_code(self, client_id: str, code: str, redirect_uri: str | None) -> dict[str, Any]:
         with self._lock:
-            entry = self._codes.get(code)
+            entry = self._codes.get(digest(code))
             if entry is None or entry.client_id != client_id:
                 raise OAuthError("invalid_grant", "the authorization code is unknown")
             if entry.used:
@@ -233,6 +236,7 @@ class SimulatorState:
                 self._counters["code_reuse"] += 1
                 if entry.grant_id is not None:
                     self._kill_grant(entry.grant_id, "revoked")
+                    self._saved()
                 raise OAuthError("invalid_grant", "the authorization code was already used")
             if self.wall() > entry.expires_at:
                 raise OAuthError("invalid_grant", "the authorization code has expired")
@@ -258,7 +262,7 @@ class SimulatorState:
 
     def refresh(self, client_id: str, refresh_token: str) -> dict[str, Any]:
         with self._lock:
-            entry = self._refresh.get(refresh_token)
+            entry = self._refresh.get(digest(refresh_token))
             grant = self._grants.get(entry.grant_id) if entry else None
             if entry is None or grant is None or grant.client_id != client_id:
                 raise OAuthError("invalid_grant", "the refresh token is unknown")
@@ -270,7 +274,7 @@ class SimulatorState:
                 self._counters["refresh_rejected"] += 1
                 raise OAuthError("invalid_grant", "the user's authorization is no longer valid")
             entry.spent = True
-            old = self._access.get(entry.access_token)
+            old = self._access.get(entry.access_digest)
             if old is not None and old.dead is None:
                 old.dead = "rotated"
             self._counters["refresh_grants"] += 1
@@ -278,18 +282,21 @@ class SimulatorState:
 
     def revoke(self, token: str) -> bool:
         with self._lock:
-            access = self._access.get(token)
-            refresh = self._refresh.get(token)
+            key = digest(token)
+            access = self._access.get(key)
+            refresh = self._refresh.get(key)
             grant_id = access.grant_id if access else refresh.grant_id if refresh else None
             if grant_id is None:
                 return False
             self._kill_grant(grant_id, "revoked")
+            self._saved()
             self._counters["revocations"] += 1
             return True
 
     def authenticate(self, token: str) -> Principal:
         with self._lock:
-            entry = self._access.get(token)
+            key = digest(token)
+            entry = self._access.get(key)
             grant = self._grants.get(entry.grant_id) if entry else None
             if entry is None or grant is None:
                 raise TokenRejected("The access token is invalid.")
@@ -304,7 +311,7 @@ class SimulatorState:
                 and entry.serial <= user_faults.expire_cutoff
             ):
                 raise TokenRejected("The access token has expired.")
-            return Principal(grant.user, grant.client_id, grant.scopes, token)
+            return Principal(grant.user, grant.client_id, grant.scopes, key)
 
     def user_forbidden(self, user: str) -> bool:
         with self._lock:
@@ -354,7 +361,7 @@ class SimulatorState:
             current.refresh_reject = bool(flags["refresh_reject"])
         if "expire_access_tokens" in flags:
             # Expires the tokens issued so far; the ones a refresh hands out afterwards work.
-            current.expire_cutoff = self._serial if flags["expire_access_tokens"] else None
+            current.expire_cutoff = self._tables.serial if flags["expire_access_tokens"] else None
 
     def reset_faults(self) -> dict[str, Any]:
         with self._lock:
@@ -386,7 +393,7 @@ class SimulatorState:
             )
             token_limit = token_limit or self.config.token_rate_limit
             if token_limit is not None:
-                limits.append(("access_token", principal.access_token, token_limit))
+                limits.append(("access_token", principal.token_digest, token_limit))
             now = time.time()
             for tier, key, limit in limits:
                 window = int(now // limit.window_s)
