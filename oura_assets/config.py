@@ -68,6 +68,21 @@ class Settings:
         """Private RSA key (PEM, mode 0600) that signs development JWTs in demo mode."""
         return self.data_dir / "demo-jwt-key.pem"
 
+    def oauth_client(self) -> tuple[str, str, str]:
+        """(client id, client secret, redirect URI), or a ConfigError naming the first one missing."""
+        for name, value in (
+            ("OURA_CLIENT_ID", self.client_id),
+            ("OURA_CLIENT_SECRET", self.client_secret),
+            ("OURA_REDIRECT_URI", self.redirect_uri),
+        ):
+            if not value:
+                raise ConfigError(
+                    f"{name} is not set (needed for oauth); set it, or run with OURA_ASSETS_DEMO=1 "
+                    "to use the bundled simulator"
+                )
+        assert self.client_id and self.client_secret and self.redirect_uri
+        return self.client_id, self.client_secret, self.redirect_uri
+
     @property
     def lock_dir(self) -> Path:
         """Cross-process lock files (warehouse writer, per-patient token refresh)."""

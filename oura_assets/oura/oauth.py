@@ -19,7 +19,7 @@ import httpx
 from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.httpx_client import OAuth2Client
 
-from oura_assets.config import OAUTH_SCOPES, ConfigError, Settings
+from oura_assets.config import OAUTH_SCOPES, Settings
 from oura_assets.oura.client import OuraError
 from oura_assets.redaction import install_log_redaction
 
@@ -142,22 +142,11 @@ class OuraOAuthApp:
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> OuraOAuthApp:
-        missing = [
-            name
-            for name, value in (
-                ("OURA_CLIENT_ID", settings.client_id),
-                ("OURA_CLIENT_SECRET", settings.client_secret),
-                ("OURA_REDIRECT_URI", settings.redirect_uri),
-            )
-            if not value
-        ]
-        if missing:
-            raise ConfigError(f"{missing[0]} is not set (needed for oauth)")
-        assert settings.client_id and settings.client_secret and settings.redirect_uri
+        client_id, client_secret, redirect_uri = settings.oauth_client()
         return cls(
-            settings.client_id,
-            settings.client_secret,
-            settings.redirect_uri,
+            client_id,
+            client_secret,
+            redirect_uri,
             settings.authorize_url,
             settings.token_url,
             settings.revoke_url,

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from oura_assets.config import ConfigError, Settings
+from oura_assets.config import Settings
 
 DOCUMENT_COLLECTIONS = ("daily_readiness", "daily_sleep", "sleep", "daily_activity", "workout", "session")
 
@@ -107,22 +107,8 @@ class SimulatorConfig:
         it (`make demo`'s in-process one, `make simulator`, `make dev`), so tokens the demo stored stay valid
         when another of them takes over. `overrides` win, including `state_path=None`.
         """
-        missing = [
-            name
-            for name, value in (
-                ("OURA_CLIENT_ID", settings.client_id),
-                ("OURA_CLIENT_SECRET", settings.client_secret),
-                ("OURA_REDIRECT_URI", settings.redirect_uri),
-            )
-            if not value
-        ]
-        if missing:
-            raise ConfigError(
-                f"{missing[0]} is not set, so the simulator has no client to register; "
-                "set it or run with OURA_ASSETS_DEMO=1"
-            )
-        assert settings.client_id and settings.client_secret and settings.redirect_uri
-        clients = {settings.client_id: ClientRegistration(settings.client_secret, (settings.redirect_uri,))}
+        client_id, client_secret, redirect_uri = settings.oauth_client()
+        clients = {client_id: ClientRegistration(client_secret, (redirect_uri,))}
         if settings.demo:
             overrides = {"state_path": settings.data_dir / "simulator-state.json", **overrides}
         return cls(clients=clients, **overrides)
