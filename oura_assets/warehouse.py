@@ -152,6 +152,12 @@ class _ProcessGuard:
         if self.threads_waiting > 0 or self._other_process_waits():
             time.sleep(_HANDOFF_S)
 
+    def step_aside_for_other_processes(self) -> None:
+        """Called holding the thread lock: a thread that queued behind a sibling (and so skipped the check
+        above) must not hand the file lock straight on while another process waits for it."""
+        if time.monotonic() - self.released_at < _HANDOFF_S and self._other_process_waits():
+            time.sleep(_HANDOFF_S)
+
     @contextlib.contextmanager
     def waiting_thread(self) -> Iterator[None]:
         with self._counter:
@@ -242,6 +248,8 @@ class Warehouse:
                 raise self._busy(self._read_holder(), time.monotonic() - began)
         try:
             outermost = guard.owner is None
+            if outermost:
+                guard.step_aside_for_other_processes()
             self._acquire_file_lock(guard, deadline, began)
             try:
                 if outermost:
