@@ -9,7 +9,6 @@ override what each one is about.
 from __future__ import annotations
 
 import copy
-import time
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -934,7 +933,9 @@ def test_heart_rate_day_stats_properties(raw: list[tuple], offset: timedelta, rn
         assert day in local
 
 
-def test_heart_rate_day_stats_million_samples_well_under_a_second() -> None:
+def test_heart_rate_day_stats_million_samples_each_counted_once() -> None:
+    # Correctness only: the speed of this aggregation is measured against a baseline in bench/ (run.py,
+    # benchmark hr_stats), not asserted here, where a shared CI core would make a time bound flaky.
     n = 1_000_000
     start = datetime(2024, 1, 1, tzinfo=UTC)
     frame = pl.DataFrame(
@@ -948,13 +949,8 @@ def test_heart_rate_day_stats_million_samples_well_under_a_second() -> None:
     )
     days = [date(2024, 1, 1) + timedelta(days=i) for i in range(60)]
     offsets = {day: timedelta(hours=-7) for day in days[::5]}
-    best = float("inf")
-    for _ in range(3):
-        began = time.perf_counter()
-        stats = heart_rate_day_stats(frame, offsets, days)
-        best = min(best, time.perf_counter() - began)
+    stats = heart_rate_day_stats(frame, offsets, days)
     assert sum(s.hr_samples for s in stats.values()) == n - int(7 * 3600 / 5)
-    assert best < 1.0
 
 
 def test_daily_stats_rows_come_from_wearable_rows() -> None:
