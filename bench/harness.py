@@ -27,7 +27,7 @@ from oura_assets.config import Settings, load_settings
 from oura_assets.oura.client import OuraClient
 from oura_assets.oura.oauth import OuraOAuthApp
 from oura_assets.simulator import ClientRegistration, SimulatorConfig, SimulatorServer
-from oura_assets.tokens import PatientTokens, TokenCipher
+from oura_assets.tokens import PatientTokens, TokenCipher, store_granted_tokens
 
 CLIENT_ID = "bench-client"
 CLIENT_SECRET = "bench-client-secret-0123456789"
@@ -118,15 +118,8 @@ def connect_patients(settings: Settings, patient_ids: list[str]) -> None:
     for patient_id in patient_ids:
         tokens = oauth.exchange_code(_authorize_code(settings, f"{patient_id}-ring"))
         with store.transaction("bench: connect patient") as conn:
-            wh.upsert_connection(
-                conn,
-                patient_id,
-                oura_user_id=None,
-                scopes=list(tokens.scopes),
-                access_token_enc=cipher.encrypt(tokens.access_token),
-                refresh_token_enc=cipher.encrypt(tokens.refresh_token),
-                expires_at=tokens.expires_at,
-                connected_at=datetime.now(UTC),
+            store_granted_tokens(
+                conn, patient_id, tokens, cipher, oura_user_id=None, connected_at=datetime.now(UTC)
             )
         source = PatientTokens(
             patient_id=patient_id, warehouse=store, cipher=cipher, oauth_app=oauth, lock_dir=settings.lock_dir

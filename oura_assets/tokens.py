@@ -120,6 +120,28 @@ def _as_scopes(value: Any) -> tuple[str, ...]:
     return tuple(str(s) for s in value)
 
 
+def store_granted_tokens(
+    conn: Any,
+    patient_id: str,
+    tokens: TokenSet,
+    cipher: TokenCipher,
+    *,
+    oura_user_id: str | None,
+    connected_at: datetime,
+) -> None:
+    """Store a pair Oura just granted (connect or reconnect), encrypted, and make the connection active."""
+    wh.upsert_connection(
+        conn,
+        patient_id,
+        oura_user_id=oura_user_id,
+        scopes=list(tokens.scopes),
+        access_token_enc=cipher.encrypt(tokens.access_token),
+        refresh_token_enc=cipher.encrypt(tokens.refresh_token),
+        expires_at=tokens.expires_at,
+        connected_at=connected_at,
+    )
+
+
 class PatientTokens:
     """One patient's access tokens for `OuraClient` (implements `AccessTokenSource`).
 

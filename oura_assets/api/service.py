@@ -21,7 +21,7 @@ from oura_assets.api.state import STATE_TTL, new_state, state_hash, well_formed
 from oura_assets.config import Settings
 from oura_assets.oura.client import OuraClient, OuraError, OuraUnauthorized, RetryPolicy
 from oura_assets.oura.oauth import OuraOAuthApp, TokenEndpointError, TokenSet
-from oura_assets.tokens import TokenCipher
+from oura_assets.tokens import TokenCipher, store_granted_tokens
 
 log = logging.getLogger("oura_assets.api")
 
@@ -129,15 +129,8 @@ class ConnectionService:
         try:
             with self.warehouse.transaction("api: store oura connection") as conn:
                 previous = wh.get_connection(conn, patient_id)
-                wh.upsert_connection(
-                    conn,
-                    patient_id,
-                    oura_user_id=oura_user_id,
-                    scopes=list(tokens.scopes),
-                    access_token_enc=self.cipher.encrypt(tokens.access_token),
-                    refresh_token_enc=self.cipher.encrypt(tokens.refresh_token),
-                    expires_at=tokens.expires_at,
-                    connected_at=self.now(),
+                store_granted_tokens(
+                    conn, patient_id, tokens, self.cipher, oura_user_id=oura_user_id, connected_at=self.now()
                 )
                 wh.record_event(
                     conn,
