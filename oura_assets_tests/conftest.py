@@ -102,14 +102,3 @@ def connect_patient(pipeline_env: Settings) -> Callable[..., ConnectedPatient]:
         return ConnectedPatient(patient_id, ring_user, tokens.access_token)
 
     return connect
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    """Free DuckDB objects caught in reference cycles while the interpreter is still whole.
-
-    Left to interpreter teardown, DuckDB's nanobind bindings report them as "leaked" after pytest's summary,
-    which buries the line CI reads.
-    """
-    import gc
-
-    gc.collect()
