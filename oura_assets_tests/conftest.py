@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography.fernet import Fernet
+from hypothesis import settings as hypothesis_settings
 
 from oura_assets import warehouse as wh
 from oura_assets.config import Settings, load_settings
@@ -18,6 +19,11 @@ from oura_assets.oura.client import OuraClient
 from oura_assets.oura.oauth import OuraOAuthApp
 from oura_assets.simulator import ClientRegistration, SimulatorConfig, SimulatorServer
 from oura_assets.tokens import PatientTokens, TokenCipher, store_granted_tokens
+
+# Speed is measured in bench/, not asserted in unit tests: Hypothesis's default 200 ms per-example deadline
+# turns a busy 2-core CI machine into a DeadlineExceeded/Flaky failure that says nothing about correctness.
+hypothesis_settings.register_profile("oura_assets", deadline=None)
+hypothesis_settings.load_profile("oura_assets")
 
 TEST_CLIENT_ID = "test-client"
 TEST_CLIENT_SECRET = "test-client-secret-0123456789"
