@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -574,3 +576,37 @@ def test_no_secret_in_any_response_or_log_line(api: ApiHarness, caplog: pytest.L
         for body in bodies:
             assert secret not in body, f"{name} in a response"
         assert secret not in log_text, f"{name} in a log line"
+
+
+def test_callback_waits_out_a_busy_warehouse_once_oura_has_spent_the_code(
+    pipeline_env: Settings, simulator: SimulatorServer
+) -> None:
+    """The code is single-use: a warehouse busy at the final write must not cost the patient the flow."""
+    store = wh.Warehouse(pipeline_env.warehouse_path, lock_timeout_s=0.05)
+    app = make_app(pipeline_env, warehouse=store)
+    held, released = threading.Event(), threading.Event()
+
+    def hold_warehouse() -> None:
+        with wh.Warehouse(pipeline_env.warehouse_path).connect("test: a run writing"):
+            held.set()
+            time.sleep(0.5)
+        released.set()
+
+    with TestClient(app) as client:
+        harness = ApiHarness(client=client, settings=pipeline_env, simulator=simulator, key=KEY)
+        params = harness.consent(harness.start_connect("patient-a"), "alice-ring")
+        oauth = app.state.service.oauth
+        exchange = oauth.exchange_code
+
+        def exchange_then_lose_the_race(code: str):
+            tokens = exchange(code)
+            holder = threading.Thread(target=hold_warehouse)
+            holder.start()
+            assert held.wait(10)  # the holder has the warehouse before the callback's final write
+            return tokens
+
+        oauth.exchange_code = exchange_then_lose_the_race
+        answer = harness.callback(params)
+    assert released.is_set()
+    assert answer.status_code == 200, answer.text
+    assert query(pipeline_env, "SELECT status FROM patient_graph.wearable_connections") == [("active",)]

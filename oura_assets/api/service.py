@@ -28,6 +28,9 @@ log = logging.getLogger("oura_assets.api")
 SOURCE = "oura"
 INITIAL_SYNC_DAYS = 30
 MAX_SYNC_DAYS = 366
+# Once Oura has exchanged the code it is spent: failing the final write would cost the patient the whole
+# connect flow, so that one write waits far longer for the warehouse than a routine request does.
+GRANT_STORE_WAIT_S = 60.0
 
 
 def _iso(value: date | datetime | None) -> str | None:
@@ -127,7 +130,9 @@ class ConnectionService:
         today = self.today()
         start = today - timedelta(days=INITIAL_SYNC_DAYS - 1)
         try:
-            with self.warehouse.transaction("api: store oura connection") as conn:
+            with self.warehouse.transaction(
+                "api: store oura connection", timeout_s=GRANT_STORE_WAIT_S
+            ) as conn:
                 previous = wh.get_connection(conn, patient_id)
                 store_granted_tokens(
                     conn, patient_id, tokens, self.cipher, oura_user_id=oura_user_id, connected_at=self.now()
