@@ -308,6 +308,18 @@ def test_revoke_kills_the_grants_tokens(server, http, as_form):
     assert refresh.json()["error"] == "invalid_grant"
 
 
+def test_revoking_a_rotated_away_token_leaves_the_newer_tokens_valid(server, http):
+    """Strict reading: only a live token revokes its grant, so a client must revoke the pair it now holds."""
+    tokens = connect(server, http, "alice")
+    rotated = token_request(server, http, grant_type="refresh_token", refresh_token=tokens["refresh_token"])
+    new = rotated.json()
+    revoked = http.post(server.url + "/oauth/revoke", params={"access_token": tokens["access_token"]})
+    assert revoked.status_code == 200
+    assert get(server, http, "personal_info", new).status_code == 200
+    http.post(server.url + "/oauth/revoke", params={"access_token": new["access_token"]})
+    assert_problem(get(server, http, "personal_info", new), 401)
+
+
 def test_access_tokens_expire_after_their_ttl(server, http):
     tokens = connect(server, http, "alice")
     server.control.advance_auth_clock(86400 + 1)

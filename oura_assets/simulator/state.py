@@ -285,9 +285,13 @@ class SimulatorState:
             key = digest(token)
             access = self._access.get(key)
             refresh = self._refresh.get(key)
-            grant_id = access.grant_id if access else refresh.grant_id if refresh else None
-            if grant_id is None:
+            entry = access or refresh
+            # Strictest reading (Oura does not document it): only a live token revokes its grant. A token that
+            # rotation already replaced is unknown for revocation purposes — answered 200 per RFC 7009, but
+            # the grant's newer tokens stay valid — so a client must revoke the pair it actually holds.
+            if entry is None or entry.dead is not None:
                 return False
+            grant_id = entry.grant_id
             self._kill_grant(grant_id, "revoked")
             self._saved()
             self._counters["revocations"] += 1
