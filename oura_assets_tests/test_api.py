@@ -26,7 +26,7 @@ from oura_assets.api.state import state_hash
 from oura_assets.config import Settings, load_settings
 from oura_assets.oura.oauth import OuraOAuthApp
 from oura_assets.simulator import SimulatorServer
-from oura_assets.tokens import TokenCipher
+from oura_assets.tokens import PatientTokens, TokenCipher
 from oura_assets_tests.conftest import TEST_CLIENT_SECRET
 from oura_assets_tests.conftest_api import ISSUER, ApiHarness, claims, new_key, public, sign
 
@@ -610,3 +610,41 @@ def test_callback_waits_out_a_busy_warehouse_once_oura_has_spent_the_code(
     assert released.is_set()
     assert answer.status_code == 200, answer.text
     assert query(pipeline_env, "SELECT status FROM patient_graph.wearable_connections") == [("active",)]
+
+
+def test_disconnect_revokes_tokens_a_concurrent_refresh_rotated_in(
+    pipeline_env: Settings, simulator: SimulatorServer
+) -> None:
+    """A nightly run may rotate the pair while Oura answers the disconnect's revoke: the rotated tokens are
+    the ones stored at delete time, and they must be revoked too, not just dropped locally."""
+    app = make_app(pipeline_env)
+    with TestClient(app) as client:
+        harness = ApiHarness(client=client, settings=pipeline_env, simulator=simulator, key=KEY)
+        harness.connect("patient-a")
+        oauth = app.state.service.oauth
+        source = PatientTokens(
+            patient_id="patient-a",
+            warehouse=wh.Warehouse(pipeline_env.warehouse_path),
+            cipher=TokenCipher(pipeline_env.token_keys),
+            oauth_app=OuraOAuthApp.from_settings(pipeline_env),
+            lock_dir=pipeline_env.lock_dir,
+        )
+        revoke, rotated = oauth.revoke, []
+
+        def revoke_while_a_run_refreshes(access_token: str) -> None:
+            if not rotated:
+                rotated.append(source.force_refresh(access_token))
+            revoke(access_token)
+
+        oauth.revoke = revoke_while_a_run_refreshes
+        answer = harness.call("DELETE", f"{W}/connections/oura", "patient-a")
+    assert answer.status_code == 200 and answer.json()["data"]["revoked"] is True
+    still_valid = httpx.get(
+        f"{simulator.url}/v2/usercollection/personal_info", headers={"Authorization": f"Bearer {rotated[0]}"}
+    )
+    assert still_valid.status_code == 401
+    assert query(
+        pipeline_env,
+        "SELECT status, access_token_enc IS NULL, refresh_token_enc IS NULL "
+        "FROM patient_graph.wearable_connections",
+    ) == [("disconnected", True, True)]

@@ -259,22 +259,37 @@ class ConnectionService:
             connection = wh.get_connection(conn, patient_id)
         if connection is None or connection.status == "disconnected":
             raise not_connected("no Oura connection to disconnect")
-        revoked = False
-        if connection.access_token_enc:
-            try:
-                access_token = self.cipher.decrypt(connection.access_token_enc)
-            except Exception as exc:
-                log.warning("cannot decrypt patient %s's access token (%s)", patient_id, type(exc).__name__)
-            else:
-                revoked = self._revoke_quietly(patient_id, access_token)
+        revoked = self._revoke_stored(patient_id, connection.access_token_enc)
         with self.warehouse.transaction("api: disconnect oura") as conn:
+            # Whatever is stored now is what gets deleted; a refresh (or a reconnect) may have replaced the
+            # pair while Oura answered the revoke, and those tokens must not outlive the disconnect at Oura.
+            current = wh.get_connection(conn, patient_id)
+            replaced = current is not None and current.access_token_enc != connection.access_token_enc
             wh.delete_tokens(conn, patient_id)  # also sets the status to `disconnected`
             wh.record_event(
                 conn,
                 patient_id=patient_id,
                 event_type="wearable_disconnected",
                 event_id=f"wearable_disconnected:{patient_id}:{uuid.uuid4().hex}",
-                payload={"source": SOURCE, "revoked": revoked},
+                payload={"source": SOURCE, "revoked": revoked, "replacedDuringDisconnect": replaced},
             )
+        if replaced and current is not None:
+            again = self._revoke_stored(patient_id, current.access_token_enc)
+            log.info(
+                "patient %s's tokens were replaced during the disconnect; revoked those too: %s",
+                patient_id,
+                again,
+            )
+            revoked = revoked and again
         log.info("patient %s disconnected Oura (revoked at Oura: %s)", patient_id, revoked)
         return {"source": SOURCE, "status": "disconnected", "revoked": revoked}
+
+    def _revoke_stored(self, patient_id: str, access_token_enc: str | None) -> bool:
+        if not access_token_enc:
+            return False
+        try:
+            access_token = self.cipher.decrypt(access_token_enc)
+        except Exception as exc:
+            log.warning("cannot decrypt patient %s's access token (%s)", patient_id, type(exc).__name__)
+            return False
+        return self._revoke_quietly(patient_id, access_token)
