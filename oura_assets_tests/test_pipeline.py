@@ -315,3 +315,34 @@ def test_bad_raw_document_is_left_out_and_reported_while_the_rest_lands(pipeline
     assert query(pipeline_env, "SELECT count(*) FROM oura_raw.daily_readiness WHERE id = ?", [doc_id]) == [
         (1,)
     ]
+
+
+def test_patients_fetched_concurrently_land_exactly_what_one_at_a_time_does(
+    pipeline_env, connect_patient, simulator
+):
+    for n in range(5):
+        connect_patient(f"patient-{n}")
+    simulator.control.set_faults(users={"patient-3-ring": {"forbidden": True}})
+
+    def landed(workers: int) -> dict[str, list[tuple]]:
+        with wh.Warehouse(pipeline_env.warehouse_path).transaction("test: start from empty tables") as conn:
+            for table in ("wearable_data", "patient_wearable_daily_stats"):
+                conn.execute(f"DELETE FROM patient_graph.{table}")  # noqa: S608 (fixed names)
+            for table in ("daily_readiness", "daily_sleep", "sleep", "daily_activity", "heartrate"):
+                conn.execute(f"DELETE FROM oura_raw.{table}")  # noqa: S608 (fixed names)
+        result = (
+            load_defs()
+            .resolve_job_def("oura_sync")
+            .execute_in_process(
+                instance=dg.DagsterInstance.ephemeral(),
+                tags=partition_range_tags(START, END),
+                run_config={"resources": {"oura": {"config": {"max_concurrent_patients": workers}}}},
+            )
+        )
+        assert result.success
+        return snapshot(pipeline_env)
+
+    concurrent = landed(4)
+    assert concurrent == landed(1)
+    patients = {row[0] for row in concurrent["patient_graph.wearable_data"]}
+    assert patients == {"patient-0", "patient-1", "patient-2", "patient-4"}

@@ -7,7 +7,9 @@ tag (API sync requests). One patient's failure is recorded for that patient and 
 """
 
 import time as clock
+import traceback
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
@@ -15,7 +17,7 @@ import dagster as dg
 from oura_assets import normalize
 from oura_assets import warehouse as wh
 from oura_assets.defs.partitions import PATIENT_TAG, SYNC_IDS_TAG
-from oura_assets.defs.resources import OuraResource, WarehouseResource
+from oura_assets.defs.resources import OuraResource, OuraSession, WarehouseResource
 from oura_assets.sync import PatientSyncResult, SyncError, heartrate_window, sync_patient
 
 RAW_GROUP = "oura_raw"
@@ -112,25 +114,42 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefini
             f"syncing {len(patients)} patient(s), days {start}..{end}, collections {collections}"
         )
 
+        run_tag = f"dagster run {context.run.run_id[:8]}"
+
+        def sync_one(session: OuraSession, patient_id: str) -> tuple[PatientSyncResult, float, str | None]:
+            began = clock.monotonic()
+            try:
+                result = sync_patient(
+                    patient_id=patient_id,
+                    client=session.client_for(patient_id, store),
+                    warehouse=store,
+                    start=start,
+                    end=end,
+                    collections=collections,
+                    purpose=run_tag,
+                )
+                trace = None
+            except Exception as exc:  # one patient's bug must not cost the others their sync
+                result = PatientSyncResult(
+                    patient_id, "failed", {}, [SyncError("internal_error", type(exc).__name__)]
+                )
+                trace = traceback.format_exc()
+            return result, clock.monotonic() - began, trace
+
         results: list[PatientSyncResult] = []
-        with oura.session() as session:
-            for n, patient_id in enumerate(patients, start=1):
-                began = clock.monotonic()
-                try:
-                    result = sync_patient(
-                        patient_id=patient_id,
-                        client=session.client_for(patient_id, store),
-                        warehouse=store,
-                        start=start,
-                        end=end,
-                        collections=collections,
-                        purpose=f"dagster run {context.run.run_id[:8]}",
-                    )
-                except Exception as exc:  # one patient's bug must not cost the others their sync
-                    context.log.exception(f"patient {patient_id}: unexpected error")
-                    result = PatientSyncResult(
-                        patient_id, "failed", {}, [SyncError("internal_error", type(exc).__name__)]
-                    )
+        workers = max(1, min(oura.max_concurrent_patients, len(patients)))
+        # Patients are fetched a few at a time: a run is bound by Oura's latency, not by us. Their writes
+        # still take turns at the warehouse lock, and Oura's 429s are waited out per Retry-After.
+        with (
+            oura.session() as session,
+            ThreadPoolExecutor(workers, thread_name_prefix="oura-patient") as pool,
+        ):
+            pending = [pool.submit(sync_one, session, patient_id) for patient_id in patients]
+            for n, future in enumerate(as_completed(pending), start=1):
+                result, took, trace = future.result()
+                patient_id = result.patient_id
+                if trace:
+                    context.log.error(f"patient {patient_id}: unexpected error\n{trace}")
                 results.append(result)
                 codes = ", ".join(e.code for e in result.errors) or "no errors"
                 _progress(
@@ -138,8 +157,7 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefini
                     n,
                     len(patients),
                     patient_id,
-                    f"{result.status} ({codes}), {sum(result.rows.values())} rows "
-                    f"in {clock.monotonic() - began:.1f}s",
+                    f"{result.status} ({codes}), {sum(result.rows.values())} rows in {took:.1f}s",
                 )
                 with store.transaction("record a patient's sync result") as conn:
                     wh.record_sync_result(
