@@ -40,11 +40,26 @@ BACKFILL_START = date(2024, 6, 1)
 BACKFILL_DAYS = 30
 
 SIZES = {
-    "full": {"patients": 5, "hr_samples": 1_000_000, "write_samples": 150_000, "fault_repeats": 3},
-    "quick": {"patients": 2, "hr_samples": 200_000, "write_samples": 30_000, "fault_repeats": 1},
+    "full": {
+        "patients": 5,
+        "hr_samples": 1_000_000,
+        "write_samples": 150_000,
+        "fault_repeats": 3,
+        "nightly_patients": 16,
+    },
+    "quick": {
+        "patients": 2,
+        "hr_samples": 200_000,
+        "write_samples": 30_000,
+        "fault_repeats": 1,
+        "nightly_patients": 6,
+    },
 }
 HR_START = datetime(2024, 1, 1, tzinfo=UTC)
 FAULTS = {"error_rate": 0.1, "drop_rate": 0.05, "latency_ms": 20}
+# A nightly run: yesterday plus the default 3-day lookback; Oura's latency stood in for by the simulator's.
+NIGHTLY_DAYS = 4
+NIGHTLY_LATENCY = {"latency_ms": 40}
 
 WORKER_TIMEOUT_S = 480
 
@@ -129,12 +144,13 @@ def _worker_materialize(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         # What a per-partition backfill launches: one run per daily partition.
         runs = [{"partition_key": day.isoformat()} for day in _days(start, (end - start).days + 1)]
+    run_config = {"resources": {"oura": {"config": {"max_concurrent_patients": spec.get("workers", 4)}}}}
     gc.collect()
     rss_before = harness.rss_mb()
     peak_reset = harness.reset_peak_rss()
     began = time.perf_counter()
     for run in runs:
-        result = job.execute_in_process(instance=instance, raise_on_error=False, **run)
+        result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=run_config, **run)
         if not result.success:
             failures = [e.message for e in result.all_events if e.is_failure]
             raise RuntimeError(f"run {run} failed: {failures[:3]}")
@@ -312,6 +328,7 @@ def _materialize_arm(
     end: date,
     faults: dict[str, Any] | None = None,
     seed: int = 0,
+    workers: int = 4,
 ) -> dict[str, Any]:
     """A fresh simulator and warehouse, `patients` connected, then the job materialized in a child process."""
     with tempfile.TemporaryDirectory(prefix="oura-bench-") as tmp:
@@ -326,7 +343,13 @@ def _materialize_arm(
                 server.control.set_faults(**faults)
             server.control.reset_stats()
             measured = _worker(
-                {"kind": "materialize", "mode": mode, "start": start.isoformat(), "end": end.isoformat()},
+                {
+                    "kind": "materialize",
+                    "mode": mode,
+                    "start": start.isoformat(),
+                    "end": end.isoformat(),
+                    "workers": workers,
+                },
                 env,
                 workdir,
                 WORKER_TIMEOUT_S,
@@ -590,11 +613,47 @@ def bench_faults(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]:
     }
 
 
+def bench_nightly(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]:
+    """(e) A nightly run for many patients: one patient at a time vs `max_concurrent_patients=4`."""
+    patients = [f"bench-patient-{n}" for n in range(size["nightly_patients"])]
+    start, end = BACKFILL_START, BACKFILL_START + timedelta(days=NIGHTLY_DAYS - 1)
+    serial = _materialize_arm("ranged", patients, start, end, faults=NIGHTLY_LATENCY, workers=1)
+    pooled = _materialize_arm("ranged", patients, start, end, faults=NIGHTLY_LATENCY, workers=4)
+    tables = _compare(serial.pop("snapshot"), pooled.pop("snapshot"))
+    identical = all(t["identical"] for t in tables.values())
+    label = f"(e) nightly {len(patients)} patients x {NIGHTLY_DAYS} d, 40 ms latency"
+    ratios = {
+        "wall_time_speedup": _ratio(serial["wall_s"], pooled["wall_s"]),
+        "http_requests_ratio": _ratio(serial["http_requests"], pooled["http_requests"]),
+        "peak_rss_ratio": _ratio(serial["peak_rss_mb"], pooled["peak_rss_mb"]),
+    }
+    rows += [
+        [label, "wall time", _fmt_s(serial["wall_s"]), _fmt_s(pooled["wall_s"]),
+         _times(ratios["wall_time_speedup"], "faster", "slower")],
+        [label, "HTTP requests served", str(serial["http_requests"]), str(pooled["http_requests"]),
+         _times(ratios["http_requests_ratio"], "fewer", "more", 2)],
+        [label, "peak RSS of the run process (growth during runs)", _mib(serial), _mib(pooled),
+         _times(ratios["peak_rss_ratio"], "less", "more", 2)],
+        [label, "all 7 tables identical?", "", "", "identical" if identical else "DIFFERENT"],
+    ]  # fmt: skip
+    return {
+        "what": "one ranged run per arm: patients fetched one at a time vs four at a time",
+        "params": {"patients": len(patients), "days": NIGHTLY_DAYS, "faults": NIGHTLY_LATENCY},
+        "baseline": {"name": "max_concurrent_patients=1", **serial},
+        "candidate": {"name": "max_concurrent_patients=4", **pooled},
+        "ratios": ratios,
+        "tables_identical": tables,
+        "ok": identical,
+        "check": "every table identical (minus synced_at/updated_at/fetched_at) in both arms",
+    }
+
+
 BENCHMARKS: dict[str, Callable[[dict[str, Any], list[list[str]]], dict[str, Any]]] = {
     "backfill": bench_backfill,
     "hr_stats": bench_hr_stats,
     "hr_write": bench_hr_write,
     "faults": bench_faults,
+    "nightly": bench_nightly,
 }
 
 
