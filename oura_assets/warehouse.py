@@ -863,16 +863,23 @@ class ConnectionRecord:
     updated_at: datetime | None
 
 
-_CONNECTION_COLUMNS = (
-    "patient_id, source, status, oura_user_id, scopes, access_token_enc, refresh_token_enc, expires_at, "
-    "connected_at, last_synced_at, last_error, updated_at"
-)
+def _columns(record: type) -> str:
+    """The SELECT list of a record dataclass: its fields are its table's columns, in the same order."""
+    return ", ".join(f.name for f in fields(record))
+
+
+def _values(record: type, row: Sequence[Any]) -> dict[str, Any]:
+    """A row selected with `_columns(record)`, by column name."""
+    return dict(zip((f.name for f in fields(record)), row, strict=True))
+
+
+_CONNECTION_COLUMNS = _columns(ConnectionRecord)
 
 
 def _connection(row: Sequence[Any]) -> ConnectionRecord:
-    values = list(row)
-    values[4] = tuple(values[4] or ())
-    return ConnectionRecord(*values)
+    values = _values(ConnectionRecord, row)
+    values["scopes"] = tuple(values["scopes"] or ())
+    return ConnectionRecord(**values)
 
 
 def upsert_connection(
@@ -1064,16 +1071,13 @@ class SyncRequestRecord:
     result: Any
 
 
-_SYNC_REQUEST_COLUMNS = (
-    "sync_id, patient_id, source, start_day, end_day, status, requested_at, run_id, started_at, finished_at, "
-    "result"
-)
+_SYNC_REQUEST_COLUMNS = _columns(SyncRequestRecord)
 
 
 def _sync_request(row: Sequence[Any]) -> SyncRequestRecord:
-    values = list(row)
-    values[10] = _loads(values[10])
-    return SyncRequestRecord(*values)
+    values = _values(SyncRequestRecord, row)
+    values["result"] = _loads(values["result"])
+    return SyncRequestRecord(**values)
 
 
 def create_sync_request(
@@ -1163,14 +1167,14 @@ class SyncResultRecord:
     recorded_at: datetime
 
 
-_SYNC_RESULT_COLUMNS = "run_id, patient_id, source, status, start_day, end_day, rows, errors, recorded_at"
+_SYNC_RESULT_COLUMNS = _columns(SyncResultRecord)
 
 
 def _sync_result(row: Sequence[Any]) -> SyncResultRecord:
-    values = list(row)
-    values[6] = _loads(values[6]) or {}
-    values[7] = _loads(values[7]) or []
-    return SyncResultRecord(*values)
+    values = _values(SyncResultRecord, row)
+    values["rows"] = _loads(values["rows"]) or {}
+    values["errors"] = _loads(values["errors"]) or []
+    return SyncResultRecord(**values)
 
 
 def _get_sync_result(
