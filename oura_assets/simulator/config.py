@@ -14,8 +14,6 @@ from typing import Any
 
 from oura_assets.config import Settings
 
-DOCUMENT_COLLECTIONS = ("daily_readiness", "daily_sleep", "sleep", "daily_activity", "workout", "session")
-
 # Small on purpose: a month of any collection, or one day of heart rate, takes several pages, so a client
 # that stops at the first page is caught by the simulator. Real Oura pages are larger.
 DEFAULT_PAGE_SIZES: dict[str, int] = {

@@ -57,8 +57,6 @@ ZONES = (
     "America/Sao_Paulo",  # -03:00
     "Australia/Adelaide",  # +09:30 / +10:30 (DST, southern hemisphere)
 )
-SCOPED_COLLECTIONS = ("daily_readiness", "daily_sleep", "sleep", "daily_activity", "workout", "session")
-HR_SOURCES = ("awake", "workout", "rest", "sleep", "live", "session")
 WORKOUT_ACTIVITIES = ("walking", "running", "cycling", "strength_training", "yoga", "hiking", "swimming")
 EPOCH_ORDINAL_MIN = date(1970, 1, 1).toordinal()
 EPOCH_ORDINAL_MAX = date(2200, 1, 1).toordinal()
