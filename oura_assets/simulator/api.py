@@ -164,10 +164,9 @@ class UserCollectionApi:
             raise Problem(404, "Not Found")
         return collection
 
-    def _window(
-        self, request: Request, user: str, snapshot: datetime, collection: str
-    ) -> tuple[datetime, datetime]:
-        """The request's [start, end) as naive local wall times of the user (start exclusive on `sleep`)."""
+    def _window(self, request: Request, user: str, snapshot: datetime) -> tuple[datetime, datetime]:
+        """The request's [start, end) as naive local wall times of the user (`_days` makes start exclusive on
+        `sleep`)."""
         zone = data.profile(user).zone
         raw_start, raw_end = request.query_params.get("start_date"), request.query_params.get("end_date")
         start = _parse_date_or_datetime("start_date", raw_start) if raw_start else None
@@ -201,11 +200,11 @@ class UserCollectionApi:
         principal = self._principal(request, COLLECTION_SCOPES[collection])
 
         def binding(snapshot: datetime) -> str:
-            start, end = self._window(request, principal.user, snapshot, collection)
+            start, end = self._window(request, principal.user, snapshot)
             return f"{principal.user}|{collection}|{start.isoformat()}|{end.isoformat()}"
 
         offset, snapshot = self._page_start(request, binding)
-        start, end = self._window(request, principal.user, snapshot, collection)
+        start, end = self._window(request, principal.user, snapshot)
         docs = data.documents(
             principal.user, collection, self._days(start, end, collection == "sleep"), snapshot
         )
