@@ -4,6 +4,10 @@ and the determinism other tests rely on."""
 from __future__ import annotations
 
 import base64
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -834,3 +838,42 @@ def test_page_sizes_merge_over_the_defaults():
     assert make_config(page_size=3).page_size_for("workout") == 3
     with pytest.raises(ValueError):
         make_config(page_size={"sleep": 0})
+
+
+def test_the_foreground_simulators_access_log_hides_query_strings(tmp_path):
+    """`python -m oura_assets.simulator` logs each request; the revoke URL carries the token in its query."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "OURA_ASSETS_DEMO": "1",
+        "OURA_ASSETS_DATA_DIR": str(tmp_path),
+        "OURA_ASSETS_WAREHOUSE": str(tmp_path / "w.duckdb"),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "oura_assets.simulator", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(f"{base}/_sim/clock", timeout=0.5)
+                break
+            except httpx.HTTPError:
+                assert process.poll() is None, process.stdout.read() if process.stdout else ""
+                assert time.monotonic() < deadline, "the simulator did not answer"
+                time.sleep(0.1)
+        httpx.post(f"{base}/oauth/revoke?access_token=revoke-me-secret", timeout=5)
+        httpx.get(f"{base}/oauth/authorize?client_id=x&state=state-secret&code=code-secret", timeout=5)
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=20)
+    assert "/oauth/revoke?<redacted>" in output
+    for secret in ("revoke-me-secret", "state-secret", "code-secret"):
+        assert secret not in output

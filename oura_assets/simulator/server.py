@@ -5,8 +5,6 @@ Binds 127.0.0.1 unless told otherwise: the simulator has no authentication on it
 
 from __future__ import annotations
 
-import logging
-import re
 import threading
 import time
 from types import TracebackType
@@ -15,26 +13,10 @@ from typing import Self
 import httpx
 import uvicorn
 
+from oura_assets.redaction import install_log_redaction
 from oura_assets.simulator.app import create_app
 from oura_assets.simulator.config import SimulatorConfig
 from oura_assets.simulator.state import SimulatorControl
-
-_SECRET_PARAMS = re.compile(r"((?:access_token|refresh_token|code|token|client_secret|state)=)[^&\s]+")
-
-
-class _RedactSecrets(logging.Filter):
-    """Access-log lines show paths with their query; Oura's revoke URL carries the token there."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                _SECRET_PARAMS.sub(r"\1[redacted]", arg) if isinstance(arg, str) else arg
-                for arg in record.args
-            )
-        return True
-
-
-logging.getLogger("uvicorn.access").addFilter(_RedactSecrets())
 
 
 class SimulatorServer:
@@ -121,6 +103,8 @@ def run(host: str = "127.0.0.1", port: int = 8787, config: SimulatorConfig | Non
     print(
         f"Oura simulator on http://{host}:{port} (clients: {', '.join(config.clients) or 'none'})", flush=True
     )
+    # The one server with an access log: its lines show the query, and Oura's revoke URL carries the token.
+    install_log_redaction()
     uvicorn.run(create_app(config), host=host, port=port, log_level="info", lifespan="off")
 
 
