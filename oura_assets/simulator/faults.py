@@ -70,27 +70,21 @@ class FaultInjection:
                 status["code"] = message["status"]
             await send(message)
 
-        if not scope["path"].startswith("/v2/"):
-            try:
-                await self.app(scope, receive, counting_send)
-            finally:
-                self.state.record(key, status["code"] or 500)
-            return
-
-        faults = self.state.faults
-        if faults.latency_ms > 0:
-            await asyncio.sleep(faults.latency_ms / 1000)
-        if self.state.roll(faults.error_rate):
-            code = self.state.choice((500, 502, 503))
-            self.state.count("injected_errors")
-            self.state.record(key, code)
-            await self._error(send, code)
-            return
-        if self.state.roll(faults.drop_rate):
-            self.state.count("dropped")
-            self.state.record(key, "dropped")
-            await self.app(scope, receive, self._dropping(send))
-            return
+        if scope["path"].startswith("/v2/"):
+            faults = self.state.faults
+            if faults.latency_ms > 0:
+                await asyncio.sleep(faults.latency_ms / 1000)
+            if self.state.roll(faults.error_rate):
+                code = self.state.choice((500, 502, 503))
+                self.state.count("injected_errors")
+                self.state.record(key, code)
+                await self._error(send, code)
+                return
+            if self.state.roll(faults.drop_rate):
+                self.state.count("dropped")
+                self.state.record(key, "dropped")
+                await self.app(scope, receive, self._dropping(send))
+                return
         try:
             await self.app(scope, receive, counting_send)
         finally:
