@@ -748,11 +748,10 @@ def heart_rate_day(name: str, day: date) -> HeartRateDay:
         bpm += rng.uniform(-4, 4) + (user.resting_hr + 20 - bpm) * 0.2
         if rng.random() < 0.72:
             samples[epoch] = (round(bpm), "live" if rng.random() < 0.01 else "awake")
-    periods = [*plan_.periods, *plan(name, day + timedelta(days=1)).periods]
-    for period in periods:
-        hr_items = _sleep_final(name, period_day(plan_, period, day), period.index, False)["heart_rate"][
-            "items"
-        ]
+    # This day's periods and the next day's (its night starts the evening before), each with its sleep day.
+    periods = [(d, p) for d in (day, day + timedelta(days=1)) for p in plan(name, d).periods]
+    for sleep_day, period in periods:
+        hr_items = _sleep_final(name, sleep_day, period.index, False)["heart_rate"]["items"]
         source = "rest" if period.kind in ("rest", "deleted") else "sleep"
         start = int(period.start.timestamp())
         end = int(period.end.timestamp())
@@ -781,11 +780,6 @@ def heart_rate_day(name: str, day: date) -> HeartRateDay:
     return HeartRateDay(
         tuple(ordered), tuple(samples[e][0] for e in ordered), tuple(samples[e][1] for e in ordered)
     )
-
-
-def period_day(plan_: DayPlan, period: Period, day: date) -> date:
-    """The sleep `day` a period was planned under (this day's plan or the next day's)."""
-    return plan_.day if period in plan_.periods else day + timedelta(days=1)
 
 
 def heart_rate(name: str, start: datetime, end: datetime, now: datetime) -> list[tuple[int, int, str]]:
