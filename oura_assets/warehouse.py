@@ -30,16 +30,18 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import filelock
-import polars as pl
 
 try:
     import fcntl
 except ImportError:  # Windows: no waiter hand-off, the lock itself still works
     fcntl = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:  # only an annotation here: DuckDB's `.pl()` imports polars itself, when a frame is read
+    import polars as pl
 
 logger = logging.getLogger(__name__)
 
