@@ -213,21 +213,23 @@ def _patients_to_normalize(context: dg.AssetExecutionContext, store: wh.Warehous
 
 
 def _read_daily_documents(
-    conn, patient_id: str, start: date, end: date
+    conn, patient_id: str, start: date, end: date, margin: timedelta
 ) -> tuple[dict[str, list[dict]], list[SyncError]]:
-    """The patient's raw documents in [start, end], screened: a document the normalizers cannot read is left
-    out of the normalized tables and reported, but stays in the raw table exactly as Oura sent it."""
+    """The patient's raw documents in [start - margin, end + margin], screened: a document the normalizers
+    cannot read is left out of the normalized tables (and reported when it falls in [start, end]), but stays
+    in the raw table exactly as Oura sent it."""
     documents: dict[str, list[dict]] = {}
     rejected: list[SyncError] = []
+    low, high = start.isoformat(), end.isoformat()
     for collection in ("daily_readiness", "daily_sleep", "sleep", "daily_activity"):
         documents[collection] = []
-        for document in wh.read_raw_documents(conn, collection, patient_id, start, end):
+        for document in wh.read_raw_documents(conn, collection, patient_id, start - margin, end + margin):
             reason = normalize.validate_document(collection, document)
             if reason is None:
                 documents[collection].append(document)
-            else:
-                doc_id = document.get("id") if isinstance(document, dict) else None
-                rejected.append(SyncError("invalid_document", f"document {doc_id!r}: {reason}", collection))
+            elif low <= str(document.get("day"))[:10] <= high:
+                message = f"document {document.get('id')!r}: {reason}"
+                rejected.append(SyncError("invalid_document", message, collection))
     return documents, rejected
 
 
@@ -257,22 +259,27 @@ def _wearable_rows(patient_id: str, docs: dict[str, list[dict]]) -> list[normali
     )
 
 
-def _write_wearable_data(conn, patient_id: str, start: date, end: date, docs: dict[str, list[dict]]) -> int:
-    rows = _wearable_rows(patient_id, docs)
+def _in_window(docs: dict[str, list[dict]], start: date, end: date) -> dict[str, list[dict]]:
+    """The documents whose `day` lies in [start, end] (stored documents always carry an ISO `day`)."""
+    low, high = start.isoformat(), end.isoformat()
+    return {c: [d for d in found if low <= str(d.get("day"))[:10] <= high] for c, found in docs.items()}
+
+
+def _write_wearable_data(conn, patient_id: str, start: date, end: date, nearby: dict[str, list[dict]]) -> int:
+    rows = _wearable_rows(patient_id, _in_window(nearby, start, end))
     return wh.replace_wearable_data(conn, patient_id, start, end, rows, datetime.now(UTC))
 
 
-def _write_daily_stats(conn, patient_id: str, start: date, end: date, docs: dict[str, list[dict]]) -> int:
-    nearby, _ = _read_daily_documents(
-        conn, patient_id, start - OFFSET_SEARCH_MARGIN, end + OFFSET_SEARCH_MARGIN
-    )
+def _write_daily_stats(conn, patient_id: str, start: date, end: date, nearby: dict[str, list[dict]]) -> int:
+    # Offsets come from the wider span: a day without its own daily document borrows the nearest one.
     offsets = normalize.day_offsets(
         nearby["daily_readiness"], nearby["daily_sleep"], nearby["daily_activity"]
     )
     days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
     samples = wh.read_raw_heartrate(conn, patient_id, *heartrate_window(start, end))
     hr_stats = normalize.heart_rate_day_stats(samples, offsets, days)
-    rows = normalize.daily_stats_rows(patient_id, _wearable_rows(patient_id, docs), hr_stats, offsets)
+    wearable = _wearable_rows(patient_id, _in_window(nearby, start, end))
+    rows = normalize.daily_stats_rows(patient_id, wearable, hr_stats, offsets)
     return wh.replace_daily_stats(conn, patient_id, start, end, rows, datetime.now(UTC))
 
 
@@ -281,17 +288,22 @@ def _rebuild_per_patient(
     warehouse: WarehouseResource,
     table: str,
     write: Callable[..., int],
+    margin: timedelta = timedelta(0),
 ) -> dg.MaterializeResult:
-    """Rebuild `table` over the run's days from the raw tables, one patient per short transaction."""
+    """Rebuild `table` over the run's days from the raw tables, one patient per short transaction.
+
+    Each patient's daily documents are read once, over the run's days widened by `margin`; `write` gets them
+    all and picks the run's days itself.
+    """
     start, end = _day_range(context)
     store = warehouse.warehouse()
     patients = _patients_to_normalize(context, store, start, end)
     total = 0
     for n, patient_id in enumerate(patients, start=1):
         with store.transaction(f"dagster run {context.run.run_id[:8]}: write {table}") as conn:
-            docs, rejected = _read_daily_documents(conn, patient_id, start, end)
+            nearby, rejected = _read_daily_documents(conn, patient_id, start, end, margin)
             _report_rejected(conn, context, patient_id, rejected)
-            written = write(conn, patient_id, start, end, docs)
+            written = write(conn, patient_id, start, end, nearby)
             wh.add_sync_result_rows(
                 conn, run_id=context.run.run_id, patient_id=patient_id, rows={table: written}
             )
@@ -343,7 +355,11 @@ def build_graph_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         documents, else the nearest known offset, else UTC); a sample repeated by Oura counts once.
         """
         return _rebuild_per_patient(
-            context, warehouse, "patient_graph.patient_wearable_daily_stats", _write_daily_stats
+            context,
+            warehouse,
+            "patient_graph.patient_wearable_daily_stats",
+            _write_daily_stats,
+            margin=OFFSET_SEARCH_MARGIN,
         )
 
     return [wearable_data, patient_wearable_daily_stats]
