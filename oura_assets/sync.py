@@ -29,8 +29,8 @@ from oura_assets.tokens import ReconnectRequired
 
 log = logging.getLogger(__name__)
 
-DOCUMENT_COLLECTIONS = ("daily_readiness", "daily_sleep", "sleep", "daily_activity")
-ALL_COLLECTIONS = (*DOCUMENT_COLLECTIONS, "heartrate")
+# The raw tables' collections, in fetch order (the warehouse owns the list).
+ALL_COLLECTIONS = wh.RAW_COLLECTIONS
 
 # Patient-side failures: the patient (or their Oura account) must act, not us. They leave the run green and
 # surface in the connection's status, the sync event and the asset checks.

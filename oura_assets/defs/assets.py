@@ -221,7 +221,7 @@ def _read_daily_documents(
     documents: dict[str, list[dict]] = {}
     rejected: list[SyncError] = []
     low, high = start.isoformat(), end.isoformat()
-    for collection in ("daily_readiness", "daily_sleep", "sleep", "daily_activity"):
+    for collection in wh.DOCUMENT_COLLECTIONS:
         documents[collection] = []
         for document in wh.read_raw_documents(conn, collection, patient_id, start - margin, end + margin):
             reason = normalize.validate_document(collection, document)
