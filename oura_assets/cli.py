@@ -56,14 +56,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _dev(args: argparse.Namespace) -> int:
     """Simulator, connection API and `dagster dev` (UI + daemon) together, until Ctrl-C."""
+    from oura_assets.demo import ensure_dagster_home
+
     root = Path.cwd()
     env = dict(os.environ)
     env.setdefault("OURA_ASSETS_DEMO", "1")
-    env.setdefault("DAGSTER_HOME", str((root / "data" / "dagster").resolve()))
-    home = Path(env["DAGSTER_HOME"])
-    home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    ensure_dagster_home(env, root)
     settings = load_settings(env)
     exe = Path(sys.executable).parent
     commands = [

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -203,9 +203,10 @@ def print_summary(settings: Settings, run: dg.DagsterRun) -> None:
     print(f"warehouse: {settings.warehouse_path}")
 
 
-def _dagster_home(root: Path) -> Path:
-    """A persistent Dagster home under data/, shared with `make dev` so the demo's run shows in the UI."""
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str((root / "data" / "dagster").resolve())))
+def ensure_dagster_home(env: MutableMapping[str, str], root: Path) -> Path:
+    """A persistent Dagster home under data/ (unless `env` names one), shared by `make demo` and `make dev`
+    so the demo's run shows in the UI; telemetry off, since nothing here reaches the internet."""
+    home = Path(env.setdefault("DAGSTER_HOME", str((root / "data" / "dagster").resolve())))
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
@@ -228,7 +229,7 @@ def _quiet_logs() -> None:
 def run_demo(root: Path | None = None, days: int = DEMO_DAYS) -> int:
     root = root or Path.cwd()
     os.environ.setdefault("OURA_ASSETS_DEMO", "1")
-    _dagster_home(root)
+    ensure_dagster_home(os.environ, root)
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     # authlib turns its deprecation warnings to "always" when imported; import it first so ours comes first.
     import authlib.deprecate  # noqa: F401
