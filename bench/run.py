@@ -378,6 +378,26 @@ def _compare(baseline: dict, candidate: dict) -> dict[str, dict[str, Any]]:
     }
 
 
+def _arm_ratios_and_rows(
+    label: str, baseline: dict, candidate: dict
+) -> tuple[dict[str, float], list[list[str]]]:
+    """Wall time, requests served and peak RSS of two materialization arms, as ratios and table rows."""
+    ratios = {
+        "wall_time_speedup": _ratio(baseline["wall_s"], candidate["wall_s"]),
+        "http_requests_ratio": _ratio(baseline["http_requests"], candidate["http_requests"]),
+        "peak_rss_ratio": _ratio(baseline["peak_rss_mb"], candidate["peak_rss_mb"]),
+    }
+    rss = "peak RSS of the run process (growth during runs)"
+    rows = [
+        [label, "wall time", _fmt_s(baseline["wall_s"]), _fmt_s(candidate["wall_s"]),
+         _times(ratios["wall_time_speedup"], "faster", "slower")],
+        [label, "HTTP requests served", str(baseline["http_requests"]), str(candidate["http_requests"]),
+         _times(ratios["http_requests_ratio"], "fewer", "more")],
+        [label, rss, _mib(baseline), _mib(candidate), _times(ratios["peak_rss_ratio"], "less", "more", 2)],
+    ]  # fmt: skip
+    return ratios, rows
+
+
 def bench_backfill(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]:
     patients = [f"bench-patient-{n}" for n in range(size["patients"])]
     start, end = BACKFILL_START, BACKFILL_START + timedelta(days=BACKFILL_DAYS - 1)
@@ -386,18 +406,9 @@ def bench_backfill(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any
     tables = _compare(daily.pop("snapshot"), ranged.pop("snapshot"))
     wearable = tables["patient_graph.wearable_data"]
     label = f"(a) backfill {len(patients)} patients x {BACKFILL_DAYS} d"
-    ratios = {
-        "wall_time_speedup": _ratio(daily["wall_s"], ranged["wall_s"]),
-        "http_requests_ratio": _ratio(daily["http_requests"], ranged["http_requests"]),
-        "peak_rss_ratio": _ratio(daily["peak_rss_mb"], ranged["peak_rss_mb"]),
-    }
-    rss = "peak RSS of the run process (growth during runs)"
+    ratios, arm_rows = _arm_ratios_and_rows(label, daily, ranged)
     rows += [
-        [label, "wall time", _fmt_s(daily["wall_s"]), _fmt_s(ranged["wall_s"]),
-         _times(ratios["wall_time_speedup"], "faster", "slower")],
-        [label, "HTTP requests served", str(daily["http_requests"]), str(ranged["http_requests"]),
-         _times(ratios["http_requests_ratio"], "fewer", "more")],
-        [label, rss, _mib(daily), _mib(ranged), _times(ratios["peak_rss_ratio"], "less", "more", 2)],
+        *arm_rows,
         [label, "wearable_data rows (identical?)", str(wearable["rows"]), str(wearable["candidate_rows"]),
          "identical" if wearable["identical"] else "DIFFERENT"],
     ]  # fmt: skip
@@ -622,20 +633,8 @@ def bench_nightly(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]
     tables = _compare(serial.pop("snapshot"), pooled.pop("snapshot"))
     identical = all(t["identical"] for t in tables.values())
     label = f"(e) nightly {len(patients)} patients x {NIGHTLY_DAYS} d, 40 ms latency"
-    ratios = {
-        "wall_time_speedup": _ratio(serial["wall_s"], pooled["wall_s"]),
-        "http_requests_ratio": _ratio(serial["http_requests"], pooled["http_requests"]),
-        "peak_rss_ratio": _ratio(serial["peak_rss_mb"], pooled["peak_rss_mb"]),
-    }
-    rows += [
-        [label, "wall time", _fmt_s(serial["wall_s"]), _fmt_s(pooled["wall_s"]),
-         _times(ratios["wall_time_speedup"], "faster", "slower")],
-        [label, "HTTP requests served", str(serial["http_requests"]), str(pooled["http_requests"]),
-         _times(ratios["http_requests_ratio"], "fewer", "more", 2)],
-        [label, "peak RSS of the run process (growth during runs)", _mib(serial), _mib(pooled),
-         _times(ratios["peak_rss_ratio"], "less", "more", 2)],
-        [label, "all 7 tables identical?", "", "", "identical" if identical else "DIFFERENT"],
-    ]  # fmt: skip
+    ratios, arm_rows = _arm_ratios_and_rows(label, serial, pooled)
+    rows += [*arm_rows, [label, "all 7 tables identical?", "", "", "identical" if identical else "DIFFERENT"]]
     return {
         "what": "one ranged run per arm: patients fetched one at a time vs four at a time",
         "params": {"patients": len(patients), "days": NIGHTLY_DAYS, "faults": NIGHTLY_LATENCY},
