@@ -528,13 +528,17 @@ def test_sim_heartrate_over_60_days_in_30_day_windows(simulator: SimulatorServer
 
 def test_sim_fault_rate_limit_waits_retry_after(simulator: SimulatorServer) -> None:
     waits: list[float] = []
+    # One request per window: any two pages fetched within a window collide, however slow a loaded machine
+    # makes each request (two per 50 ms let a busy machine slip between windows and never see a 429).
+    window_s = 0.25
 
     def sleep(seconds: float) -> None:
-        # Record what the client chose to wait, but only wait out the simulator's 50 ms window.
+        # Record what the client chose to wait, but only wait out the simulator's window (fixed, aligned to
+        # the epoch).
         waits.append(seconds)
-        time.sleep(0.06)
+        time.sleep(window_s - time.time() % window_s + 0.01)
 
-    simulator.control.set_faults(rate_limit={"limit": 2, "window_s": 0.05})
+    simulator.control.set_faults(rate_limit={"limit": 1, "window_s": window_s})
     client = sim_client(simulator, "fred", wait_budget_s=600, sleep=sleep)
     end = simulator.control.now().date()
     batch = client.documents("sleep", end - timedelta(days=29), end)
