@@ -108,18 +108,6 @@ def _as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _as_scopes(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        try:
-            decoded = json.loads(value)
-        except ValueError:
-            return tuple(value.replace(",", " ").split())
-        return _as_scopes(decoded) if not isinstance(decoded, str) else tuple(decoded.split())
-    return tuple(str(s) for s in value)
-
-
 def store_granted_tokens(
     conn: Any,
     patient_id: str,
@@ -305,7 +293,7 @@ class PatientTokens:
                 access_token=self._cipher.decrypt(record.access_token_enc),
                 refresh_token=self._cipher.decrypt(record.refresh_token_enc),
                 expires_at=_as_utc(record.expires_at),
-                scopes=_as_scopes(record.scopes),
+                scopes=record.scopes,  # the warehouse reads the VARCHAR[] as a tuple
             )
         except TokenDecryptError as exc:
             raise TokenStoreError(str(exc)) from None
