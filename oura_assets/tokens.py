@@ -211,8 +211,6 @@ class PatientTokens:
         try:
             with self._warehouse.transaction("tokens: read connection") as conn:
                 record = wh.get_connection(conn, self.patient_id)
-        except (ReconnectRequired, TokenStoreError):
-            raise
         except Exception as exc:
             raise TokenStoreError(f"could not read the Oura connection ({type(exc).__name__})") from exc
         if record is None:
@@ -248,14 +246,12 @@ class PatientTokens:
     def _refresh(self, pair: TokenSet) -> str:
         spent = _fingerprint(pair.refresh_token)
         if spent in _REFUSED_REFRESH_TOKENS:
-            self._flag_reconnect(spent)
-            raise ReconnectRequired(self._reconnect_required or "the patient must reconnect Oura")
+            raise ReconnectRequired(self._flag_reconnect(spent))
         try:
             new = self._oauth.refresh(pair.refresh_token, fallback_scopes=pair.scopes)
         except RefreshRejected:
             _REFUSED_REFRESH_TOKENS.add(spent)
-            self._flag_reconnect(spent)
-            raise ReconnectRequired(self._reconnect_required or "the patient must reconnect Oura") from None
+            raise ReconnectRequired(self._flag_reconnect(spent)) from None
         # From here Oura has rotated the pair: the old refresh token is dead and the new one exists only in
         # this process until it is stored.
         current = self._persist(new, spent)
@@ -263,7 +259,8 @@ class PatientTokens:
         log.info("refreshed the Oura access token for patient %s", self.patient_id)
         return current.access_token
 
-    def _flag_reconnect(self, spent: str) -> None:
+    def _flag_reconnect(self, spent: str) -> str:
+        """Mark the connection `reconnect_required` (here and in the warehouse); returns the message."""
         message = "Oura refused the refresh token (invalid_grant); the patient must reconnect Oura"
         self._reconnect_required = message
         self._cached = None
@@ -284,6 +281,7 @@ class PatientTokens:
                 self.patient_id,
                 type(exc).__name__,
             )
+        return message
 
     def _decrypt_record(self, record: wh.ConnectionRecord) -> TokenSet:
         if not record.access_token_enc or not record.refresh_token_enc or record.expires_at is None:
