@@ -10,9 +10,10 @@ import multiprocessing
 import os
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import filelock
@@ -374,13 +375,8 @@ def test_disconnect_during_refresh_is_not_undone(store, key, tmp_path) -> None:
     assert not source.journal_path.exists()
 
 
-def _get_in_child(
-    db_path: str, lock_dir: str, key: str, state_dir: str, barrier: object, results: object
-) -> None:
-    store = wh.Warehouse(db_path, lock_timeout_s=60)
-    source = PatientTokens(
-        PATIENT, store, TokenCipher([key]), FileBackedOAuth(Path(state_dir), delay_s=0.05), lock_dir
-    )
+def _race_get(source: PatientTokens, barrier: object, results: object) -> None:
+    """In a child process: wait for the other workers, then report `source.get()` (or its error)."""
     barrier.wait()  # type: ignore[attr-defined]
     try:
         results.put(source.get())  # type: ignore[attr-defined]
@@ -388,23 +384,41 @@ def _get_in_child(
         results.put(f"error: {type(exc).__name__}: {exc}")  # type: ignore[attr-defined]
 
 
-def test_processes_refreshing_the_same_patient_spend_the_refresh_token_once(
-    store, key, oura, tmp_path
-) -> None:
-    cipher = TokenCipher([key])
-    connect(store, cipher, expires_in=timedelta(seconds=-10))
+def _race_in_processes(
+    target: Callable[..., None], args: tuple[Any, ...], workers: int
+) -> tuple[list[str], list[int | None]]:
+    """Run `target(*args, barrier, results)` in `workers` spawned processes released together by the barrier:
+    their answers (in arrival order) and exit codes."""
     context = multiprocessing.get_context("spawn")
-    workers = 4
-    barrier = context.Barrier(workers)
-    results = context.Queue()
-    args = (str(store.path), str(tmp_path / "locks"), key, str(oura.state_dir), barrier, results)
-    processes = [context.Process(target=_get_in_child, args=args) for _ in range(workers)]
+    barrier, results = context.Barrier(workers), context.Queue()
+    processes = [context.Process(target=target, args=(*args, barrier, results)) for _ in range(workers)]
     for process in processes:
         process.start()
     answers = [results.get(timeout=60) for _ in processes]
     for process in processes:
         process.join(timeout=30)
-        assert process.exitcode == 0
+    return answers, [process.exitcode for process in processes]
+
+
+def _get_in_child(
+    db_path: str, lock_dir: str, key: str, state_dir: str, barrier: object, results: object
+) -> None:
+    store = wh.Warehouse(db_path, lock_timeout_s=60)
+    source = PatientTokens(
+        PATIENT, store, TokenCipher([key]), FileBackedOAuth(Path(state_dir), delay_s=0.05), lock_dir
+    )
+    _race_get(source, barrier, results)
+
+
+def test_processes_refreshing_the_same_patient_spend_the_refresh_token_once(
+    store, key, oura, tmp_path
+) -> None:
+    cipher = TokenCipher([key])
+    connect(store, cipher, expires_in=timedelta(seconds=-10))
+    workers = 4
+    args = (str(store.path), str(tmp_path / "locks"), key, str(oura.state_dir))
+    answers, exit_codes = _race_in_processes(_get_in_child, args, workers)
+    assert exit_codes == [0] * workers
     assert answers == ["access-2"] * workers
     assert oura.calls() == ["refresh-1"]
     assert stored_pair(store, cipher) == ("access-2", "refresh-2", "active")
@@ -489,12 +503,7 @@ def test_sim_fault_refresh_reject_flags_reconnect_and_stops_asking(simulator, pi
 
 def _sim_get_in_child(env: dict[str, str], barrier: object, results: object) -> None:
     settings = load_settings(env, require=("oauth", "tokens"))
-    source = settings_source(settings)
-    barrier.wait()  # type: ignore[attr-defined]
-    try:
-        results.put(source.get())  # type: ignore[attr-defined]
-    except Exception as exc:
-        results.put(f"error: {type(exc).__name__}: {exc}")  # type: ignore[attr-defined]
+    _race_get(settings_source(settings), barrier, results)
 
 
 def test_sim_processes_refreshing_the_same_patient_spend_the_refresh_token_once(
@@ -502,17 +511,7 @@ def test_sim_processes_refreshing_the_same_patient_spend_the_refresh_token_once(
 ) -> None:
     connect_through_oura(pipeline_env, "kate", expires_at=datetime.now(UTC) - timedelta(minutes=1))
     env = {k: v for k, v in os.environ.items() if k.startswith(("OURA_", "CLERK_"))}
-    context = multiprocessing.get_context("spawn")
-    workers = 4
-    barrier, results = context.Barrier(workers), context.Queue()
-    processes = [
-        context.Process(target=_sim_get_in_child, args=(env, barrier, results)) for _ in range(workers)
-    ]
-    for process in processes:
-        process.start()
-    answers = [results.get(timeout=60) for _ in processes]
-    for process in processes:
-        process.join(timeout=30)
+    answers, _ = _race_in_processes(_sim_get_in_child, (env,), workers=4)
     assert len(set(answers)) == 1 and not answers[0].startswith("error"), answers
     stats = simulator.control.stats()
     assert (stats["refresh_grants"], stats["spent_refresh_reuse"]) == (1, 0)
