@@ -143,8 +143,11 @@ def test_connect_states_are_unique(api: ApiHarness) -> None:
     assert len(states) == 5
 
 
-def test_connect_unknown_source_is_invalid_request(bare_api: ApiHarness) -> None:
-    answer = bare_api.call("POST", f"{W}/connect/fitbit", "patient-a")
+@pytest.mark.parametrize(
+    ("method", "path"), [("POST", f"{W}/connect/fitbit"), ("DELETE", f"{W}/connections/garmin")]
+)
+def test_unknown_source_is_invalid_request(bare_api: ApiHarness, method: str, path: str) -> None:
+    answer = bare_api.call(method, path, "patient-a")
     assert answer.status_code == 422
     assert error_of(answer) == "invalid_request"
 
@@ -479,12 +482,6 @@ def test_disconnect_when_revoke_fails_still_disconnects(
     assert query(pipeline_env, "SELECT status FROM patient_graph.wearable_connections") == [("disconnected",)]
     assert "revoking patient patient-a's Oura token failed" in caplog.text
     assert TokenCipher(pipeline_env.token_keys).decrypt(access_enc) not in caplog.text
-
-
-def test_disconnect_unknown_source_is_invalid_request(bare_api: ApiHarness) -> None:
-    answer = bare_api.call("DELETE", f"{W}/connections/garmin", "patient-a")
-    assert answer.status_code == 422
-    assert error_of(answer) == "invalid_request"
 
 
 def test_unknown_route_and_wrong_method_use_the_envelope(bare_api: ApiHarness) -> None:
