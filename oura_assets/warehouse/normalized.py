@@ -1,0 +1,120 @@
+"""The normalized tables, `wearable_data` and `patient_wearable_daily_stats`: a patient's window replaced.
+
+Rows come from `normalize` (its dataclasses) or as mappings; each is checked to belong to the patient and
+source being written, so one patient's rows can never land in another's window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import date, datetime
+from typing import Any
+
+import duckdb
+
+from oura_assets.domain import SOURCE
+from oura_assets.warehouse.schema import TABLES
+from oura_assets.warehouse.staging import mirror, stage
+from oura_assets.warehouse.values import day_window, get_field, to_day, utc
+
+_DAILY_STATS_TABLE = TABLES["patient_graph.patient_wearable_daily_stats"]
+_DAILY_STATS_COLUMNS: dict[str, str] = {
+    column.name: column.type
+    for column in _DAILY_STATS_TABLE.columns
+    if column.name not in (*_DAILY_STATS_TABLE.primary_key, "updated_at")
+}
+"""The stats columns a daily-stats row carries, with their DuckDB types (the key and `updated_at` aside)."""
+
+
+def _check_patient(row: object, patient_id: str) -> None:
+    found = get_field(row, "patient_id", patient_id)
+    if found != patient_id:
+        raise ValueError(f"row for patient {found!r} given while writing patient {patient_id!r}")
+    source = get_field(row, "source", SOURCE)
+    if source != SOURCE:
+        raise ValueError(f"row with source {source!r}; this warehouse writes source {SOURCE!r} only")
+
+
+def replace_wearable_data(
+    conn: duckdb.DuckDBPyConnection,
+    patient_id: str,
+    start_day: date,
+    end_day: date,
+    rows: Iterable[object],
+    synced_at: datetime,
+) -> int:
+    """Make the patient's `wearable_data` for days [start_day, end_day] exactly `rows`; returns rows written.
+
+    A row is a mapping or an object (`normalize.WearableRow`) with metric_type, day and metrics (a dict).
+    """
+    start, end = day_window(start_day, end_day)
+    records = []
+    for row in rows:
+        _check_patient(row, patient_id)
+        metrics = get_field(row, "metrics")
+        if not isinstance(metrics, Mapping):
+            raise ValueError(f"wearable_data row metrics must be a mapping, got {type(metrics).__name__}")
+        records.append(
+            {
+                "metric_type": str(get_field(row, "metric_type")),
+                "day": to_day(get_field(row, "day")),
+                "metrics": metrics,
+            }
+        )
+    stage(
+        conn,
+        "_staged_wearable_data",
+        "?::VARCHAR AS patient_id, ?::VARCHAR AS source, value->>'metric_type' AS metric_type, "
+        "CAST(value->>'day' AS DATE) AS day, value->'metrics' AS metrics, ?::TIMESTAMPTZ AS synced_at",
+        records,
+        [patient_id, SOURCE, utc(synced_at)],
+        last_per=["metric_type", "day"],
+    )
+    return mirror(
+        conn,
+        "patient_graph.wearable_data",
+        "_staged_wearable_data",
+        ("patient_id", "source", "metric_type", "day"),
+        "patient_id = ? AND source = ? AND day BETWEEN ? AND ?",
+        [patient_id, SOURCE, start, end],
+    )
+
+
+def replace_daily_stats(
+    conn: duckdb.DuckDBPyConnection,
+    patient_id: str,
+    start_day: date,
+    end_day: date,
+    rows: Iterable[object],
+    updated_at: datetime,
+) -> int:
+    """Make the patient's daily stats for days [start_day, end_day] exactly `rows`; returns rows written.
+
+    A row is a mapping or an object (`normalize.DailyStatsRow`) with day and the stats columns; a missing
+    stats field is stored as NULL.
+    """
+    start, end = day_window(start_day, end_day)
+    records = []
+    for row in rows:
+        _check_patient(row, patient_id)
+        record: dict[str, Any] = {"day": to_day(get_field(row, "day"))}
+        record.update({column: get_field(row, column, None) for column in _DAILY_STATS_COLUMNS})
+        records.append(record)
+    stats = ", ".join(f"CAST(value->>'{c}' AS {t}) AS {c}" for c, t in _DAILY_STATS_COLUMNS.items())
+    stage(
+        conn,
+        "_staged_daily_stats",
+        f"?::VARCHAR AS patient_id, ?::VARCHAR AS source, CAST(value->>'day' AS DATE) AS day, {stats}, "
+        "?::TIMESTAMPTZ AS updated_at",
+        records,
+        [patient_id, SOURCE, utc(updated_at)],
+        last_per=["day"],
+    )
+    return mirror(
+        conn,
+        "patient_graph.patient_wearable_daily_stats",
+        "_staged_daily_stats",
+        ("patient_id", "source", "day"),
+        "patient_id = ? AND source = ? AND day BETWEEN ? AND ?",
+        [patient_id, SOURCE, start, end],
+    )

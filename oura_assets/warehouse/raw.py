@@ -1,0 +1,147 @@
+"""The `oura_raw` tables: Oura's documents and heart-rate samples as Oura sent them, mirrored per window.
+
+Writing a patient's window makes the table hold exactly what Oura returned for it (documents Oura no longer
+returns are deleted), so a re-fetch replaces older versions and re-running a range changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+
+from oura_assets.domain import DOCUMENT_COLLECTIONS, check_document_collection
+from oura_assets.warehouse.staging import mirror, stage
+from oura_assets.warehouse.values import day_window, to_day, utc
+
+if TYPE_CHECKING:  # only an annotation here: DuckDB's `.pl()` imports polars itself, when a frame is read
+    import polars as pl
+
+
+def replace_raw_documents(
+    conn: duckdb.DuckDBPyConnection,
+    collection: str,
+    patient_id: str,
+    start_day: date,
+    end_day: date,
+    documents: Iterable[Mapping[str, Any]],
+    fetched_at: datetime,
+) -> int:
+    """Mirror Oura's `collection` for the patient's days [start_day, end_day]; returns the documents written.
+
+    Rows of the window that Oura no longer returns are deleted; every given document replaces its older
+    version by `id`, including one whose `day` lies outside the window. Each document needs `id` and `day`.
+    """
+    table = f"oura_raw.{check_document_collection(collection)}"
+    start, end = day_window(start_day, end_day)
+    records = []
+    for doc in documents:
+        if not isinstance(doc, Mapping) or doc.get("id") in (None, "") or not doc.get("day"):
+            raise ValueError(f"{collection}: a document needs an `id` and a `day`, got {str(doc)[:200]}")
+        try:
+            day = to_day(doc["day"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{collection} {doc['id']}: `day` {doc['day']!r} is not a date") from None
+        records.append({"id": str(doc["id"]), "day": day, "document": doc})
+    stage(
+        conn,
+        "_staged_documents",
+        "?::VARCHAR AS patient_id, value->>'id' AS id, CAST(value->>'day' AS DATE) AS day, "
+        "value->'document' AS document, ?::TIMESTAMPTZ AS fetched_at",
+        records,
+        [patient_id, utc(fetched_at)],
+        last_per=["id"],
+    )
+    return mirror(
+        conn,
+        table,
+        "_staged_documents",
+        ("patient_id", "id"),
+        "patient_id = ? AND day BETWEEN ? AND ?",
+        [patient_id, start, end],
+    )
+
+
+def read_raw_documents(
+    conn: duckdb.DuckDBPyConnection, collection: str, patient_id: str, start_day: date, end_day: date
+) -> list[dict[str, Any]]:
+    """The patient's stored documents of `collection` with `day` in [start_day, end_day], by day then id."""
+    table = f"oura_raw.{check_document_collection(collection)}"
+    rows = conn.execute(
+        f"SELECT document FROM {table} WHERE patient_id = ? AND day BETWEEN ? AND ? ORDER BY day, id",  # noqa: S608
+        [patient_id, to_day(start_day), to_day(end_day)],
+    ).fetchall()
+    return [json.loads(document) for (document,) in rows]
+
+
+def replace_raw_heartrate(
+    conn: duckdb.DuckDBPyConnection,
+    patient_id: str,
+    start: datetime,
+    end: datetime,
+    samples: Iterable[Mapping[str, Any]],
+    fetched_at: datetime,
+) -> int:
+    """Mirror Oura's heart rate for the instants [start, end); returns the distinct samples written.
+
+    Samples are keyed by (timestamp instant, source): "…+02:00" and the same instant in "Z" are one sample,
+    and the last one given wins. A timestamp without an offset is taken to be UTC.
+    """
+    if utc(end) < utc(start):
+        raise ValueError(f"heart-rate window ends ({end}) before it starts ({start})")
+    samples = samples if isinstance(samples, Sequence) else list(samples)
+    stage(
+        conn,
+        "_staged_heartrate",
+        "?::VARCHAR AS patient_id, CAST(value->>'timestamp' AS TIMESTAMPTZ) AS timestamp, "
+        "value->>'source' AS source, CAST(value->>'bpm' AS INTEGER) AS bpm, value AS document, "
+        "?::TIMESTAMPTZ AS fetched_at",
+        samples,
+        [patient_id, utc(fetched_at)],
+        last_per=["timestamp", "source"],
+    )
+    (incomplete,) = conn.execute(
+        "SELECT count(*) FROM _staged_heartrate WHERE timestamp IS NULL OR source IS NULL"
+    ).fetchone()
+    if incomplete:
+        conn.execute("DROP TABLE _staged_heartrate")
+        raise ValueError(f"heartrate: {incomplete} sample(s) lack a `timestamp` or a `source`")
+    return mirror(
+        conn,
+        "oura_raw.heartrate",
+        "_staged_heartrate",
+        ("patient_id", "timestamp", "source"),
+        "patient_id = ? AND timestamp >= ? AND timestamp < ?",
+        [patient_id, utc(start), utc(end)],
+    )
+
+
+def read_raw_heartrate(
+    conn: duckdb.DuckDBPyConnection, patient_id: str, start: datetime, end: datetime
+) -> pl.DataFrame:
+    """The patient's samples in [start, end) as a polars frame: timestamp (UTC), bpm, source; by time."""
+    return conn.sql(
+        "SELECT timestamp, bpm, source FROM oura_raw.heartrate "
+        "WHERE patient_id = $patient_id AND timestamp >= $start AND timestamp < $end "
+        "ORDER BY timestamp, source",
+        params={"patient_id": patient_id, "start": utc(start), "end": utc(end)},
+    ).pl()
+
+
+def patients_with_raw_data(conn: duckdb.DuckDBPyConnection, start_day: date, end_day: date) -> list[str]:
+    """Patients with any raw document on days [start_day, end_day], or heart rate within a day of them."""
+    start, end = to_day(start_day), to_day(end_day)
+    documents = " UNION ".join(
+        f"SELECT patient_id FROM oura_raw.{c} WHERE day BETWEEN $start AND $end"  # noqa: S608 (constants)
+        for c in DOCUMENT_COLLECTIONS
+    )
+    rows = conn.execute(
+        f"SELECT patient_id FROM ({documents} UNION SELECT patient_id FROM oura_raw.heartrate "  # noqa: S608
+        "WHERE timestamp >= $start::TIMESTAMPTZ - INTERVAL 1 DAY "
+        "AND timestamp < $end::TIMESTAMPTZ + INTERVAL 2 DAY) ORDER BY patient_id",
+        {"start": start, "end": end},
+    ).fetchall()
+    return [patient_id for (patient_id,) in rows]

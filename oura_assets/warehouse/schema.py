@@ -1,0 +1,259 @@
+"""Every warehouse table, described once as data: the DDL is generated from it, and so can its documentation.
+
+A table is its qualified name, a description, its columns (DuckDB type, whether NULL is allowed, a
+description written for a data scientist and the unit where one matters) and its primary key. CONTRACT §5
+is the specification; the bookkeeping tables (sync requests and results, OAuth states) are described the
+same way. `migrations.py` creates the tables from `TABLES`, and the Dagster definitions can build a
+`dg.TableSchema` from the same entries, so the Columns a user reads in the UI are the columns on disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from oura_assets.domain import DOCUMENT_COLLECTIONS, HEARTRATE
+
+SCHEMAS = ("patient_graph", "oura_raw")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    description: str
+    unit: str | None = None
+    nullable: bool = True
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    """Qualified: `schema.table`."""
+    description: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...]
+
+    @property
+    def schema(self) -> str:
+        return self.name.split(".", 1)[0]
+
+    def column(self, name: str) -> Column:
+        for column in self.columns:
+            if column.name == name:
+                return column
+        raise KeyError(f"{self.name} has no column {name!r}")
+
+    def ddl(self) -> str:
+        """`CREATE TABLE IF NOT EXISTS` for this table, columns in their declared order."""
+        lines = [f"{c.name} {c.type}{'' if c.nullable else ' NOT NULL'}" for c in self.columns]
+        lines.append(f"PRIMARY KEY ({', '.join(self.primary_key)})")
+        body = ",\n    ".join(lines)
+        return f"CREATE TABLE IF NOT EXISTS {self.name} (\n    {body}\n)"
+
+
+def _required(name: str, type_: str, description: str, unit: str | None = None) -> Column:
+    return Column(name, type_, description, unit, nullable=False)
+
+
+_PATIENT_ID = _required("patient_id", "VARCHAR", "The patient: the `sub` of their JWT, our key everywhere.")
+_SOURCE = _required("source", "VARCHAR", "The wearable's source; always `oura`.")
+_DAY = _required("day", "DATE", "Oura's `day`: the patient's local calendar date the data belongs to.")
+_SCORE = "1-100 score"
+
+
+def _document_table(collection: str) -> Table:
+    return Table(
+        f"oura_raw.{collection}",
+        f"Oura `{collection}` documents as Oura sent them, one row per patient and document id. A re-fetched "
+        "document replaces its older version.",
+        (
+            _PATIENT_ID,
+            _required("id", "VARCHAR", "Oura's document id."),
+            _DAY,
+            _required("document", "JSON", "The document exactly as Oura returned it."),
+            _required("fetched_at", "TIMESTAMPTZ", "When this version was fetched from Oura (UTC)."),
+        ),
+        ("patient_id", "id"),
+    )
+
+
+_TABLES: tuple[Table, ...] = (
+    Table(
+        "patient_graph.wearable_data",
+        "One row per patient, source, metric type and day where Oura returned the documents it is built "
+        "from. `metrics` holds CONTRACT §5's camelCase keys; a key is null when Oura gave null.",
+        (
+            _PATIENT_ID,
+            _SOURCE,
+            _required("metric_type", "VARCHAR", "Which metrics: `readiness`, `sleep`, `activity` or `hrv`."),
+            _DAY,
+            _required(
+                "metrics",
+                "JSON",
+                "The day's metrics by camelCase key; durations in seconds, scores 1-100, HRV in ms, "
+                "heart rate in bpm, bedtimes as UTC ISO-8601 ending in `Z`.",
+            ),
+            _required("synced_at", "TIMESTAMPTZ", "When the row was last written (UTC)."),
+        ),
+        ("patient_id", "source", "metric_type", "day"),
+    ),
+    Table(
+        "patient_graph.patient_wearable_daily_stats",
+        "One row per patient, source and day with any data: the day's headline figures side by side, heart "
+        "rate over the patient's local calendar day.",
+        (
+            _PATIENT_ID,
+            _SOURCE,
+            _DAY,
+            Column("readiness_score", "INTEGER", "Oura readiness score.", _SCORE),
+            Column("sleep_score", "INTEGER", "Oura daily sleep score.", _SCORE),
+            Column("activity_score", "INTEGER", "Oura activity score.", _SCORE),
+            Column(
+                "total_sleep_seconds", "INTEGER", "Total sleep of the day's main sleep period.", "seconds"
+            ),
+            Column("steps", "INTEGER", "Steps counted over the day.", "steps"),
+            Column("active_calories", "INTEGER", "Energy burned by activity.", "kcal"),
+            Column("total_calories", "INTEGER", "Total energy burned, resting included.", "kcal"),
+            Column("average_hrv", "DOUBLE", "Average HRV (RMSSD) of the main sleep period.", "ms"),
+            Column(
+                "resting_heart_rate",
+                "INTEGER",
+                "Lowest heart rate of the main sleep period (Oura `lowest_heart_rate`).",
+                "bpm",
+            ),
+            Column("hr_min", "INTEGER", "Lowest heart-rate sample of the local day.", "bpm"),
+            Column("hr_max", "INTEGER", "Highest heart-rate sample of the local day.", "bpm"),
+            Column("hr_avg", "DOUBLE", "Mean of the local day's heart-rate samples.", "bpm"),
+            Column(
+                "hr_samples",
+                "INTEGER",
+                "Distinct heart-rate samples (by timestamp and source) in the local day.",
+                "samples",
+            ),
+            Column(
+                "utc_offset_minutes",
+                "INTEGER",
+                "The UTC offset the local day was cut with, from the day's documents or the nearest known.",
+                "minutes",
+            ),
+            _required("updated_at", "TIMESTAMPTZ", "When the row was last written (UTC)."),
+        ),
+        ("patient_id", "source", "day"),
+    ),
+    Table(
+        "patient_graph.patient_events",
+        "Things that happened to a patient's wearable: connected, synced, reconnect required, disconnected.",
+        (
+            _required("event_id", "VARCHAR", "Unique id; recording the same id again changes nothing."),
+            _PATIENT_ID,
+            _required(
+                "event_type",
+                "VARCHAR",
+                "`wearable_connected`, `wearable_sync`, `wearable_reconnect_required` or "
+                "`wearable_disconnected`.",
+            ),
+            _SOURCE,
+            _required("occurred_at", "TIMESTAMPTZ", "When it happened (UTC)."),
+            _required(
+                "payload",
+                "JSON",
+                "Details; a `wearable_sync` holds status, runId, startDay, endDay, rows per table, errors.",
+            ),
+        ),
+        ("event_id",),
+    ),
+    Table(
+        "patient_graph.wearable_connections",
+        "One row per patient and source: the connection's state and its tokens, encrypted.",
+        (
+            _PATIENT_ID,
+            _SOURCE,
+            _required("status", "VARCHAR", "`active`, `reconnect_required` or `disconnected`."),
+            Column("oura_user_id", "VARCHAR", "The patient's user id at Oura, when known."),
+            Column("scopes", "VARCHAR[]", "OAuth scopes the patient granted."),
+            Column("access_token_enc", "VARCHAR", "The access token, encrypted (Fernet); never plaintext."),
+            Column("refresh_token_enc", "VARCHAR", "The refresh token, encrypted (Fernet); never plaintext."),
+            Column("expires_at", "TIMESTAMPTZ", "When the access token expires (UTC)."),
+            Column("connected_at", "TIMESTAMPTZ", "When the patient last connected (UTC)."),
+            Column("last_synced_at", "TIMESTAMPTZ", "When a sync last landed data (UTC)."),
+            Column("last_error", "VARCHAR", "Why the last sync or refresh failed; null once one succeeds."),
+            _required("updated_at", "TIMESTAMPTZ", "When the row was last written (UTC)."),
+        ),
+        ("patient_id", "source"),
+    ),
+    Table(
+        "patient_graph.sync_requests",
+        "Syncs queued through the connection API (or by a webhook), turned into Dagster runs by a sensor.",
+        (
+            _required("sync_id", "VARCHAR", "The id the API returned as `syncId`."),
+            _PATIENT_ID,
+            _SOURCE,
+            _required("start_day", "DATE", "First day to sync (inclusive)."),
+            _required("end_day", "DATE", "Last day to sync (inclusive)."),
+            _required("status", "VARCHAR", "`queued`, `running`, `success`, `partial` or `failed`."),
+            _required("requested_at", "TIMESTAMPTZ", "When it was queued (UTC)."),
+            Column("run_id", "VARCHAR", "The Dagster run that carries it out."),
+            Column("started_at", "TIMESTAMPTZ", "When its run started (UTC)."),
+            Column("finished_at", "TIMESTAMPTZ", "When it ended (UTC); null until then."),
+            Column("result", "JSON", "Its outcome: rows written per table and errors."),
+        ),
+        ("sync_id",),
+    ),
+    Table(
+        "patient_graph.sync_results",
+        "One row per run and patient: how that patient's sync went, rows written per table and errors.",
+        (
+            _required("run_id", "VARCHAR", "The Dagster run."),
+            _PATIENT_ID,
+            _SOURCE,
+            _required("status", "VARCHAR", "`success`, `partial` or `failed`; only ever gets worse."),
+            _required("start_day", "DATE", "First day of the run's range (inclusive)."),
+            _required("end_day", "DATE", "Last day of the run's range (inclusive)."),
+            _required("rows", "JSON", "Rows written, by table name.", "rows"),
+            _required("errors", "JSON", "What went wrong: a list of {code, message, collection}."),
+            _required("recorded_at", "TIMESTAMPTZ", "When the result was last written (UTC)."),
+        ),
+        ("run_id", "patient_id"),
+    ),
+    Table(
+        "patient_graph.oauth_states",
+        "OAuth `state` values handed out by the connect route, by hash only: single-use, short-lived.",
+        (
+            _required("state_hash", "VARCHAR", "SHA-256 of the state; the state itself is never stored."),
+            _PATIENT_ID,
+            _required("created_at", "TIMESTAMPTZ", "When it was handed out (UTC)."),
+            _required("expires_at", "TIMESTAMPTZ", "When it stops being accepted (UTC)."),
+            Column("used_at", "TIMESTAMPTZ", "When it was spent (UTC); null while unused."),
+        ),
+        ("state_hash",),
+    ),
+    *(_document_table(collection) for collection in DOCUMENT_COLLECTIONS),
+    Table(
+        f"oura_raw.{HEARTRATE}",
+        "Oura heart-rate samples as Oura sent them, one row per patient, instant and sample source.",
+        (
+            _PATIENT_ID,
+            _required("timestamp", "TIMESTAMPTZ", "The sample's instant (UTC)."),
+            _required("source", "VARCHAR", "Oura's sample source: `awake`, `rest`, `sleep`, `session`, …"),
+            Column("bpm", "INTEGER", "Heart rate.", "bpm"),
+            _required("document", "JSON", "The sample exactly as Oura returned it."),
+            _required("fetched_at", "TIMESTAMPTZ", "When this version was fetched from Oura (UTC)."),
+        ),
+        ("patient_id", "timestamp", "source"),
+    ),
+)
+
+TABLES: dict[str, Table] = {table.name: table for table in _TABLES}
+"""Every table of the warehouse by qualified name, in creation order."""
+
+SCHEMA_VERSION_TABLE = Table(
+    "main.schema_version",
+    "The migrations applied to this file: one row per schema version.",
+    (
+        _required("version", "INTEGER", "The schema version a migration brought the file to."),
+        _required("description", "VARCHAR", "What the migration did."),
+        _required("applied_at", "TIMESTAMPTZ", "When it was applied (UTC)."),
+    ),
+    ("version",),
+)
+"""The migrations' own bookkeeping, created before any migration runs (so not in `TABLES`)."""

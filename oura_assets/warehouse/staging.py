@@ -1,0 +1,70 @@
+"""Bulk writes: rows staged into DuckDB as JSON it parses itself, then mirrored into a table's window.
+
+Values always travel as parameters, and bulk rows reach DuckDB as JSON arrays that DuckDB parses itself:
+100k heart-rate samples land in about 0.3 s, where row-by-row binding takes seconds. Every table module that
+replaces a window of rows (raw documents, heart rate, wearable_data, daily stats) goes through these two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import duckdb
+
+from oura_assets.warehouse.values import dumps
+
+_STAGE_CHUNK = 50_000
+
+
+def stage(
+    conn: duckdb.DuckDBPyConnection,
+    name: str,
+    select: str,
+    records: Sequence[object],
+    params: Sequence[Any],
+    last_per: Sequence[str],
+) -> None:
+    """Load `records` into the temporary table `name`, parsed by DuckDB from JSON, the last one per key kept.
+
+    `select` lists the staged columns as expressions over `value` (one record); `params` are its parameters.
+    Only the last record per `last_per` columns is kept (a document given twice: the later one wins).
+    Records travel as JSON arrays of `_STAGE_CHUNK`: one parameter per chunk is far cheaper than binding
+    row by row, and chunks keep DuckDB's parse linear (one 35 MB array took 3x longer per row).
+    """
+    raw = f"{name}_all"
+    for offset in range(0, max(len(records), 1), _STAGE_CHUNK):
+        into = f"CREATE OR REPLACE TEMP TABLE {raw} AS" if offset == 0 else f"INSERT INTO {raw}"
+        conn.execute(
+            f"{into} SELECT key, {select} "  # noqa: S608 (constants, not values)
+            "FROM (SELECT CAST(key AS BIGINT) + ? AS key, value FROM json_each(?::JSON))",
+            [*params, offset, dumps(records[offset : offset + _STAGE_CHUNK])],
+        )
+    conn.execute(
+        f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * EXCLUDE (key) FROM {raw} "  # noqa: S608
+        f"QUALIFY row_number() OVER (PARTITION BY {', '.join(last_per)} ORDER BY key DESC) = 1"
+    )
+    conn.execute(f"DROP TABLE {raw}")
+
+
+def mirror(
+    conn: duckdb.DuckDBPyConnection,
+    table: str,
+    staging: str,
+    keys: Sequence[str],
+    window: str,
+    window_params: Sequence[Any],
+) -> int:
+    """Make `table` hold exactly the staged rows inside `window`, and upsert staged rows outside it.
+
+    Equivalent to delete-the-window-then-insert, but rows whose key is staged again are updated in place
+    rather than deleted and re-inserted, which DuckDB's primary-key index handles several times faster.
+    """
+    match = " AND ".join(f"s.{k} = {table}.{k}" for k in keys)
+    conn.execute(
+        f"DELETE FROM {table} WHERE {window} AND NOT EXISTS (SELECT 1 FROM {staging} s WHERE {match})",  # noqa: S608
+        list(window_params),
+    )
+    (written,) = conn.execute(f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM {staging}").fetchone()  # noqa: S608
+    conn.execute(f"DROP TABLE {staging}")
+    return int(written)
