@@ -6,6 +6,7 @@ warning on `wearable_data`, every night until they are resolved.
 
 import dagster as dg
 
+from oura_assets import warehouse as wh
 from oura_assets.defs.assets import DAILY_STATS_KEY, WEARABLE_DATA_KEY
 from oura_assets.defs.resources import WarehouseResource
 from oura_assets.normalize import METRIC_KEYS
@@ -14,10 +15,7 @@ from oura_assets.normalize import METRIC_KEYS
 @dg.asset_check(asset=WEARABLE_DATA_KEY, description="Every row's metrics carry exactly the documented keys.")
 def wearable_data_metric_keys(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     with warehouse.get_connection("check: wearable_data metric keys") as conn:
-        shapes = conn.execute(
-            "SELECT metric_type, list_sort(json_keys(metrics)) AS keys, count(*) "
-            "FROM patient_graph.wearable_data GROUP BY ALL"
-        ).fetchall()
+        shapes = wh.wearable_data_key_shapes(conn)
     wrong = {
         f"{metric_type}: {sorted(keys)}": count
         for metric_type, keys, count in shapes
@@ -35,11 +33,7 @@ def wearable_data_metric_keys(warehouse: WarehouseResource) -> dg.AssetCheckResu
 )
 def connections_need_attention(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     with warehouse.get_connection("check: connections") as conn:
-        rows = conn.execute(
-            "SELECT patient_id, status, last_error FROM patient_graph.wearable_connections "
-            "WHERE status = 'reconnect_required' OR (status = 'active' AND last_error IS NOT NULL) "
-            "ORDER BY patient_id"
-        ).fetchall()
+        rows = wh.connections_needing_attention(conn)
     return dg.AssetCheckResult(
         passed=not rows,
         severity=dg.AssetCheckSeverity.WARN,
@@ -55,21 +49,5 @@ def connections_need_attention(warehouse: WarehouseResource) -> dg.AssetCheckRes
 )
 def daily_stats_agree_with_wearable_data(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     with warehouse.get_connection("check: daily stats agreement") as conn:
-        (mismatched,) = conn.execute(
-            """
-            WITH w AS (
-                SELECT patient_id, source, day,
-                       max(metrics->>'score') FILTER (metric_type = 'readiness')::INTEGER AS readiness,
-                       max(metrics->>'score') FILTER (metric_type = 'sleep')::INTEGER AS sleep,
-                       max(metrics->>'score') FILTER (metric_type = 'activity')::INTEGER AS activity
-                FROM patient_graph.wearable_data GROUP BY ALL
-            )
-            SELECT count(*) FROM w
-            LEFT JOIN patient_graph.patient_wearable_daily_stats s USING (patient_id, source, day)
-            WHERE s.day IS NULL
-               OR s.readiness_score IS DISTINCT FROM w.readiness
-               OR s.sleep_score IS DISTINCT FROM w.sleep
-               OR s.activity_score IS DISTINCT FROM w.activity
-            """
-        ).fetchone()
+        mismatched = wh.daily_stats_mismatched_days(conn)
     return dg.AssetCheckResult(passed=mismatched == 0, metadata={"mismatched_days": mismatched})
