@@ -23,7 +23,7 @@ from typing import Any
 
 import polars as pl
 
-SOURCE = "oura"
+from oura_assets.domain import RAW_COLLECTIONS, SOURCE
 
 READINESS_CONTRIBUTORS = {
     "activityBalance": "activity_balance",
@@ -65,8 +65,6 @@ METRIC_KEYS: dict[str, tuple[str, ...]] = {
     "hrv": ("averageHrv", "maxHrv", "minHrv", "restingHeartRate"),
 }
 """CONTRACT §5: the exact key set of `wearable_data.metrics` per metric_type."""
-
-COLLECTIONS = ("daily_readiness", "daily_sleep", "sleep", "daily_activity", "heartrate")
 
 # `rest` is a detection the user rejected and `deleted` one they removed: neither is the night's sleep
 # (oura-openapi.json, PublicSleepType; CONTRACT §5 "main sleep period").
@@ -341,8 +339,10 @@ def validate_document(collection: str, doc: object) -> str | None:
     only documents passing this never sees the normalizers fail. Heart-rate rows need a date-time with an
     offset (or `Z`) and a numeric `bpm`.
     """
-    if collection not in COLLECTIONS:
-        raise ValueError(f"unknown Oura collection {collection!r}; expected one of {', '.join(COLLECTIONS)}")
+    if collection not in RAW_COLLECTIONS:
+        raise ValueError(
+            f"unknown Oura collection {collection!r}; expected one of {', '.join(RAW_COLLECTIONS)}"
+        )
     try:
         d = _Doc(collection, doc)
         if collection == "heartrate":

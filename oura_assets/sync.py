@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from oura_assets import warehouse as wh
+from oura_assets.domain import RAW_COLLECTIONS
 from oura_assets.oura.client import (
     OuraClient,
     OuraError,
@@ -29,8 +30,8 @@ from oura_assets.tokens import ReconnectRequired
 
 log = logging.getLogger(__name__)
 
-# The raw tables' collections, in fetch order (the warehouse owns the list).
-ALL_COLLECTIONS = wh.RAW_COLLECTIONS
+# The raw tables' collections, in fetch order (domain.py owns the list).
+ALL_COLLECTIONS = RAW_COLLECTIONS
 
 # Patient-side failures: the patient (or their Oura account) must act, not us. They leave the run green and
 # surface in the connection's status, the sync event and the asset checks.

@@ -19,13 +19,13 @@ from oura_assets import warehouse as wh
 from oura_assets.api.responses import ApiError
 from oura_assets.api.state import STATE_TTL, new_state, state_hash, well_formed
 from oura_assets.config import Settings
+from oura_assets.domain import SOURCE
 from oura_assets.oura.client import OuraClient, OuraError, OuraUnauthorized, RetryPolicy
 from oura_assets.oura.oauth import OuraOAuthApp, TokenEndpointError, TokenSet
 from oura_assets.tokens import TokenCipher, store_granted_tokens
 
 log = logging.getLogger("oura_assets.api")
 
-SOURCE = "oura"
 INITIAL_SYNC_DAYS = 30
 MAX_SYNC_DAYS = 366
 # Once Oura has exchanged the code it is spent: failing the final write would cost the patient the whole
