@@ -6,16 +6,15 @@ serves every patient with an active connection, or only the one named by the run
 tag (API sync requests). One patient's failure is recorded for that patient and never stops the others.
 """
 
-from collections.abc import Callable, Iterator
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Iterator
+from datetime import date, timedelta
 
 import dagster as dg
 
-from oura_assets import normalize
-from oura_assets import warehouse as wh
+from oura_assets import rebuild
 from oura_assets.defs.partitions import PATIENT_TAG, PATIENTS_FAILED_TAG, PATIENTS_OK_TAG, SYNC_IDS_TAG
 from oura_assets.defs.resources import OuraResource, WarehouseResource
-from oura_assets.sync import RunOutcome, SyncError, claim_patients, heartrate_window, sync_patients
+from oura_assets.sync import RunOutcome, claim_patients, sync_patients
 
 RAW_GROUP = "oura_raw"
 GRAPH_GROUP = "patient_graph"
@@ -53,10 +52,6 @@ def _run_patient(context: dg.AssetExecutionContext) -> str | None:
 def _sync_ids(context: dg.AssetExecutionContext) -> list[str]:
     raw = context.run.tags.get(SYNC_IDS_TAG, "")
     return [s for s in raw.split(",") if s]
-
-
-def _progress(context: dg.AssetExecutionContext, n: int, total: int, patient_id: str, msg: str) -> None:
-    context.log.info(f"patient {n} of {total} ({patient_id}): {msg}")
 
 
 def _summary_metadata(outcome: RunOutcome, rows: dict[str, int]) -> dict[str, dg.MetadataValue]:
@@ -131,118 +126,33 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefini
     return oura_raw
 
 
-def _patients_to_normalize(context: dg.AssetExecutionContext, store: wh.Warehouse, start: date, end: date):
-    """The run's patient, or everyone with raw data in the window: normalizing is a pure function of raw."""
-    patient = _run_patient(context)
-    if patient:
-        return [patient]
-    with store.connect("list patients with raw data") as conn:
-        return wh.patients_with_raw_data(conn, start, end)
-
-
-def _read_daily_documents(
-    conn, patient_id: str, start: date, end: date, margin: timedelta
-) -> tuple[dict[str, list[dict]], list[SyncError]]:
-    """The patient's raw documents in [start - margin, end + margin], screened: a document the normalizers
-    cannot read is left out of the normalized tables (and reported when it falls in [start, end]), but stays
-    in the raw table exactly as Oura sent it."""
-    documents: dict[str, list[dict]] = {}
-    rejected: list[SyncError] = []
-    low, high = start.isoformat(), end.isoformat()
-    for collection in wh.DOCUMENT_COLLECTIONS:
-        documents[collection] = []
-        for document in wh.read_raw_documents(conn, collection, patient_id, start - margin, end + margin):
-            reason = normalize.validate_document(collection, document)
-            if reason is None:
-                documents[collection].append(document)
-            elif low <= str(document.get("day"))[:10] <= high:
-                message = f"document {document.get('id')!r}: {reason}"
-                rejected.append(SyncError("invalid_document", message, collection))
-    return documents, rejected
-
-
-def _report_rejected(
-    conn, context: dg.AssetExecutionContext, patient_id: str, rejected: list[SyncError]
-) -> None:
-    if not rejected:
-        return
-    context.log.warning(f"patient {patient_id}: {len(rejected)} document(s) left out: {rejected[0].message}")
-    previous = [r for r in wh.sync_results_for_run(conn, context.run.run_id) if r.patient_id == patient_id]
-    if previous:
-        wh.record_sync_result(
-            conn,
-            run_id=context.run.run_id,
-            patient_id=patient_id,
-            status="partial",
-            start_day=previous[0].start_day,
-            end_day=previous[0].end_day,
-            rows={},
-            errors=[e.to_dict() for e in rejected],
-        )
-
-
-def _wearable_rows(patient_id: str, docs: dict[str, list[dict]]) -> list[normalize.WearableRow]:
-    return normalize.wearable_rows(
-        patient_id, docs["daily_readiness"], docs["daily_sleep"], docs["sleep"], docs["daily_activity"]
-    )
-
-
-def _in_window(docs: dict[str, list[dict]], start: date, end: date) -> dict[str, list[dict]]:
-    """The documents whose `day` lies in [start, end] (stored documents always carry an ISO `day`)."""
-    low, high = start.isoformat(), end.isoformat()
-    return {c: [d for d in found if low <= str(d.get("day"))[:10] <= high] for c, found in docs.items()}
-
-
-def _write_wearable_data(conn, patient_id: str, start: date, end: date, nearby: dict[str, list[dict]]) -> int:
-    rows = _wearable_rows(patient_id, _in_window(nearby, start, end))
-    return wh.replace_wearable_data(conn, patient_id, start, end, rows, datetime.now(UTC))
-
-
-def _write_daily_stats(conn, patient_id: str, start: date, end: date, nearby: dict[str, list[dict]]) -> int:
-    # Offsets come from the wider span: a day without its own daily document borrows the nearest one.
-    offsets = normalize.day_offsets(
-        nearby["daily_readiness"], nearby["daily_sleep"], nearby["daily_activity"]
-    )
-    days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
-    samples = wh.read_raw_heartrate(conn, patient_id, *heartrate_window(start, end))
-    hr_stats = normalize.heart_rate_day_stats(samples, offsets, days)
-    wearable = _wearable_rows(patient_id, _in_window(nearby, start, end))
-    rows = normalize.daily_stats_rows(patient_id, wearable, hr_stats, offsets)
-    return wh.replace_daily_stats(conn, patient_id, start, end, rows, datetime.now(UTC))
-
-
-def _rebuild_per_patient(
+def _rebuild(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,
     table: str,
-    write: Callable[..., int],
+    write: rebuild.Writer,
     margin: timedelta = timedelta(0),
 ) -> dg.MaterializeResult:
-    """Rebuild `table` over the run's days from the raw tables, one patient per short transaction.
-
-    Each patient's daily documents are read once, over the run's days widened by `margin`; `write` gets them
-    all and picks the run's days itself.
-    """
+    """Rebuild `table` over the run's days from the raw tables, one patient per short transaction."""
     start, end = _day_range(context)
-    store = warehouse.warehouse()
-    patients = _patients_to_normalize(context, store, start, end)
-    total = 0
-    for n, patient_id in enumerate(patients, start=1):
-        with store.transaction(f"dagster run {context.run.run_id[:8]}: write {table}") as conn:
-            nearby, rejected = _read_daily_documents(conn, patient_id, start, end, margin)
-            _report_rejected(conn, context, patient_id, rejected)
-            written = write(conn, patient_id, start, end, nearby)
-            wh.add_sync_result_rows(
-                conn, run_id=context.run.run_id, patient_id=patient_id, rows={table: written}
-            )
-        total += written
-        if len(patients) > 20 and n % 20 == 0:
-            _progress(context, n, len(patients), patient_id, f"{written} rows")
+    run_id = context.run.run_id
+    outcome = rebuild.rebuild_per_patient(
+        warehouse=warehouse.warehouse(),
+        table=table,
+        write=write,
+        start=start,
+        end=end,
+        run_id=run_id,
+        patient_id=_run_patient(context),
+        margin=margin,
+        purpose=f"dagster run {run_id[:8]}",
+        progress=context.log,
+    )
     return dg.MaterializeResult(
         metadata={
-            "patients": dg.MetadataValue.int(len(patients)),
-            "rows": dg.MetadataValue.json({table: total}),
-            "dagster/row_count": dg.MetadataValue.int(total),
+            "patients": dg.MetadataValue.int(outcome.patients),
+            "rows": dg.MetadataValue.json({table: outcome.rows}),
+            "dagster/row_count": dg.MetadataValue.int(outcome.rows),
         }
     )
 
@@ -264,7 +174,7 @@ def build_graph_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         Built from the raw tables, so re-materializing re-derives it without calling Oura. A row exists only
         where Oura returned the documents it is built from; sleep and hrv use the day's main sleep period.
         """
-        return _rebuild_per_patient(context, warehouse, "patient_graph.wearable_data", _write_wearable_data)
+        return _rebuild(context, warehouse, "patient_graph.wearable_data", rebuild.write_wearable_data)
 
     @dg.asset(
         key=DAILY_STATS_KEY,
@@ -282,11 +192,11 @@ def build_graph_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         Heart-rate figures cover the patient's local calendar day (UTC plus the offset on that day's daily
         documents, else the nearest known offset, else UTC); a sample repeated by Oura counts once.
         """
-        return _rebuild_per_patient(
+        return _rebuild(
             context,
             warehouse,
             "patient_graph.patient_wearable_daily_stats",
-            _write_daily_stats,
+            rebuild.write_daily_stats,
             margin=OFFSET_SEARCH_MARGIN,
         )
 
