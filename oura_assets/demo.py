@@ -24,7 +24,7 @@ import httpx
 
 from oura_assets import warehouse as wh
 from oura_assets.config import Settings, load_settings
-from oura_assets.defs.partitions import SYNC_IDS_TAG, partition_range_tags
+from oura_assets.defs.partitions import SYNC_IDS_TAG, TRIGGER_TAG, partition_range_tags
 
 
 class DemoError(RuntimeError):
@@ -143,7 +143,7 @@ def materialize_range(settings: Settings, start: date, end: date, sync_ids: list
         tags={
             **partition_range_tags(start, end),
             SYNC_IDS_TAG: ",".join(sync_ids),
-            "oura_assets/trigger": "demo",
+            TRIGGER_TAG: "demo",
         },
         raise_on_error=False,
     )

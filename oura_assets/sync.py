@@ -1,6 +1,9 @@
-"""One patient's sync over a day range: fetch from Oura, then mirror it into the raw tables.
+"""Syncing patients over a day range: fetch from Oura, then mirror it into the raw tables.
 
-Kept apart from Dagster so the fetch-and-land step can be tested, benchmarked and reused on its own.
+Kept apart from Dagster so the fetch-and-land step and the run around it (a few patients at a time, one
+patient's failure isolated from the others, the connection's status, the rule that decides whether the run
+failed) can be tested, benchmarked and reused on their own; the raw asset only wires resources to
+`sync_patients` and reports its `RunOutcome`.
 All HTTP happens before the warehouse lock is taken; the writes for one patient land in one transaction, so
 a patient is never half-written. Failures are classified here, because what a failure means for the run (the
 patient's problem, or ours) is decided by its kind, not by where it was raised.
@@ -9,10 +12,13 @@ patient's problem, or ours) is decided by its kind, not by where it was raised.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+import time as clock
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from oura_assets import warehouse as wh
 from oura_assets.domain import RAW_COLLECTIONS
@@ -182,3 +188,153 @@ def sync_patient(
                 patient_id, "failed", {}, [*errors, SyncError("warehouse_busy", str(exc))]
             )
     return PatientSyncResult(patient_id, _status(len(fetched), len(wanted), errors), rows, errors)
+
+
+class RunLog(Protocol):
+    """Where a run's progress goes: a `logging.Logger`, or Dagster's `context.log` in an asset."""
+
+    def info(self, msg: str) -> Any: ...
+
+    def warning(self, msg: str) -> Any: ...
+
+    def error(self, msg: str) -> Any: ...
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """Every patient's result in a run, in the order they finished, and what they add up to."""
+
+    results: list[PatientSyncResult]
+
+    @property
+    def patients(self) -> int:
+        return len(self.results)
+
+    @property
+    def patients_failed(self) -> int:
+        return sum(r.status == "failed" for r in self.results)
+
+    @property
+    def patients_ok(self) -> int:
+        """Patients with data landed: `success` and `partial` alike."""
+        return self.patients - self.patients_failed
+
+    @property
+    def patients_partial(self) -> int:
+        return sum(r.status == "partial" for r in self.results)
+
+    @property
+    def failed_patients(self) -> dict[str, list[str]]:
+        """Error codes of every patient that did not fully succeed, by patient id."""
+        return {r.patient_id: [e.code for e in r.errors] for r in self.results if r.status != "success"}
+
+    def rows(self, tables: Iterable[str]) -> dict[str, int]:
+        """Rows written to each of `tables`, over all patients, by table name."""
+        return {t: sum(r.rows.get(t, 0) for r in self.results) for t in sorted(tables)}
+
+    @property
+    def failure(self) -> str | None:
+        """Why the run must fail, or None.
+
+        Nobody landed and it is not the patients' doing (Oura down, warehouse locked): that is ours to see,
+        so the run goes red. Patient-side failures (reconnect, membership) never fail a run.
+        """
+        infra_failures = [r for r in self.results if r.status == "failed" and not r.patient_side]
+        if not self.results or len(infra_failures) < len(self.results):
+            return None
+        return f"all {len(self.results)} patient(s) failed; first: {infra_failures[0].errors[0]}"
+
+
+def claim_patients(
+    warehouse: wh.Warehouse, *, run_id: str, patient_id: str | None = None, sync_ids: Sequence[str] = ()
+) -> list[str]:
+    """The patients a run syncs (every active connection, or the one named), marking its sync requests
+    `running` in the same transaction."""
+    with warehouse.transaction("list patients for a sync run") as conn:
+        patients = [c.patient_id for c in wh.list_active_connections(conn, patient_id)]
+        for sync_id in sync_ids:
+            wh.mark_sync_request(conn, sync_id, "running", run_id=run_id)
+    return patients
+
+
+def _record(warehouse: wh.Warehouse, run_id: str, result: PatientSyncResult, start: date, end: date) -> None:
+    """Record a patient's result and what it says about the connection, in one transaction."""
+    with warehouse.transaction("record a patient's sync result") as conn:
+        wh.record_sync_result(
+            conn,
+            run_id=run_id,
+            patient_id=result.patient_id,
+            status=result.status,
+            start_day=start,
+            end_day=end,
+            rows=result.rows,
+            errors=[e.to_dict() for e in result.errors],
+        )
+        if result.status != "failed":
+            wh.mark_synced(conn, result.patient_id, datetime.now(UTC))
+        elif result.errors and result.errors[0].code == "subscription_expired":
+            wh.set_connection_status(
+                conn, result.patient_id, "active", last_error="Oura membership expired (403)"
+            )
+
+
+def sync_patients(
+    *,
+    patients: Sequence[str],
+    client_for: Callable[[str], OuraClient],
+    warehouse: wh.Warehouse,
+    start: date,
+    end: date,
+    run_id: str,
+    collections: Iterable[str] = ALL_COLLECTIONS,
+    max_workers: int = 4,
+    purpose: str = "sync",
+    progress: RunLog = log,
+) -> RunOutcome:
+    """Sync each of `patients` over local days [start, end], a few at a time, and record each one's result.
+
+    One patient's failure, even an unexpected exception, is recorded for that patient (`internal_error`, with
+    the traceback in `progress`) and never costs the others their sync. `client_for` builds a patient's Oura
+    client; `purpose` names the run in the warehouse lock's holder.
+    """
+    collections = list(collections)
+    progress.info(f"syncing {len(patients)} patient(s), days {start}..{end}, collections {collections}")
+
+    def sync_one(patient_id: str) -> tuple[PatientSyncResult, float, str | None]:
+        began = clock.monotonic()
+        try:
+            result = sync_patient(
+                patient_id=patient_id,
+                client=client_for(patient_id),
+                warehouse=warehouse,
+                start=start,
+                end=end,
+                collections=collections,
+                purpose=purpose,
+            )
+            trace = None
+        except Exception as exc:  # one patient's bug must not cost the others their sync
+            result = PatientSyncResult(
+                patient_id, "failed", {}, [SyncError("internal_error", type(exc).__name__)]
+            )
+            trace = traceback.format_exc()
+        return result, clock.monotonic() - began, trace
+
+    results: list[PatientSyncResult] = []
+    workers = max(1, min(max_workers, len(patients)))
+    # Patients are fetched a few at a time: a run is bound by Oura's latency, not by us. Their writes
+    # still take turns at the warehouse lock, and Oura's 429s are waited out per Retry-After.
+    with ThreadPoolExecutor(workers, thread_name_prefix="oura-patient") as pool:
+        pending = [pool.submit(sync_one, patient_id) for patient_id in patients]
+        for n, future in enumerate(as_completed(pending), start=1):
+            result, took, trace = future.result()
+            if trace:
+                progress.error(f"patient {result.patient_id}: unexpected error\n{trace}")
+            results.append(result)
+            codes = ", ".join(e.code for e in result.errors) or "no errors"
+            progress.info(
+                f"patient {n} of {len(patients)} ({result.patient_id}): "
+                f"{result.status} ({codes}), {sum(result.rows.values())} rows in {took:.1f}s"
+            )
+            _record(warehouse, run_id, result, start, end)
+    return RunOutcome(results)

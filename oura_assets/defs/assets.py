@@ -6,19 +6,15 @@ serves every patient with an active connection, or only the one named by the run
 tag (API sync requests). One patient's failure is recorded for that patient and never stops the others.
 """
 
-import time as clock
-import traceback
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Iterator
+from datetime import date, timedelta
 
 import dagster as dg
 
-from oura_assets import normalize
-from oura_assets import warehouse as wh
-from oura_assets.defs.partitions import PATIENT_TAG, SYNC_IDS_TAG
-from oura_assets.defs.resources import OuraResource, OuraSession, WarehouseResource
-from oura_assets.sync import PatientSyncResult, SyncError, heartrate_window, sync_patient
+from oura_assets import rebuild
+from oura_assets.defs.partitions import PATIENT_TAG, PATIENTS_FAILED_TAG, PATIENTS_OK_TAG, SYNC_IDS_TAG
+from oura_assets.defs.resources import OuraResource, WarehouseResource
+from oura_assets.sync import RunOutcome, claim_patients, sync_patients
 
 RAW_GROUP = "oura_raw"
 GRAPH_GROUP = "patient_graph"
@@ -58,20 +54,13 @@ def _sync_ids(context: dg.AssetExecutionContext) -> list[str]:
     return [s for s in raw.split(",") if s]
 
 
-def _progress(context: dg.AssetExecutionContext, n: int, total: int, patient_id: str, msg: str) -> None:
-    context.log.info(f"patient {n} of {total} ({patient_id}): {msg}")
-
-
-def _summary_metadata(results: list[PatientSyncResult], rows: dict[str, int]) -> dict[str, dg.MetadataValue]:
-    failed = [r for r in results if r.status == "failed"]
+def _summary_metadata(outcome: RunOutcome, rows: dict[str, int]) -> dict[str, dg.MetadataValue]:
     return {
-        "patients": dg.MetadataValue.int(len(results)),
-        "patients_ok": dg.MetadataValue.int(len(results) - len(failed)),
-        "patients_failed": dg.MetadataValue.int(len(failed)),
-        "patients_partial": dg.MetadataValue.int(sum(r.status == "partial" for r in results)),
-        "failed_patients": dg.MetadataValue.json(
-            {r.patient_id: [e.code for e in r.errors] for r in results if r.status != "success"}
-        ),
+        "patients": dg.MetadataValue.int(outcome.patients),
+        "patients_ok": dg.MetadataValue.int(outcome.patients_ok),
+        "patients_failed": dg.MetadataValue.int(outcome.patients_failed),
+        "patients_partial": dg.MetadataValue.int(outcome.patients_partial),
+        "failed_patients": dg.MetadataValue.json(outcome.failed_patients),
         "rows": dg.MetadataValue.json(rows),
         "dagster/row_count": dg.MetadataValue.int(sum(rows.values())),
     }
@@ -103,218 +92,67 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefini
         """Fetch the partition range from Oura for each patient and mirror it into `oura_raw.*`."""
         start, end = _day_range(context)
         selected = [name for name, key in RAW_KEYS.items() if key in context.selected_asset_keys]
-        collections = [c for name in selected for c in RAW_ASSETS[name]]
         store = warehouse.warehouse()
         store.ensure_schema()
-        with store.transaction("list patients for a sync run") as conn:
-            patients = [c.patient_id for c in wh.list_active_connections(conn, _run_patient(context))]
-            for sync_id in _sync_ids(context):
-                wh.mark_sync_request(conn, sync_id, "running", run_id=context.run.run_id)
-        context.log.info(
-            f"syncing {len(patients)} patient(s), days {start}..{end}, collections {collections}"
+        run_id = context.run.run_id
+        patients = claim_patients(
+            store, run_id=run_id, patient_id=_run_patient(context), sync_ids=_sync_ids(context)
         )
-
-        run_tag = f"dagster run {context.run.run_id[:8]}"
-
-        def sync_one(session: OuraSession, patient_id: str) -> tuple[PatientSyncResult, float, str | None]:
-            began = clock.monotonic()
-            try:
-                result = sync_patient(
-                    patient_id=patient_id,
-                    client=session.client_for(patient_id, store),
-                    warehouse=store,
-                    start=start,
-                    end=end,
-                    collections=collections,
-                    purpose=run_tag,
-                )
-                trace = None
-            except Exception as exc:  # one patient's bug must not cost the others their sync
-                result = PatientSyncResult(
-                    patient_id, "failed", {}, [SyncError("internal_error", type(exc).__name__)]
-                )
-                trace = traceback.format_exc()
-            return result, clock.monotonic() - began, trace
-
-        results: list[PatientSyncResult] = []
-        workers = max(1, min(oura.max_concurrent_patients, len(patients)))
-        # Patients are fetched a few at a time: a run is bound by Oura's latency, not by us. Their writes
-        # still take turns at the warehouse lock, and Oura's 429s are waited out per Retry-After.
-        with (
-            oura.session() as session,
-            ThreadPoolExecutor(workers, thread_name_prefix="oura-patient") as pool,
-        ):
-            pending = [pool.submit(sync_one, session, patient_id) for patient_id in patients]
-            for n, future in enumerate(as_completed(pending), start=1):
-                result, took, trace = future.result()
-                patient_id = result.patient_id
-                if trace:
-                    context.log.error(f"patient {patient_id}: unexpected error\n{trace}")
-                results.append(result)
-                codes = ", ".join(e.code for e in result.errors) or "no errors"
-                _progress(
-                    context,
-                    n,
-                    len(patients),
-                    patient_id,
-                    f"{result.status} ({codes}), {sum(result.rows.values())} rows in {took:.1f}s",
-                )
-                with store.transaction("record a patient's sync result") as conn:
-                    wh.record_sync_result(
-                        conn,
-                        run_id=context.run.run_id,
-                        patient_id=patient_id,
-                        status=result.status,
-                        start_day=start,
-                        end_day=end,
-                        rows=result.rows,
-                        errors=[e.to_dict() for e in result.errors],
-                    )
-                    if result.status != "failed":
-                        wh.mark_synced(conn, patient_id, datetime.now(UTC))
-                    elif result.errors and result.errors[0].code == "subscription_expired":
-                        wh.set_connection_status(
-                            conn, patient_id, "active", last_error="Oura membership expired (403)"
-                        )
-
-        _tag_run(context, results)
-        infra_failures = [r for r in results if r.status == "failed" and not r.patient_side]
-        if results and len(infra_failures) == len(results):
-            # Nobody landed and it is not the patients' doing (Oura down, warehouse locked): that is ours to
-            # see, so the run goes red. Results and sync events are already recorded.
-            raise dg.Failure(
-                description=f"all {len(results)} patient(s) failed; first: {infra_failures[0].errors[0]}",
-                metadata=_summary_metadata(results, {}),
+        with oura.session() as session:
+            outcome = sync_patients(
+                patients=patients,
+                client_for=lambda patient_id: session.client_for(patient_id, store),
+                warehouse=store,
+                start=start,
+                end=end,
+                run_id=run_id,
+                collections=[c for name in selected for c in RAW_ASSETS[name]],
+                max_workers=oura.max_concurrent_patients,
+                purpose=f"dagster run {run_id[:8]}",
+                progress=context.log,
             )
+        # The outcome goes on the run itself, where the Runs page shows it.
+        context.instance.add_run_tags(
+            run_id,
+            {PATIENTS_OK_TAG: str(outcome.patients_ok), PATIENTS_FAILED_TAG: str(outcome.patients_failed)},
+        )
+        if outcome.failure:
+            # Results and sync events are already recorded; the red run is for us to see.
+            raise dg.Failure(description=outcome.failure, metadata=_summary_metadata(outcome, {}))
         for name in selected:
-            tables = {f"oura_raw.{c}" for c in RAW_ASSETS[name]}
-            rows = {t: sum(r.rows.get(t, 0) for r in results) for t in sorted(tables)}
-            yield dg.MaterializeResult(asset_key=RAW_KEYS[name], metadata=_summary_metadata(results, rows))
+            rows = outcome.rows(f"oura_raw.{c}" for c in RAW_ASSETS[name])
+            yield dg.MaterializeResult(asset_key=RAW_KEYS[name], metadata=_summary_metadata(outcome, rows))
 
     return oura_raw
 
 
-def _tag_run(context: dg.AssetExecutionContext, results: list[PatientSyncResult]) -> None:
-    """Put the run's outcome on the run itself, where the Runs page shows it."""
-    failed = sum(r.status == "failed" for r in results)
-    context.instance.add_run_tags(
-        context.run.run_id,
-        {"oura_assets/patients_ok": str(len(results) - failed), "oura_assets/patients_failed": str(failed)},
-    )
-
-
-def _patients_to_normalize(context: dg.AssetExecutionContext, store: wh.Warehouse, start: date, end: date):
-    """The run's patient, or everyone with raw data in the window: normalizing is a pure function of raw."""
-    patient = _run_patient(context)
-    if patient:
-        return [patient]
-    with store.connect("list patients with raw data") as conn:
-        return wh.patients_with_raw_data(conn, start, end)
-
-
-def _read_daily_documents(
-    conn, patient_id: str, start: date, end: date, margin: timedelta
-) -> tuple[dict[str, list[dict]], list[SyncError]]:
-    """The patient's raw documents in [start - margin, end + margin], screened: a document the normalizers
-    cannot read is left out of the normalized tables (and reported when it falls in [start, end]), but stays
-    in the raw table exactly as Oura sent it."""
-    documents: dict[str, list[dict]] = {}
-    rejected: list[SyncError] = []
-    low, high = start.isoformat(), end.isoformat()
-    for collection in wh.DOCUMENT_COLLECTIONS:
-        documents[collection] = []
-        for document in wh.read_raw_documents(conn, collection, patient_id, start - margin, end + margin):
-            reason = normalize.validate_document(collection, document)
-            if reason is None:
-                documents[collection].append(document)
-            elif low <= str(document.get("day"))[:10] <= high:
-                message = f"document {document.get('id')!r}: {reason}"
-                rejected.append(SyncError("invalid_document", message, collection))
-    return documents, rejected
-
-
-def _report_rejected(
-    conn, context: dg.AssetExecutionContext, patient_id: str, rejected: list[SyncError]
-) -> None:
-    if not rejected:
-        return
-    context.log.warning(f"patient {patient_id}: {len(rejected)} document(s) left out: {rejected[0].message}")
-    previous = [r for r in wh.sync_results_for_run(conn, context.run.run_id) if r.patient_id == patient_id]
-    if previous:
-        wh.record_sync_result(
-            conn,
-            run_id=context.run.run_id,
-            patient_id=patient_id,
-            status="partial",
-            start_day=previous[0].start_day,
-            end_day=previous[0].end_day,
-            rows={},
-            errors=[e.to_dict() for e in rejected],
-        )
-
-
-def _wearable_rows(patient_id: str, docs: dict[str, list[dict]]) -> list[normalize.WearableRow]:
-    return normalize.wearable_rows(
-        patient_id, docs["daily_readiness"], docs["daily_sleep"], docs["sleep"], docs["daily_activity"]
-    )
-
-
-def _in_window(docs: dict[str, list[dict]], start: date, end: date) -> dict[str, list[dict]]:
-    """The documents whose `day` lies in [start, end] (stored documents always carry an ISO `day`)."""
-    low, high = start.isoformat(), end.isoformat()
-    return {c: [d for d in found if low <= str(d.get("day"))[:10] <= high] for c, found in docs.items()}
-
-
-def _write_wearable_data(conn, patient_id: str, start: date, end: date, nearby: dict[str, list[dict]]) -> int:
-    rows = _wearable_rows(patient_id, _in_window(nearby, start, end))
-    return wh.replace_wearable_data(conn, patient_id, start, end, rows, datetime.now(UTC))
-
-
-def _write_daily_stats(conn, patient_id: str, start: date, end: date, nearby: dict[str, list[dict]]) -> int:
-    # Offsets come from the wider span: a day without its own daily document borrows the nearest one.
-    offsets = normalize.day_offsets(
-        nearby["daily_readiness"], nearby["daily_sleep"], nearby["daily_activity"]
-    )
-    days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
-    samples = wh.read_raw_heartrate(conn, patient_id, *heartrate_window(start, end))
-    hr_stats = normalize.heart_rate_day_stats(samples, offsets, days)
-    wearable = _wearable_rows(patient_id, _in_window(nearby, start, end))
-    rows = normalize.daily_stats_rows(patient_id, wearable, hr_stats, offsets)
-    return wh.replace_daily_stats(conn, patient_id, start, end, rows, datetime.now(UTC))
-
-
-def _rebuild_per_patient(
+def _rebuild(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,
     table: str,
-    write: Callable[..., int],
+    write: rebuild.Writer,
     margin: timedelta = timedelta(0),
 ) -> dg.MaterializeResult:
-    """Rebuild `table` over the run's days from the raw tables, one patient per short transaction.
-
-    Each patient's daily documents are read once, over the run's days widened by `margin`; `write` gets them
-    all and picks the run's days itself.
-    """
+    """Rebuild `table` over the run's days from the raw tables, one patient per short transaction."""
     start, end = _day_range(context)
-    store = warehouse.warehouse()
-    patients = _patients_to_normalize(context, store, start, end)
-    total = 0
-    for n, patient_id in enumerate(patients, start=1):
-        with store.transaction(f"dagster run {context.run.run_id[:8]}: write {table}") as conn:
-            nearby, rejected = _read_daily_documents(conn, patient_id, start, end, margin)
-            _report_rejected(conn, context, patient_id, rejected)
-            written = write(conn, patient_id, start, end, nearby)
-            wh.add_sync_result_rows(
-                conn, run_id=context.run.run_id, patient_id=patient_id, rows={table: written}
-            )
-        total += written
-        if len(patients) > 20 and n % 20 == 0:
-            _progress(context, n, len(patients), patient_id, f"{written} rows")
+    run_id = context.run.run_id
+    outcome = rebuild.rebuild_per_patient(
+        warehouse=warehouse.warehouse(),
+        table=table,
+        write=write,
+        start=start,
+        end=end,
+        run_id=run_id,
+        patient_id=_run_patient(context),
+        margin=margin,
+        purpose=f"dagster run {run_id[:8]}",
+        progress=context.log,
+    )
     return dg.MaterializeResult(
         metadata={
-            "patients": dg.MetadataValue.int(len(patients)),
-            "rows": dg.MetadataValue.json({table: total}),
-            "dagster/row_count": dg.MetadataValue.int(total),
+            "patients": dg.MetadataValue.int(outcome.patients),
+            "rows": dg.MetadataValue.json({table: outcome.rows}),
+            "dagster/row_count": dg.MetadataValue.int(outcome.rows),
         }
     )
 
@@ -336,7 +174,7 @@ def build_graph_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         Built from the raw tables, so re-materializing re-derives it without calling Oura. A row exists only
         where Oura returned the documents it is built from; sleep and hrv use the day's main sleep period.
         """
-        return _rebuild_per_patient(context, warehouse, "patient_graph.wearable_data", _write_wearable_data)
+        return _rebuild(context, warehouse, "patient_graph.wearable_data", rebuild.write_wearable_data)
 
     @dg.asset(
         key=DAILY_STATS_KEY,
@@ -354,11 +192,11 @@ def build_graph_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         Heart-rate figures cover the patient's local calendar day (UTC plus the offset on that day's daily
         documents, else the nearest known offset, else UTC); a sample repeated by Oura counts once.
         """
-        return _rebuild_per_patient(
+        return _rebuild(
             context,
             warehouse,
             "patient_graph.patient_wearable_daily_stats",
-            _write_daily_stats,
+            rebuild.write_daily_stats,
             margin=OFFSET_SEARCH_MARGIN,
         )
 

@@ -1,4 +1,5 @@
-"""Daily partitions keyed by Oura `day` (the patient's local calendar date).
+"""Daily partitions keyed by Oura `day` (the patient's local calendar date), and the run tags that say what
+a run covers, why it started and how it went: their one home, so sensors, schedules and assets agree.
 
 Built by a function rather than at import so `OURA_ASSETS_START_DATE` is read when Dagster loads the code
 location, not when a test or a tool merely imports the package.
@@ -16,6 +17,11 @@ RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 PATIENT_TAG = "oura_assets/patient_id"
 SYNC_IDS_TAG = "oura_assets/sync_ids"
+# What started the run: `schedule`, `api` or `demo`.
+TRIGGER_TAG = "oura_assets/trigger"
+# Set by the raw asset when it finishes, so the Runs page shows the outcome.
+PATIENTS_OK_TAG = "oura_assets/patients_ok"
+PATIENTS_FAILED_TAG = "oura_assets/patients_failed"
 
 
 def daily_partitions(start_date: date) -> dg.DailyPartitionsDefinition:

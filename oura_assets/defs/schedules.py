@@ -11,7 +11,7 @@ import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from oura_assets.config import load_settings
-from oura_assets.defs.partitions import partition_range_tags
+from oura_assets.defs.partitions import TRIGGER_TAG, partition_range_tags
 
 
 def nightly_range(scheduled_day: date, lookback_days: int, first_day: date) -> tuple[date, date]:
@@ -36,7 +36,7 @@ def build_nightly_schedule(job: UnresolvedAssetJobDefinition, first_day: date) -
             return dg.SkipReason(f"nothing to sync before the first partition {first_day}")
         return dg.RunRequest(
             run_key=f"nightly-{end.isoformat()}",
-            tags={**partition_range_tags(start, end), "oura_assets/trigger": "schedule"},
+            tags={**partition_range_tags(start, end), TRIGGER_TAG: "schedule"},
         )
 
     return sync_wearables_daily

@@ -14,7 +14,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 from oura_assets import warehouse as wh
 from oura_assets.defs.assets import RAW_KEYS
 from oura_assets.defs.jobs import SYNC_JOB_NAME
-from oura_assets.defs.partitions import PATIENT_TAG, SYNC_IDS_TAG, partition_range_tags
+from oura_assets.defs.partitions import PATIENT_TAG, SYNC_IDS_TAG, TRIGGER_TAG, partition_range_tags
 from oura_assets.defs.resources import WarehouseResource
 
 FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
@@ -159,7 +159,7 @@ def build_sync_request_sensor(job: UnresolvedAssetJobDefinition, first_day: date
                     **partition_range_tags(start, end),
                     PATIENT_TAG: request.patient_id,
                     SYNC_IDS_TAG: request.sync_id,
-                    "oura_assets/trigger": "api",
+                    TRIGGER_TAG: "api",
                 },
             )
 
