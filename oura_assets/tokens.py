@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import filelock
-import stamina
+import tenacity
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from oura_assets import warehouse as wh
@@ -61,7 +61,7 @@ def _fingerprint(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _is_worth_another_write(exc: Exception) -> bool:
+def _is_worth_another_write(exc: BaseException) -> bool:
     # A removed connection or undecryptable stored tokens will not change by writing again.
     return not isinstance(exc, ReconnectRequired | TokenStoreError)
 
@@ -329,13 +329,17 @@ class PatientTokens:
     def _persist(self, pair: TokenSet, replaces: str) -> TokenSet:
         """`_save` with retries; as a last resort the encrypted journal, so the rotated pair is never lost."""
         try:
-            for attempt in stamina.retry_context(
-                on=_is_worth_another_write,
-                attempts=self._persist_attempts,
-                timeout=None,
-                wait_initial=self._persist_backoff_s,
-                wait_max=self._persist_backoff_s * 8,
-                wait_jitter=self._persist_backoff_s,
+            # Backoff b * 2**n plus up to b of jitter, capped at 8 b (b = persist_backoff_s).
+            for attempt in tenacity.Retrying(
+                retry=tenacity.retry_if_exception(_is_worth_another_write),
+                stop=tenacity.stop_after_attempt(self._persist_attempts),
+                wait=tenacity.wait_exponential_jitter(
+                    multiplier=self._persist_backoff_s,
+                    max=self._persist_backoff_s * 8,
+                    jitter=self._persist_backoff_s,
+                ),
+                before_sleep=self._log_persist_retry,
+                reraise=True,
             ):
                 with attempt:
                     return self._save(pair, replaces)
@@ -349,6 +353,15 @@ class PatientTokens:
             )
         self._write_journal(pair, replaces)
         return pair
+
+    def _log_persist_retry(self, state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "storing refreshed Oura tokens for patient %s failed (%s); retrying in %.2f s",
+            self.patient_id,
+            type(exc).__name__,
+            state.upcoming_sleep,
+        )
 
     def _write_journal(self, pair: TokenSet, replaces: str) -> None:
         """Last resort after Oura rotated the pair: Fernet-encrypted, mode 0600, replaced atomically."""

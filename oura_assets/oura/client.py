@@ -165,7 +165,7 @@ def heartrate_windows(start: datetime, end: datetime) -> list[tuple[datetime, da
 def _retry_after_s(response: httpx.Response) -> float | None:
     """Seconds to wait after a 429: `Retry-After` (seconds or HTTP date), else `X-RateLimit-Reset` [spec].
 
-    A few lines of our own: tenacity and stamina wait on what we tell them, neither reads these headers.
+    A few lines of our own: tenacity waits on what we tell it and reads no headers.
     """
     raw = response.headers.get("Retry-After", "").strip()
     if raw:
@@ -361,8 +361,8 @@ class OuraClient:
     def _send(self, path: str, params: Mapping[str, str], token: str, budget: _WaitBudget) -> httpx.Response:
         """One request with retries; returns a 2xx or 401 response, raises `OuraError` for the rest.
 
-        tenacity (the engine under stamina) drives the loop: its `wait_random_exponential` is the full-jitter
-        backoff we want and it lets tests inject `sleep`; stamina exposes neither.
+        tenacity drives the loop: its `wait_random_exponential` is the full-jitter backoff we want and it lets
+        tests inject `sleep` (stamina, tenacity's friendlier wrapper, exposes neither, so it is not used).
         """
         policy = self._retry
         counts = {"transient": 0, "rate_limited": 0}
