@@ -16,7 +16,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,6 +25,7 @@ import tenacity
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from oura_assets import warehouse as wh
+from oura_assets.clock import as_utc
 from oura_assets.oura.client import OuraError, OuraUnauthorized
 from oura_assets.oura.oauth import RefreshRejected, TokenSet
 
@@ -102,10 +103,6 @@ class TokenCipher:
             raise TokenDecryptError(
                 "a stored token cannot be decrypted with any key in OURA_ASSETS_TOKEN_KEY"
             ) from None
-
-
-def _as_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def store_granted_tokens(
@@ -290,7 +287,7 @@ class PatientTokens:
             return TokenSet(
                 access_token=self._cipher.decrypt(record.access_token_enc),
                 refresh_token=self._cipher.decrypt(record.refresh_token_enc),
-                expires_at=_as_utc(record.expires_at),
+                expires_at=as_utc(record.expires_at),
                 scopes=record.scopes,  # the warehouse reads the VARCHAR[] as a tuple
             )
         except TokenDecryptError as exc:
@@ -401,7 +398,7 @@ class PatientTokens:
             pair = TokenSet(
                 access_token=data["access_token"],
                 refresh_token=data["refresh_token"],
-                expires_at=_as_utc(datetime.fromisoformat(data["expires_at"])),
+                expires_at=as_utc(datetime.fromisoformat(data["expires_at"])),
                 scopes=tuple(data["scopes"]),
             )
             return pair, str(data["replaces"])

@@ -22,6 +22,8 @@ from typing import Any, Protocol
 import httpx
 import tenacity
 
+from oura_assets.clock import as_utc, utc_now
+
 log = logging.getLogger(__name__)
 
 USERCOLLECTION = "/v2/usercollection"
@@ -146,9 +148,7 @@ def parse_instant(value: Any) -> datetime | None:
         parsed = datetime.fromisoformat(text)
     except ValueError:
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    return as_utc(parsed)
 
 
 def heartrate_windows(start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
@@ -177,9 +177,7 @@ def _retry_after_s(response: httpx.Response) -> float | None:
             except (TypeError, ValueError):
                 when = None
             if when is not None:
-                if when.tzinfo is None:
-                    when = when.replace(tzinfo=UTC)
-                return max(0.0, (when - datetime.now(UTC)).total_seconds())
+                return max(0.0, (as_utc(when) - utc_now()).total_seconds())
     reset = response.headers.get("X-RateLimit-Reset", "").strip()
     if reset:
         try:
