@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -28,6 +27,7 @@ from oura_assets import warehouse as wh
 from oura_assets.clock import as_utc
 from oura_assets.oura.client import OuraError, OuraUnauthorized
 from oura_assets.oura.oauth import RefreshRejected, TokenSet
+from oura_assets.private_files import write_private
 
 log = logging.getLogger(__name__)
 
@@ -373,15 +373,8 @@ class PatientTokens:
                 }
             )
         )
-        tmp = self.journal_path.with_suffix(".journal.tmp")
         try:
-            tmp.unlink(missing_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(content)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.journal_path)
+            write_private(self.journal_path, content)
         except OSError as exc:
             raise TokenStoreError(
                 f"could not store refreshed Oura tokens anywhere ({type(exc).__name__}); "
