@@ -18,6 +18,8 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet
 
+from oura_assets.private_files import write_private
+
 REAL_API_BASE_URL = "https://api.ouraring.com"
 REAL_AUTHORIZE_URL = "https://cloud.ouraring.com/oauth/authorize"
 REAL_TOKEN_URL = "https://api.ouraring.com/oauth/token"  # noqa: S105 (a URL, not a secret)
@@ -94,20 +96,12 @@ def _env(env: Mapping[str, str], name: str) -> str | None:
     return value.strip() if value and value.strip() else None
 
 
-def _write_private(path: Path, content: str) -> None:
-    """Create a file only its owner can read, without a window where it is world-readable."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(content)
-
-
 def _demo_secrets(data_dir: Path) -> dict[str, str]:
     """The demo's generated client secret and Fernet key, created once and kept in data/ (mode 0600)."""
     path = data_dir / "demo-secrets.json"
     if not path.exists():
         with contextlib.suppress(FileExistsError):  # another process created it first; read theirs
-            _write_private(
+            write_private(
                 path,
                 json.dumps(
                     {
@@ -115,6 +109,7 @@ def _demo_secrets(data_dir: Path) -> dict[str, str]:
                         "token_key": Fernet.generate_key().decode(),
                     }
                 ),
+                overwrite=False,
             )
     return json.loads(path.read_text())
 

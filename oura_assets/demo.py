@@ -169,6 +169,9 @@ def print_summary(settings: Settings, run: dg.DagsterRun) -> None:
                      WHERE s.patient_id = c.patient_id),
                    (SELECT sum(hr_samples) FROM patient_graph.patient_wearable_daily_stats s
                      WHERE s.patient_id = c.patient_id),
+                   -- Stored unrounded and weighted by samples here; rounded only for this print.
+                   (SELECT round(sum(hr_avg * hr_samples) / sum(hr_samples), 1)
+                     FROM patient_graph.patient_wearable_daily_stats s WHERE s.patient_id = c.patient_id),
                    (SELECT payload->>'status' FROM patient_graph.patient_events e
                      WHERE e.patient_id = c.patient_id AND e.event_type = 'wearable_sync'
                      ORDER BY occurred_at DESC LIMIT 1)
@@ -194,6 +197,7 @@ def print_summary(settings: Settings, run: dg.DagsterRun) -> None:
         "stat days",
         "avg sleep",
         "hr samples",
+        "avg hr (bpm)",
         "sync",
     )
     print("  ".join(f"{h:>14}" for h in header))

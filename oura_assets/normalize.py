@@ -70,8 +70,6 @@ METRIC_KEYS: dict[str, tuple[str, ...]] = {
 # (oura-openapi.json, PublicSleepType; CONTRACT §5 "main sleep period").
 IGNORED_SLEEP_TYPES = frozenset({"deleted", "rest"})
 
-HR_AVG_DECIMALS = 1
-
 
 class NormalizationError(ValueError):
     """An Oura document that does not have the documented shape; names the collection, id and field."""
@@ -97,7 +95,7 @@ class WearableRow:
 
 @dataclass(frozen=True)
 class HeartRateDayStats:
-    """Heart rate over one local calendar day: distinct samples only; hr_avg rounded to 1 decimal."""
+    """Heart rate over one local calendar day: distinct samples only; hr_avg the exact mean (unrounded)."""
 
     hr_min: int | float
     hr_max: int | float
@@ -476,7 +474,8 @@ def heart_rate_day_stats(
     Samples are Oura `heartrate` rows (dicts with an ISO `timestamp`, `bpm`, `source`) or a polars frame
     with those columns (`timestamp` a datetime, naive meaning UTC). A sample repeated at the same instant
     and source counts once — Oura repeats samples across request windows (open-wearables #889). Days
-    without samples are omitted. `hr_avg` is rounded to 1 decimal.
+    without samples are omitted. `hr_avg` is the mean at full precision: rounding it here would bias every
+    average of averages computed from the table, so only presentation rounds.
     """
     windows = [(day, offset_for(day, offsets)) for day in sorted(set(days))]
     frame = _heart_rate_frame(samples)
@@ -502,7 +501,7 @@ def heart_rate_day_stats(
         .agg(
             hr_min=pl.col("bpm").min(),
             hr_max=pl.col("bpm").max(),
-            hr_avg=pl.col("bpm").mean().round(HR_AVG_DECIMALS),
+            hr_avg=pl.col("bpm").mean(),
             hr_samples=pl.len(),
         )
         .sort("day")

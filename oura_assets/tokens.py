@@ -14,19 +14,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
 import filelock
-import stamina
+import tenacity
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from oura_assets import warehouse as wh
+from oura_assets.clock import as_utc
 from oura_assets.oura.client import OuraError, OuraUnauthorized
 from oura_assets.oura.oauth import RefreshRejected, TokenSet
+from oura_assets.private_files import write_private
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def _fingerprint(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _is_worth_another_write(exc: Exception) -> bool:
+def _is_worth_another_write(exc: BaseException) -> bool:
     # A removed connection or undecryptable stored tokens will not change by writing again.
     return not isinstance(exc, ReconnectRequired | TokenStoreError)
 
@@ -102,10 +103,6 @@ class TokenCipher:
             raise TokenDecryptError(
                 "a stored token cannot be decrypted with any key in OURA_ASSETS_TOKEN_KEY"
             ) from None
-
-
-def _as_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def store_granted_tokens(
@@ -290,7 +287,7 @@ class PatientTokens:
             return TokenSet(
                 access_token=self._cipher.decrypt(record.access_token_enc),
                 refresh_token=self._cipher.decrypt(record.refresh_token_enc),
-                expires_at=_as_utc(record.expires_at),
+                expires_at=as_utc(record.expires_at),
                 scopes=record.scopes,  # the warehouse reads the VARCHAR[] as a tuple
             )
         except TokenDecryptError as exc:
@@ -329,13 +326,17 @@ class PatientTokens:
     def _persist(self, pair: TokenSet, replaces: str) -> TokenSet:
         """`_save` with retries; as a last resort the encrypted journal, so the rotated pair is never lost."""
         try:
-            for attempt in stamina.retry_context(
-                on=_is_worth_another_write,
-                attempts=self._persist_attempts,
-                timeout=None,
-                wait_initial=self._persist_backoff_s,
-                wait_max=self._persist_backoff_s * 8,
-                wait_jitter=self._persist_backoff_s,
+            # Backoff b * 2**n plus up to b of jitter, capped at 8 b (b = persist_backoff_s).
+            for attempt in tenacity.Retrying(
+                retry=tenacity.retry_if_exception(_is_worth_another_write),
+                stop=tenacity.stop_after_attempt(self._persist_attempts),
+                wait=tenacity.wait_exponential_jitter(
+                    multiplier=self._persist_backoff_s,
+                    max=self._persist_backoff_s * 8,
+                    jitter=self._persist_backoff_s,
+                ),
+                before_sleep=self._log_persist_retry,
+                reraise=True,
             ):
                 with attempt:
                     return self._save(pair, replaces)
@@ -350,6 +351,15 @@ class PatientTokens:
         self._write_journal(pair, replaces)
         return pair
 
+    def _log_persist_retry(self, state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "storing refreshed Oura tokens for patient %s failed (%s); retrying in %.2f s",
+            self.patient_id,
+            type(exc).__name__,
+            state.upcoming_sleep,
+        )
+
     def _write_journal(self, pair: TokenSet, replaces: str) -> None:
         """Last resort after Oura rotated the pair: Fernet-encrypted, mode 0600, replaced atomically."""
         content = self._cipher.encrypt(
@@ -363,15 +373,8 @@ class PatientTokens:
                 }
             )
         )
-        tmp = self.journal_path.with_suffix(".journal.tmp")
         try:
-            tmp.unlink(missing_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(content)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.journal_path)
+            write_private(self.journal_path, content)
         except OSError as exc:
             raise TokenStoreError(
                 f"could not store refreshed Oura tokens anywhere ({type(exc).__name__}); "
@@ -388,7 +391,7 @@ class PatientTokens:
             pair = TokenSet(
                 access_token=data["access_token"],
                 refresh_token=data["refresh_token"],
-                expires_at=_as_utc(datetime.fromisoformat(data["expires_at"])),
+                expires_at=as_utc(datetime.fromisoformat(data["expires_at"])),
                 scopes=tuple(data["scopes"]),
             )
             return pair, str(data["replaces"])

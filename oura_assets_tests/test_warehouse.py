@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 
 from oura_assets import warehouse as wh
-from oura_assets.normalize import DailyStatsRow, WearableRow
+from oura_assets.normalize import DailyStatsRow, WearableRow, heart_rate_day_stats
 
 D = date(2024, 6, 10)
 T0 = datetime(2024, 6, 10, tzinfo=UTC)
@@ -962,3 +962,22 @@ def test_a_process_whose_threads_queue_back_to_back_does_not_starve_another_proc
     child(hog_warehouse_from_threads, str(store.path))
     waits = waits_for_five_requests(store)
     assert max(waits) < 1.0, waits
+
+
+def test_daily_stats_store_hr_avg_at_full_precision_not_rounded(conn):
+    # Samples 60, 61, 61: the mean is 60.666..., which rounding to 0.1 bpm in storage would turn into 60.7
+    # and bias every average of averages taken from the table (issue 8).
+    hr = heart_rate_day_stats(
+        [
+            {"timestamp": "2024-06-10T10:00:00Z", "bpm": 60, "source": "awake"},
+            {"timestamp": "2024-06-10T10:05:00Z", "bpm": 61, "source": "awake"},
+            {"timestamp": "2024-06-10T10:10:00Z", "bpm": 61, "source": "awake"},
+        ],
+        {},
+        [D],
+    )[D]
+    row = stats(D, hr_min=hr.hr_min, hr_max=hr.hr_max, hr_avg=hr.hr_avg, hr_samples=hr.hr_samples)
+    assert wh.replace_daily_stats(conn, "p1", D, D, [row], NOW) == 1
+    assert rows(conn, "SELECT hr_avg, hr_samples FROM patient_graph.patient_wearable_daily_stats") == [
+        (182 / 3, 3)
+    ]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 import uuid
@@ -30,6 +29,7 @@ from joserfc.jwk import KeySet, RSAKey
 from joserfc.jws import extract_compact
 
 from oura_assets.config import ConfigError, Settings
+from oura_assets.private_files import write_private
 
 log = logging.getLogger(__name__)
 
@@ -197,20 +197,13 @@ class JwtVerifier:
         return subject
 
 
-def _write_private(path: Path, content: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(content)
-
-
 def demo_signing_key(path: Path) -> RSAKey:
     """The demo's private RSA key, generated into `path` (PEM, mode 0600) the first time it is needed."""
     if not path.exists():
         key = RSAKey.generate_key(2048, private=True)
         # If another process generated it first, use theirs.
         with contextlib.suppress(FileExistsError):
-            _write_private(path, key.as_pem(private=True))
+            write_private(path, key.as_pem(private=True), overwrite=False)
     key = RSAKey.import_key(path.read_bytes())
     key.ensure_kid()
     return key

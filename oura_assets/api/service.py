@@ -12,12 +12,13 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from oura_assets import warehouse as wh
 from oura_assets.api.responses import ApiError
 from oura_assets.api.state import STATE_TTL, new_state, state_hash, well_formed
+from oura_assets.clock import as_utc, utc_now
 from oura_assets.config import Settings
 from oura_assets.domain import SOURCE
 from oura_assets.oura.client import OuraClient, OuraError, OuraUnauthorized, RetryPolicy
@@ -36,9 +37,7 @@ GRANT_STORE_WAIT_S = 60.0
 def _iso(value: date | datetime | None) -> str | None:
     if value is None:
         return None
-    if isinstance(value, datetime) and value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.isoformat()
+    return (as_utc(value) if isinstance(value, datetime) else value).isoformat()
 
 
 class _JustIssuedToken:
@@ -68,11 +67,11 @@ class ConnectionService:
     warehouse: wh.Warehouse
     oauth: OuraOAuthApp
     cipher: TokenCipher
-    now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    now: Callable[[], datetime] = utc_now
 
     def today(self) -> date:
         # Days are UTC days here, like the daily partitions (whose last one is today, UTC).
-        return self.now().astimezone(UTC).date()
+        return as_utc(self.now()).date()
 
     def start_connect(self, patient_id: str) -> dict[str, Any]:
         state = new_state()

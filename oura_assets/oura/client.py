@@ -22,6 +22,8 @@ from typing import Any, Protocol
 import httpx
 import tenacity
 
+from oura_assets.clock import as_utc, utc_now
+
 log = logging.getLogger(__name__)
 
 USERCOLLECTION = "/v2/usercollection"
@@ -146,9 +148,7 @@ def parse_instant(value: Any) -> datetime | None:
         parsed = datetime.fromisoformat(text)
     except ValueError:
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    return as_utc(parsed)
 
 
 def heartrate_windows(start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
@@ -165,7 +165,7 @@ def heartrate_windows(start: datetime, end: datetime) -> list[tuple[datetime, da
 def _retry_after_s(response: httpx.Response) -> float | None:
     """Seconds to wait after a 429: `Retry-After` (seconds or HTTP date), else `X-RateLimit-Reset` [spec].
 
-    A few lines of our own: tenacity and stamina wait on what we tell them, neither reads these headers.
+    A few lines of our own: tenacity waits on what we tell it and reads no headers.
     """
     raw = response.headers.get("Retry-After", "").strip()
     if raw:
@@ -177,9 +177,7 @@ def _retry_after_s(response: httpx.Response) -> float | None:
             except (TypeError, ValueError):
                 when = None
             if when is not None:
-                if when.tzinfo is None:
-                    when = when.replace(tzinfo=UTC)
-                return max(0.0, (when - datetime.now(UTC)).total_seconds())
+                return max(0.0, (as_utc(when) - utc_now()).total_seconds())
     reset = response.headers.get("X-RateLimit-Reset", "").strip()
     if reset:
         try:
@@ -361,8 +359,8 @@ class OuraClient:
     def _send(self, path: str, params: Mapping[str, str], token: str, budget: _WaitBudget) -> httpx.Response:
         """One request with retries; returns a 2xx or 401 response, raises `OuraError` for the rest.
 
-        tenacity (the engine under stamina) drives the loop: its `wait_random_exponential` is the full-jitter
-        backoff we want and it lets tests inject `sleep`; stamina exposes neither.
+        tenacity drives the loop: its `wait_random_exponential` is the full-jitter backoff we want and it lets
+        tests inject `sleep` (stamina, tenacity's friendlier wrapper, exposes neither, so it is not used).
         """
         policy = self._retry
         counts = {"transient": 0, "rate_limited": 0}

@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from oura_assets.clock import as_utc
 from oura_assets.simulator import data
 from oura_assets.simulator.problems import Problem, ValidationProblem
 from oura_assets.simulator.state import Principal, SimulatorState, TokenRejected
@@ -79,7 +80,7 @@ def _parse_datetime(name: str, raw: str) -> datetime | None:
     try:
         if _DATETIME.fullmatch(raw):
             parsed = datetime.fromisoformat(raw)
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+            return as_utc(parsed)
     except ValueError:
         pass
     raise ValidationProblem(

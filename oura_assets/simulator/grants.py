@@ -10,8 +10,9 @@ neither kept in memory nor written out. The values are 192 or 256 random bits, s
 inverted by guessing.
 
 One process owns the file at a time (a later one takes over when the earlier has stopped); writes replace the
-whole file atomically (temporary file + `os.replace`, mode 0600), so a reader never sees half a file. A file
-that cannot be read or understood is not fatal: the simulator starts without grants and says so once.
+whole file atomically (`private_files.write_private`: temporary file, fsync, rename; mode 0600), so a reader
+never sees half a file. A file that cannot be read or understood is not fatal: the simulator starts without
+grants and says so once.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from oura_assets.private_files import write_private
 
 log = logging.getLogger(__name__)
 
@@ -187,19 +188,8 @@ def load_tables(path: Path) -> GrantTables:
 
 
 def save_tables(path: Path, tables: GrantTables) -> None:
-    """Replace `path` with `tables` atomically; the file is created with mode 0600 (mkstemp's default)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = json.dumps(tables.to_json(), separators=(",", ":"), sort_keys=True).encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Replace `path` with `tables` atomically, mode 0600."""
+    write_private(path, json.dumps(tables.to_json(), separators=(",", ":"), sort_keys=True))
 
 
 def _warn_unusable(path: Path, exc: BaseException) -> None:
