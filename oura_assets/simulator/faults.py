@@ -33,7 +33,11 @@ class _QuietDrops(logging.Filter):
         return not isinstance(exc, DroppedConnection)
 
 
-logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
+def quiet_dropped_connections() -> None:
+    """Installed by whoever starts a server (idempotent); importing the simulator changes no logger."""
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _QuietDrops) for f in logger.filters):
+        logger.addFilter(_QuietDrops())
 
 
 def route_key(method: str, path: str) -> str:
