@@ -8,8 +8,9 @@ for the simulated users and how their documents sync late and get revised, `oaut
 
 from oura_assets.simulator.app import create_app
 from oura_assets.simulator.config import DEFAULT_PAGE_SIZES, ClientRegistration, RateLimit, SimulatorConfig
+from oura_assets.simulator.control import SimulatorControl
+from oura_assets.simulator.grant_store import KNOWN_SCOPES
 from oura_assets.simulator.server import SimulatorServer, run
-from oura_assets.simulator.state import KNOWN_SCOPES, SimulatorControl
 
 __all__ = [
     "DEFAULT_PAGE_SIZES",

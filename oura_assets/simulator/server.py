@@ -14,8 +14,8 @@ from oura_assets.redaction import install_log_redaction
 from oura_assets.serving import ThreadedUvicorn
 from oura_assets.simulator.app import create_app
 from oura_assets.simulator.config import SimulatorConfig
+from oura_assets.simulator.control import SimulatorControl
 from oura_assets.simulator.faults import quiet_dropped_connections
-from oura_assets.simulator.state import SimulatorControl
 
 
 class SimulatorServer:
