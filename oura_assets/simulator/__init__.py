@@ -2,7 +2,7 @@
 
 There is no internet where this project is built and tested, and Oura offers no sandbox for OAuth, so the
 demo, `make dev` and the integration tests talk to this instead. It aims to be faithful to Oura (and strict
-where Oura is ambiguous), not to this project's client: see `api.py` for the parameter semantics, `data.py`
+where Oura is ambiguous), not to this project's client: see `api.py` for the parameter semantics, `data/`
 for the simulated users and how their documents sync late and get revised, `oauth.py` for the grant rules.
 """
 
