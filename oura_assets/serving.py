@@ -27,8 +27,9 @@ from oura_assets.redaction import install_log_redaction
 class ThreadedUvicorn:
     """Serves `app` on `host:port` (`port=0` picks a free one) in a daemon thread.
 
-    `name` is what error messages call the server. `uvicorn_options` go to `uvicorn.Config` as they are
-    (`lifespan`, `access_log`, `server_header`, limits, ...); they may override `log_config=None` too.
+    One start per object (a stopped one is not restarted). `name` is what error messages call the server.
+    `uvicorn_options` go to `uvicorn.Config` as they are (`lifespan`, `access_log`, `server_header`, limits,
+    ...); they may override `log_config=None` too.
     """
 
     def __init__(
