@@ -17,8 +17,9 @@ import pytest
 
 from oura_assets.config import load_settings
 from oura_assets.simulator import ClientRegistration, SimulatorConfig, SimulatorServer
+from oura_assets.simulator.grant_store import TokenRejected
 from oura_assets.simulator.grants import digest
-from oura_assets.simulator.state import SimulatorState, TokenRejected
+from oura_assets.simulator.state import SimulatorState
 
 CLIENT_ID = "persist-client"
 SECRET = "persist-secret"
@@ -193,7 +194,7 @@ def test_an_unreadable_state_file_means_no_grants_and_one_warning(
     with caplog.at_level(logging.WARNING, logger="oura_assets.simulator"):
         state = SimulatorState(config(path))
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
-    assert state.stats()["code_grants"] == 0 and not state._grants
+    assert state.stats()["code_grants"] == 0 and state.grants.grant_count() == 0
 
 
 def test_a_failed_save_is_logged_and_the_token_still_issued(

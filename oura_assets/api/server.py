@@ -2,24 +2,20 @@
 
 `serve()` owns its process and installs the redacting log configuration; uvicorn's access log would
 otherwise print the callback's `code=…&state=…` on every connection. `ApiServer` is a guest in someone
-else's process (the demo, tests) and leaves its logging configuration alone: the app's lifespan attaches the
-redaction filters to the URL-logging loggers, which is all that secrecy needs.
+else's process (the demo, tests) and leaves its logging configuration alone (see `oura_assets.serving`): the
+redaction filters on the URL-logging loggers are all that secrecy needs there.
 """
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-from types import TracebackType
 from typing import Any
 
-import httpx
 import uvicorn
 
 from oura_assets.api.app import REQUIRED_SETTINGS, create_app
 from oura_assets.api.logs import uvicorn_log_config
 from oura_assets.config import Settings, load_settings
+from oura_assets.serving import ThreadedUvicorn
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
@@ -40,7 +36,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     )
 
 
-class ApiServer:
+class ApiServer(ThreadedUvicorn):
     """The API on a loopback port in a daemon thread (demo, tests). `port=0` picks a free port.
 
     `app_options` go to `create_app` (an injected warehouse, OAuth app or JWT verifier, `lock_wait_s`).
@@ -50,52 +46,13 @@ class ApiServer:
         self, settings: Settings | None = None, host: str = "127.0.0.1", port: int = 0, **app_options: Any
     ) -> None:
         self.settings = settings
-        self.host = host
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((host, port))
-        self.port = self._sock.getsockname()[1]
-        config = uvicorn.Config(
+        super().__init__(
             create_app(settings, **app_options),
-            log_config=None,
+            name="connection API",
+            host=host,
+            port=port,
+            ready_path="/healthz",
+            start_timeout_s=20.0,
             server_header=False,
             lifespan="on",
         )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._run, name=f"oura-api-{self.port}", daemon=True)
-
-    def _run(self) -> None:
-        self._server.run(sockets=[self._sock])
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self, timeout_s: float = 20.0) -> ApiServer:
-        self._thread.start()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not self._thread.is_alive():
-                raise RuntimeError("the connection API stopped during start-up; see the log above")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"the connection API did not answer at {self.url} within {timeout_s:.0f} s")
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
-        self._sock.close()
-
-    def __enter__(self) -> ApiServer:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

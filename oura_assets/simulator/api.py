@@ -33,8 +33,9 @@ from starlette.routing import Route
 
 from oura_assets.clock import as_utc
 from oura_assets.simulator import data
+from oura_assets.simulator.grant_store import Principal, TokenRejected
 from oura_assets.simulator.problems import Problem, ValidationProblem
-from oura_assets.simulator.state import Principal, SimulatorState, TokenRejected
+from oura_assets.simulator.state import SimulatorState
 
 COLLECTION_SCOPES = {
     "daily_readiness": "daily",
@@ -134,12 +135,12 @@ class UserCollectionApi:
         if kind.lower() != "bearer" or not token.strip():
             raise Problem(401, "Missing or malformed Authorization header.", {"WWW-Authenticate": "Bearer"})
         try:
-            principal = self.state.authenticate(token.strip())
+            principal = self.state.grants.authenticate(token.strip())
         except TokenRejected as exc:
             raise Problem(401, exc.detail, {"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
-        limited = self.state.check_rate(principal)
+        limited = self.state.rate_windows.check(principal.client_id, principal.token_digest)
         if limited is not None:
-            self.state.count("rate_limited")
+            self.state.request_stats.count("rate_limited")
             raise Problem(
                 429,
                 f"Request rate limit exceeded ({limited.limit} per {limited.window_s:g} s, {limited.tier}).",
@@ -151,7 +152,7 @@ class UserCollectionApi:
                     "X-RateLimit-Tier": limited.tier,
                 },
             )
-        if self.state.user_forbidden(principal.user):
+        if self.state.faults.user(principal.user).forbidden:
             raise Problem(
                 403, "The user's Oura membership has expired; their data is not available via the API."
             )
@@ -217,7 +218,7 @@ class UserCollectionApi:
         token = request.query_params.get("next_token")
         if token:
             return self.tokens.check(token, binding)
-        snapshot = self.state.now()
+        snapshot = self.state.clock.now()
         binding(snapshot)  # validates the parameters before anything is served
         return 0, snapshot
 
@@ -231,7 +232,7 @@ class UserCollectionApi:
         collection = self._collection(request)
         principal = self._principal(request, COLLECTION_SCOPES[collection])
         doc = data.find_document(
-            principal.user, collection, request.path_params["document_id"], self.state.now()
+            principal.user, collection, request.path_params["document_id"], self.state.clock.now()
         )
         if doc is None:
             raise Problem(404, "Document not found.")

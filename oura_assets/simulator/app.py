@@ -18,10 +18,12 @@ from starlette.routing import Route
 
 from oura_assets.simulator.api import PageTokens, UserCollectionApi
 from oura_assets.simulator.config import SimulatorConfig
+from oura_assets.simulator.control import SimulatorControl
 from oura_assets.simulator.faults import FaultInjection
+from oura_assets.simulator.grant_store import KNOWN_SCOPES
 from oura_assets.simulator.oauth import OAuthServer
 from oura_assets.simulator.problems import Problem, ValidationProblem, handle_problem, handle_validation
-from oura_assets.simulator.state import KNOWN_SCOPES, SimulatorControl, SimulatorState
+from oura_assets.simulator.state import SimulatorState
 
 
 class _ControlRoutes:
@@ -89,10 +91,10 @@ def create_app(config: SimulatorConfig) -> Starlette:
     state = SimulatorState(config)
     control = SimulatorControl(state)
     api = UserCollectionApi(state, PageTokens())
-    oauth = OAuthServer(state)
+    oauth = OAuthServer(state.grants, config.clients)
     app = Starlette(
         routes=[*oauth.routes(), *api.routes(), *_ControlRoutes(control).routes()],
-        middleware=[Middleware(FaultInjection, state=state)],
+        middleware=[Middleware(FaultInjection, faults=state.faults, stats=state.request_stats)],
         exception_handlers={Problem: handle_problem, ValidationProblem: handle_validation},
     )
     app.state.control = control

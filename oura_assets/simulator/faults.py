@@ -16,7 +16,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from oura_assets.simulator.state import SimulatorState
+from oura_assets.simulator.fault_settings import FaultSettings
+from oura_assets.simulator.stats import RequestStats
 
 _DOCUMENT_PATH = re.compile(r"^(/v2/usercollection/[^/]+)/[^/]+$")
 
@@ -33,7 +34,11 @@ class _QuietDrops(logging.Filter):
         return not isinstance(exc, DroppedConnection)
 
 
-logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
+def quiet_dropped_connections() -> None:
+    """Installed by whoever starts a server (idempotent); importing the simulator changes no logger."""
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _QuietDrops) for f in logger.filters):
+        logger.addFilter(_QuietDrops())
 
 
 def route_key(method: str, path: str) -> str:
@@ -54,9 +59,10 @@ _ERROR_BODIES: dict[int, tuple[bytes, bytes]] = {
 class FaultInjection:
     """Wraps the app: counts every request by route and status, and injects the configured faults."""
 
-    def __init__(self, app: ASGIApp, state: SimulatorState) -> None:
+    def __init__(self, app: ASGIApp, faults: FaultSettings, stats: RequestStats) -> None:
         self.app = app
-        self.state = state
+        self.faults = faults
+        self.stats = stats
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -71,24 +77,24 @@ class FaultInjection:
             await send(message)
 
         if scope["path"].startswith("/v2/"):
-            faults = self.state.faults
+            faults = self.faults.current()
             if faults.latency_ms > 0:
                 await asyncio.sleep(faults.latency_ms / 1000)
-            if self.state.roll(faults.error_rate):
-                code = self.state.choice((500, 502, 503))
-                self.state.count("injected_errors")
-                self.state.record(key, code)
+            if self.faults.roll(faults.error_rate):
+                code = self.faults.choice((500, 502, 503))
+                self.stats.count("injected_errors")
+                self.stats.record(key, code)
                 await self._error(send, code)
                 return
-            if self.state.roll(faults.drop_rate):
-                self.state.count("dropped")
-                self.state.record(key, "dropped")
+            if self.faults.roll(faults.drop_rate):
+                self.stats.count("dropped")
+                self.stats.record(key, "dropped")
                 await self.app(scope, receive, self._dropping(send))
                 return
         try:
             await self.app(scope, receive, counting_send)
         finally:
-            self.state.record(key, status["code"] or 500)
+            self.stats.record(key, status["code"] or 500)
 
     @staticmethod
     async def _error(send: Send, code: int) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, urlencode
 
@@ -27,7 +28,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from oura_assets.simulator.state import KNOWN_SCOPES, OAuthError, SimulatorState
+from oura_assets.simulator.config import ClientRegistration
+from oura_assets.simulator.grant_store import KNOWN_SCOPES, GrantStore, OAuthError
 
 
 class _BadForm(Exception):
@@ -88,12 +90,13 @@ class AuthorizeRequest:
 
 @dataclass
 class OAuthServer:
-    state: SimulatorState
+    grants: GrantStore
+    clients: Mapping[str, ClientRegistration]
 
     def _validate(self, params: dict[str, str]) -> AuthorizeRequest | Response:
         client_id = params.get("client_id", "")
         redirect_uri = params.get("redirect_uri", "")
-        client = self.state.client(client_id)
+        client = self.clients.get(client_id)
         if client is None:
             return _page("Invalid request", "<h1>Unknown client_id</h1>", 400)
         if redirect_uri not in client.redirect_uris:
@@ -113,7 +116,7 @@ class OAuthServer:
         return request
 
     def _consent(self, request: AuthorizeRequest, user: str) -> Response:
-        code = self.state.issue_code(request.client_id, request.redirect_uri, user, request.scopes)
+        code = self.grants.issue_code(request.client_id, request.redirect_uri, user, request.scopes)
         return request.redirect(code=code)
 
     async def authorize(self, request: Request) -> Response:
@@ -171,7 +174,7 @@ class OAuthServer:
             if (client_id and client_id != basic_id) or (secret and secret != basic_secret):
                 raise OAuthError("invalid_client", "Basic credentials and the body disagree", 401)
             client_id, secret = basic_id, basic_secret
-        registration = self.state.client(client_id or "")
+        registration = self.clients.get(client_id or "")
         if registration is None or secret is None or secret != registration.secret:
             raise OAuthError("invalid_client", "client authentication failed", 401)
         assert client_id is not None
@@ -188,11 +191,11 @@ class OAuthServer:
             if grant_type == "authorization_code":
                 if not form.get("code"):
                     raise OAuthError("invalid_request", "code is required")
-                answer = self.state.exchange_code(client_id, form["code"], form.get("redirect_uri"))
+                answer = self.grants.exchange_code(client_id, form["code"], form.get("redirect_uri"))
             elif grant_type == "refresh_token":
                 if not form.get("refresh_token"):
                     raise OAuthError("invalid_request", "refresh_token is required")
-                answer = self.state.refresh(client_id, form["refresh_token"])
+                answer = self.grants.refresh(client_id, form["refresh_token"])
             elif not grant_type:
                 raise OAuthError("invalid_request", "grant_type is required")
             else:
@@ -212,7 +215,7 @@ class OAuthServer:
         token = params.get("access_token") or params.get("token")
         if not token:
             return _oauth_error("invalid_request", "access_token is required")
-        self.state.revoke(token)
+        self.grants.revoke(token)
         return JSONResponse({})
 
     def routes(self) -> list[Route]:

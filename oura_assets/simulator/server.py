@@ -5,18 +5,17 @@ Binds 127.0.0.1 unless told otherwise: the simulator has no authentication on it
 
 from __future__ import annotations
 
-import threading
-import time
 from types import TracebackType
 from typing import Self
 
-import httpx
 import uvicorn
 
 from oura_assets.redaction import install_log_redaction
+from oura_assets.serving import ThreadedUvicorn
 from oura_assets.simulator.app import create_app
 from oura_assets.simulator.config import SimulatorConfig
-from oura_assets.simulator.state import SimulatorControl
+from oura_assets.simulator.control import SimulatorControl
+from oura_assets.simulator.faults import quiet_dropped_connections
 
 
 class SimulatorServer:
@@ -36,8 +35,7 @@ class SimulatorServer:
         self.app = create_app(config)
         self.control: SimulatorControl = self.app.state.control
         self._start_timeout_s = start_timeout_s
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._serving: ThreadedUvicorn | None = None
 
     @property
     def url(self) -> str:
@@ -45,47 +43,29 @@ class SimulatorServer:
 
     def start(self) -> Self:
         """Start serving and return once the simulator answers HTTP."""
-        if self._thread is not None:
+        if self._serving is not None:
             return self
-        # Embedded in someone else's process (tests, the demo beside the API): leave the process's logging
-        # alone. uvicorn's defaults would re-run dictConfig and reset the shared `uvicorn.*` loggers.
-        config = uvicorn.Config(
+        quiet_dropped_connections()
+        serving = ThreadedUvicorn(
             self.app,
+            name="Oura simulator",
             host=self.host,
             port=self.port,
-            log_config=None,
+            ready_path="/_sim/clock",
+            start_timeout_s=self._start_timeout_s,
             log_level=None,
             lifespan="off",
             access_log=False,
         )
-        server = uvicorn.Server(config)
-        self._server = server
-        self._thread = threading.Thread(target=server.run, name=f"oura-simulator-{self.port}", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + self._start_timeout_s
-        while not server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the Oura simulator did not start on {self.host}:{self.port}")
-            time.sleep(0.01)
-        self.port = server.servers[0].sockets[0].getsockname()[1]
-        while True:
-            try:
-                httpx.get(self.url + "/_sim/clock", timeout=1.0)
-                return self
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"the Oura simulator at {self.url} does not answer") from None
-                time.sleep(0.02)
+        self.port = serving.port
+        serving.start()
+        self._serving = serving
+        return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._server = None
-        self._thread = None
+        if self._serving is not None:
+            self._serving.stop()
+        self._serving = None
 
     def __enter__(self) -> Self:
         return self.start()
@@ -105,6 +85,7 @@ def run(host: str = "127.0.0.1", port: int = 8787, config: SimulatorConfig | Non
     )
     # The one server with an access log: its lines show the query, and Oura's revoke URL carries the token.
     install_log_redaction()
+    quiet_dropped_connections()
     uvicorn.run(create_app(config), host=host, port=port, log_level="info", lifespan="off")
 
 

@@ -1,0 +1,53 @@
+"""What `/_sim/stats` reports: request counts by route and status, and named event counters."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, defaultdict
+from typing import Any
+
+# The counters `/_sim/stats` always shows, zero or not.
+COUNTERS = (
+    "refresh_grants",
+    "code_grants",
+    "spent_refresh_reuse",
+    "code_reuse",
+    "refresh_rejected",
+    "revocations",
+    "dropped",
+    "injected_errors",
+    "rate_limited",
+)
+
+
+class RequestStats:
+    """Counts kept since start or the last `reset()`; every method takes the lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self._counters: Counter[str] = Counter()
+
+    def record(self, route: str, status: int | str) -> None:
+        """One answered request (`status` may be "dropped")."""
+        with self._lock:
+            self._requests[route][str(status)] += 1
+
+    def count(self, name: str) -> None:
+        with self._lock:
+            self._counters[name] += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "requests": {
+                    route: dict(sorted(counts.items())) for route, counts in sorted(self._requests.items())
+                },
+                "total_requests": sum(sum(c.values()) for c in self._requests.values()),
+                **{name: self._counters[name] for name in COUNTERS},
+            }
+
+    def reset(self) -> None:
+        with self._lock:
+            self._requests.clear()
+            self._counters.clear()
