@@ -164,3 +164,10 @@ def test_killed_run_leaves_no_process_and_is_marked_failed(
         print(f"marked failed {time.monotonic() - began:.1f} s after the daemon started")
     failure = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
     assert failure and f"pid {worker.pid}" in failure[-1].message
+
+
+def test_backfill_refuses_a_range_that_ends_before_it_starts(capsys):
+    from oura_assets.cli import main
+
+    assert main(["backfill", "2024-06-16", "2024-06-10"]) == 2
+    assert "end day is before the start day" in capsys.readouterr().err
