@@ -1,4 +1,4 @@
-"""The `oura-assets` command: serve the API, mint a development JWT, run the simulator, the demo or dev.
+"""The `oura-assets` command: serve the API, mint a development JWT, run the simulator, demo, dev, backfill.
 
 Settings come from the environment (see README); start-up errors are one clear line on stderr and exit 2.
 """
@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import date
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -54,14 +55,44 @@ def _demo(args: argparse.Namespace) -> int:
         return 2
 
 
+def _dagster_env(demo: bool) -> dict[str, str] | None:
+    """This environment with DAGSTER_HOME set to the instance `make dev` shows (None, said why, if not)."""
+    from oura_assets.demo import DemoError, ensure_dagster_home
+
+    env = dict(os.environ)
+    if demo:
+        env.setdefault("OURA_ASSETS_DEMO", "1")
+    try:
+        ensure_dagster_home(env, Path.cwd())
+    except DemoError as exc:
+        print(f"oura-assets: {exc}", file=sys.stderr)
+        return None
+    return env
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    """`dagster asset materialize` over a day range as one run, recorded in the instance `make dev` shows.
+
+    The run executes in this very process (exec, in-process executor): killing it ends the whole run.
+    """
+    if args.end < args.start:
+        print("oura-assets backfill: the end day is before the start day", file=sys.stderr)
+        return 2
+    env = _dagster_env(demo=False)
+    if env is None:
+        return 2
+    dagster = str(Path(sys.executable).parent / "dagster")
+    command = [dagster, "asset", "materialize", "-m", "oura_assets.definitions", "--select", "*"]
+    command += ["--partition-range", f"{args.start.isoformat()}...{args.end.isoformat()}"]
+    print(f"DAGSTER_HOME={env['DAGSTER_HOME']} {' '.join(command[1:])}", flush=True)
+    os.execve(dagster, command, env)  # noqa: S606 (a fixed command; the run becomes this process)
+
+
 def _dev(args: argparse.Namespace) -> int:
     """Simulator, connection API and `dagster dev` (UI + daemon) together, until Ctrl-C."""
-    from oura_assets.demo import ensure_dagster_home
-
-    root = Path.cwd()
-    env = dict(os.environ)
-    env.setdefault("OURA_ASSETS_DEMO", "1")
-    ensure_dagster_home(env, root)
+    env = _dagster_env(demo=True)
+    if env is None:
+        return 2
     settings = load_settings(env)
     exe = Path(sys.executable).parent
     commands = [
@@ -128,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="connect demo patients and materialize the last 30 days")
     demo.add_argument("--days", type=int, default=30)
     demo.set_defaults(func=_demo)
+
+    backfill = sub.add_parser(
+        "backfill", help="materialize a day range as one run, in the Dagster instance `make dev` shows"
+    )
+    backfill.add_argument("start", type=date.fromisoformat, help="first day, YYYY-MM-DD")
+    backfill.add_argument("end", type=date.fromisoformat, help="last day, YYYY-MM-DD (inclusive)")
+    backfill.set_defaults(func=_backfill)
 
     dev = sub.add_parser("dev", help="simulator (demo mode) + connection API + Dagster UI and daemon")
     dev.add_argument("--port", type=int, default=3000, help="Dagster UI port")

@@ -14,6 +14,7 @@ from oura_assets.defs.partitions import daily_partitions
 from oura_assets.defs.resources import OuraResource, WarehouseResource
 from oura_assets.defs.schedules import build_nightly_schedule
 from oura_assets.defs.sensors import build_event_sensor, build_sync_request_sensor
+from oura_assets.defs.watchdog import build_run_worker_watchdog
 
 
 @dg.definitions
@@ -26,7 +27,15 @@ def defs() -> dg.Definitions:
         asset_checks=dg.load_asset_checks_from_modules([checks]),
         jobs=[sync_job],
         schedules=[build_nightly_schedule(sync_job, settings.start_date)],
-        sensors=[build_event_sensor(), build_sync_request_sensor(sync_job, settings.start_date)],
+        sensors=[
+            build_event_sensor(),
+            build_sync_request_sensor(sync_job, settings.start_date),
+            build_run_worker_watchdog(),
+        ],
+        # Steps run in the run worker itself, never in child processes: killing a run's process ends all of
+        # it (the multiprocess default left step processes fetching and writing under pid 1). A run is one
+        # single-run backfill whose patients already run on threads, so nothing is lost.
+        executor=dg.in_process_executor,
         resources={
             "warehouse": WarehouseResource(database=str(settings.warehouse_path)),
             "oura": OuraResource(),

@@ -207,14 +207,25 @@ def print_summary(settings: Settings, run: dg.DagsterRun) -> None:
     print(f"warehouse: {settings.warehouse_path}")
 
 
+def _shipped_dagster_yaml(root: Path) -> Path:
+    for candidate in (root / "dagster.yaml", Path(__file__).resolve().parents[1] / "dagster.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise DemoError(f"no dagster.yaml in {root}: run this from the oura_assets checkout")
+
+
 def ensure_dagster_home(env: MutableMapping[str, str], root: Path) -> Path:
-    """A persistent Dagster home under data/ (unless `env` names one), shared by `make demo` and `make dev`
-    so the demo's run shows in the UI; telemetry off, since nothing here reaches the internet."""
-    home = Path(env.setdefault("DAGSTER_HOME", str((root / "data" / "dagster").resolve())))
+    """The persistent Dagster home `make demo`, `make dev` and `oura-assets backfill` share (data/dagster
+    unless `env` names one), so every run shows in the UI, with the repository's `dagster.yaml` installed (run
+    monitoring on, telemetry off). Our own home always gets the current file; a home `env` names keeps its
+    own file if it has one."""
+    default = (root / "data" / "dagster").resolve()
+    home = Path(env.setdefault("DAGSTER_HOME", str(default))).resolve()
     home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
+    shipped = _shipped_dagster_yaml(root).read_text()
+    installed = home / "dagster.yaml"
+    if not installed.exists() or (home == default and installed.read_text() != shipped):
+        installed.write_text(shipped)
     return home
 
 
