@@ -18,6 +18,7 @@ import httpx
 import uvicorn
 
 from oura_assets.api.app import REQUIRED_SETTINGS, create_app
+from oura_assets.api.limits import UVICORN_LIMITS
 from oura_assets.api.logs import uvicorn_log_config
 from oura_assets.config import Settings, load_settings
 
@@ -37,6 +38,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
         server_header=False,
         # Behind a proxy the client address comes from X-Forwarded-For; only trust the local one.
         forwarded_allow_ips="127.0.0.1",
+        **UVICORN_LIMITS,
     )
 
 
@@ -60,6 +62,7 @@ class ApiServer:
             log_config=None,
             server_header=False,
             lifespan="on",
+            **UVICORN_LIMITS,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name=f"oura-api-{self.port}", daemon=True)
