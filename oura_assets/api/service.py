@@ -100,9 +100,16 @@ class ConnectionService:
 
     def start_connect(self, patient_id: str) -> dict[str, Any]:
         state = new_state()
-        expires_at = self.now() + STATE_TTL
+        now = self.now()
+        expires_at = now + STATE_TTL
         with self.warehouse.transaction("api: save oauth state") as conn:
+            # Expired states are dead weight (consume refuses them), so each connect clears them out, in the
+            # transaction that saves the new one. Cheap and bounded: since every connect purges, only the
+            # states that expired since the previous connect are left to delete.
+            purged = wh.purge_oauth_states(conn, now)
             wh.save_oauth_state(conn, state_hash(state), patient_id, expires_at)
+        if purged:
+            log.debug("purged %d expired OAuth states", purged)
         return {"authUrl": self.oauth.authorization_url(state), "expiresAt": _iso(expires_at)}
 
     def _consume_state(self, state: str | None) -> str | None:
