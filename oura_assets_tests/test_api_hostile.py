@@ -103,6 +103,8 @@ class Hostile:
         self.client = client
         self.settings = settings
         self.logs = logs
+        # Set by the `unchanged` fixture: what the watched tables held before the test, checked per request.
+        self.baseline: dict[str, list[tuple]] | None = None
         self.jwt = sign(KEY, claims(CONNECTED))
         self.unconnected_jwt = sign(KEY, claims(UNCONNECTED))
         self.secrets = {
@@ -140,6 +142,8 @@ class Hostile:
             assert secret not in answer.text, f"the {name} came back in the answer"
             assert secret not in str(answer.headers), f"the {name} came back in a header"
             assert secret not in log_text, f"the {name} reached a log line"
+        if self.baseline is not None:
+            assert self.snapshot() == self.baseline, "a hostile request stored or changed a row"
 
 
 @pytest.fixture(scope="module")
@@ -188,9 +192,12 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
 
 @pytest.fixture
 def unchanged(hostile: Hostile) -> Iterator[Hostile]:
-    """After the test, the watched tables are exactly as before it (what property tests add: nothing)."""
-    before = hostile.snapshot()
-    yield hostile
+    """The watched tables stay exactly as before the test: after each checked request, and at the end."""
+    hostile.baseline = before = hostile.snapshot()
+    try:
+        yield hostile
+    finally:
+        hostile.baseline = None
     assert hostile.snapshot() == before
 
 
