@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from oura_assets import warehouse as wh
 from oura_assets.api.auth import AuthUnavailable, JwtVerifier, Unauthorized, verifier_from_settings
+from oura_assets.api.limits import RequestLimitsMiddleware
 from oura_assets.api.responses import (
     ApiError,
     CatchAllMiddleware,
@@ -48,7 +49,6 @@ REQUIRED_SETTINGS = ("oauth", "tokens", "jwt")
 # How long a request waits for the warehouse writer lock before answering 503: long enough to ride out a
 # sensor tick or one patient's write, short enough that a browser or client is not left hanging.
 API_LOCK_WAIT_S = 10.0
-MAX_BODY_BYTES = 16_384
 
 
 class SyncBody(BaseModel):
@@ -117,19 +117,19 @@ def _body_error(exc: ValidationError) -> str:
         elif error["type"] == "json_invalid":
             problems.append("the body is not valid JSON")
         elif error["type"] == "extra_forbidden":
-            problems.append(f"unexpected field {field[:40]!r}")
+            # The name is not echoed: whatever a caller puts in a body must not come back in an answer.
+            problems.append(f"unexpected field; the body takes {', '.join(SyncBody.model_fields)}")
         elif field:
             problems.append(f"{field}: {error['msg']}")
         else:
             problems.append(error["msg"])
-    return "; ".join(problems)
+    return "; ".join(dict.fromkeys(problems))
 
 
 async def sync(request: Request) -> Response:
     patient_id = await _patient(request)
+    # RequestLimitsMiddleware caps what this read can pull (413 past MAX_BODY_BYTES).
     body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise invalid_request("the body is too large")
     if not body.strip():
         raise invalid_request('a JSON body like {"source": "oura"} is required')
     try:
@@ -218,7 +218,7 @@ def create_app(
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(CatchAllMiddleware)],
+        middleware=[Middleware(CatchAllMiddleware), Middleware(RequestLimitsMiddleware)],
         exception_handlers={
             ApiError: api_error_handler,
             HTTPException: http_error_handler,
@@ -226,6 +226,9 @@ def create_app(
         },
         lifespan=lifespan,
     )
+    # Starlette would answer `/sync/` with a 307 to `/sync` on whatever host the `Host` header names: an open
+    # redirect, and outside the envelope. A path with a stray slash is simply not a route here (404).
+    app.router.redirect_slashes = False
     app.state.service = None
     app.state.verifier = None
     return app

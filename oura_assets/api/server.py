@@ -13,6 +13,7 @@ from typing import Any
 import uvicorn
 
 from oura_assets.api.app import REQUIRED_SETTINGS, create_app
+from oura_assets.api.limits import UVICORN_LIMITS
 from oura_assets.api.logs import uvicorn_log_config
 from oura_assets.config import Settings, load_settings
 from oura_assets.serving import ThreadedUvicorn
@@ -33,6 +34,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
         server_header=False,
         # Behind a proxy the client address comes from X-Forwarded-For; only trust the local one.
         forwarded_allow_ips="127.0.0.1",
+        **UVICORN_LIMITS,
     )
 
 
@@ -55,4 +57,5 @@ class ApiServer(ThreadedUvicorn):
             start_timeout_s=20.0,
             server_header=False,
             lifespan="on",
+            **UVICORN_LIMITS,
         )

@@ -29,6 +29,9 @@ log = logging.getLogger("oura_assets.api")
 
 INITIAL_SYNC_DAYS = 30
 MAX_SYNC_DAYS = 366
+# No Oura ring recorded anything before this: the floor for a sync range whatever OURA_ASSETS_START_DATE says,
+# and what keeps date arithmetic on a caller's dates far from `date.min` (0001-01-01 once answered a 500).
+EARLIEST_DAY = date(2000, 1, 1)
 # Once Oura has exchanged the code it is spent: failing the final write would cost the patient the whole
 # connect flow, so that one write waits far longer for the warehouse than a routine request does.
 GRANT_STORE_WAIT_S = 60.0
@@ -61,6 +64,27 @@ def invalid_request(message: str) -> ApiError:
     return ApiError(422, "invalid_request", message)
 
 
+def sync_range(start: date | None, end: date | None, *, today: date, first: date) -> tuple[date, date]:
+    """The days a sync covers, or 422: each given date within [first partition, today], at most a year.
+
+    Bounds come before any arithmetic, so no caller's date can overflow `date`. Without a `startDate` the
+    range is the last 30 days up to `endDate`, cut at the first partition rather than refused.
+    """
+    floor = max(first, EARLIEST_DAY)
+    for name, day in (("startDate", start), ("endDate", end)):
+        if day is not None and day < floor:
+            raise invalid_request(f"{name} must not be before {floor.isoformat()} (OURA_ASSETS_START_DATE)")
+        if day is not None and day > today:
+            raise invalid_request(f"{name} must not be after today ({today.isoformat()}, UTC)")
+    end = end or today
+    start = start or max(floor, end - timedelta(days=INITIAL_SYNC_DAYS - 1))
+    if start > end:
+        raise invalid_request("startDate must not be after endDate")
+    if (end - start).days + 1 > MAX_SYNC_DAYS:
+        raise invalid_request(f"a sync covers at most {MAX_SYNC_DAYS} days")
+    return start, end
+
+
 @dataclass
 class ConnectionService:
     settings: Settings
@@ -75,9 +99,16 @@ class ConnectionService:
 
     def start_connect(self, patient_id: str) -> dict[str, Any]:
         state = new_state()
-        expires_at = self.now() + STATE_TTL
+        now = self.now()
+        expires_at = now + STATE_TTL
         with self.warehouse.transaction("api: save oauth state") as conn:
+            # Expired states are dead weight (consume refuses them), so each connect clears them out, in the
+            # transaction that saves the new one. Cheap and bounded: since every connect purges, only the
+            # states that expired since the previous connect are left to delete.
+            purged = wh.purge_oauth_states(conn, now)
             wh.save_oauth_state(conn, state_hash(state), patient_id, expires_at)
+        if purged:
+            log.debug("purged %d expired OAuth states", purged)
         return {"authUrl": self.oauth.authorization_url(state), "expiresAt": _iso(expires_at)}
 
     def _consume_state(self, state: str | None) -> str | None:
@@ -189,20 +220,7 @@ class ConnectionService:
         return True
 
     def request_sync(self, patient_id: str, start: date | None, end: date | None) -> dict[str, Any]:
-        today = self.today()
-        end = end or today
-        start = start or end - timedelta(days=INITIAL_SYNC_DAYS - 1)
-        if start > end:
-            raise invalid_request("startDate must not be after endDate")
-        if end > today:
-            raise invalid_request(f"endDate must not be after today ({today.isoformat()}, UTC)")
-        if (end - start).days + 1 > MAX_SYNC_DAYS:
-            raise invalid_request(f"a sync covers at most {MAX_SYNC_DAYS} days")
-        first = self.settings.start_date
-        if start < first:
-            raise invalid_request(
-                f"startDate must not be before {first.isoformat()} (OURA_ASSETS_START_DATE)"
-            )
+        start, end = sync_range(start, end, today=self.today(), first=self.settings.start_date)
         with self.warehouse.transaction("api: queue sync request") as conn:
             connection = wh.get_connection(conn, patient_id)
             if connection is None or connection.status != "active":
