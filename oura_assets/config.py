@@ -90,6 +90,11 @@ class Settings:
         """Cross-process lock files (warehouse writer, per-patient token refresh)."""
         return self.data_dir / "locks"
 
+    @property
+    def token_journal_dir(self) -> Path:
+        """Encrypted pairs Oura returned and the warehouse does not hold yet (0700; see token_journal.py)."""
+        return self.lock_dir.parent / "token-journal"
+
 
 def _env(env: Mapping[str, str], name: str) -> str | None:
     value = env.get(name)

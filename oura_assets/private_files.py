@@ -36,12 +36,12 @@ def write_private(path: Path | str, content: str | bytes, *, overwrite: bool = T
             os.replace(tmp, path)
         else:
             os.link(tmp, path)  # fails with FileExistsError if `path` exists; never replaces it
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     """Make the rename itself durable; skipped where directories cannot be opened (not POSIX)."""
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)

@@ -4,15 +4,15 @@ Oura's refresh tokens are single use: the answer to a refresh carries a new refr
 spending the old one twice) locks the patient out until they reconnect (OURA-NOTES "OAuth"; parallel refreshes
 race, watt-mind/coach #385). So a refresh happens under a per-patient cross-process file lock, re-reads the
 stored pair first (another process may already have rotated it), and stores the new pair encrypted before the
-new access token is used. If the warehouse cannot take the write, the pair goes to an encrypted journal beside
-the lock that the next load applies. `invalid_grant` flags the connection once and every later call in this
-process fails fast instead of asking Oura again.
+new access token is used. The pair Oura returns goes to the encrypted token journal (`token_journal`) first,
+before the warehouse write that may wait for the writer lock: a process killed in that wait leaves the pair on
+disk, and the next load applies it instead of offering the spent refresh token. `invalid_grant` flags the
+connection once and every later call in this process fails fast instead of asking Oura again.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -27,7 +27,7 @@ from oura_assets import warehouse as wh
 from oura_assets.clock import as_utc
 from oura_assets.oura.client import OuraError, OuraUnauthorized
 from oura_assets.oura.oauth import RefreshRejected, TokenSet
-from oura_assets.private_files import write_private
+from oura_assets.token_journal import JournalUnreadable, TokenJournal, pair_fields, pair_from
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,7 @@ class PatientTokens:
         persist_attempts: int = 3,
         persist_backoff_s: float = 0.5,
         refresh_leeway: timedelta = REFRESH_LEEWAY,
+        journal_dir: Path | str | None = None,
     ) -> None:
         self.patient_id = patient_id
         self._warehouse = warehouse
@@ -158,10 +159,12 @@ class PatientTokens:
         self._persist_backoff_s = persist_backoff_s
         self._leeway = refresh_leeway
         # Lock and journal are named by a hash: patient ids are personal identifiers and have no place in
-        # file names.
+        # file names. The journal lives beside the lock dir (`Settings.token_journal_dir`).
         digest = _fingerprint(patient_id)[:32]
         self._lock_path = self._lock_dir / f"oura-tokens-{digest}.lock"
-        self.journal_path = self._lock_dir / f"oura-tokens-{digest}.journal"
+        self._journal = TokenJournal(journal_dir or journal_dir_beside(self._lock_dir), cipher)
+        self._journal_name = f"refresh-{digest}"
+        self.journal_path = self._journal.path(self._journal_name)
         self._cached: TokenSet | None = None
         self._reconnect_required: str | None = None
 
@@ -204,7 +207,8 @@ class PatientTokens:
             ) from None
 
     def _load(self) -> TokenSet:
-        """The current pair: the stored one, or the journal's when it supersedes the stored one."""
+        """The current pair: the stored one, or the journal's when it supersedes the stored one (it is then
+        written to the warehouse first, and the journal entry removed)."""
         try:
             with self._warehouse.transaction("tokens: read connection") as conn:
                 record = wh.get_connection(conn, self.patient_id)
@@ -219,16 +223,20 @@ class PatientTokens:
         if journaled is None:
             return stored
         pair, replaces = journaled
+        if _fingerprint(pair.refresh_token) == _fingerprint(stored.refresh_token):
+            # Killed after the warehouse took the pair, before the entry was removed.
+            self._journal.remove(self._journal_name)
+            return stored
         if replaces != _fingerprint(stored.refresh_token):
             # The warehouse moved on since the journal was written (e.g. the patient reconnected).
             log.info("discarding a stale Oura token journal for patient %s", self.patient_id)
-            self.journal_path.unlink(missing_ok=True)
+            self._journal.remove(self._journal_name)
             return stored
         log.warning("applying the Oura token journal for patient %s", self.patient_id)
         try:
             current = self._save(pair, replaces)
         except ReconnectRequired:
-            self.journal_path.unlink(missing_ok=True)
+            self._journal.remove(self._journal_name)
             raise
         except Exception as exc:
             log.warning(
@@ -237,7 +245,6 @@ class PatientTokens:
                 type(exc).__name__,
             )
             return pair
-        self.journal_path.unlink(missing_ok=True)
         return current
 
     def _refresh(self, pair: TokenSet) -> str:
@@ -250,8 +257,20 @@ class PatientTokens:
             _REFUSED_REFRESH_TOKENS.add(spent)
             raise ReconnectRequired(self._flag_reconnect(spent)) from None
         # From here Oura has rotated the pair: the old refresh token is dead and the new one exists only in
-        # this process until it is stored.
-        current = self._persist(new, spent)
+        # this process until it is stored. The journal first (a local write and fsync, no lock to wait for),
+        # then the warehouse, whose lock may be held for minutes by a run or a notebook.
+        try:
+            self._write_journal(new, spent)
+        except TokenStoreError:
+            log.error(
+                "could not journal refreshed Oura tokens for patient %s; storing them directly",
+                self.patient_id,
+            )
+        try:
+            current = self._persist(new, spent)
+        except ReconnectRequired:
+            self._journal.remove(self._journal_name)
+            raise
         self._cached = current
         log.info("refreshed the Oura access token for patient %s", self.patient_id)
         return current.access_token
@@ -301,27 +320,33 @@ class PatientTokens:
         not bring the connection back (`ReconnectRequired`).
         """
         with self._warehouse.transaction("tokens: store refreshed pair") as conn:
-            record = wh.get_connection(conn, self.patient_id)
-            if record is None or record.status == "disconnected":
-                raise ReconnectRequired("the Oura connection was removed during a token refresh")
-            if record.refresh_token_enc:
-                current = self._decrypt_record(record)
-                if _fingerprint(current.refresh_token) not in (replaces, _fingerprint(pair.refresh_token)):
-                    log.info(
-                        "patient %s reconnected during a refresh; keeping the new connection", self.patient_id
-                    )
-                    return current
-            stored = wh.save_tokens(
-                conn,
-                self.patient_id,
-                access_token_enc=self._cipher.encrypt(pair.access_token),
-                refresh_token_enc=self._cipher.encrypt(pair.refresh_token),
-                expires_at=pair.expires_at,
-                scopes=list(pair.scopes),
-            )
-            if not stored:
-                raise ReconnectRequired("the Oura connection was removed during a token refresh")
-            return pair
+            current = self._swap(conn, pair, replaces)
+        # Committed: the warehouse holds the current pair, the journal entry has done its job.
+        self._journal.remove(self._journal_name)
+        return current
+
+    def _swap(self, conn: Any, pair: TokenSet, replaces: str) -> TokenSet:
+        record = wh.get_connection(conn, self.patient_id)
+        if record is None or record.status == "disconnected":
+            raise ReconnectRequired("the Oura connection was removed during a token refresh")
+        if record.refresh_token_enc:
+            current = self._decrypt_record(record)
+            if _fingerprint(current.refresh_token) not in (replaces, _fingerprint(pair.refresh_token)):
+                log.info(
+                    "patient %s reconnected during a refresh; keeping the new connection", self.patient_id
+                )
+                return current
+        stored = wh.save_tokens(
+            conn,
+            self.patient_id,
+            access_token_enc=self._cipher.encrypt(pair.access_token),
+            refresh_token_enc=self._cipher.encrypt(pair.refresh_token),
+            expires_at=pair.expires_at,
+            scopes=list(pair.scopes),
+        )
+        if not stored:
+            raise ReconnectRequired("the Oura connection was removed during a token refresh")
+        return pair
 
     def _persist(self, pair: TokenSet, replaces: str) -> TokenSet:
         """`_save` with retries; as a last resort the encrypted journal, so the rotated pair is never lost."""
@@ -361,20 +386,9 @@ class PatientTokens:
         )
 
     def _write_journal(self, pair: TokenSet, replaces: str) -> None:
-        """Last resort after Oura rotated the pair: Fernet-encrypted, mode 0600, replaced atomically."""
-        content = self._cipher.encrypt(
-            json.dumps(
-                {
-                    "access_token": pair.access_token,
-                    "refresh_token": pair.refresh_token,
-                    "expires_at": pair.expires_at.isoformat(),
-                    "scopes": list(pair.scopes),
-                    "replaces": replaces,
-                }
-            )
-        )
+        """The rotated pair, durable on local disk (Fernet-encrypted, 0600, fsynced, replaced atomically)."""
         try:
-            write_private(self.journal_path, content)
+            self._journal.write(self._journal_name, {**pair_fields(pair), "replaces": replaces})
         except OSError as exc:
             raise TokenStoreError(
                 f"could not store refreshed Oura tokens anywhere ({type(exc).__name__}); "
@@ -383,22 +397,19 @@ class PatientTokens:
 
     def _read_journal(self) -> tuple[TokenSet, str] | None:
         try:
-            content = self.journal_path.read_text()
-        except FileNotFoundError:
-            return None
-        try:
-            data = json.loads(self._cipher.decrypt(content))
-            pair = TokenSet(
-                access_token=data["access_token"],
-                refresh_token=data["refresh_token"],
-                expires_at=as_utc(datetime.fromisoformat(data["expires_at"])),
-                scopes=tuple(data["scopes"]),
-            )
-            return pair, str(data["replaces"])
-        except (TokenDecryptError, ValueError, KeyError, TypeError) as exc:
+            data = self._journal.read(self._journal_name)
+            if data is None:
+                return None
+            return pair_from(data), str(data["replaces"])
+        except (JournalUnreadable, ValueError, KeyError, TypeError) as exc:
             log.error(
                 "ignoring an unreadable Oura token journal for patient %s (%s)",
                 self.patient_id,
                 type(exc).__name__,
             )
             return None
+
+
+def journal_dir_beside(lock_dir: Path | str) -> Path:
+    """The token journal: a private directory beside the lock dir (`Settings.token_journal_dir`)."""
+    return Path(lock_dir).parent / "token-journal"

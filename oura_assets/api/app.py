@@ -202,6 +202,8 @@ def create_app(
             oauth=oauth_app or OuraOAuthApp.from_settings(resolved),
             cipher=TokenCipher(resolved.token_keys),
         )
+        # Grants of callbacks that died with a previous API process (see ConnectionService.recover_grants).
+        await run_in_threadpool(app.state.service.recover_grants_quietly)
         log.info("connection API ready (warehouse %s, demo=%s)", resolved.warehouse_path, resolved.demo)
         yield
         app.state.service = None

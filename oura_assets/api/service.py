@@ -4,6 +4,12 @@ Kept apart from Starlette so the connection flow reads top to bottom without HTT
 every method: HTTP to Oura never happens while the warehouse lock is held (a slow Oura must not stall
 Dagster runs and sensors), and the writes that belong together — tokens, event, initial sync request — land in
 one transaction. Nothing here logs or returns a token, code, state or client secret.
+
+The pair a code exchange returns is journaled (encrypted, fsynced; token_journal.py) before anything that can
+block, and the callback holds the entry's lock until the warehouse has the pair. An API that dies in between
+leaves the entry unlocked: `recover_grants`, run when the API starts and before each callback, stores it (the
+patient consented and still expects the connection) or, when the grant is no longer the patient's newest or
+the callback had already answered a failure, revokes it at Oura. No grant is left that nobody holds.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -23,6 +29,7 @@ from oura_assets.config import Settings
 from oura_assets.domain import SOURCE
 from oura_assets.oura.client import OuraClient, OuraError, OuraUnauthorized, RetryPolicy
 from oura_assets.oura.oauth import OuraOAuthApp, TokenEndpointError, TokenSet
+from oura_assets.token_journal import GrantEntry, GrantJournal, JournalUnreadable, TokenJournal
 from oura_assets.tokens import TokenCipher, store_granted_tokens
 
 log = logging.getLogger("oura_assets.api")
@@ -92,6 +99,11 @@ class ConnectionService:
     oauth: OuraOAuthApp
     cipher: TokenCipher
     now: Callable[[], datetime] = utc_now
+    grants: GrantJournal = field(default=None)  # type: ignore[assignment]  # set in __post_init__
+
+    def __post_init__(self) -> None:
+        if self.grants is None:
+            self.grants = GrantJournal(TokenJournal(self.settings.token_journal_dir, self.cipher))
 
     def today(self) -> date:
         # Days are UTC days here, like the daily partitions (whose last one is today, UTC).
@@ -132,6 +144,7 @@ class ConnectionService:
         patient_id = self._consume_state(state)
         if patient_id is None:
             raise ApiError(400, "invalid_state", "the state is unknown, expired or already used; start again")
+        self.recover_grants_quietly()
 
         try:
             tokens = self.oauth.exchange_code(code)
@@ -155,35 +168,21 @@ class ConnectionService:
                 "oura_unavailable",
                 "Oura could not be reached to finish the connection; start again shortly",
             ) from None
-        oura_user_id = self._oura_user_id(patient_id, tokens)
-
-        today = self.today()
-        start = today - timedelta(days=INITIAL_SYNC_DAYS - 1)
-        try:
-            with self.warehouse.transaction(
-                "api: store oura connection", timeout_s=GRANT_STORE_WAIT_S
-            ) as conn:
-                previous = wh.get_connection(conn, patient_id)
-                store_granted_tokens(
-                    conn, patient_id, tokens, self.cipher, oura_user_id=oura_user_id, connected_at=self.now()
-                )
-                wh.record_event(
-                    conn,
-                    patient_id=patient_id,
-                    event_type="wearable_connected",
-                    event_id=f"wearable_connected:{patient_id}:{uuid.uuid4().hex}",
-                    payload={
-                        "source": SOURCE,
-                        "ouraUserId": oura_user_id,
-                        "scopes": list(tokens.scopes),
-                        "reconnect": previous is not None,
-                    },
-                )
-                sync_id = wh.create_sync_request(conn, patient_id=patient_id, start_day=start, end_day=today)
-        except wh.WarehouseBusy:
-            # The code is spent and the tokens cannot be stored: give the grant back rather than orphan it.
-            self._revoke_quietly(patient_id, tokens.access_token)
-            raise
+        entry = GrantEntry(self.grants.new_name(), patient_id, tokens, self.now(), disposition="store")
+        with self.grants.held(entry.name, wait=True):
+            journaled = self._journal_grant(entry)
+            oura_user_id = self._oura_user_id(patient_id, tokens)
+            try:
+                sync_id, start, today = self._store_grant(entry, oura_user_id)
+            except Exception:
+                # The code is spent and the tokens cannot be stored: give the grant back rather than orphan
+                # it; a grant Oura would not take back is revoked again by the next recovery.
+                if self._revoke_quietly(patient_id, tokens.access_token):
+                    self.grants.journal.remove(entry.name)
+                elif journaled:
+                    self._journal_grant(replace(entry, disposition="revoke"))
+                raise
+            self.grants.journal.remove(entry.name)
         log.info(
             "patient %s connected Oura; initial sync %s queued for %s..%s", patient_id, sync_id, start, today
         )
@@ -195,6 +194,107 @@ class ConnectionService:
             "startDate": start.isoformat(),
             "endDate": today.isoformat(),
         }
+
+    def _journal_grant(self, entry: GrantEntry) -> bool:
+        try:
+            self.grants.write(entry)
+        except OSError as exc:
+            # Not a reason to fail the patient's connection: the warehouse write comes next.
+            log.error("could not journal patient %s's Oura grant (%s)", entry.patient_id, type(exc).__name__)
+            return False
+        return True
+
+    def _store_grant(self, entry: GrantEntry, oura_user_id: str | None) -> tuple[str, date, date]:
+        """Store the grant, record `wearable_connected` and queue the initial sync, in one transaction."""
+        assert entry.patient_id is not None
+        patient_id, tokens = entry.patient_id, entry.tokens
+        today = self.today()
+        start = today - timedelta(days=INITIAL_SYNC_DAYS - 1)
+        with self.warehouse.transaction("api: store oura connection", timeout_s=GRANT_STORE_WAIT_S) as conn:
+            previous = wh.get_connection(conn, patient_id)
+            store_granted_tokens(
+                conn,
+                patient_id,
+                tokens,
+                self.cipher,
+                oura_user_id=oura_user_id,
+                connected_at=entry.granted_at,
+            )
+            wh.record_event(
+                conn,
+                patient_id=patient_id,
+                event_type="wearable_connected",
+                event_id=f"wearable_connected:{patient_id}:{uuid.uuid4().hex}",
+                payload={
+                    "source": SOURCE,
+                    "ouraUserId": oura_user_id,
+                    "scopes": list(tokens.scopes),
+                    "reconnect": previous is not None,
+                },
+            )
+            sync_id = wh.create_sync_request(conn, patient_id=patient_id, start_day=start, end_day=today)
+        return sync_id, start, today
+
+    def recover_grants(self) -> dict[str, int]:
+        """Settle the grants of callbacks that died between the code exchange and the warehouse write.
+
+        An entry whose lock is held belongs to a callback still at work and is left alone. A grant whose
+        patient has no newer connection is stored, as its callback would have (event and initial sync
+        included); one that is superseded, was already answered as a failure or names no patient is revoked
+        at Oura. An entry that cannot be settled now (warehouse busy, Oura unreachable) stays for next time.
+        """
+        counts = {"stored": 0, "revoked": 0, "left": 0}
+        for name in self.grants.names():
+            with self.grants.held(name, wait=False) as mine:
+                if not mine:
+                    continue
+                try:
+                    entry = self.grants.read(name)
+                except JournalUnreadable as exc:
+                    log.error("cannot read Oura grant journal entry %s (%s); leaving it", name, exc)
+                    counts["left"] += 1
+                    continue
+                if entry is None:
+                    continue
+                try:
+                    outcome = self._settle_grant(entry)
+                except Exception as exc:
+                    log.warning("could not settle Oura grant %s yet (%s)", name, type(exc).__name__)
+                    outcome = "left"
+                counts[outcome] += 1
+        if counts["stored"] or counts["revoked"]:
+            log.warning("recovered Oura grants of interrupted callbacks: %s", counts)
+        return counts
+
+    def recover_grants_quietly(self) -> None:
+        """`recover_grants` where a failure must not stop the caller (start-up, a patient's callback)."""
+        try:
+            self.recover_grants()
+        except Exception as exc:
+            log.warning("recovering interrupted Oura grants failed (%s); retried later", type(exc).__name__)
+
+    def _settle_grant(self, entry: GrantEntry) -> str:
+        if entry.disposition == "store" and entry.patient_id is not None:
+            with self.warehouse.connect("api: recover oura grant") as conn:
+                current = wh.get_connection(conn, entry.patient_id)
+            connected_at = as_utc(current.connected_at) if current and current.connected_at else None
+            if connected_at is not None and connected_at == entry.granted_at:
+                self.grants.journal.remove(entry.name)  # stored before the process died
+                return "stored"
+            if connected_at is None or connected_at < entry.granted_at:
+                oura_user_id = self._oura_user_id(entry.patient_id, entry.tokens)
+                sync_id, _, _ = self._store_grant(entry, oura_user_id)
+                log.warning(
+                    "stored patient %s's Oura grant left by an interrupted callback; sync %s queued",
+                    entry.patient_id,
+                    sync_id,
+                )
+                self.grants.journal.remove(entry.name)
+                return "stored"
+        if not self._revoke_quietly(entry.patient_id or "(unknown)", entry.tokens.access_token):
+            return "left"
+        self.grants.journal.remove(entry.name)
+        return "revoked"
 
     def _oura_user_id(self, patient_id: str, tokens: TokenSet) -> str | None:
         """Oura's id for the account, from personal_info. Optional: a connection works without it."""

@@ -59,6 +59,7 @@ class OuraSession:
             cipher=self.cipher,
             oauth_app=self.oauth,
             lock_dir=self.settings.lock_dir,
+            journal_dir=self.settings.token_journal_dir,
         )
         return OuraClient(self.settings.api_base_url, tokens, http=self.http, retry=self.retry)
 

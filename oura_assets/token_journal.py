@@ -1,0 +1,206 @@
+"""The token journal: a pair Oura has just handed us, on disk before the process does anything that can block.
+
+Oura spends a refresh token (or an authorization code) the moment it answers. From then on the new pair exists
+only in this process until it is stored, and the warehouse write that stores it may wait minutes for the
+writer lock. A process killed in that wait used to take the pair with it: the next run offered the spent
+refresh token and the patient had to reconnect. So the pair is first written here, which needs nothing but a
+local disk: Fernet-encrypted with the same keys as the warehouse's tokens (`TokenCipher`), in a file created
+0600 in a 0700 directory, fsynced, renamed into place atomically and the directory fsynced. Only then does the
+process go for the warehouse; once the warehouse holds the pair, the entry is removed.
+
+Two kinds of entry, one file each, named without any secret:
+- `refresh-<hash of the patient id>.journal` — a refreshed pair and the fingerprint of the refresh token it
+  replaces. `tokens.PatientTokens` writes and applies it under the patient's refresh lock.
+- `grant-<random id>.journal` — a pair the API's code exchange returned, with the patient it belongs to.
+  The callback holds `grant-<id>.lock` while it works; `api.service.ConnectionService.recover_grants` stores
+  (or revokes) the entries whose lock nobody holds, i.e. whose callback died.
+
+Entries are written by `private_files.write_private` (0600 from creation, fsynced, renamed, dir fsynced).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import filelock
+
+from oura_assets.clock import as_utc
+from oura_assets.oura.oauth import TokenSet
+from oura_assets.private_files import fsync_directory, write_private
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".journal"
+
+
+class Cipher(Protocol):
+    """What the journal needs from `tokens.TokenCipher` (kept a Protocol: tokens.py imports this module)."""
+
+    def encrypt(self, plaintext: str) -> str: ...
+
+    def decrypt(self, ciphertext: str | bytes) -> str: ...
+
+
+class JournalUnreadable(ValueError):
+    """An entry that cannot be decrypted or parsed (a key dropped from OURA_ASSETS_TOKEN_KEY, a torn copy)."""
+
+
+def pair_fields(pair: TokenSet) -> dict[str, Any]:
+    return {
+        "access_token": pair.access_token,
+        "refresh_token": pair.refresh_token,
+        "expires_at": pair.expires_at.isoformat(),
+        "scopes": list(pair.scopes),
+    }
+
+
+def pair_from(data: dict[str, Any]) -> TokenSet:
+    return TokenSet(
+        access_token=str(data["access_token"]),
+        refresh_token=str(data["refresh_token"]),
+        expires_at=as_utc(datetime.fromisoformat(data["expires_at"])),
+        scopes=tuple(str(s) for s in data["scopes"]),
+    )
+
+
+class TokenJournal:
+    """A directory of encrypted journal entries. Raises OSError when the disk refuses a write."""
+
+    def __init__(self, directory: Path | str, cipher: Cipher) -> None:
+        self.directory = Path(directory)
+        self._cipher = cipher
+
+    def __repr__(self) -> str:
+        return f"TokenJournal({str(self.directory)!r})"
+
+    def path(self, name: str) -> Path:
+        return self.directory / f"{name}{SUFFIX}"
+
+    def write(self, name: str, entry: dict[str, Any]) -> None:
+        """Replace entry `name` durably: when this returns, the entry survives a kill or a power cut."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_private(self.path(name), self._cipher.encrypt(json.dumps(entry)))
+
+    def read(self, name: str) -> dict[str, Any] | None:
+        """Entry `name`, or None; `JournalUnreadable` when it cannot be decrypted or parsed."""
+        try:
+            content = self.path(name).read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            data = json.loads(self._cipher.decrypt(content))
+        except ValueError as exc:  # TokenDecryptError and JSONDecodeError are both ValueErrors
+            raise JournalUnreadable(
+                f"the token journal entry cannot be read ({type(exc).__name__})"
+            ) from None
+        if not isinstance(data, dict):
+            raise JournalUnreadable("the token journal entry is not an object")
+        return data
+
+    def remove(self, name: str) -> None:
+        """Forget entry `name` (the warehouse holds its pair now, or it was revoked). Never raises."""
+        try:
+            self.path(name).unlink(missing_ok=True)
+            fsync_directory(self.directory)
+        except OSError as exc:
+            log.warning("could not remove token journal entry %s (%s)", name, type(exc).__name__)
+
+    def names(self, prefix: str) -> list[str]:
+        """Entry names starting with `prefix`, oldest first."""
+        try:
+            found = [p for p in self.directory.glob(f"{prefix}*{SUFFIX}") if p.is_file()]
+        except OSError:
+            return []
+        found.sort(key=lambda p: p.stat().st_mtime if p.exists() else 0.0)
+        return [p.name[: -len(SUFFIX)] for p in found]
+
+    def lock(self, name: str) -> filelock.FileLock:
+        """The lock an entry's owner holds while it works on the entry (grant entries)."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return filelock.FileLock(self.directory / f"{name}.lock", thread_local=False)
+
+    def forget_lock(self, name: str) -> None:
+        with contextlib.suppress(OSError):
+            (self.directory / f"{name}.lock").unlink()
+
+
+@dataclass(frozen=True, repr=False)
+class GrantEntry:
+    """A pair the code exchange returned for `patient_id`, and what to do with it if its callback died."""
+
+    name: str
+    patient_id: str | None
+    tokens: TokenSet
+    granted_at: datetime
+    # "store": the callback died before answering, so the patient still expects a connection.
+    # "revoke": the callback answered a failure, so the patient was told to start again.
+    disposition: str
+
+    def __repr__(self) -> str:
+        return f"GrantEntry({self.name!r}, patient_id={self.patient_id!r}, disposition={self.disposition!r})"
+
+
+class GrantJournal:
+    """Grant entries of the connection API (one per code exchange in flight)."""
+
+    PREFIX = "grant-"
+
+    def __init__(self, journal: TokenJournal) -> None:
+        self.journal = journal
+
+    def new_name(self) -> str:
+        return f"{self.PREFIX}{secrets.token_hex(12)}"
+
+    def write(self, entry: GrantEntry) -> None:
+        self.journal.write(
+            entry.name,
+            {
+                "kind": "grant",
+                "patient_id": entry.patient_id,
+                "granted_at": entry.granted_at.isoformat(),
+                "disposition": entry.disposition,
+                **pair_fields(entry.tokens),
+            },
+        )
+
+    def read(self, name: str) -> GrantEntry | None:
+        data = self.journal.read(name)
+        if data is None:
+            return None
+        try:
+            return GrantEntry(
+                name=name,
+                patient_id=str(data["patient_id"]) if data.get("patient_id") else None,
+                tokens=pair_from(data),
+                granted_at=as_utc(datetime.fromisoformat(data["granted_at"])),
+                disposition="revoke" if data.get("disposition") == "revoke" else "store",
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise JournalUnreadable(f"the grant journal entry is malformed ({type(exc).__name__})") from None
+
+    @contextlib.contextmanager
+    def held(self, name: str, *, wait: bool) -> Iterator[bool]:
+        """Hold the entry's lock for the block; yields False (without waiting) if another process has it."""
+        lock = self.journal.lock(name)
+        try:
+            lock.acquire(timeout=-1 if wait else 0)
+        except filelock.Timeout:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
+            if not self.journal.path(name).exists():
+                self.journal.forget_lock(name)
+
+    def names(self) -> list[str]:
+        return self.journal.names(self.PREFIX)
