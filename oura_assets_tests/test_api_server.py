@@ -28,7 +28,7 @@ from oura_assets.api.server import ApiServer
 from oura_assets.config import ConfigError, Settings, load_settings
 from oura_assets.redaction import RedactQueryFilter
 from oura_assets.simulator import SimulatorConfig, SimulatorServer
-from oura_assets_tests.conftest_api import ISSUER, JwksServer, claims, jwks_server, new_key, public, sign
+from oura_assets_tests.api_support import ISSUER, JwksServer, claims, jwks_server, new_key, public, sign
 
 W = "/api/patient-graph/wearables"
 KEY = new_key()

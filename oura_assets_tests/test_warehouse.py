@@ -19,12 +19,15 @@ import pytest
 
 from oura_assets import warehouse as wh
 from oura_assets.normalize import DailyStatsRow, WearableRow
+from oura_assets_tests.support import query, snapshot
 
 D = date(2024, 6, 10)
 T0 = datetime(2024, 6, 10, tzinfo=UTC)
 NOW = datetime(2024, 6, 20, 12, 0, tzinfo=UTC)
 TZ = "TIMESTAMP WITH TIME ZONE"
 SPAWN = multiprocessing.get_context("spawn")
+# The columns a rewrite of the same data stamps afresh (the other time columns must not move).
+STAMPED_BY_THE_WRITE = frozenset({"fetched_at", "synced_at", "updated_at"})
 
 CONTRACT_COLUMNS: dict[str, dict[str, str]] = {
     "patient_graph.wearable_data": {
@@ -157,17 +160,13 @@ def conn(store: wh.Warehouse) -> Iterator[duckdb.DuckDBPyConnection]:
         yield connection
 
 
-def rows(conn: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[tuple]:
-    return conn.execute(sql, params or []).fetchall()
-
-
 def doc(doc_id: str, day: date, **extra: Any) -> dict[str, Any]:
     return {"id": doc_id, "day": day.isoformat(), "score": 80, **extra}
 
 
 def test_schema_has_every_contract_column_with_its_type(conn):
     found: dict[str, dict[str, str]] = {}
-    for table, column, data_type in rows(
+    for table, column, data_type in query(
         conn,
         "SELECT table_schema || '.' || table_name, column_name, data_type FROM information_schema.columns "
         "WHERE table_schema IN ('patient_graph', 'oura_raw')",
@@ -181,7 +180,7 @@ def test_schema_has_every_contract_column_with_its_type(conn):
 def test_primary_keys_are_the_contract_keys(conn):
     keys = {
         f"{schema}.{table}": columns
-        for schema, table, columns in rows(
+        for schema, table, columns in query(
             conn,
             "SELECT schema_name, table_name, constraint_column_names FROM duckdb_constraints() "
             "WHERE constraint_type = 'PRIMARY KEY' AND schema_name IN ('patient_graph', 'oura_raw')",
@@ -207,7 +206,7 @@ def test_ensure_schema_is_idempotent_and_versioned(store):
         wh._migrate(conn)  # the DDL again, as a process that has not seen the file would run it
     store.ensure_schema()
     with store.connect("test") as conn:
-        assert rows(conn, "SELECT version FROM main.schema_version") == [(wh.SCHEMA_VERSION,)]
+        assert query(conn, "SELECT version FROM main.schema_version") == [(wh.SCHEMA_VERSION,)]
         (tables,) = conn.execute(
             "SELECT count(*) FROM information_schema.tables "
             "WHERE table_schema IN ('patient_graph', 'oura_raw')"
@@ -219,7 +218,7 @@ def test_connect_recreates_the_schema_of_a_replaced_file(store):
     store.ensure_schema()
     store.path.unlink()
     with store.connect("test") as conn:
-        assert rows(conn, "SELECT count(*) FROM patient_graph.wearable_data") == [(0,)]
+        assert query(conn, "SELECT count(*) FROM patient_graph.wearable_data") == [(0,)]
 
 
 def test_raw_documents_mirror_the_window(conn):
@@ -244,7 +243,7 @@ def test_raw_document_outside_the_window_is_upserted_by_id(conn):
     assert wh.replace_raw_documents(
         conn, "sleep", "p1", D + timedelta(days=3), D + timedelta(days=4), [moved], NOW
     )
-    assert rows(conn, "SELECT id, day FROM oura_raw.sleep") == [("x", D + timedelta(days=9))]
+    assert query(conn, "SELECT id, day FROM oura_raw.sleep") == [("x", D + timedelta(days=9))]
 
 
 def test_raw_document_given_twice_keeps_the_last(conn):
@@ -315,7 +314,7 @@ def test_heartrate_without_timestamp_is_refused_and_writes_nothing(store):
             conn, "p1", T0, T0 + timedelta(days=1), [hr("2024-06-10T01:00:00Z"), {"bpm": 1}], NOW
         )
     with store.connect("test") as conn:
-        assert rows(conn, "SELECT count(*) FROM oura_raw.heartrate") == [(0,)]
+        assert query(conn, "SELECT count(*) FROM oura_raw.heartrate") == [(0,)]
 
 
 def test_heartrate_bulk_insert_of_100k_samples_is_fast(store):
@@ -357,7 +356,7 @@ def test_wearable_data_replaces_the_patients_window(conn):
     )
     second = [wearable("readiness", D, score=81)]
     assert wh.replace_wearable_data(conn, "p1", D, D, second, NOW) == 1
-    assert rows(
+    assert query(
         conn,
         "SELECT patient_id, metric_type, day, metrics->>'score' "
         "FROM patient_graph.wearable_data ORDER BY ALL",
@@ -396,20 +395,11 @@ def test_daily_stats_replace_the_window_with_typed_columns(conn):
         )
         == 1
     )
-    assert rows(
+    assert query(
         conn,
         "SELECT day, sleep_score, hr_min, hr_avg, average_hrv, utc_offset_minutes, readiness_score "
         "FROM patient_graph.patient_wearable_daily_stats",
     ) == [(D, 71, 44, None, None, 120, None)]
-
-
-def snapshot(conn: duckdb.DuckDBPyConnection) -> dict[str, list[tuple]]:
-    volatile = {"fetched_at", "synced_at", "updated_at"}
-    out = {}
-    for table, columns in CONTRACT_COLUMNS.items():
-        stable = ", ".join(f'"{c}"' for c in columns if c not in volatile)
-        out[table] = rows(conn, f"SELECT {stable} FROM {table} ORDER BY ALL")  # noqa: S608 (test constants)
-    return out
 
 
 def write_everything(store: wh.Warehouse, fetched_at: datetime) -> None:
@@ -435,10 +425,10 @@ def write_everything(store: wh.Warehouse, fetched_at: datetime) -> None:
 def test_writing_the_same_data_twice_changes_only_timestamps(store):
     write_everything(store, NOW)
     with store.connect("test") as conn:
-        before = snapshot(conn)
+        before = snapshot(conn, CONTRACT_COLUMNS, drop=STAMPED_BY_THE_WRITE)
     write_everything(store, NOW + timedelta(hours=1))
     with store.connect("test") as conn:
-        after = snapshot(conn)
+        after = snapshot(conn, CONTRACT_COLUMNS, drop=STAMPED_BY_THE_WRITE)
         (fetched,) = conn.execute("SELECT DISTINCT fetched_at FROM oura_raw.heartrate").fetchone()
     assert after == before
     assert sum(len(v) for v in after.values()) > 500
@@ -478,7 +468,7 @@ def test_reconnect_replaces_tokens_reactivates_and_clears_the_error(conn):
     record = wh.get_connection(conn, "p1")
     assert (record.status, record.last_error, record.oura_user_id) == ("active", None, "oura-1")
     assert (record.access_token_enc, record.refresh_token_enc) == ("new-a", "new-r")
-    assert rows(conn, "SELECT count(*) FROM patient_graph.wearable_connections") == [(1,)]
+    assert query(conn, "SELECT count(*) FROM patient_graph.wearable_connections") == [(1,)]
 
 
 def test_list_active_connections_filters_status_and_patient(conn):
@@ -549,7 +539,7 @@ def test_record_event_is_idempotent_by_id(conn):
     )
     assert first == again == "e1"
     assert len(generated) == 36 and generated != "e1"
-    assert rows(
+    assert query(
         conn,
         "SELECT event_id, payload->>'status' FROM patient_graph.patient_events ORDER BY occurred_at DESC",
     ) == [
@@ -642,7 +632,7 @@ def test_transaction_rolls_back_everything_on_error(store):
     with store.transaction("test") as conn:
         wh.record_event(conn, patient_id="p1", event_type="wearable_sync", payload={}, event_id="e2")
     with store.connect("test") as conn:
-        assert rows(conn, "SELECT event_id FROM patient_graph.patient_events") == [("e2",)]
+        assert query(conn, "SELECT event_id FROM patient_graph.patient_events") == [("e2",)]
 
 
 def test_connection_stores_timestamps_in_utc(conn):
@@ -653,7 +643,7 @@ def test_connection_stores_timestamps_in_utc(conn):
         datetime(2024, 6, 10, 12, 0),
         created_at=datetime.fromisoformat("2024-06-10T14:00:00+02:00"),
     )
-    assert rows(conn, "SELECT created_at, expires_at FROM patient_graph.oauth_states") == [
+    assert query(conn, "SELECT created_at, expires_at FROM patient_graph.oauth_states") == [
         (datetime(2024, 6, 10, 12, tzinfo=UTC), datetime(2024, 6, 10, 12, tzinfo=UTC))
     ]
 
@@ -745,7 +735,7 @@ def test_foreign_duckdb_connection_is_waited_for_then_named(store, child):
     assert caught.value.holder.foreign
     threading.Timer(0.3, release.set).start()
     with store.connect("sensor", timeout_s=20) as conn:
-        assert rows(conn, "SELECT count(*) FROM patient_graph.patient_events") == [(0,)]
+        assert query(conn, "SELECT count(*) FROM patient_graph.patient_events") == [(0,)]
 
 
 def test_two_threads_of_one_process_take_turns(store):
@@ -828,8 +818,8 @@ def test_many_writer_processes_lose_no_write(store):
         worker.join(120)
         assert worker.exitcode == 0
     with store.connect("test") as conn:
-        assert rows(conn, "SELECT n FROM main.counter") == [(200,)]
-        assert rows(conn, "SELECT count(DISTINCT event_id) FROM patient_graph.patient_events") == [(200,)]
+        assert query(conn, "SELECT n FROM main.counter") == [(200,)]
+        assert query(conn, "SELECT count(DISTINCT event_id) FROM patient_graph.patient_events") == [(200,)]
 
 
 def test_raw_window_with_no_documents_left_is_emptied(conn):
