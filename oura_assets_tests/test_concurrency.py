@@ -349,13 +349,12 @@ def test_a_lock_held_too_long_names_its_holder_to_the_api_log_and_the_failed_run
     ):
         with child_process(holder_args, log) as holder:
             wait_for(lambda: "held" in log.read_text(), "the holder to take the warehouse")
-            began = time.monotonic()
             answers = [
                 http.post(f"{W}/sync", json={"source": "oura"}),
                 http.get(f"{W}/connections"),
                 http.post(f"{W}/connect/oura"),
             ]
-            waited = time.monotonic() - began
+            answered_while_held = holder.poll() is None and "released" not in log.read_text()
             impatient = {"database": str(settings.warehouse_path), "lock_timeout_s": 1.0}
             result = materialize(definitions, instance, {"resources": {"warehouse": {"config": impatient}}})
             stop.touch()
@@ -364,7 +363,7 @@ def test_a_lock_held_too_long_names_its_holder_to_the_api_log_and_the_failed_run
     assert holder.returncode == 0, log.read_text()
     assert "released" in log.read_text()
 
-    assert waited < 10, "each request gave up after its 0.5 s wait"
+    assert answered_while_held, "each request gave up after its 0.5 s wait, not once the holder let go"
     for answer in answers:
         assert answer.status_code == 503, answer.text
         assert int(answer.headers["retry-after"]) >= 1
