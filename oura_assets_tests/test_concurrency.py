@@ -42,6 +42,9 @@ from oura_assets.definitions import defs as load_defs
 from oura_assets_tests.api_support import ISSUER, claims, jwks_server, new_key, public, sign
 from oura_assets_tests.support import ConnectedPatient, failures, query, run_sync, snapshot
 
+# Every test here starts child processes beside a real run: 5-45 s each (`pytest -m "not slow"` skips them).
+pytestmark = pytest.mark.slow
+
 W = "/api/patient-graph/wearables"
 KEY = new_key()
 START, END = date(2024, 6, 3), date(2024, 6, 16)  # 14 days

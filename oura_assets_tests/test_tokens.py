@@ -410,6 +410,7 @@ def _get_in_child(
     _race_get(source, barrier, results)
 
 
+@pytest.mark.slow
 def test_processes_refreshing_the_same_patient_spend_the_refresh_token_once(
     store, key, oura, tmp_path
 ) -> None:
@@ -478,6 +479,7 @@ def _sim_get_in_child(env: dict[str, str], barrier: object, results: object) -> 
     _race_get(settings_source(settings), barrier, results)
 
 
+@pytest.mark.slow
 def test_sim_processes_refreshing_the_same_patient_spend_the_refresh_token_once(
     simulator, pipeline_env
 ) -> None:

@@ -834,6 +834,7 @@ def test_warehouse_busy_survives_pickling(store):
     assert (str(again), again.retry_after_s, again.holder) == (str(busy), 3.0, busy.holder)
 
 
+@pytest.mark.slow
 def test_many_writer_processes_lose_no_write(store):
     store.ensure_schema()
     with store.connect("test") as conn:
