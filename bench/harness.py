@@ -1,8 +1,10 @@
 """Shared setup for the benchmarks: a simulator on loopback, a throwaway environment, connected patients,
-table snapshots and the process measurements (wall time, peak RSS) the benchmarks quote.
+and the process measurements (wall time, peak RSS) the benchmarks quote.
 
-Mirrors `oura_assets_tests/conftest.py` (the `simulator`, `pipeline_env` and `connect_patient` fixtures)
-without importing from the tests: benchmarks must not depend on pytest fixtures.
+Connecting patients, reading and snapshotting tables and running the sync job are the tests' own helpers
+(`oura_assets_tests/support.py`: plain functions, no pytest), so a benchmark compares tables exactly as the
+tests do. The simulator and the environment mirror `oura_assets_tests/conftest.py`'s fixtures with the bench's
+own client and a frozen data clock.
 """
 
 from __future__ import annotations
@@ -18,16 +20,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import duckdb
-import httpx
 from cryptography.fernet import Fernet
 
-from oura_assets import warehouse as wh
 from oura_assets.config import Settings, load_settings
-from oura_assets.oura.client import OuraClient
-from oura_assets.oura.oauth import OuraOAuthApp
 from oura_assets.simulator import ClientRegistration, SimulatorConfig, SimulatorServer
-from oura_assets.tokens import PatientTokens, TokenCipher, store_granted_tokens
+
+# `make bench` runs bench/run.py as a script from a checkout, and `oura_assets_tests` is not installed (the
+# package build leaves it out), so the checkout's root goes on the path for `from oura_assets_tests import
+# support` in run.py.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 CLIENT_ID = "bench-client"
 CLIENT_SECRET = "bench-client-secret-0123456789"
@@ -36,10 +37,6 @@ REDIRECT_URI = "http://127.0.0.1:9/api/patient-graph/wearables/callback/oura"
 # sync and revisions depend on the data clock) whatever the date it is run on.
 DATA_NOW = datetime(2024, 7, 15, 12, tzinfo=UTC)
 START_DATE = "2024-01-01"
-# Columns that record when something happened, not what: left out of every comparison.
-VOLATILE = frozenset(
-    {"synced_at", "updated_at", "fetched_at", "recorded_at", "occurred_at", "last_synced_at"}
-)
 # Variables this harness sets; anything else pointing at a real deployment is removed for the run.
 _CLEARED = ("OURA_ASSETS_DEMO", "OURA_ASSETS_DATA_DIR", "DAGSTER_HOME")
 
@@ -96,74 +93,6 @@ def applied_env(env: Mapping[str, str]) -> Iterator[Settings]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def _authorize_code(settings: Settings, ring_user: str, state: str = "bench-state") -> str:
-    """Play the patient's browser at the simulator's consent page; return the authorization code."""
-    auth_url = OuraOAuthApp.from_settings(settings).authorization_url(state)
-    answer = httpx.get(
-        httpx.URL(auth_url).copy_add_param("sim_user", ring_user), follow_redirects=False, timeout=10
-    )
-    if answer.status_code not in (302, 303):
-        raise RuntimeError(f"consent answered {answer.status_code}: {answer.text[:200]}")
-    return httpx.URL(answer.headers["location"]).params["code"]
-
-
-def connect_patients(settings: Settings, patient_ids: list[str]) -> None:
-    """Connect each patient through the OAuth code flow and store the tokens as the API callback does."""
-    store = wh.Warehouse(settings.warehouse_path)
-    store.ensure_schema()
-    oauth = OuraOAuthApp.from_settings(settings)
-    cipher = TokenCipher(settings.token_keys)
-    for patient_id in patient_ids:
-        tokens = oauth.exchange_code(_authorize_code(settings, f"{patient_id}-ring"))
-        with store.transaction("bench: connect patient") as conn:
-            store_granted_tokens(
-                conn, patient_id, tokens, cipher, oura_user_id=None, connected_at=datetime.now(UTC)
-            )
-        source = PatientTokens(
-            patient_id=patient_id, warehouse=store, cipher=cipher, oauth_app=oauth, lock_dir=settings.lock_dir
-        )
-        with OuraClient(settings.api_base_url, source) as client:
-            info = client.personal_info()
-        with store.transaction("bench: oura user id") as conn:
-            conn.execute(
-                "UPDATE patient_graph.wearable_connections SET oura_user_id = ? WHERE patient_id = ?",
-                [info["id"], patient_id],
-            )
-
-
-def table_rows(path: Path, table: str) -> list[tuple]:
-    """A table's rows without its volatile columns, sorted, read from a closed warehouse file."""
-    schema, name = table.split(".")
-    with duckdb.connect(str(path), read_only=True) as conn:
-        columns = [
-            c
-            for (c,) in conn.execute(
-                "SELECT column_name FROM information_schema.columns "
-                "WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
-                [schema, name],
-            ).fetchall()
-            if c not in VOLATILE
-        ]
-        cols = ", ".join(f'"{c}"' for c in columns)
-        return conn.execute(f"SELECT {cols} FROM {table} ORDER BY ALL").fetchall()  # noqa: S608 (catalog)
-
-
-DATA_TABLES = (
-    "patient_graph.wearable_data",
-    "patient_graph.patient_wearable_daily_stats",
-    "oura_raw.daily_readiness",
-    "oura_raw.daily_sleep",
-    "oura_raw.sleep",
-    "oura_raw.daily_activity",
-    "oura_raw.heartrate",
-)
-
-
-def snapshot(path: Path) -> dict[str, list[tuple]]:
-    """Every data table (raw and patient graph) without its volatile columns."""
-    return {table: table_rows(path, table) for table in DATA_TABLES}
 
 
 # --- process measurements -------------------------------------------------------------------------------

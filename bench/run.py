@@ -31,6 +31,7 @@ from oura_assets import normalize
 from oura_assets import warehouse as wh
 from oura_assets.oura.client import parse_instant
 from oura_assets.sync import heartrate_window
+from oura_assets_tests import support
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -132,28 +133,29 @@ def _worker_materialize(spec: dict[str, Any]) -> dict[str, Any]:
     import dagster as dg
 
     from oura_assets.definitions import defs as load_defs
-    from oura_assets.defs.partitions import partition_range_tags
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
     start, end = date.fromisoformat(spec["start"]), date.fromisoformat(spec["end"])
-    job = load_defs().resolve_job_def("oura_sync")
+    definitions = load_defs()
+    definitions.resolve_job_def(support.SYNC_JOB)
     instance = dg.DagsterInstance.ephemeral()
     if spec["mode"] == "ranged":
         # What BackfillPolicy.single_run() launches for a range: one run tagged with the range.
-        runs = [{"tags": partition_range_tags(start, end)}]
+        runs: list[tuple[date, date | None]] = [(start, end)]
     else:
         # What a per-partition backfill launches: one run per daily partition.
-        runs = [{"partition_key": day.isoformat()} for day in _days(start, (end - start).days + 1)]
+        runs = [(day, None) for day in _days(start, (end - start).days + 1)]
     run_config = {"resources": {"oura": {"config": {"max_concurrent_patients": spec.get("workers", 4)}}}}
     gc.collect()
     rss_before = harness.rss_mb()
     peak_reset = harness.reset_peak_rss()
     began = time.perf_counter()
-    for run in runs:
-        result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=run_config, **run)
+    for first, last in runs:
+        result = support.run_sync(
+            first, last, definitions=definitions, instance=instance, run_config=run_config
+        )
         if not result.success:
-            failures = [e.message for e in result.all_events if e.is_failure]
-            raise RuntimeError(f"run {run} failed: {failures[:3]}")
+            raise RuntimeError(f"run {first}..{last or first} failed: {support.failures(result)[:3]}")
     elapsed = time.perf_counter() - began
     return {
         "wall_s": elapsed,
@@ -338,7 +340,8 @@ def _materialize_arm(
         try:
             env = harness.pipeline_env(server.url, warehouse)
             with harness.applied_env(env) as settings:
-                harness.connect_patients(settings, patients)
+                for patient_id in patients:
+                    support.connect_patient(settings, patient_id)
             if faults:
                 server.control.set_faults(**faults)
             server.control.reset_stats()
@@ -363,7 +366,7 @@ def _materialize_arm(
             "injected_errors": stats["injected_errors"],
             "dropped": stats["dropped"],
             "requests_by_route": {route: sum(c.values()) for route, c in stats["requests"].items()},
-            "snapshot": harness.snapshot(warehouse),
+            "snapshot": support.snapshot(warehouse),
         }
 
 
@@ -508,7 +511,7 @@ def executemany_replace(
 
 def _heartrate_table(path: Path) -> list[tuple]:
     """The written table, with the JSON document parsed (the two writers may space JSON differently)."""
-    return [(*row[:-1], json.loads(row[-1])) for row in harness.table_rows(path, "oura_raw.heartrate")]
+    return [(*row[:-1], json.loads(row[-1])) for row in support.table_rows(path, "oura_raw.heartrate")]
 
 
 def bench_hr_write(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]:

@@ -27,8 +27,9 @@ from oura_assets.config import Settings, load_settings
 from oura_assets.oura.oauth import OuraOAuthApp
 from oura_assets.simulator import SimulatorServer
 from oura_assets.tokens import PatientTokens, TokenCipher
+from oura_assets_tests.api_support import ISSUER, ApiHarness, claims, new_key, public, sign
 from oura_assets_tests.conftest import TEST_CLIENT_SECRET
-from oura_assets_tests.conftest_api import ISSUER, ApiHarness, claims, new_key, public, sign
+from oura_assets_tests.support import query
 
 W = "/api/patient-graph/wearables"
 KEY = new_key()
@@ -61,11 +62,6 @@ def bare_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiHarness]:
     settings = load_settings(env, require=("oauth", "tokens"))
     with TestClient(make_app(settings)) as client:
         yield ApiHarness(client=client, settings=settings, simulator=None, key=KEY)
-
-
-def query(settings: Settings, sql: str, params: list[Any] | None = None) -> list[tuple]:
-    with wh.Warehouse(settings.warehouse_path).connect("test: read") as conn:
-        return conn.execute(sql, params or []).fetchall()
 
 
 def error_of(answer: httpx.Response) -> str:

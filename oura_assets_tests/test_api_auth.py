@@ -21,7 +21,7 @@ from oura_assets.api.auth import (
     verifier_from_settings,
 )
 from oura_assets.config import ConfigError, load_settings
-from oura_assets_tests.conftest_api import (
+from oura_assets_tests.api_support import (
     AUDIENCE,
     ISSUER,
     claims,
@@ -75,7 +75,7 @@ def test_forged_or_invalid_tokens_are_rejected(name: str, make_token, reason: st
 
 
 def _tamper(token: str) -> str:
-    from oura_assets_tests.conftest_api import b64
+    from oura_assets_tests.api_support import b64
 
     header, _, signature = token.split(".")
     forged = b64(b'{"iss":"%s","sub":"patient-b","exp":9999999999}' % ISSUER.encode())

@@ -49,7 +49,7 @@ from oura_assets.config import Settings, load_settings
 from oura_assets.oura.oauth import TokenSet
 from oura_assets.tokens import TokenCipher, store_granted_tokens
 from oura_assets_tests.conftest import TEST_CLIENT_SECRET
-from oura_assets_tests.conftest_api import (
+from oura_assets_tests.api_support import (
     ISSUER,
     b64,
     claims,

@@ -28,7 +28,7 @@ from oura_assets.api.server import ApiServer
 from oura_assets.config import ConfigError, Settings, load_settings
 from oura_assets.redaction import RedactQueryFilter
 from oura_assets.simulator import SimulatorConfig, SimulatorServer
-from oura_assets_tests.conftest_api import ISSUER, JwksServer, claims, jwks_server, new_key, public, sign
+from oura_assets_tests.api_support import ISSUER, JwksServer, claims, jwks_server, new_key, public, sign
 
 W = "/api/patient-graph/wearables"
 KEY = new_key()
@@ -246,6 +246,7 @@ def hammer(base: str, headers: dict[str, str], sync_id: str, rounds: int) -> lis
         return list(pool.map(one, range(rounds)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lock_wait_s", [10.0, 0.001], ids=["normal-bound", "tiny-bound"])
 def test_api_writes_while_another_process_holds_and_writes_the_warehouse(
     api_settings: Settings, simulator: SimulatorServer, lock_wait_s: float, tmp_path: Path

@@ -20,6 +20,7 @@ from oura_assets.oura.oauth import (
     TokenEndpointError,
     TokenSet,
 )
+from oura_assets_tests import support
 
 CLIENT_ID = "my-client"
 CLIENT_SECRET = "s3cret-client-value-xyz"
@@ -140,10 +141,12 @@ def test_refresh_posts_refresh_grant_and_returns_rotated_pair() -> None:
 
 def test_token_answer_without_scope_or_expires_in_uses_fallbacks() -> None:
     app, _ = app_with(token_answer(scope=None, expires_in=None))
+    before = datetime.now(UTC)
     tokens = app.exchange_code(CODE)
+    after = datetime.now(UTC)
     assert tokens.scopes == OAUTH_SCOPES
-    expected = datetime.now(UTC) + DEFAULT_EXPIRES_IN
-    assert abs((tokens.expires_at - expected).total_seconds()) < 5
+    # The fallback lifetime counts from the exchange: between the moments just before and just after it.
+    assert before + DEFAULT_EXPIRES_IN <= tokens.expires_at <= after + DEFAULT_EXPIRES_IN
     refreshed = app.refresh(REFRESH, fallback_scopes=("daily",))
     assert refreshed.scopes == ("daily",)
 
@@ -278,18 +281,9 @@ class FixedToken:
         return self.token
 
 
-def consent(app: OuraOAuthApp, ring_user: str, state: str = "state-1") -> str:
-    """Play the patient's browser: the simulator consents at once for `sim_user` and redirects with a code."""
-    answer = httpx.get(f"{app.authorization_url(state)}&sim_user={ring_user}", follow_redirects=False)
-    assert answer.status_code in (302, 303), answer.text
-    location = httpx.URL(answer.headers["location"])
-    assert str(location).startswith(app.redirect_uri) and location.params["state"] == state
-    return location.params["code"]
-
-
 def test_sim_code_flow_exchanges_a_single_use_code(simulator, pipeline_env) -> None:
     app = OuraOAuthApp.from_settings(pipeline_env)
-    code = consent(app, "alice")
+    code = support.authorize_code(app, "alice")
     tokens = app.exchange_code(code)
     assert tokens.scopes == OAUTH_SCOPES
     assert tokens.expires_at > datetime.now(UTC) + timedelta(hours=23)
@@ -302,7 +296,7 @@ def test_sim_code_flow_exchanges_a_single_use_code(simulator, pipeline_env) -> N
 
 def test_sim_refresh_rotates_and_a_spent_refresh_token_is_rejected(simulator, pipeline_env) -> None:
     app = OuraOAuthApp.from_settings(pipeline_env)
-    first = app.exchange_code(consent(app, "bob"))
+    first = app.exchange_code(support.authorize_code(app, "bob"))
     second = app.refresh(first.refresh_token)
     assert second.refresh_token != first.refresh_token and second.access_token != first.access_token
     with pytest.raises(RefreshRejected) as caught:
@@ -317,7 +311,7 @@ def test_sim_refresh_rotates_and_a_spent_refresh_token_is_rejected(simulator, pi
 
 def test_sim_revoke_ends_the_grant(simulator, pipeline_env) -> None:
     app = OuraOAuthApp.from_settings(pipeline_env)
-    tokens = app.exchange_code(consent(app, "carol"))
+    tokens = app.exchange_code(support.authorize_code(app, "carol"))
     app.revoke(tokens.access_token)
     assert simulator.control.stats()["revocations"] == 1
     with pytest.raises(OuraUnauthorized):

@@ -11,59 +11,26 @@ import pytest
 
 from oura_assets import warehouse as wh
 from oura_assets.definitions import defs as load_defs
-from oura_assets.defs.partitions import PATIENT_TAG, SYNC_IDS_TAG, partition_range_tags
+from oura_assets.defs.partitions import PATIENT_TAG, SYNC_IDS_TAG
 from oura_assets.defs.schedules import nightly_range
 from oura_assets.defs.sensors import build_event_sensor
 from oura_assets.normalize import METRIC_KEYS
+from oura_assets_tests.support import failures, query, run_sync, snapshot
 
 START, END = date(2024, 6, 10), date(2024, 6, 16)
-VOLATILE = {"synced_at", "updated_at", "fetched_at", "recorded_at", "occurred_at", "last_synced_at"}
 
 
-def run_sync(
+def sync_and_record(
     start: date = START, end: date = END, **tags: str
 ) -> tuple[dg.Definitions, dg.DagsterInstance, str]:
+    """A successful `oura_sync` run over [start, end], then one tick of the sensor that records its events."""
     definitions = load_defs()
     instance = dg.DagsterInstance.ephemeral()
-    result = definitions.resolve_job_def("oura_sync").execute_in_process(
-        instance=instance, tags={**partition_range_tags(start, end), **tags}, raise_on_error=False
-    )
-    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    result = run_sync(start, end, definitions=definitions, instance=instance, tags=tags)
+    assert result.success, failures(result)
     with dg.build_sensor_context(instance=instance, resources=definitions.resources) as context:
         build_event_sensor()(context)
     return definitions, instance, result.run_id
-
-
-def query(settings, sql: str, params: list | None = None) -> list[tuple]:
-    with wh.Warehouse(settings.warehouse_path).connect("test: query") as conn:
-        return conn.execute(sql, params or []).fetchall()
-
-
-def snapshot(settings) -> dict[str, list[tuple]]:
-    """Every table's content without the columns that record when something happened."""
-    tables = {}
-    with wh.Warehouse(settings.warehouse_path).connect("test: snapshot") as conn:
-        names = conn.execute(
-            "SELECT table_schema, table_name FROM information_schema.tables "
-            "WHERE table_schema IN ('patient_graph', 'oura_raw') AND table_name NOT IN "
-            "('patient_events', 'sync_results', 'sync_requests', 'oauth_states', 'wearable_connections')"
-        ).fetchall()
-        for schema, table in names:
-            columns = [
-                c
-                for (c,) in conn.execute(
-                    "SELECT column_name FROM information_schema.columns "
-                    "WHERE table_schema = ? AND table_name = ? "
-                    "ORDER BY ordinal_position",
-                    [schema, table],
-                ).fetchall()
-                if c not in VOLATILE
-            ]
-            cols = ", ".join(f'"{c}"' for c in columns)
-            tables[f"{schema}.{table}"] = conn.execute(
-                f"SELECT {cols} FROM {schema}.{table} ORDER BY ALL"  # noqa: S608 (names from the catalog)
-            ).fetchall()
-    return tables
 
 
 def test_definitions_load_with_assets_schedule_and_sensors(pipeline_env):
@@ -90,7 +57,7 @@ def test_materialized_range_lands_every_table(pipeline_env, connect_patient):
     settings = pipeline_env
     for n in range(3):
         connect_patient(f"patient-{n}")
-    _, _, run_id = run_sync()
+    _, _, run_id = sync_and_record()
 
     metric_types = {
         t for (t,) in query(settings, "SELECT DISTINCT metric_type FROM patient_graph.wearable_data")
@@ -138,16 +105,16 @@ def test_materialized_range_lands_every_table(pipeline_env, connect_patient):
 def test_materializing_twice_leaves_tables_identical(pipeline_env, connect_patient):
     connect_patient("patient-a")
     connect_patient("patient-b")
-    run_sync()
+    sync_and_record()
     first = snapshot(pipeline_env)
-    run_sync()
+    sync_and_record()
     assert snapshot(pipeline_env) == first
     assert sum(len(rows) for rows in first.values()) > 100
 
 
 def test_days_not_worn_have_no_rows(pipeline_env, connect_patient):
     connect_patient("patient-a")
-    run_sync(date(2024, 3, 1), date(2024, 5, 31))
+    sync_and_record(date(2024, 3, 1), date(2024, 5, 31))
     all_null = [
         (metric_type, day)
         for metric_type, day, metrics in query(
@@ -166,7 +133,7 @@ def test_one_patient_forbidden_while_others_land(pipeline_env, connect_patient, 
     connect_patient("patient-ok")
     expired = connect_patient("patient-expired")
     simulator.control.set_faults(users={expired.ring_user: {"forbidden": True}})
-    _, instance, run_id = run_sync()
+    _, instance, run_id = sync_and_record()
 
     per_patient = dict(
         query(pipeline_env, "SELECT patient_id, count(*) FROM patient_graph.wearable_data GROUP BY ALL")
@@ -192,7 +159,7 @@ def test_refresh_rejected_marks_reconnect_required_and_others_land(pipeline_env,
     simulator.control.set_faults(
         users={rejected.ring_user: {"expire_access_tokens": True, "refresh_reject": True}}
     )
-    run_sync()
+    sync_and_record()
     status = dict(query(pipeline_env, "SELECT patient_id, status FROM patient_graph.wearable_connections"))
     assert status == {"patient-ok": "active", "patient-rejected": "reconnect_required"}
     kinds = query(
@@ -212,7 +179,7 @@ def test_expired_access_token_is_refreshed_and_rotated_pair_stored(pipeline_env,
         pipeline_env, "SELECT access_token_enc, refresh_token_enc FROM patient_graph.wearable_connections"
     )
     simulator.control.set_faults(users={patient.ring_user: {"expire_access_tokens": True}})
-    run_sync()
+    sync_and_record()
     after = query(
         pipeline_env, "SELECT access_token_enc, refresh_token_enc FROM patient_graph.wearable_connections"
     )
@@ -223,7 +190,7 @@ def test_expired_access_token_is_refreshed_and_rotated_pair_stored(pipeline_env,
 
 def test_no_plaintext_token_in_the_warehouse_file(pipeline_env, connect_patient):
     patient = connect_patient("patient-a")
-    run_sync()
+    sync_and_record()
     raw = pipeline_env.warehouse_path.read_bytes()
     assert patient.access_token.encode() not in raw
 
@@ -233,7 +200,7 @@ def test_run_for_one_patient_syncs_only_that_patient(pipeline_env, connect_patie
     connect_patient("patient-b")
     with wh.Warehouse(pipeline_env.warehouse_path).transaction("test: request") as conn:
         sync_id = wh.create_sync_request(conn, patient_id="patient-b", start_day=START, end_day=END)
-    run_sync(**{PATIENT_TAG: "patient-b", SYNC_IDS_TAG: sync_id})
+    sync_and_record(**{PATIENT_TAG: "patient-b", SYNC_IDS_TAG: sync_id})
     patients = query(pipeline_env, "SELECT DISTINCT patient_id FROM patient_graph.wearable_data")
     assert patients == [("patient-b",)]
     with wh.Warehouse(pipeline_env.warehouse_path).connect("test: read request") as conn:
@@ -278,7 +245,7 @@ def test_sync_request_sensor_turns_a_request_into_a_run(pipeline_env, connect_pa
 
 def test_warehouse_file_is_a_plain_duckdb_database(pipeline_env, connect_patient):
     connect_patient("patient-a")
-    run_sync()
+    sync_and_record()
     with duckdb.connect(str(pipeline_env.warehouse_path), read_only=True) as conn:
         assert (
             conn.execute("SELECT count(*) FROM patient_graph.patient_wearable_daily_stats").fetchone()[0] > 0
@@ -287,7 +254,7 @@ def test_warehouse_file_is_a_plain_duckdb_database(pipeline_env, connect_patient
 
 def test_bad_raw_document_is_left_out_and_reported_while_the_rest_lands(pipeline_env, connect_patient):
     connect_patient("patient-a")
-    run_sync()
+    sync_and_record()
     store = wh.Warehouse(pipeline_env.warehouse_path)
     with store.transaction("test: corrupt one document") as conn:
         doc_id, day = conn.execute(
@@ -297,14 +264,8 @@ def test_bad_raw_document_is_left_out_and_reported_while_the_rest_lands(pipeline
             "UPDATE oura_raw.daily_readiness SET document = json_merge_patch(document, ?) WHERE id = ?",
             ['{"score": "high"}', doc_id],
         )
-    definitions = load_defs()
-    instance = dg.DagsterInstance.ephemeral()
-    result = definitions.resolve_job_def("oura_sync").execute_in_process(
-        instance=instance,
-        tags=partition_range_tags(START, END),
-        asset_selection=[dg.AssetKey(["patient_graph", "wearable_data"])],
-    )
-    assert result.success
+    result = run_sync(START, END, asset_selection=[dg.AssetKey(["patient_graph", "wearable_data"])])
+    assert result.success, failures(result)
     readiness_days = {
         d
         for (d,) in query(
@@ -330,16 +291,10 @@ def test_patients_fetched_concurrently_land_exactly_what_one_at_a_time_does(
                 conn.execute(f"DELETE FROM patient_graph.{table}")  # noqa: S608 (fixed names)
             for table in ("daily_readiness", "daily_sleep", "sleep", "daily_activity", "heartrate"):
                 conn.execute(f"DELETE FROM oura_raw.{table}")  # noqa: S608 (fixed names)
-        result = (
-            load_defs()
-            .resolve_job_def("oura_sync")
-            .execute_in_process(
-                instance=dg.DagsterInstance.ephemeral(),
-                tags=partition_range_tags(START, END),
-                run_config={"resources": {"oura": {"config": {"max_concurrent_patients": workers}}}},
-            )
+        result = run_sync(
+            START, END, run_config={"resources": {"oura": {"config": {"max_concurrent_patients": workers}}}}
         )
-        assert result.success
+        assert result.success, failures(result)
         return snapshot(pipeline_env)
 
     concurrent = landed(4)

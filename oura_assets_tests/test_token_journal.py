@@ -31,7 +31,7 @@ from oura_assets.simulator import SimulatorServer
 from oura_assets.sync import sync_patient
 from oura_assets.token_journal import GrantEntry, GrantJournal, TokenJournal
 from oura_assets.tokens import PatientTokens, TokenCipher, store_granted_tokens
-from oura_assets_tests.conftest import authorize_code
+from oura_assets_tests.support import authorize_code
 
 PATIENT = "user_2journalPatient"
 KILL_DELAYS_S = (0.0, 0.05, 0.2)
@@ -170,7 +170,7 @@ def _callback_in_child(env: dict[str, str], code: str, state: str, events: Any, 
 def connect_expired(settings: Settings, ring_user: str) -> None:
     """Connect through the code flow and store the pair as already expired, so the next use refreshes."""
     oauth = OuraOAuthApp.from_settings(settings)
-    tokens = oauth.exchange_code(authorize_code(settings, ring_user))
+    tokens = oauth.exchange_code(authorize_code(OuraOAuthApp.from_settings(settings), ring_user))
     expired = TokenSet(
         tokens.access_token, tokens.refresh_token, datetime.now(UTC) - timedelta(minutes=1), ()
     )
@@ -263,7 +263,7 @@ def journal_a_grant(
 ) -> TokenSet:
     """What a callback that died leaves behind: a journaled grant nobody holds."""
     oauth = OuraOAuthApp.from_settings(settings)
-    tokens = oauth.exchange_code(authorize_code(settings, ring_user))
+    tokens = oauth.exchange_code(authorize_code(OuraOAuthApp.from_settings(settings), ring_user))
     grants = GrantJournal(TokenJournal(settings.token_journal_dir, TokenCipher(settings.token_keys)))
     grants.write(GrantEntry(grants.new_name(), patient_id, tokens, datetime.now(UTC), disposition))
     return tokens

@@ -17,7 +17,6 @@ from typing import Any
 
 import duckdb
 import filelock
-import httpx
 import pytest
 from cryptography.fernet import Fernet
 
@@ -33,6 +32,7 @@ from oura_assets.tokens import (
     TokenDecryptError,
     TokenStoreError,
 )
+from oura_assets_tests import support
 
 PATIENT = "user_2abcPatientSub"
 SCOPES = ("email", "personal", "daily", "heartrate")
@@ -410,6 +410,7 @@ def _get_in_child(
     _race_get(source, barrier, results)
 
 
+@pytest.mark.slow
 def test_processes_refreshing_the_same_patient_spend_the_refresh_token_once(
     store, key, oura, tmp_path
 ) -> None:
@@ -424,34 +425,6 @@ def test_processes_refreshing_the_same_patient_spend_the_refresh_token_once(
     assert stored_pair(store, cipher) == ("access-2", "refresh-2", "active")
 
 
-def consent(app: OuraOAuthApp, ring_user: str) -> str:
-    """Play the patient's browser: the simulator consents at once for `sim_user` and redirects with a code."""
-    answer = httpx.get(f"{app.authorization_url('state-1')}&sim_user={ring_user}", follow_redirects=False)
-    assert answer.status_code in (302, 303), answer.text
-    return httpx.URL(answer.headers["location"]).params["code"]
-
-
-def connect_through_oura(
-    settings: Settings, ring_user: str, *, expires_at: datetime | None = None
-) -> TokenSet:
-    """The callback's work: exchange the code, store the pair encrypted (optionally with another expiry)."""
-    app = OuraOAuthApp.from_settings(settings)
-    tokens = app.exchange_code(consent(app, ring_user))
-    cipher = TokenCipher(settings.token_keys)
-    with wh.Warehouse(settings.warehouse_path).transaction("test: connect") as conn:
-        wh.upsert_connection(
-            conn,
-            PATIENT,
-            oura_user_id=None,
-            scopes=tokens.scopes,
-            access_token_enc=cipher.encrypt(tokens.access_token),
-            refresh_token_enc=cipher.encrypt(tokens.refresh_token),
-            expires_at=expires_at or tokens.expires_at,
-            connected_at=datetime.now(UTC),
-        )
-    return tokens
-
-
 def settings_source(settings: Settings) -> PatientTokens:
     return PatientTokens(
         patient_id=PATIENT,
@@ -463,7 +436,7 @@ def settings_source(settings: Settings) -> PatientTokens:
 
 
 def test_sim_401_refreshes_stores_and_retries(simulator, pipeline_env) -> None:
-    first = connect_through_oura(pipeline_env, "ivy")
+    first = support.connect_patient(pipeline_env, PATIENT, "ivy", learn_oura_user_id=False).tokens
     simulator.control.set_user_faults("ivy", expire_access_tokens=True)
     client = OuraClient(pipeline_env.api_base_url, settings_source(pipeline_env))
     assert client.personal_info()["id"]
@@ -477,7 +450,7 @@ def test_sim_401_refreshes_stores_and_retries(simulator, pipeline_env) -> None:
 
 
 def test_sim_fault_refresh_reject_flags_reconnect_and_stops_asking(simulator, pipeline_env) -> None:
-    connect_through_oura(pipeline_env, "jack")
+    support.connect_patient(pipeline_env, PATIENT, "jack", learn_oura_user_id=False)
     simulator.control.set_user_faults("jack", expire_access_tokens=True, refresh_reject=True)
     client = OuraClient(pipeline_env.api_base_url, settings_source(pipeline_env))
     with pytest.raises(ReconnectRequired):
@@ -506,10 +479,17 @@ def _sim_get_in_child(env: dict[str, str], barrier: object, results: object) -> 
     _race_get(settings_source(settings), barrier, results)
 
 
+@pytest.mark.slow
 def test_sim_processes_refreshing_the_same_patient_spend_the_refresh_token_once(
     simulator, pipeline_env
 ) -> None:
-    connect_through_oura(pipeline_env, "kate", expires_at=datetime.now(UTC) - timedelta(minutes=1))
+    support.connect_patient(
+        pipeline_env,
+        PATIENT,
+        "kate",
+        expires_at=datetime.now(UTC) - timedelta(minutes=1),
+        learn_oura_user_id=False,
+    )
     env = {k: v for k, v in os.environ.items() if k.startswith(("OURA_", "CLERK_"))}
     answers, _ = _race_in_processes(_sim_get_in_child, (env,), workers=4)
     assert len(set(answers)) == 1 and not answers[0].startswith("error"), answers
@@ -522,7 +502,7 @@ def test_sim_processes_refreshing_the_same_patient_spend_the_refresh_token_once(
 def test_sim_full_flow_logs_no_token_secret_or_code(simulator, pipeline_env, caplog) -> None:
     app = OuraOAuthApp.from_settings(pipeline_env)
     # The patient's browser is not our code: its redirect (with the code) is fetched before capturing.
-    code = consent(app, "liam")
+    code = support.authorize_code(app, "liam")
     secrets = [pipeline_env.client_secret or "", code]
     with caplog.at_level(logging.DEBUG):
         tokens = app.exchange_code(code)

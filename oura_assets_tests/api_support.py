@@ -1,5 +1,8 @@
-"""Helpers for the connection API tests: RSA keys, hand-built JWTs (including malicious ones), and a JWKS
-served over real HTTP on loopback."""
+"""Helpers for the connection API tests: RSA keys, hand-built JWTs (including malicious ones), a JWKS served
+over real HTTP on loopback, and a harness that drives the API in-process beside the simulator.
+
+A plain module the API tests import (no fixtures here, so not a conftest).
+"""
 
 from __future__ import annotations
 

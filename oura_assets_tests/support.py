@@ -1,0 +1,226 @@
+"""What the tests and the benchmarks both do to the pipeline: read the warehouse, compare tables, connect a
+patient through the simulator's OAuth flow, run a sync over a range of partitions.
+
+Plain functions, no pytest fixtures and no pytest import: `bench/` uses this module as it is, and
+`conftest.py` wraps what a test wants as a fixture.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import httpx
+
+from oura_assets import warehouse as wh
+from oura_assets.config import Settings
+from oura_assets.oura.client import OuraClient
+from oura_assets.oura.oauth import OuraOAuthApp, TokenSet
+from oura_assets.tokens import PatientTokens, TokenCipher, store_granted_tokens
+
+if TYPE_CHECKING:
+    # Dagster is imported where a run is made, not here: the spawned children of the multi-process tests
+    # import their test module, and with it this one, and need not pay for Dagster's import.
+    import dagster as dg
+
+# Where a helper reads from: the settings of a test environment, the warehouse file itself, or a connection
+# a caller already holds (inside its own transaction).
+Where = Settings | Path | str | duckdb.DuckDBPyConnection
+
+# Columns that record when something happened, not what: left out when tables are compared.
+VOLATILE = frozenset(
+    {"synced_at", "updated_at", "fetched_at", "recorded_at", "occurred_at", "last_synced_at"}
+)
+# Tables that record who is connected and what ran, rather than the data: not in a default snapshot.
+BOOKKEEPING = frozenset(
+    {
+        "patient_graph.patient_events",
+        "patient_graph.sync_results",
+        "patient_graph.sync_requests",
+        "patient_graph.oauth_states",
+        "patient_graph.wearable_connections",
+    }
+)
+SYNC_JOB = "oura_sync"
+
+
+@contextlib.contextmanager
+def _connection(where: Where, purpose: str) -> Iterator[duckdb.DuckDBPyConnection]:
+    if isinstance(where, duckdb.DuckDBPyConnection):
+        yield where
+        return
+    path = where.warehouse_path if isinstance(where, Settings) else Path(where)
+    with wh.Warehouse(path).connect(purpose) as conn:
+        yield conn
+
+
+def query(where: Where, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+    """The rows `sql` returns, read through the warehouse's writer lock (or on the connection given)."""
+    with _connection(where, "test: query") as conn:
+        return conn.execute(sql, list(params or [])).fetchall()
+
+
+def _tables(conn: duckdb.DuckDBPyConnection) -> list[str]:
+    return [
+        f"{schema}.{table}"
+        for schema, table in conn.execute(
+            "SELECT table_schema, table_name FROM information_schema.tables "
+            "WHERE table_schema IN ('patient_graph', 'oura_raw') ORDER BY ALL"
+        ).fetchall()
+        if f"{schema}.{table}" not in BOOKKEEPING
+    ]
+
+
+def _table_rows(conn: duckdb.DuckDBPyConnection, table: str, drop: Collection[str]) -> list[tuple[Any, ...]]:
+    schema, name = table.split(".")
+    columns = [
+        c
+        for (c,) in conn.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
+            [schema, name],
+        ).fetchall()
+        if c not in drop
+    ]
+    assert columns, f"{table} has no column to compare"
+    stable = ", ".join(f'"{c}"' for c in columns)
+    return conn.execute(f"SELECT {stable} FROM {table} ORDER BY ALL").fetchall()  # noqa: S608 (catalog names)
+
+
+def table_rows(where: Where, table: str, drop: Collection[str] = VOLATILE) -> list[tuple[Any, ...]]:
+    """One table's rows, sorted, without the columns in `drop` (by default those saying when, not what)."""
+    with _connection(where, "test: table rows") as conn:
+        return _table_rows(conn, table, drop)
+
+
+def snapshot(
+    where: Where, tables: Collection[str] | None = None, drop: Collection[str] = VOLATILE
+) -> dict[str, list[tuple[Any, ...]]]:
+    """Whole tables as sorted rows without the columns in `drop`, for equality comparisons.
+
+    By default every data table (raw documents and the patient graph), not the bookkeeping ones.
+    """
+    with _connection(where, "test: snapshot") as conn:
+        names = _tables(conn) if tables is None else list(tables)
+        return {table: _table_rows(conn, table, drop) for table in names}
+
+
+@dataclass(frozen=True)
+class ConnectedPatient:
+    patient_id: str
+    ring_user: str
+    tokens: TokenSet = dataclasses.field(repr=False)
+
+    @property
+    def access_token(self) -> str:
+        return self.tokens.access_token
+
+
+def authorize_code(app: OuraOAuthApp, ring_user: str, state: str = "test-state") -> str:
+    """Play the patient's browser at the simulator's consent page (it consents at once for `ring_user`) and
+    return the authorization code it redirects back with."""
+    answer = httpx.get(
+        httpx.URL(app.authorization_url(state)).copy_add_param("sim_user", ring_user),
+        follow_redirects=False,
+        timeout=10,
+    )
+    assert answer.status_code in (302, 303), answer.text
+    location = httpx.URL(answer.headers["location"])
+    assert str(location).startswith(app.redirect_uri), location
+    assert location.params["state"] == state
+    return location.params["code"]
+
+
+def connect_patient(
+    settings: Settings,
+    patient_id: str,
+    ring_user: str | None = None,
+    *,
+    expires_at: datetime | None = None,
+    learn_oura_user_id: bool = True,
+) -> ConnectedPatient:
+    """Connect a patient as the API callback does: the OAuth code flow against the simulator, then the granted
+    pair stored encrypted with `store_granted_tokens`.
+
+    `expires_at` stores another expiry than Oura's (an access token already expired, say). With
+    `learn_oura_user_id` the patient's Oura user id is then read from Oura with the new token and stored, as
+    the first sync does; without it Oura is asked nothing more.
+    """
+    ring_user = ring_user or f"{patient_id}-ring"
+    store = wh.Warehouse(settings.warehouse_path)
+    oauth = OuraOAuthApp.from_settings(settings)
+    cipher = TokenCipher(settings.token_keys)
+    tokens = oauth.exchange_code(authorize_code(oauth, ring_user))
+    stored = tokens if expires_at is None else dataclasses.replace(tokens, expires_at=expires_at)
+    with store.transaction("test: connect patient") as conn:
+        store_granted_tokens(
+            conn, patient_id, stored, cipher, oura_user_id=None, connected_at=datetime.now(UTC)
+        )
+    if learn_oura_user_id:
+        source = PatientTokens(
+            patient_id=patient_id, warehouse=store, cipher=cipher, oauth_app=oauth, lock_dir=settings.lock_dir
+        )
+        with OuraClient(settings.api_base_url, source) as client:
+            info = client.personal_info()
+        with store.transaction("test: oura user id") as conn:
+            conn.execute(
+                "UPDATE patient_graph.wearable_connections SET oura_user_id = ? WHERE patient_id = ?",
+                [info["id"], patient_id],
+            )
+    return ConnectedPatient(patient_id, ring_user, tokens)
+
+
+def run_sync(
+    start: date,
+    end: date | None = None,
+    *,
+    definitions: dg.Definitions | None = None,
+    instance: dg.DagsterInstance | None = None,
+    tags: Mapping[str, str] | None = None,
+    run_config: Mapping[str, Any] | None = None,
+    asset_selection: Sequence[dg.AssetKey] | None = None,
+) -> dg.ExecuteInProcessResult:
+    """Materialize the sync job in this process, never raising: the caller asserts on the result.
+
+    Over [start, end] as one run, as a single-run backfill launches it; with no `end`, the one daily
+    partition `start`, as a per-partition backfill launches it. The definitions are loaded from the
+    environment and the instance is ephemeral unless given.
+    """
+    import dagster as dg
+
+    from oura_assets.definitions import defs as load_defs
+    from oura_assets.defs.partitions import partition_range_tags
+
+    definitions = definitions or load_defs()
+    placement: dict[str, Any] = (
+        {"partition_key": start.isoformat()} if end is None else {"tags": partition_range_tags(start, end)}
+    )
+    if tags:
+        placement["tags"] = {**placement.get("tags", {}), **tags}
+    return definitions.resolve_job_def(SYNC_JOB).execute_in_process(
+        instance=instance or dg.DagsterInstance.ephemeral(),
+        run_config=dict(run_config or {}),
+        asset_selection=list(asset_selection) if asset_selection else None,
+        raise_on_error=False,
+        **placement,
+    )
+
+
+def failures(result: dg.ExecuteInProcessResult) -> list[str]:
+    """The text of every failure event of a run: event messages, error messages and their causes."""
+    texts = []
+    for event in result.all_events:
+        if not event.is_failure:
+            continue
+        texts.append(event.message or "")
+        error = getattr(event.event_specific_data, "error", None)
+        while error is not None:
+            texts.append(error.to_string())
+            error = error.cause
+    return texts

@@ -1,0 +1,130 @@
+"""The asset checks, evaluated by Dagster: `dg.materialize` over a real partition range against the simulator,
+then each check's evaluation read from the run (`get_asset_check_evaluations`).
+
+A check that fails is shown passing data first and then the one change that should make it fail, so the test
+shows the check can tell the two apart.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from oura_assets.definitions import defs as load_defs
+from oura_assets.defs import checks
+from oura_assets.defs.partitions import partition_range_tags
+from oura_assets_tests.support import failures, query
+
+START, END = date(2024, 6, 10), date(2024, 6, 14)
+CHECKS = [
+    checks.wearable_data_metric_keys,
+    checks.connections_need_attention,
+    checks.daily_stats_agree_with_wearable_data,
+]
+CHECK_NAMES = {
+    "wearable_data_metric_keys",
+    "connections_need_attention",
+    "daily_stats_agree_with_wearable_data",
+}
+
+
+def materialize(*, checks_only: bool = False) -> dict[str, dg.AssetCheckEvaluation]:
+    """Materialize every asset with its checks over START..END (or run the checks alone, on what is already
+    in the warehouse) and return each check's evaluation by name."""
+    definitions = load_defs()
+    assets = [a for a in definitions.assets or [] if isinstance(a, dg.AssetsDefinition)]
+    result = dg.materialize(
+        [*assets, *CHECKS],
+        resources=definitions.resources,
+        tags=partition_range_tags(START, END),
+        selection=dg.AssetSelection.checks(*CHECKS) if checks_only else None,
+        raise_on_error=False,
+    )
+    assert result.success, failures(result)
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert set(evaluations) == CHECK_NAMES
+    return evaluations
+
+
+def metadata(evaluation: dg.AssetCheckEvaluation) -> dict[str, Any]:
+    return {key: value.value for key, value in evaluation.metadata.items()}
+
+
+@pytest.fixture
+def landed(pipeline_env, connect_patient) -> dict[str, dg.AssetCheckEvaluation]:
+    """Two healthy patients synced over START..END, and the checks' evaluations of that run."""
+    connect_patient("patient-a")
+    connect_patient("patient-b")
+    return materialize()
+
+
+def test_every_check_passes_on_a_clean_sync(landed):
+    assert {name: e.passed for name, e in landed.items()} == dict.fromkeys(CHECK_NAMES, True)
+    keys = metadata(landed["wearable_data_metric_keys"])
+    assert keys["row_shapes_checked"] >= 4 and keys["unexpected_shapes"] == {}
+    assert metadata(landed["connections_need_attention"]) == {"patients": 0, "details": {}}
+    assert metadata(landed["daily_stats_agree_with_wearable_data"]) == {"mismatched_days": 0}
+    assert landed["wearable_data_metric_keys"].asset_key == dg.AssetKey(["patient_graph", "wearable_data"])
+
+
+def test_patients_needing_to_reconnect_or_renew_fail_connections_check_with_warn(
+    pipeline_env, connect_patient, simulator
+):
+    connect_patient("patient-ok")
+    rejected = connect_patient("patient-rejected")
+    expired = connect_patient("patient-expired")
+    simulator.control.set_faults(
+        users={
+            rejected.ring_user: {"expire_access_tokens": True, "refresh_reject": True},
+            expired.ring_user: {"forbidden": True},
+        }
+    )
+    evaluation = materialize()["connections_need_attention"]
+    assert not evaluation.passed
+    assert evaluation.severity == dg.AssetCheckSeverity.WARN
+    found = metadata(evaluation)
+    assert found["patients"] == 2
+    assert set(found["details"]) == {"patient-expired", "patient-rejected"}
+    assert found["details"]["patient-rejected"]["status"] == "reconnect_required"
+    assert found["details"]["patient-expired"] == {
+        "status": "active",
+        "last_error": "Oura membership expired (403)",
+    }
+
+
+def test_a_wearable_data_row_with_an_undocumented_key_fails_the_metric_keys_check(landed, pipeline_env):
+    assert landed["wearable_data_metric_keys"].passed
+    with_extra_key = query(
+        pipeline_env,
+        "UPDATE patient_graph.wearable_data SET metrics = json_merge_patch(metrics, ?) "
+        "WHERE (patient_id, metric_type, day) = ('patient-a', 'sleep', ?) RETURNING day",
+        [json.dumps({"snoring": 3}), START],
+    )
+    assert len(with_extra_key) == 1
+    evaluation = materialize(checks_only=True)["wearable_data_metric_keys"]
+    assert not evaluation.passed
+    assert evaluation.severity == dg.AssetCheckSeverity.ERROR
+    unexpected = metadata(evaluation)["unexpected_shapes"]
+    assert len(unexpected) == 1
+    ((shape, count),) = unexpected.items()
+    assert shape.startswith("sleep: ") and "'snoring'" in shape and count == 1
+
+
+def test_daily_stats_disagreeing_with_wearable_data_fail_the_agreement_check(landed, pipeline_env):
+    assert landed["daily_stats_agree_with_wearable_data"].passed
+    changed = query(
+        pipeline_env,
+        "UPDATE patient_graph.patient_wearable_daily_stats SET sleep_score = coalesce(sleep_score, 0) + 1 "
+        "WHERE patient_id = 'patient-b' AND day IN (?, ?) RETURNING day",
+        [START, END],
+    )
+    assert len(changed) == 2
+    evaluation = materialize(checks_only=True)["daily_stats_agree_with_wearable_data"]
+    assert not evaluation.passed
+    assert evaluation.severity == dg.AssetCheckSeverity.ERROR
+    assert metadata(evaluation) == {"mismatched_days": 2}
+    assert materialize()["daily_stats_agree_with_wearable_data"].passed  # a re-sync rebuilds the stats
