@@ -48,7 +48,6 @@ from oura_assets.api.state import STATE_TTL, new_state, state_hash
 from oura_assets.config import Settings, load_settings
 from oura_assets.oura.oauth import TokenSet
 from oura_assets.tokens import TokenCipher, store_granted_tokens
-from oura_assets_tests.conftest import TEST_CLIENT_SECRET
 from oura_assets_tests.api_support import (
     ISSUER,
     b64,
@@ -59,6 +58,7 @@ from oura_assets_tests.api_support import (
     sign,
     unsigned,
 )
+from oura_assets_tests.conftest import TEST_CLIENT_SECRET
 
 W = "/api/patient-graph/wearables"
 KEY = new_key()
