@@ -23,6 +23,7 @@ import filelock
 import tenacity
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from oura_assets import domain
 from oura_assets import warehouse as wh
 from oura_assets.clock import as_utc
 from oura_assets.oura.client import OuraError, OuraUnauthorized
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 # Refresh ahead of expiry so a page request never goes out with a token about to die mid-sync.
 REFRESH_LEEWAY = timedelta(minutes=5)
-RECONNECT_EVENT = "wearable_reconnect_required"
+RECONNECT_EVENT = domain.WEARABLE_RECONNECT_REQUIRED
 
 # Fingerprints (SHA-256) of refresh tokens Oura refused in this process: asking again would only repeat the
 # refusal, so later calls fail at once ("no retry storm", CONTRACT §6).
@@ -216,7 +217,7 @@ class PatientTokens:
             raise TokenStoreError(f"could not read the Oura connection ({type(exc).__name__})") from exc
         if record is None:
             raise ReconnectRequired("no Oura connection is stored for this patient")
-        if record.status != "active":
+        if record.status != domain.ACTIVE:
             raise ReconnectRequired(f"the Oura connection is {record.status}; the patient must reconnect")
         stored = self._decrypt_record(record)
         journaled = self._read_journal()
@@ -282,12 +283,12 @@ class PatientTokens:
         self._cached = None
         try:
             with self._warehouse.transaction("tokens: reconnect required") as conn:
-                wh.set_connection_status(conn, self.patient_id, "reconnect_required", last_error=message)
+                wh.set_connection_status(conn, self.patient_id, domain.RECONNECT_REQUIRED, last_error=message)
                 wh.record_event(
                     conn,
                     patient_id=self.patient_id,
                     event_type=RECONNECT_EVENT,
-                    payload={"source": "oura", "reason": "refresh_rejected", "message": message},
+                    payload={"source": domain.SOURCE, "reason": "refresh_rejected", "message": message},
                     # One event per refused token, however many processes hit the refusal.
                     event_id=f"{RECONNECT_EVENT}:{self.patient_id}:{spent[:16]}",
                 )
@@ -327,7 +328,7 @@ class PatientTokens:
 
     def _swap(self, conn: Any, pair: TokenSet, replaces: str) -> TokenSet:
         record = wh.get_connection(conn, self.patient_id)
-        if record is None or record.status == "disconnected":
+        if record is None or record.status == domain.DISCONNECTED:
             raise ReconnectRequired("the Oura connection was removed during a token refresh")
         if record.refresh_token_enc:
             current = self._decrypt_record(record)

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from oura_assets.domain import DOCUMENT_COLLECTIONS
 from oura_assets.oura.client import (
     HEARTRATE_MAX_WINDOW,
     OuraClient,
@@ -472,9 +473,6 @@ class SimulatorTokens:
 def sim_client(simulator: SimulatorServer, ring_user: str, **retry: Any) -> OuraClient:
     policy = RetryPolicy(**{"attempts": 8, "backoff_base_s": 0.001, "backoff_max_s": 0.01, **retry})
     return OuraClient(simulator.url, SimulatorTokens(simulator, ring_user), retry=policy)
-
-
-DOCUMENT_COLLECTIONS = ("daily_readiness", "daily_sleep", "sleep", "daily_activity")
 
 
 def test_sim_documents_cover_every_day_of_the_range(simulator: SimulatorServer) -> None:
