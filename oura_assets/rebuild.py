@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import duckdb
 
-from oura_assets import normalize
+from oura_assets import ledger, normalize
 from oura_assets import warehouse as wh
 from oura_assets.sync import RunLog, SyncError, heartrate_window
 
@@ -73,18 +73,7 @@ def report_rejected(
     if not rejected:
         return
     progress.warning(f"patient {patient_id}: {len(rejected)} document(s) left out: {rejected[0].message}")
-    previous = [r for r in wh.sync_results_for_run(conn, run_id) if r.patient_id == patient_id]
-    if previous:
-        wh.record_sync_result(
-            conn,
-            run_id=run_id,
-            patient_id=patient_id,
-            status="partial",
-            start_day=previous[0].start_day,
-            end_day=previous[0].end_day,
-            rows={},
-            errors=[e.to_dict() for e in rejected],
-        )
+    ledger.mark_partial(conn, run_id=run_id, patient_id=patient_id, errors=[e.to_dict() for e in rejected])
 
 
 def _wearable_rows(patient_id: str, docs: dict[str, list[dict]]) -> list[normalize.WearableRow]:
@@ -146,7 +135,7 @@ def rebuild_per_patient(
             nearby, rejected = read_daily_documents(conn, patient, start, end, margin)
             report_rejected(conn, run_id, patient, rejected, progress)
             written = write(conn, patient, start, end, nearby)
-            wh.add_sync_result_rows(conn, run_id=run_id, patient_id=patient, rows={table: written})
+            ledger.add_rows(conn, run_id=run_id, patient_id=patient, rows={table: written})
         total += written
         if len(patients) > 20 and n % 20 == 0:
             progress.info(f"patient {n} of {len(patients)} ({patient}): {written} rows")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Protocol
 
+from oura_assets import ledger
 from oura_assets import warehouse as wh
 from oura_assets.domain import RAW_COLLECTIONS
 from oura_assets.oura.client import (
@@ -252,15 +253,14 @@ def claim_patients(
     `running` in the same transaction."""
     with warehouse.transaction("list patients for a sync run") as conn:
         patients = [c.patient_id for c in wh.list_active_connections(conn, patient_id)]
-        for sync_id in sync_ids:
-            wh.mark_sync_request(conn, sync_id, "running", run_id=run_id)
+        ledger.claim_requests(conn, sync_ids, run_id=run_id)
     return patients
 
 
 def _record(warehouse: wh.Warehouse, run_id: str, result: PatientSyncResult, start: date, end: date) -> None:
     """Record a patient's result and what it says about the connection, in one transaction."""
     with warehouse.transaction("record a patient's sync result") as conn:
-        wh.record_sync_result(
+        ledger.record_patient_result(
             conn,
             run_id=run_id,
             patient_id=result.patient_id,

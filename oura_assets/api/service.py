@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from oura_assets import ledger
 from oura_assets import warehouse as wh
 from oura_assets.api.responses import ApiError
 from oura_assets.api.state import STATE_TTL, new_state, state_hash, well_formed
@@ -232,7 +233,7 @@ class ConnectionService:
                     "reconnect": previous is not None,
                 },
             )
-            sync_id = wh.create_sync_request(conn, patient_id=patient_id, start_day=start, end_day=today)
+            sync_id = ledger.request_sync(conn, patient_id=patient_id, start_day=start, end_day=today)
         return sync_id, start, today
 
     def recover_grants(self) -> dict[str, int]:
@@ -325,7 +326,7 @@ class ConnectionService:
             connection = wh.get_connection(conn, patient_id)
             if connection is None or connection.status != "active":
                 raise not_connected()
-            sync_id = wh.create_sync_request(conn, patient_id=patient_id, start_day=start, end_day=end)
+            sync_id = ledger.request_sync(conn, patient_id=patient_id, start_day=start, end_day=end)
         log.info("patient %s queued sync %s for %s..%s", patient_id, sync_id, start, end)
         return {
             "syncId": sync_id,

@@ -1,16 +1,19 @@
 """Sensors: API sync requests become runs; finished runs become `wearable_sync` events.
 
-Both read and write the warehouse briefly and idempotently (run keys, deterministic event ids), so a sensor
-tick that is retried, or a run that is seen twice, never duplicates a run or an event.
+Both read and write the warehouse briefly and idempotently (run keys; the ledger records a finished run
+once), so a sensor tick that is retried, or a run that is seen twice, never duplicates a run or an event,
+and never rewrites a sync request that is closed.
 """
 
-from collections.abc import Iterator
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
 
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
+from oura_assets import ledger
 from oura_assets import warehouse as wh
 from oura_assets.defs.assets import RAW_KEYS
 from oura_assets.defs.jobs import SYNC_JOB_NAME
@@ -18,7 +21,7 @@ from oura_assets.defs.partitions import PATIENT_TAG, SYNC_IDS_TAG, TRIGGER_TAG, 
 from oura_assets.defs.resources import WarehouseResource
 
 FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
-# Finished runs are re-read from a little before the cursor: events are idempotent, a missed run is not.
+# Finished runs are re-read from a little before the cursor (see EventCursor): a missed run is lost.
 CURSOR_OVERLAP = timedelta(seconds=5)
 
 
@@ -35,58 +38,70 @@ def _run_range(run: dg.DagsterRun) -> tuple[str | None, str | None]:
     return start, end
 
 
-def record_run_outcome(store: wh.Warehouse, run: dg.DagsterRun) -> int:
+def finished_run(run: dg.DagsterRun) -> ledger.FinishedRun:
+    """The ledger's view of a finished Dagster run: how it ended, its sync requests, its patient and days."""
+    start, end = _run_range(run)
+    return ledger.FinishedRun(
+        run_id=run.run_id,
+        succeeded=run.status == dg.DagsterRunStatus.SUCCESS,
+        ended=run.status.value,
+        sync_ids=tuple(s for s in run.tags.get(SYNC_IDS_TAG, "").split(",") if s),
+        patient_id=run.tags.get(PATIENT_TAG),
+        start_day=start,
+        end_day=end,
+    )
+
+
+def record_run_outcome(store: wh.Warehouse, run: dg.DagsterRun) -> int | None:
     """Write one `wearable_sync` event per patient of a finished sync run and close its sync requests.
 
-    Returns the number of events written (0 for runs that synced nobody). Safe to call again for the same run.
+    Returns the number of events written (0 for runs that synced nobody), or None when the ledger had
+    recorded the run before (then nothing is written).
     """
-    succeeded = run.status == dg.DagsterRunStatus.SUCCESS
-    sync_ids = [s for s in run.tags.get(SYNC_IDS_TAG, "").split(",") if s]
     with store.transaction(f"sensor: record outcome of run {run.run_id[:8]}") as conn:
-        results = wh.sync_results_for_run(conn, run.run_id)
-        outcomes: dict[str, dict[str, Any]] = {}
-        for result in results:
-            status, errors = result.status, list(result.errors)
-            if not succeeded and status == "success":
-                # Raw data landed but a later step (normalization) did not: the patient's data is partial.
-                status = "partial"
-                errors.append({"code": "run_failed", "message": f"run ended {run.status.value}"})
-            outcomes[result.patient_id] = {
-                "status": status,
-                "startDay": result.start_day.isoformat(),
-                "endDay": result.end_day.isoformat(),
-                "rows": result.rows,
-                "errors": errors,
-            }
-        if not results and not succeeded:
-            # The run died before it reached a patient: each patient it was meant for gets a failed sync.
-            start, end = _run_range(run)
-            patient = run.tags.get(PATIENT_TAG)
-            targets = [c.patient_id for c in wh.list_active_connections(conn, patient)]
-            for patient_id in targets:
-                outcomes[patient_id] = {
-                    "status": "failed",
-                    "startDay": start,
-                    "endDay": end,
-                    "rows": {},
-                    "errors": [{"code": "run_failed", "message": f"run ended {run.status.value}"}],
-                }
-        for patient_id, outcome in outcomes.items():
-            wh.record_event(
-                conn,
-                patient_id=patient_id,
-                event_type="wearable_sync",
-                event_id=f"wearable_sync:{run.run_id}:{patient_id}",
-                payload={"runId": run.run_id, **outcome},
-            )
-        for sync_id in sync_ids:
-            request = wh.get_sync_request(conn, sync_id)
-            if request is None:
-                continue
-            outcome = outcomes.get(request.patient_id)
-            final = outcome["status"] if outcome else ("success" if succeeded else "failed")
-            wh.mark_sync_request(conn, sync_id, final, run_id=run.run_id, result=outcome)
-    return len(outcomes)
+        return ledger.record_run_outcome(conn, finished_run(run))
+
+
+@dataclass(frozen=True)
+class EventCursor:
+    """Where `wearable_sync_events` is: the newest finished run it handled, and the runs it handled within
+    `CURSOR_OVERLAP` of it.
+
+    Finished runs are re-read from a little before the newest one (update timestamps of runs finishing at
+    about the same time need not arrive in order: a missed run is lost, a re-read one is not). The runs
+    handled in that overlap are kept so that a tick with nothing new skips them without opening the
+    warehouse. Cursors of older releases (the newest timestamp alone) are read as having handled nothing.
+    """
+
+    newest: float = 0.0
+    handled: frozenset[str] = frozenset()
+
+    @classmethod
+    def parse(cls, text: str | None) -> "EventCursor":
+        if not text:
+            return cls()
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return cls()
+        if isinstance(data, int | float):
+            return cls(newest=float(data))
+        return cls(newest=float(data.get("newest", 0.0)), handled=frozenset(data.get("handled", ())))
+
+    def serialize(self) -> str:
+        return json.dumps({"newest": self.newest, "handled": sorted(self.handled)})
+
+    def updated_after(self) -> datetime | None:
+        return datetime.fromtimestamp(self.newest, UTC) - CURSOR_OVERLAP if self.newest else None
+
+    def after(self, records: Sequence[dg.RunRecord]) -> "EventCursor":
+        """The cursor once `records` (everything the run query returned) are handled."""
+        newest = max([self.newest, *(r.update_timestamp.timestamp() for r in records)])
+        low = newest - CURSOR_OVERLAP.total_seconds()
+        return EventCursor(
+            newest=newest,
+            handled=frozenset(r.dagster_run.run_id for r in records if r.update_timestamp.timestamp() >= low),
+        )
 
 
 def build_event_sensor() -> dg.SensorDefinition:
@@ -99,25 +114,27 @@ def build_event_sensor() -> dg.SensorDefinition:
     def wearable_sync_events(
         context: dg.SensorEvaluationContext, warehouse: WarehouseResource
     ) -> dg.SkipReason | None:
-        after = (
-            datetime.fromtimestamp(float(context.cursor), UTC) - CURSOR_OVERLAP if context.cursor else None
-        )
+        cursor = EventCursor.parse(context.cursor)
         records = context.instance.get_run_records(
-            filters=dg.RunsFilter(statuses=FINISHED, updated_after=after),
+            filters=dg.RunsFilter(statuses=FINISHED, updated_after=cursor.updated_after()),
             order_by="update_timestamp",
             ascending=True,
             limit=100,
         )
+        fresh = [
+            r.dagster_run
+            for r in records
+            if r.dagster_run.run_id not in cursor.handled and _is_sync_run(r.dagster_run)
+        ]
+        # Nothing new: the warehouse is not opened at all (every connection takes its writer lock).
         store = warehouse.warehouse()
-        store.ensure_schema()
         written = runs = 0
-        newest = float(context.cursor) if context.cursor else 0.0
-        for record in records:
-            if _is_sync_run(record.dagster_run):
-                written += record_run_outcome(store, record.dagster_run)
+        for run in fresh:
+            events = record_run_outcome(store, run)
+            if events is not None:
+                written += events
                 runs += 1
-            newest = max(newest, record.update_timestamp.timestamp())
-        context.update_cursor(str(newest))
+        context.update_cursor(cursor.after(records).serialize())
         if not written:
             return dg.SkipReason("no finished sync runs to record")
         context.log.info(f"recorded the outcome of {runs} sync run(s): {written} wearable_sync event(s)")
@@ -149,9 +166,7 @@ def build_sync_request_sensor(job: UnresolvedAssetJobDefinition, first_day: date
             start, end = max(request.start_day, first_day), min(request.end_day, last_day)
             if end < start:
                 with store.transaction("sensor: reject an empty sync request") as conn:
-                    wh.mark_sync_request(
-                        conn, request.sync_id, "failed", result={"errors": [{"code": "empty_range"}]}
-                    )
+                    ledger.reject_request(conn, request.sync_id, code="empty_range")
                 continue
             yield dg.RunRequest(
                 run_key=request.sync_id,
