@@ -12,6 +12,7 @@ from datetime import date, timedelta
 import dagster as dg
 
 from oura_assets import rebuild
+from oura_assets.defs.metadata import table_metadata
 from oura_assets.defs.partitions import PATIENT_TAG, PATIENTS_FAILED_TAG, PATIENTS_OK_TAG, SYNC_IDS_TAG
 from oura_assets.defs.resources import OuraResource, WarehouseResource
 from oura_assets.sync import RunOutcome, claim_patients, sync_patients
@@ -38,6 +39,14 @@ RAW_DESCRIPTIONS = {
 }
 # Local days need offsets; a day without a daily document borrows the nearest known one within this margin.
 OFFSET_SEARCH_MARGIN = timedelta(days=31)
+# That read, declared: the daily stats of a day depend on the raw daily documents of the days around it.
+# Partitions past either end of the partition set (before the start date, after today) simply do not exist.
+OFFSET_SEARCH_MAPPING = dg.TimeWindowPartitionMapping(
+    start_offset=-OFFSET_SEARCH_MARGIN.days,
+    end_offset=OFFSET_SEARCH_MARGIN.days,
+    allow_nonexistent_upstream_partitions=True,
+)
+DAILY_RAW = ("daily_readiness", "sleep", "daily_activity")
 
 
 def _day_range(context: dg.AssetExecutionContext) -> tuple[date, date]:
@@ -66,6 +75,14 @@ def _summary_metadata(outcome: RunOutcome, rows: dict[str, int]) -> dict[str, dg
     }
 
 
+def _raw_table_metadata(name: str) -> dict[str, object]:
+    # An asset's table is the one it is named after. Raw `sleep` also lands `daily_sleep`, listed in `tables`:
+    # `oura_raw.sleep` is its primary table because the periods are what the normalizers read most (sleep,
+    # hrv, the main period), and both are document tables with the same columns, so its schema fits both.
+    primary = f"oura_raw.{name}"
+    return table_metadata(primary, *(f"oura_raw.{c}" for c in RAW_ASSETS[name] if f"oura_raw.{c}" != primary))
+
+
 def build_raw_assets(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     specs = [
         dg.AssetSpec(
@@ -73,7 +90,7 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefini
             description=RAW_DESCRIPTIONS[name],
             group_name=RAW_GROUP,
             kinds={"duckdb"},
-            metadata={"tables": [f"oura_raw.{c}" for c in RAW_ASSETS[name]]},
+            metadata=_raw_table_metadata(name),
             skippable=True,
         )
         for name, key in RAW_KEYS.items()
@@ -92,17 +109,15 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefini
         """Fetch the partition range from Oura for each patient and mirror it into `oura_raw.*`."""
         start, end = _day_range(context)
         selected = [name for name, key in RAW_KEYS.items() if key in context.selected_asset_keys]
-        store = warehouse.warehouse()
-        store.ensure_schema()
         run_id = context.run.run_id
         patients = claim_patients(
-            store, run_id=run_id, patient_id=_run_patient(context), sync_ids=_sync_ids(context)
+            warehouse, run_id=run_id, patient_id=_run_patient(context), sync_ids=_sync_ids(context)
         )
         with oura.session() as session:
             outcome = sync_patients(
                 patients=patients,
-                client_for=lambda patient_id: session.client_for(patient_id, store),
-                warehouse=store,
+                client_for=lambda patient_id: session.client_for(patient_id, warehouse),
+                warehouse=warehouse,
                 start=start,
                 end=end,
                 run_id=run_id,
@@ -137,7 +152,7 @@ def _rebuild(
     start, end = _day_range(context)
     run_id = context.run.run_id
     outcome = rebuild.rebuild_per_patient(
-        warehouse=warehouse.warehouse(),
+        warehouse=warehouse,
         table=table,
         write=write,
         start=start,
@@ -165,6 +180,7 @@ def build_graph_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         backfill_policy=dg.BackfillPolicy.single_run(),
         group_name=GRAPH_GROUP,
         kinds={"duckdb"},
+        metadata=table_metadata("patient_graph.wearable_data"),
     )
     def wearable_data(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource
@@ -178,11 +194,17 @@ def build_graph_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
 
     @dg.asset(
         key=DAILY_STATS_KEY,
-        deps=[WEARABLE_DATA_KEY, RAW_KEYS["heartrate"]],
+        deps=[
+            WEARABLE_DATA_KEY,
+            RAW_KEYS["heartrate"],
+            # The offsets that cut a local day are read from the daily documents up to a margin either side.
+            *(dg.AssetDep(RAW_KEYS[name], partition_mapping=OFFSET_SEARCH_MAPPING) for name in DAILY_RAW),
+        ],
         partitions_def=partitions_def,
         backfill_policy=dg.BackfillPolicy.single_run(),
         group_name=GRAPH_GROUP,
         kinds={"duckdb"},
+        metadata=table_metadata("patient_graph.patient_wearable_daily_stats"),
     )
     def patient_wearable_daily_stats(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource

@@ -9,7 +9,6 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from oura_assets import warehouse as wh
 from oura_assets.defs.assets import RAW_KEYS
@@ -35,7 +34,7 @@ def _run_range(run: dg.DagsterRun) -> tuple[str | None, str | None]:
     return start, end
 
 
-def record_run_outcome(store: wh.Warehouse, run: dg.DagsterRun) -> int:
+def record_run_outcome(store: wh.WarehouseAccess, run: dg.DagsterRun) -> int:
     """Write one `wearable_sync` event per patient of a finished sync run and close its sync requests.
 
     Returns the number of events written (0 for runs that synced nobody). Safe to call again for the same run.
@@ -108,13 +107,11 @@ def build_event_sensor() -> dg.SensorDefinition:
             ascending=True,
             limit=100,
         )
-        store = warehouse.warehouse()
-        store.ensure_schema()
         written = runs = 0
         newest = float(context.cursor) if context.cursor else 0.0
         for record in records:
             if _is_sync_run(record.dagster_run):
-                written += record_run_outcome(store, record.dagster_run)
+                written += record_run_outcome(warehouse, record.dagster_run)
                 runs += 1
             newest = max(newest, record.update_timestamp.timestamp())
         context.update_cursor(str(newest))
@@ -126,10 +123,10 @@ def build_event_sensor() -> dg.SensorDefinition:
     return wearable_sync_events
 
 
-def build_sync_request_sensor(job: UnresolvedAssetJobDefinition, first_day: date) -> dg.SensorDefinition:
+def build_sync_request_sensor(first_day: date) -> dg.SensorDefinition:
     @dg.sensor(
         name="oura_sync_requests",
-        job=job,
+        job_name=SYNC_JOB_NAME,
         minimum_interval_seconds=10,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Turns sync requests queued by the connection API into one run per request.",
@@ -137,9 +134,7 @@ def build_sync_request_sensor(job: UnresolvedAssetJobDefinition, first_day: date
     def oura_sync_requests(
         context: dg.SensorEvaluationContext, warehouse: WarehouseResource
     ) -> Iterator[dg.RunRequest | dg.SkipReason]:
-        store = warehouse.warehouse()
-        store.ensure_schema()
-        with store.connect("sensor: read queued sync requests") as conn:
+        with warehouse.connect("sensor: read queued sync requests") as conn:
             queued = wh.queued_sync_requests(conn, limit=50)
         if not queued:
             yield dg.SkipReason("no queued sync requests")
@@ -148,7 +143,7 @@ def build_sync_request_sensor(job: UnresolvedAssetJobDefinition, first_day: date
         for request in queued:
             start, end = max(request.start_day, first_day), min(request.end_day, last_day)
             if end < start:
-                with store.transaction("sensor: reject an empty sync request") as conn:
+                with warehouse.transaction("sensor: reject an empty sync request") as conn:
                     wh.mark_sync_request(
                         conn, request.sync_id, "failed", result={"errors": [{"code": "empty_range"}]}
                     )
