@@ -38,15 +38,17 @@ RAW_DESCRIPTIONS = {
     "heartrate": "Oura heart-rate samples, one row per (timestamp, source), fetched in <= 30-day windows.",
 }
 # Local days need offsets; a day without a daily document borrows the nearest known one within this margin.
+#
+# The daily stats read the raw daily documents this far either side of their days, and that read is NOT
+# declared as `dg.AssetDep(raw, partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-31,
+# end_offset=31))`: tried with dagster 1.13.27, it breaks the single-run backfills every run here relies on.
+# An asset backfill of 4 days over all assets then targets the daily stats over 66 days (every day whose
+# window touches the 4), and Dagster will not put them in the raw assets' run ("parent oura_raw/daily_activity
+# is requesting a different set of partitions ... cannot be grouped together in the same run"), so a second
+# run over 66 days would follow. Without the mapping one run covers all six assets. (`dagster asset
+# materialize` of one day, or of today's partition, ran either way.) The margin is a fallback, not the
+# data the day is built from: a day's own daily documents give its offset whenever they exist.
 OFFSET_SEARCH_MARGIN = timedelta(days=31)
-# That read, declared: the daily stats of a day depend on the raw daily documents of the days around it.
-# Partitions past either end of the partition set (before the start date, after today) simply do not exist.
-OFFSET_SEARCH_MAPPING = dg.TimeWindowPartitionMapping(
-    start_offset=-OFFSET_SEARCH_MARGIN.days,
-    end_offset=OFFSET_SEARCH_MARGIN.days,
-    allow_nonexistent_upstream_partitions=True,
-)
-DAILY_RAW = ("daily_readiness", "sleep", "daily_activity")
 
 
 def _day_range(context: dg.AssetExecutionContext) -> tuple[date, date]:
@@ -194,12 +196,7 @@ def build_graph_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
 
     @dg.asset(
         key=DAILY_STATS_KEY,
-        deps=[
-            WEARABLE_DATA_KEY,
-            RAW_KEYS["heartrate"],
-            # The offsets that cut a local day are read from the daily documents up to a margin either side.
-            *(dg.AssetDep(RAW_KEYS[name], partition_mapping=OFFSET_SEARCH_MAPPING) for name in DAILY_RAW),
-        ],
+        deps=[WEARABLE_DATA_KEY, RAW_KEYS["heartrate"]],
         partitions_def=partitions_def,
         backfill_policy=dg.BackfillPolicy.single_run(),
         group_name=GRAPH_GROUP,
