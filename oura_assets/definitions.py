@@ -9,7 +9,7 @@ import dagster as dg
 from oura_assets.config import load_settings
 from oura_assets.defs import checks
 from oura_assets.defs.assets import build_graph_assets, build_raw_assets
-from oura_assets.defs.jobs import build_sync_job
+from oura_assets.defs.jobs import sync_job
 from oura_assets.defs.partitions import daily_partitions
 from oura_assets.defs.resources import OuraResource, WarehouseResource
 from oura_assets.defs.schedules import build_nightly_schedule
@@ -21,15 +21,14 @@ from oura_assets.defs.watchdog import build_run_worker_watchdog
 def defs() -> dg.Definitions:
     settings = load_settings()
     partitions = daily_partitions(settings.start_date)
-    sync_job = build_sync_job()
     return dg.Definitions(
         assets=[build_raw_assets(partitions), *build_graph_assets(partitions)],
         asset_checks=dg.load_asset_checks_from_modules([checks]),
         jobs=[sync_job],
-        schedules=[build_nightly_schedule(sync_job, settings.start_date)],
+        schedules=[build_nightly_schedule(settings.start_date)],
         sensors=[
             build_event_sensor(),
-            build_sync_request_sensor(sync_job, settings.start_date),
+            build_sync_request_sensor(settings.start_date),
             build_run_worker_watchdog(),
         ],
         # Steps run in the run worker itself, never in child processes: killing a run's process ends all of

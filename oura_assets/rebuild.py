@@ -32,7 +32,7 @@ class RebuildOutcome:
 
 
 def patients_to_normalize(
-    warehouse: wh.Warehouse, start: date, end: date, patient_id: str | None = None
+    warehouse: wh.WarehouseAccess, start: date, end: date, patient_id: str | None = None
 ) -> list[str]:
     """The run's patient, or everyone with raw data in the window: normalizing is a pure function of raw."""
     if patient_id:
@@ -112,7 +112,7 @@ def write_daily_stats(
 
 def rebuild_per_patient(
     *,
-    warehouse: wh.Warehouse,
+    warehouse: wh.WarehouseAccess,
     table: str,
     write: Writer,
     start: date,

@@ -135,7 +135,7 @@ def sync_patient(
     *,
     patient_id: str,
     client: OuraClient,
-    warehouse: wh.Warehouse,
+    warehouse: wh.WarehouseAccess,
     start: date,
     end: date,
     collections: Iterable[str] = ALL_COLLECTIONS,
@@ -247,7 +247,7 @@ class RunOutcome:
 
 
 def claim_patients(
-    warehouse: wh.Warehouse, *, run_id: str, patient_id: str | None = None, sync_ids: Sequence[str] = ()
+    warehouse: wh.WarehouseAccess, *, run_id: str, patient_id: str | None = None, sync_ids: Sequence[str] = ()
 ) -> list[str]:
     """The patients a run syncs (every active connection, or the one named), marking its sync requests
     `running` in the same transaction."""
@@ -257,7 +257,9 @@ def claim_patients(
     return patients
 
 
-def _record(warehouse: wh.Warehouse, run_id: str, result: PatientSyncResult, start: date, end: date) -> None:
+def _record(
+    warehouse: wh.WarehouseAccess, run_id: str, result: PatientSyncResult, start: date, end: date
+) -> None:
     """Record a patient's result and what it says about the connection, in one transaction."""
     with warehouse.transaction("record a patient's sync result") as conn:
         ledger.record_patient_result(
@@ -282,7 +284,7 @@ def sync_patients(
     *,
     patients: Sequence[str],
     client_for: Callable[[str], OuraClient],
-    warehouse: wh.Warehouse,
+    warehouse: wh.WarehouseAccess,
     start: date,
     end: date,
     run_id: str,

@@ -139,7 +139,7 @@ class PatientTokens:
     def __init__(
         self,
         patient_id: str,
-        warehouse: wh.Warehouse,
+        warehouse: wh.WarehouseAccess,
         cipher: TokenCipher,
         oauth_app: RefreshingOAuthApp,
         lock_dir: Path | str,

@@ -12,6 +12,7 @@ from datetime import date, timedelta
 import dagster as dg
 
 from oura_assets import rebuild
+from oura_assets.defs.metadata import table_metadata
 from oura_assets.defs.partitions import PATIENT_TAG, PATIENTS_FAILED_TAG, PATIENTS_OK_TAG, SYNC_IDS_TAG
 from oura_assets.defs.resources import OuraResource, WarehouseResource
 from oura_assets.sync import RunOutcome, claim_patients, sync_patients
@@ -37,6 +38,16 @@ RAW_DESCRIPTIONS = {
     "heartrate": "Oura heart-rate samples, one row per (timestamp, source), fetched in <= 30-day windows.",
 }
 # Local days need offsets; a day without a daily document borrows the nearest known one within this margin.
+#
+# The daily stats read the raw daily documents this far either side of their days, and that read is NOT
+# declared as `dg.AssetDep(raw, partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-31,
+# end_offset=31))`: tried with dagster 1.13.27, it breaks the single-run backfills every run here relies on.
+# An asset backfill of 4 days over all assets then targets the daily stats over 66 days (every day whose
+# window touches the 4), and Dagster will not put them in the raw assets' run ("parent oura_raw/daily_activity
+# is requesting a different set of partitions ... cannot be grouped together in the same run"), so a second
+# run over 66 days would follow. Without the mapping one run covers all six assets. (`dagster asset
+# materialize` of one day, or of today's partition, ran either way.) The margin is a fallback, not the
+# data the day is built from: a day's own daily documents give its offset whenever they exist.
 OFFSET_SEARCH_MARGIN = timedelta(days=31)
 
 
@@ -66,6 +77,14 @@ def _summary_metadata(outcome: RunOutcome, rows: dict[str, int]) -> dict[str, dg
     }
 
 
+def _raw_table_metadata(name: str) -> dict[str, object]:
+    # An asset's table is the one it is named after. Raw `sleep` also lands `daily_sleep`, listed in `tables`:
+    # `oura_raw.sleep` is its primary table because the periods are what the normalizers read most (sleep,
+    # hrv, the main period), and both are document tables with the same columns, so its schema fits both.
+    primary = f"oura_raw.{name}"
+    return table_metadata(primary, *(f"oura_raw.{c}" for c in RAW_ASSETS[name] if f"oura_raw.{c}" != primary))
+
+
 def build_raw_assets(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     specs = [
         dg.AssetSpec(
@@ -73,7 +92,7 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefini
             description=RAW_DESCRIPTIONS[name],
             group_name=RAW_GROUP,
             kinds={"duckdb"},
-            metadata={"tables": [f"oura_raw.{c}" for c in RAW_ASSETS[name]]},
+            metadata=_raw_table_metadata(name),
             skippable=True,
         )
         for name, key in RAW_KEYS.items()
@@ -92,17 +111,15 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefini
         """Fetch the partition range from Oura for each patient and mirror it into `oura_raw.*`."""
         start, end = _day_range(context)
         selected = [name for name, key in RAW_KEYS.items() if key in context.selected_asset_keys]
-        store = warehouse.warehouse()
-        store.ensure_schema()
         run_id = context.run.run_id
         patients = claim_patients(
-            store, run_id=run_id, patient_id=_run_patient(context), sync_ids=_sync_ids(context)
+            warehouse, run_id=run_id, patient_id=_run_patient(context), sync_ids=_sync_ids(context)
         )
         with oura.session() as session:
             outcome = sync_patients(
                 patients=patients,
-                client_for=lambda patient_id: session.client_for(patient_id, store),
-                warehouse=store,
+                client_for=lambda patient_id: session.client_for(patient_id, warehouse),
+                warehouse=warehouse,
                 start=start,
                 end=end,
                 run_id=run_id,
@@ -137,7 +154,7 @@ def _rebuild(
     start, end = _day_range(context)
     run_id = context.run.run_id
     outcome = rebuild.rebuild_per_patient(
-        warehouse=warehouse.warehouse(),
+        warehouse=warehouse,
         table=table,
         write=write,
         start=start,
@@ -165,6 +182,7 @@ def build_graph_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         backfill_policy=dg.BackfillPolicy.single_run(),
         group_name=GRAPH_GROUP,
         kinds={"duckdb"},
+        metadata=table_metadata("patient_graph.wearable_data"),
     )
     def wearable_data(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource
@@ -183,6 +201,7 @@ def build_graph_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         backfill_policy=dg.BackfillPolicy.single_run(),
         group_name=GRAPH_GROUP,
         kinds={"duckdb"},
+        metadata=table_metadata("patient_graph.patient_wearable_daily_stats"),
     )
     def patient_wearable_daily_stats(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource

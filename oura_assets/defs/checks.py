@@ -14,7 +14,7 @@ from oura_assets.normalize import METRIC_KEYS
 
 @dg.asset_check(asset=WEARABLE_DATA_KEY, description="Every row's metrics carry exactly the documented keys.")
 def wearable_data_metric_keys(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    with warehouse.get_connection("check: wearable_data metric keys") as conn:
+    with warehouse.connect("check: wearable_data metric keys") as conn:
         shapes = wh.wearable_data_key_shapes(conn)
     wrong = {
         f"{metric_type}: {sorted(keys)}": count
@@ -32,7 +32,7 @@ def wearable_data_metric_keys(warehouse: WarehouseResource) -> dg.AssetCheckResu
     description="Patients whose Oura connection needs them to act: reconnect, or renew their membership.",
 )
 def connections_need_attention(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    with warehouse.get_connection("check: connections") as conn:
+    with warehouse.connect("check: connections") as conn:
         rows = wh.connections_needing_attention(conn)
     return dg.AssetCheckResult(
         passed=not rows,
@@ -48,6 +48,6 @@ def connections_need_attention(warehouse: WarehouseResource) -> dg.AssetCheckRes
     asset=DAILY_STATS_KEY, description="Daily stats agree with wearable_data and cover the same patient-days."
 )
 def daily_stats_agree_with_wearable_data(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    with warehouse.get_connection("check: daily stats agreement") as conn:
+    with warehouse.connect("check: daily stats agreement") as conn:
         mismatched = wh.daily_stats_mismatched_days(conn)
     return dg.AssetCheckResult(passed=mismatched == 0, metadata={"mismatched_days": mismatched})

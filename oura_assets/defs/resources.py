@@ -1,45 +1,66 @@
 """Dagster resources: the DuckDB warehouse and the Oura API.
 
-Secrets (client secret, Fernet keys) are deliberately not resource config: they are read from the environment
-by `config.load_settings` when a run starts, through the same code the connection API uses, so both processes
-agree on them and no secret ever reaches run config, the UI's resource page or event logs. The resources carry
-only non-secret knobs.
+Their knobs (the warehouse file and lock wait, Oura timeouts, retries and concurrency) are resource config,
+so a run can change them in its run config and the UI's resource page shows them.
+
+The secrets (Oura client secret, Fernet keys) are not `dg.EnvVar` fields: they come from
+`config.load_settings` when a run starts, the same function the connection API calls. Not because an
+EnvVar would leak (the UI and run config show an EnvVar's variable name, never its value), but because the
+API is not a Dagster process and must agree with the runs on every one of these values: one Fernet key list
+encrypts and decrypts the same tokens on both sides. `load_settings` is also where the values get their rules,
+which an EnvVar cannot express: demo mode fills them from secrets generated into `data/` (mode 0600), a
+Fernet key list is checked when read, and a missing one stops start-up with one line naming the variable. Two
+paths to the same secrets would be two places for them to drift apart; one stays.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 import dagster as dg
+import duckdb
 import httpx
-from dagster_duckdb import DuckDBResource
+from pydantic import Field
 
+from oura_assets import warehouse as wh
 from oura_assets.config import Settings, load_settings
 from oura_assets.oura.client import OuraClient, RetryPolicy
 from oura_assets.oura.oauth import OuraOAuthApp
 from oura_assets.tokens import PatientTokens, TokenCipher
-from oura_assets.warehouse import Warehouse
 
 
-class WarehouseResource(DuckDBResource):
+class WarehouseResource(dg.ConfigurableResource):
     """The DuckDB warehouse, shared by runs, sensors and the connection API.
 
-    A DuckDBResource whose connections go through `Warehouse.connect`: a cross-process lock taken only for the
-    block, so a long run never starves the API, and a clear `WarehouseBusy` naming the holder instead of a
-    raw DuckDB lock error.
+    Connections go through `warehouse.Warehouse`: a cross-process lock taken only for the block, so a long run
+    never starves the API, and a clear `WarehouseBusy` naming the holder instead of a raw DuckDB lock error.
+    It offers the same `connect` / `transaction` as a `Warehouse` (`wh.WarehouseAccess`), so assets hand the
+    resource itself to the plain code (sync, rebuild, tokens): one way in.
     """
 
-    lock_timeout_s: float = 120.0
+    database: str = Field(description="Path of the DuckDB file (`OURA_ASSETS_WAREHOUSE`).")
+    lock_timeout_s: float = Field(
+        default=120.0,
+        description="How long a block waits for the warehouse lock before `WarehouseBusy` (seconds).",
+    )
 
-    def warehouse(self) -> Warehouse:
-        return Warehouse(self.database, lock_timeout_s=self.lock_timeout_s)
+    def connect(
+        self, purpose: str, timeout_s: float | None = None
+    ) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
+        """A connection held for the block; `purpose` names the holder to whoever waits."""
+        return self._warehouse().connect(purpose, timeout_s)
 
-    @contextmanager
-    def get_connection(self, purpose: str = "dagster"):  # type: ignore[override]
-        with self.warehouse().connect(purpose) as conn:
-            yield conn
+    def transaction(
+        self, purpose: str, timeout_s: float | None = None
+    ) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
+        """`connect` inside BEGIN / COMMIT: all of the block's writes land, or none do."""
+        return self._warehouse().transaction(purpose, timeout_s)
+
+    def _warehouse(self) -> wh.Warehouse:
+        # Cheap to build: the lock state lives per file and process inside `warehouse.lock`.
+        return wh.Warehouse(self.database, lock_timeout_s=self.lock_timeout_s)
 
 
 @dataclass
@@ -52,7 +73,7 @@ class OuraSession:
     http: httpx.Client
     retry: RetryPolicy
 
-    def client_for(self, patient_id: str, warehouse: Warehouse) -> OuraClient:
+    def client_for(self, patient_id: str, warehouse: wh.WarehouseAccess) -> OuraClient:
         tokens = PatientTokens(
             patient_id=patient_id,
             warehouse=warehouse,
@@ -65,14 +86,24 @@ class OuraSession:
 
 
 class OuraResource(dg.ConfigurableResource):
-    """The Oura Cloud API v2 (or the bundled simulator in demo mode), with OAuth refresh per patient."""
+    """The Oura Cloud API v2 (or the bundled simulator in demo mode), with OAuth refresh per patient.
 
-    request_timeout_s: float = 30.0
-    max_attempts: int = 5
-    max_rate_limit_wait_s: float = 300.0
-    # Patients fetched at once in a run. Oura allows about 5,000 requests per 5 minutes per application;
-    # 4 patients in flight at a few hundred ms per request stays well inside it, and 429s are waited out.
-    max_concurrent_patients: int = 4
+    URLs, client id and secrets come from `load_settings` (see the module docstring for why).
+    """
+
+    request_timeout_s: float = Field(
+        default=30.0, description="Timeout of one HTTP request to Oura (seconds)."
+    )
+    max_attempts: int = Field(
+        default=5, description="Attempts per request on 5xx, timeouts and dropped links."
+    )
+    max_rate_limit_wait_s: float = Field(
+        default=300.0,
+        description="Total time one client call (all its pages) may wait out 429s and retries (seconds).",
+    )
+    # Oura allows about 5,000 requests per 5 minutes per application; 4 patients in flight at a few hundred ms
+    # per request stays well inside it, and 429s are waited out.
+    max_concurrent_patients: int = Field(default=4, description="Patients fetched at once in a run.")
 
     @contextmanager
     def session(self) -> Iterator[OuraSession]:

@@ -8,9 +8,9 @@ documents after the fact, so each night re-reads the last few days too
 from datetime import date, timedelta
 
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from oura_assets.config import load_settings
+from oura_assets.defs.jobs import SYNC_JOB_NAME
 from oura_assets.defs.partitions import TRIGGER_TAG, partition_range_tags
 
 
@@ -20,12 +20,12 @@ def nightly_range(scheduled_day: date, lookback_days: int, first_day: date) -> t
     return max(first_day, end - timedelta(days=lookback_days)), end
 
 
-def build_nightly_schedule(job: UnresolvedAssetJobDefinition, first_day: date) -> dg.ScheduleDefinition:
+def build_nightly_schedule(first_day: date) -> dg.ScheduleDefinition:
     @dg.schedule(
         name="sync_wearables_daily",
         cron_schedule="0 3 * * *",
         execution_timezone="UTC",
-        job=job,
+        job_name=SYNC_JOB_NAME,
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description="Nightly Oura sync for every active patient: yesterday plus the lookback window.",
     )

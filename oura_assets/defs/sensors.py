@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from oura_assets import ledger
 from oura_assets import warehouse as wh
@@ -52,7 +51,7 @@ def finished_run(run: dg.DagsterRun) -> ledger.FinishedRun:
     )
 
 
-def record_run_outcome(store: wh.Warehouse, run: dg.DagsterRun) -> int | None:
+def record_run_outcome(store: wh.WarehouseAccess, run: dg.DagsterRun) -> int | None:
     """Write one `wearable_sync` event per patient of a finished sync run and close its sync requests.
 
     Returns the number of events written (0 for runs that synced nobody), or None when the ledger had
@@ -127,10 +126,9 @@ def build_event_sensor() -> dg.SensorDefinition:
             if r.dagster_run.run_id not in cursor.handled and _is_sync_run(r.dagster_run)
         ]
         # Nothing new: the warehouse is not opened at all (every connection takes its writer lock).
-        store = warehouse.warehouse()
         written = runs = 0
         for run in fresh:
-            events = record_run_outcome(store, run)
+            events = record_run_outcome(warehouse, run)
             if events is not None:
                 written += events
                 runs += 1
@@ -143,10 +141,10 @@ def build_event_sensor() -> dg.SensorDefinition:
     return wearable_sync_events
 
 
-def build_sync_request_sensor(job: UnresolvedAssetJobDefinition, first_day: date) -> dg.SensorDefinition:
+def build_sync_request_sensor(first_day: date) -> dg.SensorDefinition:
     @dg.sensor(
         name="oura_sync_requests",
-        job=job,
+        job_name=SYNC_JOB_NAME,
         minimum_interval_seconds=10,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Turns sync requests queued by the connection API into one run per request.",
@@ -154,9 +152,7 @@ def build_sync_request_sensor(job: UnresolvedAssetJobDefinition, first_day: date
     def oura_sync_requests(
         context: dg.SensorEvaluationContext, warehouse: WarehouseResource
     ) -> Iterator[dg.RunRequest | dg.SkipReason]:
-        store = warehouse.warehouse()
-        store.ensure_schema()
-        with store.connect("sensor: read queued sync requests") as conn:
+        with warehouse.connect("sensor: read queued sync requests") as conn:
             queued = wh.queued_sync_requests(conn, limit=50)
         if not queued:
             yield dg.SkipReason("no queued sync requests")
@@ -165,7 +161,7 @@ def build_sync_request_sensor(job: UnresolvedAssetJobDefinition, first_day: date
         for request in queued:
             start, end = max(request.start_day, first_day), min(request.end_day, last_day)
             if end < start:
-                with store.transaction("sensor: reject an empty sync request") as conn:
+                with warehouse.transaction("sensor: reject an empty sync request") as conn:
                     ledger.reject_request(conn, request.sync_id, code="empty_range")
                 continue
             yield dg.RunRequest(

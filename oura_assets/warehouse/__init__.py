@@ -7,7 +7,8 @@ Tables are the public contract: writes are idempotent (primary keys, a window re
 and values always travel as parameters. The modules, by what they own:
 
 - `lock`: the cross-process writer lock and `WarehouseBusy`, which names the holder.
-- `database`: `Warehouse`, opening DuckDB under that lock (`connect` / `transaction`).
+- `database`: `Warehouse`, opening DuckDB under that lock (`connect` / `transaction`); `WarehouseAccess`,
+  the shape callers take (a `Warehouse` or the Dagster resource).
 - `schema`: every table described once as data (`TABLES`); `migrations` creates them from it.
 - `staging`: bulk rows staged as JSON and mirrored into a window.
 - `raw`, `normalized`: the `oura_raw` tables, `wearable_data` and the daily stats.
@@ -35,7 +36,7 @@ from oura_assets.warehouse.connections import (
     set_connection_status,
     upsert_connection,
 )
-from oura_assets.warehouse.database import Warehouse
+from oura_assets.warehouse.database import Warehouse, WarehouseAccess
 from oura_assets.warehouse.lock import DEFAULT_RETRY_AFTER_S, WarehouseBusy, WarehouseHolder
 from oura_assets.warehouse.migrations import SCHEMA_VERSION
 from oura_assets.warehouse.migrations import _migrate as _migrate
@@ -89,6 +90,7 @@ __all__ = [
     "SyncResultRecord",
     "Table",
     "Warehouse",
+    "WarehouseAccess",
     "WarehouseBusy",
     "WarehouseHolder",
     "add_sync_result_rows",

@@ -12,7 +12,9 @@ import logging
 import re
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Protocol
 
 import duckdb
 
@@ -25,6 +27,19 @@ logger = logging.getLogger(__name__)
 # (PID 4242). See also https://duckdb.org/docs/current/connect/concurrency'
 _DUCKDB_LOCK_ERROR = "could not set lock on file"
 _DUCKDB_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<pid>\d+)\)")
+
+
+class WarehouseAccess(Protocol):
+    """What code outside the warehouse needs of it: `Warehouse`, or the Dagster resource that wraps one, so
+    sync, rebuild and tokens take either and a run's code has one way in (`defs/resources.py`)."""
+
+    def connect(
+        self, purpose: str, timeout_s: float | None = None
+    ) -> AbstractContextManager[duckdb.DuckDBPyConnection]: ...
+
+    def transaction(
+        self, purpose: str, timeout_s: float | None = None
+    ) -> AbstractContextManager[duckdb.DuckDBPyConnection]: ...
 
 
 class Warehouse:
