@@ -73,6 +73,11 @@ class OuraResource(dg.ConfigurableResource):
     # Patients fetched at once in a run. Oura allows about 5,000 requests per 5 minutes per application;
     # 4 patients in flight at a few hundred ms per request stays well inside it, and 429s are waited out.
     max_concurrent_patients: int = 4
+    # A collection still failing after the client's retries (5xx, dropped connections, 429 beyond the wait) is
+    # fetched again this many more times in the same run, after a cool-down: Oura's last Retry-After, else
+    # this many seconds (`sync.RefetchPolicy`). Only then is the patient called partial.
+    refetch_passes: int = 2
+    refetch_cool_down_s: float = 5.0
 
     @contextmanager
     def session(self) -> Iterator[OuraSession]:
