@@ -17,12 +17,15 @@ import duckdb
 
 from oura_assets import ledger, normalize
 from oura_assets import warehouse as wh
-from oura_assets.sync import RunLog, SyncError, heartrate_window
+from oura_assets.domain import HEARTRATE
+from oura_assets.sync import FETCH_FAILURE_CODES, RunLog, SyncError, heartrate_window
 
 log = logging.getLogger(__name__)
 
-# Writes one patient's rows of a table for days [start, end] from the documents read around them.
-Writer = Callable[[duckdb.DuckDBPyConnection, str, date, date, dict[str, list[dict]]], int]
+# Writes one patient's rows of a table for days [start, end] from the documents read around them; the last
+# argument names the collections this run could not fetch for the patient (their raw tables hold what
+# earlier runs landed).
+Writer = Callable[[duckdb.DuckDBPyConnection, str, date, date, dict[str, list[dict]], frozenset[str]], int]
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,35 @@ def report_rejected(
     ledger.mark_partial(conn, run_id=run_id, patient_id=patient_id, errors=[e.to_dict() for e in rejected])
 
 
+def fetch_failures(conn: duckdb.DuckDBPyConnection, run_id: str, patient_id: str) -> frozenset[str]:
+    """The collections whose fetch failed for the patient in this run (after every refetch pass)."""
+    return frozenset(
+        str(error["collection"])
+        for result in wh.sync_results_for_run(conn, run_id)
+        if result.patient_id == patient_id
+        for error in result.errors
+        if error.get("code") in FETCH_FAILURE_CODES and error.get("collection")
+    )
+
+
+def keep_earlier_heart_rate(
+    computed: dict[date, normalize.HeartRateDayStats], earlier: dict[date, wh.DailyHeartRate]
+) -> tuple[dict[date, normalize.HeartRateDayStats], list[date]]:
+    """Heart-rate figures when this run could not fetch heart rate: a day keeps the figures stored before
+    (what was fetched when Oura answered), and only a day without any takes what the raw table gives.
+    Returns the figures and the days that kept theirs."""
+    merged = dict(computed)
+    for day, figures in earlier.items():
+        merged[day] = normalize.HeartRateDayStats(
+            hr_min=figures.hr_min,
+            hr_max=figures.hr_max,
+            hr_avg=figures.hr_avg,
+            hr_samples=figures.hr_samples,
+            utc_offset=timedelta(minutes=figures.utc_offset_minutes),
+        )
+    return merged, sorted(earlier)
+
+
 def _wearable_rows(patient_id: str, docs: dict[str, list[dict]]) -> list[normalize.WearableRow]:
     return normalize.wearable_rows(
         patient_id, docs["daily_readiness"], docs["daily_sleep"], docs["sleep"], docs["daily_activity"]
@@ -89,15 +121,29 @@ def _in_window(docs: dict[str, list[dict]], start: date, end: date) -> dict[str,
 
 
 def write_wearable_data(
-    conn: duckdb.DuckDBPyConnection, patient_id: str, start: date, end: date, nearby: dict[str, list[dict]]
+    conn: duckdb.DuckDBPyConnection,
+    patient_id: str,
+    start: date,
+    end: date,
+    nearby: dict[str, list[dict]],
+    failed: frozenset[str] = frozenset(),
 ) -> int:
+    # A collection whose fetch failed was left as it was in the raw tables, so rebuilding from raw keeps the
+    # rows earlier runs built from it: nothing more to do for `failed` here.
     rows = _wearable_rows(patient_id, _in_window(nearby, start, end))
     return wh.replace_wearable_data(conn, patient_id, start, end, rows, datetime.now(UTC))
 
 
 def write_daily_stats(
-    conn: duckdb.DuckDBPyConnection, patient_id: str, start: date, end: date, nearby: dict[str, list[dict]]
+    conn: duckdb.DuckDBPyConnection,
+    patient_id: str,
+    start: date,
+    end: date,
+    nearby: dict[str, list[dict]],
+    failed: frozenset[str] = frozenset(),
 ) -> int:
+    """Rebuild the patient's daily stats for [start, end]. When this run could not fetch heart rate, a day
+    keeps the heart-rate figures it had: a fetch failure is not a day without heart rate."""
     # Offsets come from the wider span: a day without its own daily document borrows the nearest one.
     offsets = normalize.day_offsets(
         nearby["daily_readiness"], nearby["daily_sleep"], nearby["daily_activity"]
@@ -105,6 +151,17 @@ def write_daily_stats(
     days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
     samples = wh.read_raw_heartrate(conn, patient_id, *heartrate_window(start, end))
     hr_stats = normalize.heart_rate_day_stats(samples, offsets, days)
+    if HEARTRATE in failed:
+        earlier = wh.read_daily_heart_rate(conn, patient_id, start, end)
+        hr_stats, kept = keep_earlier_heart_rate(hr_stats, earlier)
+        without = [d for d in days if d not in hr_stats or hr_stats[d].hr_samples == 0]
+        log.warning(
+            "patient %s: heart rate could not be fetched in this run; kept the earlier heart-rate figures "
+            "of %d day(s), %d day(s) have none yet (a fetch failure, not days without heart rate)",
+            patient_id,
+            len(kept),
+            len(without),
+        )
     wearable = _wearable_rows(patient_id, _in_window(nearby, start, end))
     rows = normalize.daily_stats_rows(patient_id, wearable, hr_stats, offsets)
     return wh.replace_daily_stats(conn, patient_id, start, end, rows, datetime.now(UTC))
@@ -134,7 +191,13 @@ def rebuild_per_patient(
         with warehouse.transaction(f"{purpose}: write {table}") as conn:
             nearby, rejected = read_daily_documents(conn, patient, start, end, margin)
             report_rejected(conn, run_id, patient, rejected, progress)
-            written = write(conn, patient, start, end, nearby)
+            failed = fetch_failures(conn, run_id, patient)
+            if failed:
+                progress.warning(
+                    f"patient {patient}: {', '.join(sorted(failed))} could not be fetched in this run; "
+                    f"{table} keeps what earlier runs landed for them"
+                )
+            written = write(conn, patient, start, end, nearby, failed)
             ledger.add_rows(conn, run_id=run_id, patient_id=patient, rows={table: written})
         total += written
         if len(patients) > 20 and n % 20 == 0:

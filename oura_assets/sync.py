@@ -43,6 +43,14 @@ ALL_COLLECTIONS = RAW_COLLECTIONS
 # Patient-side failures: the patient (or their Oura account) must act, not us. They leave the run green and
 # surface in the connection's status, the sync event and the asset checks.
 PATIENT_SIDE_CODES = frozenset({"reconnect_required", "subscription_expired", "forbidden"})
+# Oura could not answer (5xx, timeouts, dropped connections, 429 beyond the wait): worth another pass after a
+# cool-down, and, when it survives every pass, Oura's outage rather than anything the patient did.
+OURA_UNAVAILABLE_CODES = frozenset({"oura_unavailable", "rate_limited"})
+# A collection's fetch failed (as opposed to documents screened out of a fetch that worked): the raw table
+# still holds what an earlier run landed for it, and the rebuild must not present that gap as missing data.
+FETCH_FAILURE_CODES = frozenset(
+    {*OURA_UNAVAILABLE_CODES, "forbidden", "unauthorized", "bad_payload", "oura_error"}
+)
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,31 @@ class PatientSyncResult:
     def patient_side(self) -> bool:
         """True when every error is the patient's to fix (reconnect, membership, consent)."""
         return bool(self.errors) and all(e.code in PATIENT_SIDE_CODES for e in self.errors)
+
+
+@dataclass(frozen=True)
+class RefetchPolicy:
+    """Later passes of the same run over the collections that still failed after the client's own retries.
+
+    The client retries one request a few times within seconds; an outage of a minute outlasts that. So a
+    collection that failed with `OURA_UNAVAILABLE_CODES` is fetched again, up to `passes` more times, after a
+    cool-down: the last `Retry-After` Oura sent (capped at `max_cool_down_s`), else `cool_down_s`. Only
+    then is the patient called partial. `sleep` is injectable so tests need not wait.
+    """
+
+    passes: int = 2
+    cool_down_s: float = 5.0
+    max_cool_down_s: float = 60.0
+    sleep: Callable[[float], None] = field(default=clock.sleep, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.passes < 0 or self.cool_down_s < 0 or self.max_cool_down_s < 0:
+            raise ValueError(f"RefetchPolicy values must not be negative: {self}")
+
+    def cool_down(self, retry_after_s: float | None) -> float:
+        """Seconds to wait before the next pass: Oura's last `Retry-After` when it sent one."""
+        wait = self.cool_down_s if retry_after_s is None else max(retry_after_s, 0.0)
+        return min(wait, self.max_cool_down_s)
 
 
 def heartrate_window(start: date, end: date) -> tuple[datetime, datetime]:
@@ -125,6 +158,18 @@ def _classify(error: OuraError, collection: str) -> SyncError:
     return SyncError("oura_error", error.message, collection)
 
 
+def _fetch(
+    client: OuraClient, collection: str, start: date, end: date
+) -> tuple[list[dict[str, Any]], list[SyncError]]:
+    """One collection's documents (or heart-rate samples) for local days [start, end], and what was screened
+    out of them."""
+    if collection == "heartrate":
+        return screen_samples(client.heartrate(*heartrate_window(start, end)))
+    batch = client.documents(collection, start, end)
+    rejected = [SyncError("rejected_document", r.reason, collection) for r in batch.rejected]
+    return batch.documents, rejected
+
+
 def _status(fetched: int, wanted: int, errors: Sequence[SyncError]) -> str:
     if fetched == 0:
         return "failed"
@@ -140,30 +185,54 @@ def sync_patient(
     end: date,
     collections: Iterable[str] = ALL_COLLECTIONS,
     purpose: str = "sync",
+    refetch: RefetchPolicy = RefetchPolicy(),
 ) -> PatientSyncResult:
-    """Fetch `collections` for local days [start, end] and replace the patient's raw window with them."""
+    """Fetch `collections` for local days [start, end] and replace the patient's raw window with them.
+
+    A collection Oura could not serve is fetched again in later passes (`refetch`) before it counts as
+    failed; a collection that failed keeps what earlier runs landed in its raw table.
+    """
     wanted = [c for c in ALL_COLLECTIONS if c in set(collections)]
     fetched: dict[str, list[dict[str, Any]]] = {}
-    errors: list[SyncError] = []
-    for collection in wanted:
+    failures: dict[str, tuple[SyncError, OuraError]] = {}
+    notes: list[SyncError] = []
+    pending = wanted
+    for attempt in range(refetch.passes + 1):
+        if attempt:
+            retry_after = [
+                exc.retry_after_s
+                for _, exc in failures.values()
+                if isinstance(exc, OuraRateLimited) and exc.retry_after_s is not None
+            ]
+            wait = refetch.cool_down(max(retry_after, default=None))
+            log.warning(
+                "patient %s: %s still failing (%s); fetching again in %.1f s (pass %d of %d)",
+                patient_id,
+                ", ".join(pending),
+                ", ".join(sorted({failures[c][0].code for c in pending})),
+                wait,
+                attempt + 1,
+                refetch.passes + 1,
+            )
+            refetch.sleep(wait)
         try:
-            if collection == "heartrate":
-                fetched[collection], rejected = screen_samples(
-                    client.heartrate(*heartrate_window(start, end))
-                )
-                errors.extend(rejected)
-            else:
-                batch = client.documents(collection, start, end)
-                fetched[collection] = batch.documents
-                errors.extend(
-                    SyncError("rejected_document", rejected.reason, collection) for rejected in batch.rejected
-                )
+            for collection in pending:
+                try:
+                    fetched[collection], screened = _fetch(client, collection, start, end)
+                    notes.extend(screened)
+                    failures.pop(collection, None)
+                except ReconnectRequired:
+                    raise
+                except OuraError as exc:
+                    failures[collection] = (_classify(exc, collection), exc)
         except ReconnectRequired as exc:
             # The refresh token was refused: nothing more can be fetched for this patient until they
             # reconnect, and retrying would only spend requests. tokens.py has already flagged the connection.
             return PatientSyncResult(patient_id, "failed", {}, [SyncError("reconnect_required", str(exc))])
-        except OuraError as exc:
-            errors.append(_classify(exc, collection))
+        pending = [c for c in wanted if c in failures and failures[c][0].code in OURA_UNAVAILABLE_CODES]
+        if not pending:
+            break
+    errors = [*notes, *(failures[c][0] for c in wanted if c in failures)]
 
     forbidden = [e for e in errors if e.code == "forbidden"]
     if wanted and len(forbidden) == len(wanted):
@@ -229,6 +298,21 @@ class RunOutcome:
         """Error codes of every patient that did not fully succeed, by patient id."""
         return {r.patient_id: [e.code for e in r.errors] for r in self.results if r.status != "success"}
 
+    @property
+    def failed_for_us(self) -> list[PatientSyncResult]:
+        """Patients who got nothing, for a reason that is not theirs: Oura down, the warehouse, our bug."""
+        return [r for r in self.results if r.status == "failed" and not r.patient_side]
+
+    @property
+    def lost_to_oura(self) -> list[PatientSyncResult]:
+        """Patients who landed some collections but lost at least one to Oura being unavailable (after every
+        retry and refetch pass)."""
+        return [
+            r
+            for r in self.results
+            if r.status == "partial" and any(e.code in OURA_UNAVAILABLE_CODES for e in r.errors)
+        ]
+
     def rows(self, tables: Iterable[str]) -> dict[str, int]:
         """Rows written to each of `tables`, over all patients, by table name."""
         return {t: sum(r.rows.get(t, 0) for r in self.results) for t in sorted(tables)}
@@ -237,13 +321,29 @@ class RunOutcome:
     def failure(self) -> str | None:
         """Why the run must fail, or None.
 
-        Nobody landed and it is not the patients' doing (Oura down, warehouse locked): that is ours to see,
-        so the run goes red. Patient-side failures (reconnect, membership) never fail a run.
+        The rule: leave out the patients who failed for a patient-side reason (reconnect, membership: Oura
+        could not have served them, so they say nothing about Oura). If at least one patient remains and
+        every one of them either failed for us (`failed_for_us`) or is partial because Oura was unavailable
+        for some collection (`lost_to_oura`), the run fails: Oura (or we) served nobody fully, which is ours
+        to see, not a green run. Otherwise the run succeeds, and a partial outage shows in the run's
+        `patients_partial` tag and the raw assets' `oura_available` check instead. Patient-side failures
+        never fail a run.
         """
-        infra_failures = [r for r in self.results if r.status == "failed" and not r.patient_side]
-        if not self.results or len(infra_failures) < len(self.results):
+        served = [r for r in self.results if not (r.status == "failed" and r.patient_side)]
+        failed, partial = self.failed_for_us, self.lost_to_oura
+        if not served or len(failed) + len(partial) < len(served):
             return None
-        return f"all {len(self.results)} patient(s) failed; first: {infra_failures[0].errors[0]}"
+        first = (failed or partial)[0]
+        first_error = next((e for e in first.errors if e.code in OURA_UNAVAILABLE_CODES), first.errors[0])
+        if not partial:
+            others = len(self.results) - len(served)
+            aside = f" (and {others} patient-side)" if others else ""
+            return f"all {len(failed)} patient(s) failed{aside}; first: {first_error}"
+        return (
+            f"Oura was unavailable for all {len(served)} patient(s) it could serve: {len(failed)} failed, "
+            f"{len(partial)} partial; first: {first.patient_id}: {first_error.code} on "
+            f"{first_error.collection}: {first_error.message}"
+        )
 
 
 def claim_patients(
@@ -292,12 +392,14 @@ def sync_patients(
     max_workers: int = 4,
     purpose: str = "sync",
     progress: RunLog = log,
+    refetch: RefetchPolicy = RefetchPolicy(),
 ) -> RunOutcome:
     """Sync each of `patients` over local days [start, end], a few at a time, and record each one's result.
 
     One patient's failure, even an unexpected exception, is recorded for that patient (`internal_error`, with
     the traceback in `progress`) and never costs the others their sync. `client_for` builds a patient's Oura
-    client; `purpose` names the run in the warehouse lock's holder.
+    client; `purpose` names the run in the warehouse lock's holder; `refetch` says how often and after what
+    cool-down a collection Oura could not serve is fetched again before its patient is called partial.
     """
     collections = list(collections)
     progress.info(f"syncing {len(patients)} patient(s), days {start}..{end}, collections {collections}")
@@ -313,6 +415,7 @@ def sync_patients(
                 end=end,
                 collections=collections,
                 purpose=purpose,
+                refetch=refetch,
             )
             trace = None
         except Exception as exc:  # one patient's bug must not cost the others their sync

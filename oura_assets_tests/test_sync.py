@@ -16,7 +16,7 @@ from oura_assets.oura.client import (
     OuraUnavailable,
     RejectedDocument,
 )
-from oura_assets.sync import ALL_COLLECTIONS, heartrate_window, screen_samples, sync_patient
+from oura_assets.sync import ALL_COLLECTIONS, RefetchPolicy, heartrate_window, screen_samples, sync_patient
 from oura_assets.tokens import ReconnectRequired
 
 DAY = date(2024, 6, 12)
@@ -64,8 +64,13 @@ def store(tmp_path) -> wh.Warehouse:
     return warehouse
 
 
-def run(store: wh.Warehouse, client: FakeClient):
-    return sync_patient(patient_id="p1", client=client, warehouse=store, start=DAY, end=DAY)
+# Refetch passes without the cool-down's real wait; the waits asked for are kept for the tests on them.
+COOL_DOWNS: list[float] = []
+NO_WAIT = RefetchPolicy(sleep=COOL_DOWNS.append)
+
+
+def run(store: wh.Warehouse, client: FakeClient, refetch: RefetchPolicy = NO_WAIT):
+    return sync_patient(patient_id="p1", client=client, warehouse=store, start=DAY, end=DAY, refetch=refetch)
 
 
 def count(store: wh.Warehouse, table: str) -> int:

@@ -11,7 +11,7 @@ from oura_assets import warehouse as wh
 from oura_assets.config import Settings
 from oura_assets.oura.client import OuraClient, RetryPolicy
 from oura_assets.oura.oauth import OuraOAuthApp
-from oura_assets.sync import RunOutcome, sync_patients
+from oura_assets.sync import RefetchPolicy, RunOutcome, sync_patients
 from oura_assets.tokens import PatientTokens, TokenCipher
 
 START, END = date(2024, 6, 10), date(2024, 6, 12)
@@ -77,6 +77,8 @@ def run(
         max_workers=2,
         purpose="test run",
         progress=progress or RecordingLog(),
+        # Refetch passes run, without their cool-down's real wait.
+        refetch=RefetchPolicy(sleep=lambda _: None),
     )
 
 

@@ -13,9 +13,15 @@ import dagster as dg
 
 from oura_assets import rebuild
 from oura_assets.defs.metadata import table_metadata
-from oura_assets.defs.partitions import PATIENT_TAG, PATIENTS_FAILED_TAG, PATIENTS_OK_TAG, SYNC_IDS_TAG
+from oura_assets.defs.partitions import (
+    PATIENT_TAG,
+    PATIENTS_FAILED_TAG,
+    PATIENTS_OK_TAG,
+    PATIENTS_PARTIAL_TAG,
+    SYNC_IDS_TAG,
+)
 from oura_assets.defs.resources import OuraResource, WarehouseResource
-from oura_assets.sync import RunOutcome, claim_patients, sync_patients
+from oura_assets.sync import RefetchPolicy, RunOutcome, claim_patients, sync_patients
 
 RAW_GROUP = "oura_raw"
 GRAPH_GROUP = "patient_graph"
@@ -71,6 +77,7 @@ def _summary_metadata(outcome: RunOutcome, rows: dict[str, int]) -> dict[str, dg
         "patients_ok": dg.MetadataValue.int(outcome.patients_ok),
         "patients_failed": dg.MetadataValue.int(outcome.patients_failed),
         "patients_partial": dg.MetadataValue.int(outcome.patients_partial),
+        "patients_lost_to_oura": dg.MetadataValue.int(len(outcome.lost_to_oura)),
         "failed_patients": dg.MetadataValue.json(outcome.failed_patients),
         "rows": dg.MetadataValue.json(rows),
         "dagster/row_count": dg.MetadataValue.int(sum(rows.values())),
@@ -127,11 +134,16 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefini
                 max_workers=oura.max_concurrent_patients,
                 purpose=f"dagster run {run_id[:8]}",
                 progress=context.log,
+                refetch=RefetchPolicy(passes=oura.refetch_passes, cool_down_s=oura.refetch_cool_down_s),
             )
         # The outcome goes on the run itself, where the Runs page shows it.
         context.instance.add_run_tags(
             run_id,
-            {PATIENTS_OK_TAG: str(outcome.patients_ok), PATIENTS_FAILED_TAG: str(outcome.patients_failed)},
+            {
+                PATIENTS_OK_TAG: str(outcome.patients_ok),
+                PATIENTS_FAILED_TAG: str(outcome.patients_failed),
+                PATIENTS_PARTIAL_TAG: str(outcome.patients_partial),
+            },
         )
         if outcome.failure:
             # Results and sync events are already recorded; the red run is for us to see.

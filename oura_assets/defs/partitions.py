@@ -22,6 +22,9 @@ TRIGGER_TAG = "oura_assets/trigger"
 # Set by the raw asset when it finishes, so the Runs page shows the outcome.
 PATIENTS_OK_TAG = "oura_assets/patients_ok"
 PATIENTS_FAILED_TAG = "oura_assets/patients_failed"
+# Patients with some data landed but not all (a collection lost to an Oura outage, a scope not granted, a
+# document screened out): a partial outage shows here on a green run.
+PATIENTS_PARTIAL_TAG = "oura_assets/patients_partial"
 
 
 def daily_partitions(start_date: date) -> dg.DailyPartitionsDefinition:

@@ -104,6 +104,15 @@ class OuraResource(dg.ConfigurableResource):
     # Oura allows about 5,000 requests per 5 minutes per application; 4 patients in flight at a few hundred ms
     # per request stays well inside it, and 429s are waited out.
     max_concurrent_patients: int = Field(default=4, description="Patients fetched at once in a run.")
+    refetch_passes: int = Field(
+        default=2,
+        description="Further passes in the same run for a collection still failing after the client's "
+        "retries (5xx, dropped connections, 429 beyond the wait), before the patient is called partial.",
+    )
+    refetch_cool_down_s: float = Field(
+        default=5.0,
+        description="Cool-down before a refetch pass when Oura gave no Retry-After (seconds).",
+    )
 
     @contextmanager
     def session(self) -> Iterator[OuraSession]:

@@ -41,13 +41,21 @@ from oura_assets.warehouse.lock import DEFAULT_RETRY_AFTER_S, WarehouseBusy, War
 from oura_assets.warehouse.migrations import SCHEMA_VERSION
 from oura_assets.warehouse.migrations import _migrate as _migrate
 from oura_assets.warehouse.normalized import _DAILY_STATS_COLUMNS as _DAILY_STATS_COLUMNS
-from oura_assets.warehouse.normalized import replace_daily_stats, replace_wearable_data
+from oura_assets.warehouse.normalized import (
+    DailyHeartRate,
+    read_daily_heart_rate,
+    replace_daily_stats,
+    replace_wearable_data,
+)
 from oura_assets.warehouse.oauth_states import consume_oauth_state, purge_oauth_states, save_oauth_state
 from oura_assets.warehouse.queries import (
     ConnectionAttention,
     MetricKeyShape,
+    RunSyncErrors,
+    SyncErrorFound,
     connections_needing_attention,
     daily_stats_mismatched_days,
+    sync_errors_in_run,
     wearable_data_key_shapes,
 )
 from oura_assets.warehouse.raw import (
@@ -85,7 +93,10 @@ __all__ = [
     "Column",
     "ConnectionAttention",
     "ConnectionRecord",
+    "DailyHeartRate",
     "MetricKeyShape",
+    "RunSyncErrors",
+    "SyncErrorFound",
     "SyncRequestRecord",
     "SyncResultRecord",
     "Table",
@@ -108,6 +119,7 @@ __all__ = [
     "patients_with_raw_data",
     "purge_oauth_states",
     "queued_sync_requests",
+    "read_daily_heart_rate",
     "read_raw_documents",
     "read_raw_heartrate",
     "record_event",
@@ -119,6 +131,7 @@ __all__ = [
     "save_oauth_state",
     "save_tokens",
     "set_connection_status",
+    "sync_errors_in_run",
     "sync_results_for_run",
     "upsert_connection",
     "wearable_data_key_shapes",

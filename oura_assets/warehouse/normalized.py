@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 
@@ -118,3 +118,30 @@ def replace_daily_stats(
         "patient_id = ? AND source = ? AND day BETWEEN ? AND ?",
         [patient_id, SOURCE, start, end],
     )
+
+
+class DailyHeartRate(NamedTuple):
+    """The heart-rate figures a daily-stats row holds for one day (samples > 0)."""
+
+    hr_min: int | float
+    hr_max: int | float
+    hr_avg: float
+    hr_samples: int
+    utc_offset_minutes: int
+
+
+def read_daily_heart_rate(
+    conn: duckdb.DuckDBPyConnection, patient_id: str, start_day: date, end_day: date
+) -> dict[date, DailyHeartRate]:
+    """The patient's stored heart-rate figures for days [start_day, end_day] that have any, by day.
+
+    What a rebuild keeps when this run could not fetch heart rate, rather than overwriting it with nothing.
+    """
+    start, end = day_window(start_day, end_day)
+    rows = conn.execute(
+        "SELECT day, hr_min, hr_max, hr_avg, hr_samples, utc_offset_minutes "
+        "FROM patient_graph.patient_wearable_daily_stats "
+        "WHERE patient_id = ? AND source = ? AND day BETWEEN ? AND ? AND hr_samples > 0",
+        [patient_id, SOURCE, start, end],
+    ).fetchall()
+    return {day: DailyHeartRate(*figures) for day, *figures in rows}

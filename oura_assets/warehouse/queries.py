@@ -6,11 +6,13 @@ whether the answer passes and what metadata to show.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import NamedTuple
 
 import duckdb
 
 from oura_assets import domain
+from oura_assets.warehouse.runs import sync_results_for_run
 
 
 class MetricKeyShape(NamedTuple):
@@ -65,3 +67,47 @@ def daily_stats_mismatched_days(conn: duckdb.DuckDBPyConnection) -> int:
         """
     ).fetchone()
     return int(mismatched)
+
+
+class SyncErrorFound(NamedTuple):
+    """One error of a patient's sync result: its code, the collection it hit (None: all of them), why."""
+
+    patient_id: str
+    status: str
+    code: str
+    collection: str | None
+    message: str
+
+
+class RunSyncErrors(NamedTuple):
+    """The errors with the asked-for codes in one run's sync results, and how many patients the run had.
+
+    `run_id` is the run the answer is about: the one asked for, or the newest run with sync results when the
+    asked-for run has none (a check run on its own, after the run that synced). None when there is no run.
+    """
+
+    run_id: str | None
+    patients: int
+    errors: list[SyncErrorFound]
+
+
+def sync_errors_in_run(conn: duckdb.DuckDBPyConnection, run_id: str, codes: Collection[str]) -> RunSyncErrors:
+    """Every error with one of `codes` in the run's sync results (or the newest run's, when it has none)."""
+    results = sync_results_for_run(conn, run_id)
+    if not results:
+        newest = conn.execute(
+            "SELECT run_id FROM patient_graph.sync_results ORDER BY recorded_at DESC, run_id LIMIT 1"
+        ).fetchone()
+        if newest is None:
+            return RunSyncErrors(None, 0, [])
+        run_id = newest[0]
+        results = sync_results_for_run(conn, run_id)
+    found = [
+        SyncErrorFound(
+            r.patient_id, r.status, str(e.get("code")), e.get("collection"), str(e.get("message", ""))
+        )
+        for r in results
+        for e in r.errors
+        if e.get("code") in codes
+    ]
+    return RunSyncErrors(run_id, len(results), found)
