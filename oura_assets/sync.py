@@ -298,6 +298,7 @@ def sync_patients(
     client; `purpose` names the run in the warehouse lock's holder.
     """
     collections = list(collections)
+    warehouse = warehouse.reporting_waits_to(progress)  # a long wait for the file shows in the run's log
     progress.info(f"syncing {len(patients)} patient(s), days {start}..{end}, collections {collections}")
 
     def sync_one(patient_id: str) -> tuple[PatientSyncResult, float, str | None]:
