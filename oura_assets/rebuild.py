@@ -185,6 +185,7 @@ def rebuild_per_patient(
     Covers `patient_id`, or every patient with raw data in the window. Each patient's daily documents are
     read once, over the days widened by `margin`; `write` gets them all and picks the days itself.
     """
+    warehouse = warehouse.reporting_waits_to(progress)  # a long wait for the file shows in the run's log
     patients = patients_to_normalize(warehouse, start, end, patient_id)
     total = 0
     for n, patient in enumerate(patients, start=1):

@@ -402,6 +402,7 @@ def sync_patients(
     cool-down a collection Oura could not serve is fetched again before its patient is called partial.
     """
     collections = list(collections)
+    warehouse = warehouse.reporting_waits_to(progress)  # a long wait for the file shows in the run's log
     progress.info(f"syncing {len(patients)} patient(s), days {start}..{end}, collections {collections}")
 
     def sync_one(patient_id: str) -> tuple[PatientSyncResult, float, str | None]:

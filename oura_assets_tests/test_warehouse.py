@@ -755,8 +755,8 @@ def test_foreign_duckdb_connection_is_waited_for_then_named(store, child):
     process, release = child(hold_raw_duckdb, str(store.path))
     with pytest.raises(wh.WarehouseBusy) as caught, store.connect("sensor", timeout_s=0.5):
         pass
-    assert f"held by pid {process.pid} (" in str(caught.value)
-    assert "outside oura_assets" in str(caught.value)
+    assert f"held by another program, not oura_assets: pid {process.pid} (" in str(caught.value)
+    assert "outside oura_assets' lock" in str(caught.value)
     assert caught.value.holder.foreign
     threading.Timer(0.3, release.set).start()
     with store.connect("sensor", timeout_s=20) as conn:

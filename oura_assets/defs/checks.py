@@ -5,10 +5,12 @@ warning on `wearable_data`, every night until they are resolved.
 """
 
 from collections.abc import Iterator
+from datetime import timedelta
 
 import dagster as dg
 
 from oura_assets import warehouse as wh
+from oura_assets.clock import utc_now
 from oura_assets.defs.assets import DAILY_STATS_KEY, RAW_ASSETS, RAW_KEYS, WEARABLE_DATA_KEY
 from oura_assets.defs.resources import WarehouseResource
 from oura_assets.normalize import METRIC_KEYS
@@ -81,7 +83,7 @@ def oura_available(
     an outage during a backfill must be re-run by someone. Not blocking: the normalized tables still rebuild
     from what landed, keeping earlier data for the collections that failed.
     """
-    with warehouse.get_connection("check: Oura availability in the run") as conn:
+    with warehouse.connect("check: Oura availability in the run") as conn:
         found = wh.sync_errors_in_run(conn, context.run.run_id, OURA_UNAVAILABLE_CODES)
     for check_key in context.selected_asset_check_keys:
         name = check_key.asset_key.path[-1]
@@ -107,3 +109,185 @@ def oura_available(
                 "details": dg.MetadataValue.json(details),
             },
         )
+
+
+# Data-quality checks (issue 8.5): each names the rows at fault (patient, day, id, value; the first
+# `wh.MAX_OFFENDERS`). Checks on the raw tables block: a failure there stops the run before the normalized
+# tables are rebuilt from bad documents. Checks on the normalized tables warn: their rows are already written,
+# and a red run would not unwrite them.
+
+DAY_DUE_HOUR_UTC = 6  # yesterday's rings have synced, and the 03:00 run has landed them, by 06:00 UTC
+
+
+def _offenders_result(
+    found: wh.Offenders,
+    severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR,
+    **extra: dg.MetadataValue,
+) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        passed=found.count == 0,
+        severity=severity,
+        metadata={
+            "offending_rows": dg.MetadataValue.int(found.count),
+            "offenders": dg.MetadataValue.json([row.to_dict() for row in found.rows]),
+            **extra,
+        },
+    )
+
+
+def _combined(parts: list[wh.Offenders]) -> wh.Offenders:
+    rows = [row for part in parts for row in part.rows]
+    return wh.Offenders(sum(part.count for part in parts), rows[: wh.MAX_OFFENDERS])
+
+
+def _raw_unique_keys(asset: str) -> dg.AssetChecksDefinition:
+    tables = [f"oura_raw.{collection}" for collection in RAW_ASSETS[asset]]
+
+    @dg.asset_check(
+        name="unique_keys",
+        asset=RAW_KEYS[asset],
+        blocking=True,
+        description=f"No two rows of {', '.join(tables)} share a key (patient and document id, or patient, "
+        "timestamp and source for heart rate). Blocks the run: a duplicate would count twice downstream.",
+    )
+    def _check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        with warehouse.connect(f"check: unique keys of {asset}") as conn:
+            return _offenders_result(_combined([wh.duplicate_keys(conn, table) for table in tables]))
+
+    return _check
+
+
+def _raw_scores(asset: str, collection: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        name="scores_in_range",
+        asset=RAW_KEYS[asset],
+        blocking=True,
+        description=f"Every `{collection}` score is 1-100 or null. Blocks the run: wearable_data and the "
+        "daily stats copy the score as it is.",
+    )
+    def _check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        with warehouse.connect(f"check: {collection} scores") as conn:
+            return _offenders_result(wh.raw_scores_out_of_range(conn, collection))
+
+    return _check
+
+
+raw_daily_readiness_unique_keys = _raw_unique_keys("daily_readiness")
+raw_sleep_unique_keys = _raw_unique_keys("sleep")
+raw_daily_activity_unique_keys = _raw_unique_keys("daily_activity")
+raw_heartrate_unique_keys = _raw_unique_keys("heartrate")
+raw_daily_readiness_scores = _raw_scores("daily_readiness", "daily_readiness")
+raw_daily_sleep_scores = _raw_scores("sleep", "daily_sleep")
+raw_daily_activity_scores = _raw_scores("daily_activity", "daily_activity")
+
+
+@dg.asset_check(
+    name="bpm_in_range",
+    asset=RAW_KEYS["heartrate"],
+    blocking=True,
+    description="Every heart-rate sample is 25-250 bpm. Blocks the run: one impossible sample would become "
+    "a day's hr_min or hr_max.",
+)
+def raw_heartrate_bpm_in_range(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    with warehouse.connect("check: heart-rate bpm") as conn:
+        return _offenders_result(wh.raw_heartrate_out_of_range(conn))
+
+
+@dg.asset_check(
+    name="sleep_periods_consistent",
+    asset=RAW_KEYS["sleep"],
+    blocking=True,
+    description=f"Every sleep period has durations >= 0, deep + REM + light <= total sleep + "
+    f"{wh.SLEEP_SUM_TOLERANCE_S} s (Oura's total is the sum of the three; the tolerance covers rounding), "
+    "and bedtime_end after bedtime_start (a night still in progress has no end yet). Blocks the run: the "
+    "main sleep period feeds wearable_data's sleep and hrv rows.",
+)
+def raw_sleep_periods_consistent(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    with warehouse.connect("check: sleep periods") as conn:
+        return _offenders_result(
+            wh.raw_sleep_period_problems(conn), tolerance_s=dg.MetadataValue.int(wh.SLEEP_SUM_TOLERANCE_S)
+        )
+
+
+_WARN = dg.AssetCheckSeverity.WARN
+
+
+@dg.asset_check(
+    asset=WEARABLE_DATA_KEY, description="One row per (patient, source, metric type, day): no duplicate keys."
+)
+def wearable_data_unique_keys(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    with warehouse.connect("check: wearable_data keys") as conn:
+        return _offenders_result(wh.duplicate_keys(conn, "patient_graph.wearable_data"), _WARN)
+
+
+@dg.asset_check(asset=DAILY_STATS_KEY, description="One row per (patient, source, day): no duplicate keys.")
+def daily_stats_unique_keys(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    with warehouse.connect("check: daily stats keys") as conn:
+        return _offenders_result(wh.duplicate_keys(conn, "patient_graph.patient_wearable_daily_stats"), _WARN)
+
+
+@dg.asset_check(
+    asset=WEARABLE_DATA_KEY,
+    description="Readiness, sleep and activity scores in `metrics` are 1-100 or null.",
+)
+def wearable_data_scores_in_range(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    with warehouse.connect("check: wearable_data scores") as conn:
+        return _offenders_result(wh.wearable_data_scores_out_of_range(conn), _WARN)
+
+
+@dg.asset_check(asset=DAILY_STATS_KEY, description="Readiness, sleep and activity scores are 1-100 or null.")
+def daily_stats_scores_in_range(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    with warehouse.connect("check: daily stats scores") as conn:
+        return _offenders_result(wh.daily_stats_scores_out_of_range(conn), _WARN)
+
+
+@dg.asset_check(asset=DAILY_STATS_KEY, description="hr_min and hr_max are 25-250 bpm (or null).")
+def daily_stats_bpm_in_range(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    with warehouse.connect("check: daily stats bpm") as conn:
+        return _offenders_result(wh.daily_stats_heartrate_out_of_range(conn), _WARN)
+
+
+@dg.asset_check(
+    asset=WEARABLE_DATA_KEY,
+    description="Sleep durations are >= 0 and deep + REM + light <= totalSleep + "
+    f"{wh.SLEEP_SUM_TOLERANCE_S} s (Oura's total is the sum of the three; the tolerance covers rounding).",
+)
+def wearable_data_sleep_durations(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    with warehouse.connect("check: wearable_data sleep durations") as conn:
+        return _offenders_result(
+            wh.wearable_data_sleep_duration_problems(conn),
+            _WARN,
+            tolerance_s=dg.MetadataValue.int(wh.SLEEP_SUM_TOLERANCE_S),
+        )
+
+
+@dg.asset_check(
+    asset=WEARABLE_DATA_KEY, description="Every sleep row's bedtimeEnd is after its bedtimeStart."
+)
+def wearable_data_bedtimes_ordered(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    with warehouse.connect("check: wearable_data bedtimes") as conn:
+        return _offenders_result(wh.wearable_data_bedtimes_out_of_order(conn), _WARN)
+
+
+@dg.asset_check(
+    asset=WEARABLE_DATA_KEY,
+    description=f"From {DAY_DUE_HOUR_UTC:02d}:00 UTC, every active connection has yesterday (UTC) in "
+    f"wearable_data or a row in {wh.DAY_STATUS_TABLE} that says why not.",
+)
+def yesterday_present_or_explained(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    now = utc_now()
+    yesterday = now.date() - timedelta(days=1)
+    day = dg.MetadataValue.text(yesterday.isoformat())
+    if now.hour < DAY_DUE_HOUR_UTC:
+        return dg.AssetCheckResult(
+            passed=True, severity=_WARN, metadata={"day": day, "checked": "not yet: due at 06:00 UTC"}
+        )
+    with warehouse.connect("check: yesterday present or explained") as conn:
+        found = wh.days_without_data_or_status(conn, yesterday)
+    if found is None:
+        return dg.AssetCheckResult(
+            passed=True,
+            severity=_WARN,
+            metadata={"day": day, "checked": f"nothing: {wh.DAY_STATUS_TABLE} does not exist yet"},
+        )
+    return _offenders_result(found, _WARN, day=day)

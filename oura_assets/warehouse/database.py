@@ -1,8 +1,10 @@
 """`Warehouse`: the one door to the DuckDB file. A connection is opened under the writer lock, in UTC, on a
 file at the current schema, and held only for the caller's block.
 
-A process outside our lock holding the file (someone's DuckDB CLI) is waited for with backoff and named from
-DuckDB's own message when the wait runs out.
+A process outside our lock holding the file (someone's notebook or DuckDB CLI) is waited for with backoff and
+named, from DuckDB's own message, as a program outside oura_assets: in our holder record while we wait (so
+whoever queues behind us is told about that program, not about us) and in `WarehouseBusy` when the wait runs
+out. A wait past `slow_wait_s` is logged while it lasts (`waits.WaitWatch`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from typing import Protocol
 
 import duckdb
 
-from oura_assets.warehouse.lock import Wait, WarehouseHolder, WriterLock, seconds
+from oura_assets.warehouse.lock import Wait, WarehouseHolder, WriterLock
 from oura_assets.warehouse.migrations import ensure_schema_on
+from oura_assets.warehouse.waits import SLOW_WAIT_S, WaitLog, WaitWatch, seconds
 
 logger = logging.getLogger(__name__)
 
@@ -43,16 +46,33 @@ class WarehouseAccess(Protocol):
 
 
 class Warehouse:
-    """The DuckDB file at `path`, opened only through `connect` / `transaction`."""
+    """The DuckDB file at `path`, opened only through `connect` / `transaction`.
 
-    def __init__(self, path: Path | str, lock_timeout_s: float = 60.0):
+    A wait longer than `slow_wait_s` is reported to `wait_log` (default: this module's logger); a run hands
+    its own log with `reporting_waits_to`, so the wait shows in the run's log.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        lock_timeout_s: float = 60.0,
+        *,
+        slow_wait_s: float = SLOW_WAIT_S,
+        wait_log: WaitLog | None = None,
+    ):
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s
+        self.slow_wait_s = slow_wait_s
+        self.wait_log = wait_log
         self._resolved = self.path.expanduser().resolve()
         self._lock = WriterLock(self._resolved, str(self.path))
 
     def __repr__(self) -> str:
         return f"Warehouse({str(self.path)!r}, lock_timeout_s={self.lock_timeout_s})"
+
+    def reporting_waits_to(self, log: WaitLog) -> Warehouse:
+        """The same warehouse, reporting slow waits to `log` (a run's `context.log`) instead."""
+        return Warehouse(self.path, self.lock_timeout_s, slow_wait_s=self.slow_wait_s, wait_log=log)
 
     @contextlib.contextmanager
     def connect(self, purpose: str, timeout_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -63,10 +83,12 @@ class Warehouse:
         `WarehouseBusy`. A file without the current schema gets it (created or migrated) first.
         """
         timeout = self.lock_timeout_s if timeout_s is None else timeout_s
-        with self._lock.hold(purpose, timeout) as wait:
+        watch = WaitWatch(str(self.path), purpose, self.wait_log, self.slow_wait_s)
+        with self._lock.hold(purpose, timeout, watch) as wait:
             conn = self._open(wait)
             waited = wait.waited_s()
-            if waited > 1.0:
+            watch.finished(got_it=True)
+            if 1.0 < waited < self.slow_wait_s:
                 logger.info("waited %s for warehouse %s (%s)", seconds(waited), self.path, purpose)
             try:
                 conn.execute("SET TimeZone = 'UTC'")
@@ -99,21 +121,37 @@ class Warehouse:
     def _open(self, wait: Wait) -> duckdb.DuckDBPyConnection:
         """Open DuckDB, waiting with backoff while a process outside our lock holds the file."""
         pause = 0.02
-        while True:
-            try:
-                return duckdb.connect(str(self._resolved))
-            except duckdb.IOException as exc:
-                if _DUCKDB_LOCK_ERROR not in str(exc).lower():
-                    raise
-                found = _DUCKDB_LOCK_HOLDER.search(str(exc))
-                remaining = wait.deadline - time.monotonic()
+        blocked = False
+        try:
+            while True:
+                try:
+                    return duckdb.connect(str(self._resolved))
+                except duckdb.IOException as exc:
+                    holder = foreign_holder(exc)
+                    if holder is None:
+                        raise
+                # Whoever queues behind us reads this and learns who really holds the file.
+                self._lock.note_blocked_by(holder)
+                blocked = True
+                remaining = wait.remaining_s()
                 if remaining <= 0:
-                    holder = WarehouseHolder(
-                        pid=int(found["pid"]) if found else None,
-                        purpose=f"{found['exe'] if found else 'another program'}, a DuckDB connection "
-                        "outside oura_assets' lock",
-                        foreign=True,
-                    )
-                    raise self._lock.busy(holder, wait.waited_s()) from None
-                time.sleep(min(pause, remaining))
+                    raise self._lock.give_up(wait, holder) from None
+                wait.still_waiting(holder)
+                time.sleep(min(pause, remaining, max(wait.slice_s(), 0.001)))
                 pause = min(pause * 2, 0.5)
+        finally:
+            if blocked:
+                self._lock.note_blocked_by(None)
+
+
+def foreign_holder(error: duckdb.IOException) -> WarehouseHolder | None:
+    """The program DuckDB names in its lock error (None when `error` is not a lock conflict)."""
+    message = str(error)
+    if _DUCKDB_LOCK_ERROR not in message.lower():
+        return None
+    found = _DUCKDB_LOCK_HOLDER.search(message)
+    return WarehouseHolder(
+        pid=int(found["pid"]) if found else None,
+        purpose=found["exe"] if found else "a program DuckDB did not name",
+        foreign=True,
+    )

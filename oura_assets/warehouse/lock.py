@@ -12,18 +12,21 @@ message names the holder, instead of a stack trace.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import filelock
+
+from oura_assets.warehouse.waits import WaitWatch, seconds, way_out
 
 try:
     import fcntl
@@ -50,7 +53,9 @@ class WarehouseBusy(RuntimeError):
         self.waited_s = waited_s
         self.retry_after_s = retry_after_s
         who = holder.describe() if holder else "an unknown process"
-        super().__init__(f"warehouse {path} is busy: held by {who}; gave up after {seconds(waited_s)}")
+        # Only a program outside oura_assets needs a person to act; our own holders let go by themselves.
+        hint = f"; {way_out(holder)}" if holder is not None and holder.outside_oura_assets() else ""
+        super().__init__(f"warehouse {path} is busy: held by {who}{hint}; gave up after {seconds(waited_s)}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.path, self.holder, self.waited_s, self.retry_after_s))
@@ -58,13 +63,23 @@ class WarehouseBusy(RuntimeError):
 
 @dataclass(frozen=True)
 class WarehouseHolder:
-    """Who holds the warehouse: read from `<file>.holder`, or parsed from DuckDB's own lock error."""
+    """Who holds the warehouse: read from `<file>.holder`, or parsed from DuckDB's own lock error.
+
+    `foreign`: a process outside oura_assets (a notebook, the DuckDB CLI) holds DuckDB's own file lock; its
+    `purpose` is the program DuckDB named. `blocked_by`: our holder is itself stuck opening the file behind
+    such a program, so whoever queues behind our holder is told about the program, not just our holder.
+    """
 
     pid: int | None
     purpose: str
     host: str | None = None
     since: datetime | None = None
     foreign: bool = False
+    blocked_by: WarehouseHolder | None = None
+
+    def outside_oura_assets(self) -> bool:
+        """True when the one to act on is a program outside oura_assets."""
+        return self.foreign or (self.blocked_by is not None and self.blocked_by.outside_oura_assets())
 
     def held_for_s(self, now: datetime | None = None) -> float | None:
         if self.since is None:
@@ -72,28 +87,51 @@ class WarehouseHolder:
         return max(0.0, ((now or datetime.now(UTC)) - self.since).total_seconds())
 
     def describe(self) -> str:
+        if self.foreign:
+            pid = f"pid {self.pid}" if self.pid is not None else "DuckDB did not say which pid"
+            return (
+                f"another program, not oura_assets: {pid} ({self.purpose}), which has the DuckDB file open "
+                "outside oura_assets' lock (e.g. a notebook or the DuckDB CLI)"
+            )
         who = f"pid {self.pid}" if self.pid is not None else "a process"
         if self.host and self.host != socket.gethostname():
             who += f" on {self.host}"
         held = self.held_for_s()
-        return f"{who} ({self.purpose})" + (f" for {seconds(held)}" if held is not None else "")
+        own = f"{who} ({self.purpose})" + (f" for {seconds(held)}" if held is not None else "")
+        if self.blocked_by is not None:
+            return (
+                f"{self.blocked_by.describe()}; {own} holds oura_assets' lock while it waits for that program"
+            )
+        return own
 
     def to_json(self) -> str:
+        return json.dumps(self._to_dict())
+
+    def _to_dict(self) -> dict[str, Any]:
         since = self.since.isoformat() if self.since else None
-        return json.dumps({"pid": self.pid, "host": self.host, "purpose": self.purpose, "since": since})
+        data: dict[str, Any] = {"pid": self.pid, "host": self.host, "purpose": self.purpose, "since": since}
+        if self.foreign:
+            data["foreign"] = True
+        if self.blocked_by is not None:
+            data["blocked_by"] = self.blocked_by._to_dict()
+        return data
 
     @classmethod
     def from_json(cls, text: str) -> WarehouseHolder:
-        data = json.loads(text)
+        return cls._from_dict(json.loads(text))
+
+    @classmethod
+    def _from_dict(cls, data: dict[str, Any]) -> WarehouseHolder:
         since = datetime.fromisoformat(data["since"]) if data.get("since") else None
+        blocked_by = cls._from_dict(data["blocked_by"]) if isinstance(data.get("blocked_by"), dict) else None
         return cls(
-            pid=data.get("pid"), purpose=str(data.get("purpose", "")), host=data.get("host"), since=since
+            pid=data.get("pid"),
+            purpose=str(data.get("purpose", "")),
+            host=data.get("host"),
+            since=since,
+            foreign=bool(data.get("foreign", False)),
+            blocked_by=blocked_by,
         )
-
-
-def seconds(value: float) -> str:
-    """A wait or hold time as people read it in a message: `0.4 s`, `12 s`."""
-    return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
 
 
 class _ProcessGuard:
@@ -191,13 +229,35 @@ def _guard_for(path: Path) -> _ProcessGuard:
 
 @dataclass(frozen=True)
 class Wait:
-    """When a caller began waiting for the lock and when it gives up: opening the file shares the budget."""
+    """When a caller began waiting for the lock and when it gives up: opening the file shares the budget.
+
+    `watch` reports a slow wait while it lasts, so the waiting loops block in slices that end at its next
+    report time.
+    """
 
     began: float
     deadline: float
+    watch: WaitWatch | None = None
 
     def waited_s(self) -> float:
         return time.monotonic() - self.began
+
+    def remaining_s(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    def slice_s(self) -> float:
+        """How long to block in one go: until the deadline, or the watch's next report if sooner."""
+        remaining = self.remaining_s()
+        return min(remaining, self.watch.until_next_report_s()) if self.watch else remaining
+
+    def still_waiting(self, holder: Callable[[], WarehouseHolder | None] | WarehouseHolder | None) -> None:
+        if self.watch is not None:
+            self.watch.still_waiting(holder)
+
+    def give_up(self, holder: WarehouseHolder | None) -> None:
+        if self.watch is not None:
+            self.watch.holder = holder or self.watch.holder
+            self.watch.finished(got_it=False)
 
 
 class WriterLock:
@@ -209,19 +269,22 @@ class WriterLock:
         self.holder_path = Path(f"{resolved}.holder")
 
     @contextlib.contextmanager
-    def hold(self, purpose: str, timeout_s: float) -> Iterator[Wait]:
+    def hold(self, purpose: str, timeout_s: float, watch: WaitWatch | None = None) -> Iterator[Wait]:
         """Hold the lock for the block, recording `purpose` as the holder; `WarehouseBusy` after `timeout_s`.
 
-        Re-entrant within a thread: a nested block shares the outer one's hold (and holder record).
+        Re-entrant within a thread: a nested block shares the outer one's hold (and holder record). `watch`
+        reports the wait if it runs long.
         """
         began = time.monotonic()
-        wait = Wait(began, began + timeout_s)
+        wait = Wait(began, began + max(0.0, timeout_s), watch)
         self.resolved.parent.mkdir(parents=True, exist_ok=True)
         guard = _guard_for(self.resolved)
         guard.step_aside_if_others_wait()
         with guard.waiting_thread():
-            if not guard.thread_lock.acquire(timeout=max(0.0, timeout_s)):
-                raise self.busy(self.read_holder(), wait.waited_s())
+            while not guard.thread_lock.acquire(timeout=wait.slice_s()):
+                if wait.remaining_s() <= 0:
+                    raise self.give_up(wait, self.read_holder())
+                wait.still_waiting(self.read_holder)
         try:
             outermost = guard.owner is None
             if outermost:
@@ -246,6 +309,18 @@ class WriterLock:
     def busy(self, holder: WarehouseHolder | None, waited_s: float) -> WarehouseBusy:
         return WarehouseBusy(self.display_path, holder, waited_s, DEFAULT_RETRY_AFTER_S)
 
+    def give_up(self, wait: Wait, holder: WarehouseHolder | None) -> WarehouseBusy:
+        """The `WarehouseBusy` to raise when `wait` runs out, after its watch has logged the end of it."""
+        wait.give_up(holder)
+        return self.busy(holder, wait.waited_s())
+
+    def note_blocked_by(self, blocker: WarehouseHolder | None) -> None:
+        """Record in our holder file that we hold the lock but wait for `blocker` (None: no longer)."""
+        holder = self.read_holder()
+        if holder is None or holder.pid != os.getpid() or holder.blocked_by == blocker:
+            return
+        self._write(dataclasses.replace(holder, blocked_by=blocker))
+
     def read_holder(self) -> WarehouseHolder | None:
         try:
             return WarehouseHolder.from_json(self.holder_path.read_text())
@@ -259,17 +334,23 @@ class WriterLock:
         except filelock.Timeout:
             pass
         with guard.waiting_process():
-            try:
-                guard.file_lock.acquire(
-                    timeout=max(0.0, wait.deadline - time.monotonic()), poll_interval=_POLL_S
-                )
-            except filelock.Timeout:
-                raise self.busy(self.read_holder(), wait.waited_s()) from None
+            while True:
+                try:
+                    guard.file_lock.acquire(timeout=wait.slice_s(), poll_interval=_POLL_S)
+                    return
+                except filelock.Timeout:
+                    if wait.remaining_s() <= 0:
+                        raise self.give_up(wait, self.read_holder()) from None
+                    wait.still_waiting(self.read_holder)
 
     def _write_holder(self, purpose: str) -> None:
-        holder = WarehouseHolder(
-            pid=os.getpid(), purpose=purpose, host=socket.gethostname(), since=datetime.now(UTC)
+        self._write(
+            WarehouseHolder(
+                pid=os.getpid(), purpose=purpose, host=socket.gethostname(), since=datetime.now(UTC)
+            )
         )
+
+    def _write(self, holder: WarehouseHolder) -> None:
         tmp = self.holder_path.with_name(f"{self.holder_path.name}.{os.getpid()}.tmp")
         tmp.write_text(holder.to_json())
         tmp.replace(self.holder_path)

@@ -7,12 +7,14 @@ whether the answer passes and what metadata to show.
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import NamedTuple
+from datetime import date
+from typing import Any, NamedTuple
 
 import duckdb
 
 from oura_assets import domain
 from oura_assets.warehouse.runs import sync_results_for_run
+from oura_assets.warehouse.schema import TABLES
 
 
 class MetricKeyShape(NamedTuple):
@@ -111,3 +113,251 @@ def sync_errors_in_run(conn: duckdb.DuckDBPyConnection, run_id: str, codes: Coll
         if e.get("code") in codes
     ]
     return RunSyncErrors(run_id, len(results), found)
+
+
+# Data-quality checks (issue 8.5). Each query returns the offending rows as `Offenders`: how many there are
+# and the first `MAX_OFFENDERS` of them, each named by patient, day, id and the value at fault.
+
+MAX_OFFENDERS = 50
+SCORE_RANGE = (1, 100)
+BPM_RANGE = (25, 250)
+# Oura's total_sleep_duration is the sum of deep, REM and light sleep, each in whole seconds; 60 s leaves
+# room for rounding in a revised document without letting a real inconsistency (minutes off) through.
+SLEEP_SUM_TOLERANCE_S = 60
+SCORED_COLLECTIONS = ("daily_readiness", "daily_sleep", "daily_activity")
+
+
+class Offender(NamedTuple):
+    """One row a check refuses: whose, which day, which row of the table (`id`), and what is wrong."""
+
+    patient_id: str
+    day: date | None
+    id: str | None
+    value: str
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {
+            "patient_id": self.patient_id,
+            "day": self.day.isoformat() if self.day else None,
+            "id": self.id,
+            "value": self.value,
+        }
+
+
+class Offenders(NamedTuple):
+    count: int
+    rows: list[Offender]
+
+
+def _offenders(conn: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> Offenders:
+    """Run `sql` (columns patient_id, day, id, value) and keep the count and the first rows, in order."""
+    rows = conn.execute(
+        f"SELECT *, count(*) OVER () FROM ({sql}) ORDER BY ALL LIMIT {MAX_OFFENDERS}",  # noqa: S608
+        params or [],
+    ).fetchall()
+    return Offenders(rows[0][-1] if rows else 0, [Offender(p, d, i, str(v)) for p, d, i, v, _ in rows])
+
+
+def duplicate_keys(conn: duckdb.DuckDBPyConnection, table: str) -> Offenders:
+    """Keys of `table` (schema.TABLES' primary key) held by more than one row.
+
+    DuckDB enforces the keys, but a DuckLake catalog does not, and a table copied or rebuilt by hand loses
+    them: this is what says so.
+    """
+    key = TABLES[table].primary_key
+    columns = {c.name for c in TABLES[table].columns}
+    day = "any_value(day)" if "day" in columns else 'any_value(CAST("timestamp" AS DATE))'
+    rest = [c for c in key if c not in ("patient_id", "day")]
+    row_id = "concat_ws(' ', " + ", ".join(f'CAST("{c}" AS VARCHAR)' for c in rest) + ")"
+    group = ", ".join(f'"{c}"' for c in key)
+    return _offenders(
+        conn,
+        f"SELECT patient_id, {day}, {row_id}, count(*) || ' rows with this key' FROM {table} "  # noqa: S608
+        f"GROUP BY {group} HAVING count(*) > 1",
+    )
+
+
+def _out_of_range(value: str, low: int, high: int) -> str:
+    """SQL: true when the text `value` is present but not a number in [low, high]."""
+    number = f"TRY_CAST({value} AS DOUBLE)"
+    return f"({value} IS NOT NULL AND ({number} IS NULL OR {number} < {low} OR {number} > {high}))"
+
+
+def raw_scores_out_of_range(conn: duckdb.DuckDBPyConnection, collection: str) -> Offenders:
+    """`oura_raw.<collection>` documents whose `score` is neither null nor in 1-100."""
+    if collection not in SCORED_COLLECTIONS:
+        raise ValueError(f"{collection!r} carries no score")
+    score = "(document->>'score')"
+    return _offenders(
+        conn,
+        f"SELECT patient_id, day, id, 'score ' || {score} FROM oura_raw.{collection} "  # noqa: S608
+        f"WHERE {_out_of_range(score, *SCORE_RANGE)}",
+    )
+
+
+def wearable_data_scores_out_of_range(conn: duckdb.DuckDBPyConnection) -> Offenders:
+    """`wearable_data` readiness, sleep and activity rows whose `score` is neither null nor in 1-100."""
+    score = "(metrics->>'score')"
+    return _offenders(
+        conn,
+        f"""
+        SELECT patient_id, day, metric_type, 'score ' || {score} FROM patient_graph.wearable_data
+        WHERE metric_type IN ('readiness', 'sleep', 'activity') AND {_out_of_range(score, *SCORE_RANGE)}
+        """,  # noqa: S608 (constants)
+    )
+
+
+def daily_stats_scores_out_of_range(conn: duckdb.DuckDBPyConnection) -> Offenders:
+    """Daily-stats rows whose readiness, sleep or activity score is neither null nor in 1-100."""
+    low, high = SCORE_RANGE
+    return _offenders(
+        conn,
+        f"""
+        SELECT patient_id, day, name, name || ' ' || value
+        FROM (UNPIVOT patient_graph.patient_wearable_daily_stats
+              ON readiness_score, sleep_score, activity_score INTO NAME name VALUE value)
+        WHERE value < {low} OR value > {high}
+        """,  # noqa: S608 (constants)
+    )
+
+
+def raw_heartrate_out_of_range(conn: duckdb.DuckDBPyConnection) -> Offenders:
+    """Heart-rate samples outside 25-250 bpm (no resting or exercising human is outside it)."""
+    low, high = BPM_RANGE
+    return _offenders(
+        conn,
+        f"""
+        SELECT patient_id, CAST("timestamp" AS DATE),
+               strftime("timestamp", '%Y-%m-%dT%H:%M:%SZ') || ' ' || source, bpm || ' bpm'
+        FROM oura_raw.heartrate WHERE bpm < {low} OR bpm > {high}
+        """,  # noqa: S608 (constants)
+    )
+
+
+def daily_stats_heartrate_out_of_range(conn: duckdb.DuckDBPyConnection) -> Offenders:
+    """Daily-stats rows whose hr_min or hr_max is outside 25-250 bpm."""
+    low, high = BPM_RANGE
+    return _offenders(
+        conn,
+        f"""
+        SELECT patient_id, day, name, name || ' ' || value || ' bpm'
+        FROM (UNPIVOT patient_graph.patient_wearable_daily_stats ON hr_min, hr_max INTO NAME name VALUE value)
+        WHERE value < {low} OR value > {high}
+        """,  # noqa: S608 (constants)
+    )
+
+
+def _sleep_problem(total: str, deep: str, rem: str, light: str, others: list[str]) -> str:
+    """SQL: why a sleep record's durations do not add up (negative, or stages beyond the total), or null."""
+    durations = ", ".join([total, deep, rem, light, *others])
+    stages = f"coalesce({deep}, 0) + coalesce({rem}, 0) + coalesce({light}, 0)"
+    return f"""CASE
+        WHEN list_min([{durations}]) < 0 THEN 'a negative duration: ' || list_min([{durations}]) || ' s'
+        WHEN {stages} > {total} + {SLEEP_SUM_TOLERANCE_S} THEN 'deep + REM + light = ' || ({stages})
+            || ' s > total sleep ' || {total} || ' s + {SLEEP_SUM_TOLERANCE_S} s'
+        END"""
+
+
+def _seconds(json_path: str) -> str:
+    return f"TRY_CAST({json_path} AS DOUBLE)"
+
+
+def raw_sleep_period_problems(conn: duckdb.DuckDBPyConnection) -> Offenders:
+    """`oura_raw.sleep` periods with a negative duration, stages that exceed the total, or an end before
+    the start (a period still in progress has no end yet and passes)."""
+    d = {
+        name: _seconds(f"document->>'{name}'")
+        for name in (
+            "total_sleep_duration",
+            "deep_sleep_duration",
+            "rem_sleep_duration",
+            "light_sleep_duration",
+            "awake_time",
+            "latency",
+            "time_in_bed",
+        )
+    }
+    problem = _sleep_problem(
+        d["total_sleep_duration"],
+        d["deep_sleep_duration"],
+        d["rem_sleep_duration"],
+        d["light_sleep_duration"],
+        [d["awake_time"], d["latency"], d["time_in_bed"]],
+    )
+    start, end = (
+        "TRY_CAST(document->>'bedtime_start' AS TIMESTAMPTZ)",
+        "TRY_CAST(document->>'bedtime_end' AS TIMESTAMPTZ)",
+    )
+    return _offenders(
+        conn,
+        f"""
+        SELECT patient_id, day, id, problem FROM (
+            SELECT patient_id, day, id, coalesce({problem}, CASE WHEN {end} <= {start} THEN
+                'bedtime_end ' || (document->>'bedtime_end') || ' not after bedtime_start '
+                || (document->>'bedtime_start') END) AS problem
+            FROM oura_raw.sleep
+        ) WHERE problem IS NOT NULL
+        """,  # noqa: S608 (constants)
+    )
+
+
+def wearable_data_sleep_duration_problems(conn: duckdb.DuckDBPyConnection) -> Offenders:
+    """`wearable_data` sleep rows with a negative duration or deep + REM + light beyond total sleep."""
+    m = {key: _seconds(f"metrics->>'{key}'") for key in ("totalSleep", "deepSleep", "remSleep", "lightSleep")}
+    others = [_seconds("metrics->>'awake'"), _seconds("metrics->>'latency'")]
+    problem = _sleep_problem(m["totalSleep"], m["deepSleep"], m["remSleep"], m["lightSleep"], others)
+    return _offenders(
+        conn,
+        f"""
+        SELECT patient_id, day, metric_type, problem FROM (
+            SELECT patient_id, day, metric_type, {problem} AS problem
+            FROM patient_graph.wearable_data WHERE metric_type = 'sleep'
+        ) WHERE problem IS NOT NULL
+        """,  # noqa: S608 (constants)
+    )
+
+
+def wearable_data_bedtimes_out_of_order(conn: duckdb.DuckDBPyConnection) -> Offenders:
+    """`wearable_data` sleep rows whose bedtimeEnd is not after bedtimeStart (or is not a time at all)."""
+    start, end = "(metrics->>'bedtimeStart')", "(metrics->>'bedtimeEnd')"
+    return _offenders(
+        conn,
+        f"""
+        SELECT patient_id, day, metric_type, 'bedtimeStart ' || coalesce({start}, 'null')
+            || ', bedtimeEnd ' || {end}
+        FROM patient_graph.wearable_data
+        WHERE metric_type = 'sleep' AND {end} IS NOT NULL
+          AND (TRY_CAST({end} AS TIMESTAMPTZ) IS NULL
+               OR TRY_CAST({end} AS TIMESTAMPTZ) <= TRY_CAST({start} AS TIMESTAMPTZ))
+        """,  # noqa: S608 (constants)
+    )
+
+
+DAY_STATUS_TABLE = "patient_graph.wearable_day_status"
+
+
+def days_without_data_or_status(conn: duckdb.DuckDBPyConnection, day: date) -> Offenders | None:
+    """Active connections with neither a `wearable_data` row nor a day status for `day`.
+
+    None while `wearable_day_status` does not exist (a warehouse from before it): nothing to check then.
+    """
+    schema, name = DAY_STATUS_TABLE.split(".")
+    (exists,) = conn.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+        [schema, name],
+    ).fetchone()
+    if not exists:
+        return None
+    return _offenders(
+        conn,
+        f"""
+        SELECT c.patient_id, CAST(? AS DATE), c.source, 'no wearable_data row and no day status'
+        FROM patient_graph.wearable_connections c
+        WHERE c.status = 'active'
+          AND NOT EXISTS (SELECT 1 FROM patient_graph.wearable_data w
+                          WHERE w.patient_id = c.patient_id AND w.source = c.source AND w.day = ?)
+          AND NOT EXISTS (SELECT 1 FROM {DAY_STATUS_TABLE} s
+                          WHERE s.patient_id = c.patient_id AND s.source = c.source AND s.day = ?)
+        """,  # noqa: S608 (a constant table name)
+        [day, day, day],
+    )
