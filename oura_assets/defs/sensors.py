@@ -57,6 +57,7 @@ def record_run_outcome(store: wh.Warehouse, run: dg.DagsterRun) -> int:
                 "endDay": result.end_day.isoformat(),
                 "rows": result.rows,
                 "errors": errors,
+                "documents": result.documents,
             }
         if not results and not succeeded:
             # The run died before it reached a patient: each patient it was meant for gets a failed sync.

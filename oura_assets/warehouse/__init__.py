@@ -10,7 +10,8 @@ and values always travel as parameters. The modules, by what they own:
 - `database`: `Warehouse`, opening DuckDB under that lock (`connect` / `transaction`).
 - `schema`: every table described once as data (`TABLES`); `migrations` creates them from it.
 - `staging`: bulk rows staged as JSON and mirrored into a window.
-- `raw`, `normalized`: the `oura_raw` tables, `wearable_data` and the daily stats.
+- `raw`, `normalized`: the `oura_raw` tables (with document revisions), `wearable_data` and the daily stats.
+- `day_status`: `wearable_day_status`, why each synced patient-day has the data it has.
 - `connections`, `runs`, `oauth_states`: connections and tokens; sync requests, results and events; states.
 - `queries`: the named queries behind the asset checks.
 """
@@ -36,6 +37,7 @@ from oura_assets.warehouse.connections import (
     upsert_connection,
 )
 from oura_assets.warehouse.database import Warehouse
+from oura_assets.warehouse.day_status import read_day_status, replace_day_status
 from oura_assets.warehouse.lock import DEFAULT_RETRY_AFTER_S, WarehouseBusy, WarehouseHolder
 from oura_assets.warehouse.migrations import SCHEMA_VERSION
 from oura_assets.warehouse.migrations import _migrate as _migrate
@@ -50,6 +52,8 @@ from oura_assets.warehouse.queries import (
     wearable_data_key_shapes,
 )
 from oura_assets.warehouse.raw import (
+    DocumentChanges,
+    mirror_raw_documents,
     patients_with_raw_data,
     read_raw_documents,
     read_raw_heartrate,
@@ -84,6 +88,7 @@ __all__ = [
     "Column",
     "ConnectionAttention",
     "ConnectionRecord",
+    "DocumentChanges",
     "MetricKeyShape",
     "SyncRequestRecord",
     "SyncResultRecord",
@@ -103,14 +108,17 @@ __all__ = [
     "list_connections",
     "mark_sync_request",
     "mark_synced",
+    "mirror_raw_documents",
     "patients_with_raw_data",
     "purge_oauth_states",
     "queued_sync_requests",
+    "read_day_status",
     "read_raw_documents",
     "read_raw_heartrate",
     "record_event",
     "record_sync_result",
     "replace_daily_stats",
+    "replace_day_status",
     "replace_raw_documents",
     "replace_raw_heartrate",
     "replace_wearable_data",
