@@ -148,7 +148,11 @@ def derive_day_status(
             f"ring not worn: Oura recorded {day.non_wear_seconds / 3600:.1f} h without the ring "
             f"(non_wear_time) and no sleep{held}",
         )
-    failed = [e for e in errors if e.collection is None or e.collection in missing_collections]
+    failed = [
+        e
+        for e in errors
+        if e.code not in PATIENT_LEVEL_CODES and (e.collection is None or e.collection in missing_collections)
+    ]
     if failed:
         return DayStatus(
             day.day, domain.DAY_ERROR, f"{_join(missing)} missing: {_error_text(failed[0])}{held}"
