@@ -39,8 +39,8 @@ def query(settings, sql: str, params: list | None = None) -> list[tuple]:
         return conn.execute(sql, params or []).fetchall()
 
 
-def snapshot(settings) -> dict[str, list[tuple]]:
-    """Every table's content without the columns that record when something happened."""
+def snapshot(settings, also_ignore: frozenset[str] = frozenset()) -> dict[str, list[tuple]]:
+    """Every table's content without the columns that record when something happened (and `also_ignore`)."""
     tables = {}
     with wh.Warehouse(settings.warehouse_path).connect("test: snapshot") as conn:
         names = conn.execute(
@@ -57,7 +57,7 @@ def snapshot(settings) -> dict[str, list[tuple]]:
                     "ORDER BY ordinal_position",
                     [schema, table],
                 ).fetchall()
-                if c not in VOLATILE
+                if c not in VOLATILE | also_ignore
             ]
             cols = ", ".join(f'"{c}"' for c in columns)
             tables[f"{schema}.{table}"] = conn.execute(
@@ -131,6 +131,20 @@ def test_materialized_range_lands_every_table(pipeline_env, connect_patient):
     )
     assert [(p, s, r) for p, s, r, _ in events] == [(f"patient-{n}", "success", run_id) for n in range(3)]
     assert json.loads(events[0][3])["patient_graph.wearable_data"] > 0
+    # A first sync finds every document new; the event says so.
+    for (documents,) in query(
+        settings,
+        "SELECT payload->'documents' FROM patient_graph.patient_events WHERE event_type = 'wearable_sync'",
+    ):
+        counts = json.loads(documents)
+        assert counts["new"] > 0 and counts["changed"] == counts["unchanged"] == counts["deleted"] == 0
+    # Every patient-day of the range has a status, and the days without data say why.
+    day_status = query(
+        settings,
+        "SELECT count(*), count(DISTINCT (patient_id, day)), count(reason) "
+        "FROM patient_graph.wearable_day_status",
+    )
+    assert day_status == [(3 * 7, 3 * 7, 3 * 7)]
     synced = query(settings, "SELECT count(last_synced_at) FROM patient_graph.wearable_connections")
     assert synced == [(3,)]
 
@@ -160,6 +174,10 @@ def test_days_not_worn_have_no_rows(pipeline_env, connect_patient):
         pipeline_env, "SELECT count(DISTINCT day) FROM patient_graph.patient_wearable_daily_stats"
     )[0][0]
     assert 0 < covered < 92, "a simulated patient always has some days without the ring"
+    statuses = dict(
+        query(pipeline_env, "SELECT status, count(*) FROM patient_graph.wearable_day_status GROUP BY ALL")
+    )
+    assert sum(statuses.values()) == 92 and statuses.get("not_worn", 0) >= 92 - covered
 
 
 def test_one_patient_forbidden_while_others_land(pipeline_env, connect_patient, simulator):
@@ -340,7 +358,8 @@ def test_patients_fetched_concurrently_land_exactly_what_one_at_a_time_does(
             )
         )
         assert result.success
-        return snapshot(pipeline_env)
+        # The raw tables were emptied above, so every document is first seen (again) by this run.
+        return snapshot(pipeline_env, frozenset({"first_seen_at", "last_changed_at"}))
 
     concurrent = landed(4)
     assert concurrent == landed(1)
