@@ -114,3 +114,29 @@ def needs_attention(connection_status: str, last_error: str | None) -> bool:
     """Whether the patient must act on this connection: reconnect, or fix what the last sync hit (a 403)."""
     status = check_connection_status(connection_status)
     return status == RECONNECT_REQUIRED or (status == ACTIVE and last_error is not None)
+
+
+DAY_COMPLETE = "complete"
+DAY_PARTIAL = "partial"
+DAY_NOT_WORN = "not_worn"
+DAY_AWAITING_SYNC = "awaiting_sync"
+DAY_RECONNECT_REQUIRED = "reconnect_required"
+DAY_SUBSCRIPTION_EXPIRED = "subscription_expired"
+DAY_ERROR = "error"
+DAY_STATUSES = (
+    DAY_COMPLETE,
+    DAY_PARTIAL,
+    DAY_NOT_WORN,
+    DAY_AWAITING_SYNC,
+    DAY_RECONNECT_REQUIRED,
+    DAY_SUBSCRIPTION_EXPIRED,
+    DAY_ERROR,
+)
+"""CONTRACT §5, `wearable_day_status.status`: why a patient-day has the data it has (`day_status.py`)."""
+
+
+def check_day_status(status: str) -> str:
+    """`status` if a patient-day can be in it; otherwise ValueError naming the ones there are."""
+    if status not in DAY_STATUSES:
+        raise ValueError(f"unknown day status {status!r}; expected one of {DAY_STATUSES}")
+    return status

@@ -54,8 +54,12 @@ def record_patient_result(
     end_day: date,
     rows: Mapping[str, int],
     errors: Iterable[Mapping[str, Any]],
+    documents: Mapping[str, int] | None = None,
 ) -> wh.SyncResultRecord:
-    """Record how a patient's sync went in a run (merged with what is there: the status only gets worse)."""
+    """Record how a patient's sync went in a run (merged with what is there: the status only gets worse).
+
+    `documents` counts the documents that were new, changed, unchanged and deleted.
+    """
     return wh.record_sync_result(
         conn,
         run_id=run_id,
@@ -65,6 +69,7 @@ def record_patient_result(
         end_day=end_day,
         rows=rows,
         errors=errors,
+        documents=documents,
     )
 
 
@@ -150,6 +155,7 @@ def run_outcomes(conn: duckdb.DuckDBPyConnection, run: FinishedRun) -> dict[str,
             "endDay": result.end_day.isoformat(),
             "rows": result.rows,
             "errors": errors,
+            "documents": result.documents,
         }
     if not results and not run.succeeded:
         for connection in wh.list_active_connections(conn, run.patient_id):

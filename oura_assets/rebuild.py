@@ -17,6 +17,7 @@ import duckdb
 
 from oura_assets import ledger, normalize
 from oura_assets import warehouse as wh
+from oura_assets.day_status_writer import write_day_status
 from oura_assets.domain import HEARTRATE
 from oura_assets.sync import FETCH_FAILURE_CODES, RunLog, SyncError, heartrate_window
 
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 Writer = Callable[[duckdb.DuckDBPyConnection, str, date, date, dict[str, list[dict]], frozenset[str]], int]
 
 
+DAY_STATUS_TABLE = "patient_graph.wearable_day_status"
+
+
 @dataclass(frozen=True)
 class RebuildOutcome:
     patients: int
@@ -35,13 +39,23 @@ class RebuildOutcome:
 
 
 def patients_to_normalize(
-    warehouse: wh.WarehouseAccess, start: date, end: date, patient_id: str | None = None
+    warehouse: wh.WarehouseAccess,
+    start: date,
+    end: date,
+    patient_id: str | None = None,
+    run_id: str | None = None,
 ) -> list[str]:
-    """The run's patient, or everyone with raw data in the window: normalizing is a pure function of raw."""
+    """The run's patient, or everyone with raw data in the window or a sync result in the run.
+
+    Normalizing is a pure function of raw; the run's patients are added so one whose sync landed nothing
+    (ring off all week, a broken token) still gets its window rebuilt and its days explained.
+    """
     if patient_id:
         return [patient_id]
     with warehouse.connect("list patients with raw data") as conn:
-        return wh.patients_with_raw_data(conn, start, end)
+        with_data = wh.patients_with_raw_data(conn, start, end)
+        in_run = [r.patient_id for r in wh.sync_results_for_run(conn, run_id)] if run_id else []
+    return sorted({*with_data, *in_run})
 
 
 def read_daily_documents(
@@ -179,14 +193,17 @@ def rebuild_per_patient(
     margin: timedelta = timedelta(0),
     purpose: str = "rebuild",
     progress: RunLog = log,
+    day_status: bool = False,
 ) -> RebuildOutcome:
     """Rebuild `table` over days [start, end] from the raw tables, one patient per short transaction.
 
-    Covers `patient_id`, or every patient with raw data in the window. Each patient's daily documents are
-    read once, over the days widened by `margin`; `write` gets them all and picks the days itself.
+    Covers `patient_id`, or every patient with raw data in the window or a result in the run. Each patient's
+    daily documents are read once, over the days widened by `margin`; `write` gets them all and picks the
+    days itself. With `day_status`, the patient's `wearable_day_status` rows for the window are derived
+    from the same documents and written in the same transaction (the last normalized table does this).
     """
     warehouse = warehouse.reporting_waits_to(progress)  # a long wait for the file shows in the run's log
-    patients = patients_to_normalize(warehouse, start, end, patient_id)
+    patients = patients_to_normalize(warehouse, start, end, patient_id, run_id)
     total = 0
     for n, patient in enumerate(patients, start=1):
         with warehouse.transaction(f"{purpose}: write {table}") as conn:
@@ -199,7 +216,12 @@ def rebuild_per_patient(
                     f"{table} keeps what earlier runs landed for them"
                 )
             written = write(conn, patient, start, end, nearby, failed)
-            ledger.add_rows(conn, run_id=run_id, patient_id=patient, rows={table: written})
+            rows = {table: written}
+            if day_status:
+                rows[DAY_STATUS_TABLE] = write_day_status(
+                    conn, patient_id=patient, start=start, end=end, run_id=run_id, nearby=nearby
+                )
+            ledger.add_rows(conn, run_id=run_id, patient_id=patient, rows=rows)
         total += written
         if len(patients) > 20 and n % 20 == 0:
             progress.info(f"patient {n} of {len(patients)} ({patient}): {written} rows")

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from oura_assets import ledger
 from oura_assets import warehouse as wh
+from oura_assets.day_status_writer import write_day_status
 from oura_assets.domain import RAW_COLLECTIONS
 from oura_assets.oura.client import (
     OuraClient,
@@ -69,6 +70,8 @@ class PatientSyncResult:
     status: str  # success | partial | failed
     rows: dict[str, int] = field(default_factory=dict)
     errors: list[SyncError] = field(default_factory=list)
+    documents: dict[str, int] = field(default_factory=dict)
+    """Documents fetched, by what they were to the warehouse: new, changed, unchanged, deleted."""
 
     @property
     def patient_side(self) -> bool:
@@ -239,6 +242,7 @@ def sync_patient(
         errors = [SyncError("subscription_expired", forbidden[0].message)]
 
     rows: dict[str, int] = {}
+    changes = wh.DocumentChanges()
     if fetched:
         fetched_at = datetime.now(UTC)
         try:
@@ -250,14 +254,17 @@ def sync_patient(
                             conn, patient_id, low, high, documents, fetched_at
                         )
                     else:
-                        rows[f"oura_raw.{collection}"] = wh.replace_raw_documents(
+                        written = wh.mirror_raw_documents(
                             conn, collection, patient_id, start, end, documents, fetched_at
                         )
+                        rows[f"oura_raw.{collection}"] = written.written
+                        changes += written
         except wh.WarehouseBusy as exc:
             return PatientSyncResult(
                 patient_id, "failed", {}, [*errors, SyncError("warehouse_busy", str(exc))]
             )
-    return PatientSyncResult(patient_id, _status(len(fetched), len(wanted), errors), rows, errors)
+    status = _status(len(fetched), len(wanted), errors)
+    return PatientSyncResult(patient_id, status, rows, errors, changes.as_dict() if fetched else {})
 
 
 class RunLog(Protocol):
@@ -371,7 +378,12 @@ def _record(
             end_day=end,
             rows=result.rows,
             errors=[e.to_dict() for e in result.errors],
+            documents=result.documents or None,
         )
+        if not result.rows:
+            # Nothing landed, and the normalized assets may not run at all (a run where every patient
+            # failed is red): the patient's days are explained here, from what the warehouse already held.
+            write_day_status(conn, patient_id=result.patient_id, start=start, end=end, run_id=run_id)
         if result.status != "failed":
             wh.mark_synced(conn, result.patient_id, datetime.now(UTC))
         elif result.errors and result.errors[0].code == "subscription_expired":

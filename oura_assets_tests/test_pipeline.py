@@ -15,7 +15,7 @@ from oura_assets.defs.partitions import PATIENT_TAG, SYNC_IDS_TAG
 from oura_assets.defs.schedules import nightly_range
 from oura_assets.defs.sensors import build_event_sensor
 from oura_assets.normalize import METRIC_KEYS
-from oura_assets_tests.support import failures, query, run_sync, snapshot
+from oura_assets_tests.support import VOLATILE, failures, query, run_sync, snapshot
 
 START, END = date(2024, 6, 10), date(2024, 6, 16)
 
@@ -98,6 +98,20 @@ def test_materialized_range_lands_every_table(pipeline_env, connect_patient):
     )
     assert [(p, s, r) for p, s, r, _ in events] == [(f"patient-{n}", "success", run_id) for n in range(3)]
     assert json.loads(events[0][3])["patient_graph.wearable_data"] > 0
+    # A first sync finds every document new; the event says so.
+    for (documents,) in query(
+        settings,
+        "SELECT payload->'documents' FROM patient_graph.patient_events WHERE event_type = 'wearable_sync'",
+    ):
+        counts = json.loads(documents)
+        assert counts["new"] > 0 and counts["changed"] == counts["unchanged"] == counts["deleted"] == 0
+    # Every patient-day of the range has a status, and the days without data say why.
+    day_status = query(
+        settings,
+        "SELECT count(*), count(DISTINCT (patient_id, day)), count(reason) "
+        "FROM patient_graph.wearable_day_status",
+    )
+    assert day_status == [(3 * 7, 3 * 7, 3 * 7)]
     synced = query(settings, "SELECT count(last_synced_at) FROM patient_graph.wearable_connections")
     assert synced == [(3,)]
 
@@ -127,6 +141,10 @@ def test_days_not_worn_have_no_rows(pipeline_env, connect_patient):
         pipeline_env, "SELECT count(DISTINCT day) FROM patient_graph.patient_wearable_daily_stats"
     )[0][0]
     assert 0 < covered < 92, "a simulated patient always has some days without the ring"
+    statuses = dict(
+        query(pipeline_env, "SELECT status, count(*) FROM patient_graph.wearable_day_status GROUP BY ALL")
+    )
+    assert sum(statuses.values()) == 92 and statuses.get("not_worn", 0) >= 92 - covered
 
 
 def test_one_patient_forbidden_while_others_land(pipeline_env, connect_patient, simulator):
@@ -295,7 +313,8 @@ def test_patients_fetched_concurrently_land_exactly_what_one_at_a_time_does(
             START, END, run_config={"resources": {"oura": {"config": {"max_concurrent_patients": workers}}}}
         )
         assert result.success, failures(result)
-        return snapshot(pipeline_env)
+        # The raw tables were emptied above, so every document is first seen (again) by this run.
+        return snapshot(pipeline_env, drop=VOLATILE | {"first_seen_at", "last_changed_at"})
 
     concurrent = landed(4)
     assert concurrent == landed(1)

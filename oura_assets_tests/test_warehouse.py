@@ -109,6 +109,7 @@ CONTRACT_COLUMNS: dict[str, dict[str, str]] = {
         "rows": "JSON",
         "errors": "JSON",
         "recorded_at": TZ,
+        "documents": "JSON",
     },
     "patient_graph.oauth_states": {
         "state_hash": "VARCHAR",
@@ -124,8 +125,30 @@ CONTRACT_COLUMNS: dict[str, dict[str, str]] = {
             "day": "DATE",
             "document": "JSON",
             "fetched_at": TZ,
+            "first_seen_at": TZ,
+            "last_changed_at": TZ,
+            "revision": "INTEGER",
         }
         for c in wh.DOCUMENT_COLLECTIONS
+    },
+    "oura_raw.document_revisions": {
+        "collection": "VARCHAR",
+        "patient_id": "VARCHAR",
+        "id": "VARCHAR",
+        "revision": "INTEGER",
+        "day": "DATE",
+        "document": "JSON",
+        "fetched_at": TZ,
+        "superseded_at": TZ,
+        "change": "VARCHAR",
+    },
+    "patient_graph.wearable_day_status": {
+        "patient_id": "VARCHAR",
+        "source": "VARCHAR",
+        "day": "DATE",
+        "status": "VARCHAR",
+        "reason": "VARCHAR",
+        "updated_at": TZ,
     },
     "oura_raw.heartrate": {
         "patient_id": "VARCHAR",
@@ -147,6 +170,8 @@ PRIMARY_KEYS = {
     "patient_graph.oauth_states": ["state_hash"],
     **{f"oura_raw.{c}": ["patient_id", "id"] for c in wh.DOCUMENT_COLLECTIONS},
     "oura_raw.heartrate": ["patient_id", "timestamp", "source"],
+    "oura_raw.document_revisions": ["collection", "patient_id", "id", "revision", "superseded_at"],
+    "patient_graph.wearable_day_status": ["patient_id", "source", "day"],
 }
 
 
@@ -207,7 +232,10 @@ def test_ensure_schema_is_idempotent_and_versioned(store):
         wh._migrate(conn)  # the DDL again, as a process that has not seen the file would run it
     store.ensure_schema()
     with store.connect("test") as conn:
-        assert query(conn, "SELECT version FROM main.schema_version") == [(wh.SCHEMA_VERSION,)]
+        # Each migration recorded exactly once, the newest being the code's version.
+        assert query(conn, "SELECT version FROM main.schema_version ORDER BY version") == [
+            (version,) for version in range(1, wh.SCHEMA_VERSION + 1)
+        ]
         (tables,) = conn.execute(
             "SELECT count(*) FROM information_schema.tables "
             "WHERE table_schema IN ('patient_graph', 'oura_raw')"

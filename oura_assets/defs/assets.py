@@ -161,6 +161,7 @@ def _rebuild(
     table: str,
     write: rebuild.Writer,
     margin: timedelta = timedelta(0),
+    day_status: bool = False,
 ) -> dg.MaterializeResult:
     """Rebuild `table` over the run's days from the raw tables, one patient per short transaction."""
     start, end = _day_range(context)
@@ -174,6 +175,7 @@ def _rebuild(
         run_id=run_id,
         patient_id=_run_patient(context),
         margin=margin,
+        day_status=day_status,
         purpose=f"dagster run {run_id[:8]}",
         progress=context.log,
     )
@@ -222,6 +224,7 @@ def build_graph_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
 
         Heart-rate figures cover the patient's local calendar day (UTC plus the offset on that day's daily
         documents, else the nearest known offset, else UTC); a sample repeated by Oura counts once.
+        The same step writes `patient_graph.wearable_day_status`: every day of the range, complete or why not.
         """
         return _rebuild(
             context,
@@ -229,6 +232,7 @@ def build_graph_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
             "patient_graph.patient_wearable_daily_stats",
             rebuild.write_daily_stats,
             margin=OFFSET_SEARCH_MARGIN,
+            day_status=True,
         )
 
     return [wearable_data, patient_wearable_daily_stats]

@@ -11,7 +11,8 @@ and values always travel as parameters. The modules, by what they own:
   the shape callers take (a `Warehouse` or the Dagster resource).
 - `schema`: every table described once as data (`TABLES`); `migrations` creates them from it.
 - `staging`: bulk rows staged as JSON and mirrored into a window.
-- `raw`, `normalized`: the `oura_raw` tables, `wearable_data` and the daily stats.
+- `raw`, `normalized`: the `oura_raw` tables (with document revisions), `wearable_data` and the daily stats.
+- `day_status`: `wearable_day_status`, why each synced patient-day has the data it has.
 - `connections`, `runs`, `oauth_states`: connections and tokens; sync requests, results and events; states.
 - `queries`: the named queries behind the asset checks.
 """
@@ -37,6 +38,7 @@ from oura_assets.warehouse.connections import (
     upsert_connection,
 )
 from oura_assets.warehouse.database import Warehouse, WarehouseAccess
+from oura_assets.warehouse.day_status import read_day_status, replace_day_status
 from oura_assets.warehouse.lock import DEFAULT_RETRY_AFTER_S, WarehouseBusy, WarehouseHolder
 from oura_assets.warehouse.migrations import SCHEMA_VERSION
 from oura_assets.warehouse.migrations import _migrate as _migrate
@@ -77,6 +79,8 @@ from oura_assets.warehouse.queries import (
     wearable_data_sleep_duration_problems,
 )
 from oura_assets.warehouse.raw import (
+    DocumentChanges,
+    mirror_raw_documents,
     patients_with_raw_data,
     read_raw_documents,
     read_raw_heartrate,
@@ -118,6 +122,7 @@ __all__ = [
     "ConnectionAttention",
     "ConnectionRecord",
     "DailyHeartRate",
+    "DocumentChanges",
     "MetricKeyShape",
     "Offender",
     "Offenders",
@@ -146,6 +151,7 @@ __all__ = [
     "list_connections",
     "mark_sync_request",
     "mark_synced",
+    "mirror_raw_documents",
     "patients_with_raw_data",
     "purge_oauth_states",
     "queued_sync_requests",
@@ -153,11 +159,13 @@ __all__ = [
     "raw_scores_out_of_range",
     "raw_sleep_period_problems",
     "read_daily_heart_rate",
+    "read_day_status",
     "read_raw_documents",
     "read_raw_heartrate",
     "record_event",
     "record_sync_result",
     "replace_daily_stats",
+    "replace_day_status",
     "replace_raw_documents",
     "replace_raw_heartrate",
     "replace_wearable_data",

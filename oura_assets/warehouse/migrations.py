@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 
 import duckdb
 
-from oura_assets.warehouse.schema import SCHEMA_VERSION_TABLE, SCHEMAS, TABLES
+from oura_assets.domain import DOCUMENT_COLLECTIONS
+from oura_assets.warehouse.schema import REVISION_COLUMNS, SCHEMA_VERSION_TABLE, SCHEMAS, TABLES
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,40 @@ _MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         (
             *(f"CREATE SCHEMA IF NOT EXISTS {schema}" for schema in SCHEMAS),
             *(table.ddl() for table in TABLES.values()),
+        ),
+    ),
+    (
+        2,
+        "document revisions (first_seen_at, last_changed_at, revision; oura_raw.document_revisions), "
+        "wearable_day_status, sync_results.documents",
+        (
+            # Documents already stored count as first versions seen when they were last fetched: their
+            # history before this migration is unknown, so revision 0 (no content change seen yet).
+            *(
+                f"ALTER TABLE oura_raw.{c} ADD COLUMN IF NOT EXISTS {column.name} {column.type}"
+                for c in DOCUMENT_COLLECTIONS
+                for column in REVISION_COLUMNS
+            ),
+            *(
+                f"UPDATE oura_raw.{c} SET first_seen_at = coalesce(first_seen_at, fetched_at), "  # noqa: S608
+                "last_changed_at = coalesce(last_changed_at, fetched_at), revision = coalesce(revision, 0) "
+                "WHERE first_seen_at IS NULL OR last_changed_at IS NULL OR revision IS NULL"
+                for c in DOCUMENT_COLLECTIONS
+            ),
+            "ALTER TABLE patient_graph.sync_results ADD COLUMN IF NOT EXISTS documents JSON",
+            TABLES["oura_raw.document_revisions"].ddl(),
+            TABLES["patient_graph.wearable_day_status"].ddl(),
+        ),
+    ),
+    (
+        3,
+        "raw document revision columns NOT NULL",
+        # Apart from migration 2: DuckDB cannot add the constraint in the transaction that backfilled the
+        # column ("Cannot create index with outstanding updates").
+        tuple(
+            f"ALTER TABLE oura_raw.{c} ALTER COLUMN {column.name} SET NOT NULL"
+            for c in DOCUMENT_COLLECTIONS
+            for column in REVISION_COLUMNS
         ),
     ),
 )

@@ -2,12 +2,16 @@
 
 Writing a patient's window makes the table hold exactly what Oura returned for it (documents Oura no longer
 returns are deleted), so a re-fetch replaces older versions and re-running a range changes nothing.
+Oura revises documents after the fact (a score recomputed hours later, under the same `id`): a document row
+counts its content changes in `revision`, and the version it replaced, or a document Oura stopped returning,
+is kept in `oura_raw.document_revisions`, so a revised score stays visible in SQL.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +25,37 @@ if TYPE_CHECKING:  # only an annotation here: DuckDB's `.pl()` imports polars it
     import polars as pl
 
 
+@dataclass(frozen=True)
+class DocumentChanges:
+    """What one window write did to a collection's documents, compared with what the table held."""
+
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+
+    @property
+    def written(self) -> int:
+        """Documents the table holds for the write: new, changed and unchanged (re-fetched) alike."""
+        return self.new + self.changed + self.unchanged
+
+    def __add__(self, other: DocumentChanges) -> DocumentChanges:
+        return DocumentChanges(
+            self.new + other.new,
+            self.changed + other.changed,
+            self.unchanged + other.unchanged,
+            self.deleted + other.deleted,
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "new": self.new,
+            "changed": self.changed,
+            "unchanged": self.unchanged,
+            "deleted": self.deleted,
+        }
+
+
 def replace_raw_documents(
     conn: duckdb.DuckDBPyConnection,
     collection: str,
@@ -32,8 +67,29 @@ def replace_raw_documents(
 ) -> int:
     """Mirror Oura's `collection` for the patient's days [start_day, end_day]; returns the documents written.
 
+    `mirror_raw_documents`, counting only what the table holds afterwards.
+    """
+    return mirror_raw_documents(
+        conn, collection, patient_id, start_day, end_day, documents, fetched_at
+    ).written
+
+
+def mirror_raw_documents(
+    conn: duckdb.DuckDBPyConnection,
+    collection: str,
+    patient_id: str,
+    start_day: date,
+    end_day: date,
+    documents: Iterable[Mapping[str, Any]],
+    fetched_at: datetime,
+) -> DocumentChanges:
+    """Mirror Oura's `collection` for the patient's days [start_day, end_day]; returns what changed.
+
     Rows of the window that Oura no longer returns are deleted; every given document replaces its older
     version by `id`, including one whose `day` lies outside the window. Each document needs `id` and `day`.
+    A document whose content differs from the stored one (compared as DuckDB's JSON text) gets `revision` + 1
+    and a new `last_changed_at`, and the stored version goes to `oura_raw.document_revisions`; an identical
+    one only gets a new `fetched_at`. Deleted rows go to the history as well.
     """
     table = f"oura_raw.{check_document_collection(collection)}"
     start, end = day_window(start_day, end_day)
@@ -46,22 +102,78 @@ def replace_raw_documents(
         except (TypeError, ValueError):
             raise ValueError(f"{collection} {doc['id']}: `day` {doc['day']!r} is not a date") from None
         records.append({"id": str(doc["id"]), "day": day, "document": doc})
+    at = utc(fetched_at)
     stage(
         conn,
-        "_staged_documents",
+        "_staged_fetched",
         "?::VARCHAR AS patient_id, value->>'id' AS id, CAST(value->>'day' AS DATE) AS day, "
         "value->'document' AS document, ?::TIMESTAMPTZ AS fetched_at",
         records,
-        [patient_id, utc(fetched_at)],
+        [patient_id, at],
         last_per=["id"],
     )
-    return mirror(
+    # Each fetched document beside the version the table holds (if any), and what it is to that version.
+    conn.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _staged_compared AS
+        SELECT s.*, t.day AS old_day, t.document AS old_document, t.fetched_at AS old_fetched_at,
+               t.first_seen_at AS old_first_seen_at, t.last_changed_at AS old_last_changed_at,
+               t.revision AS old_revision,
+               CASE WHEN t.id IS NULL THEN 'new'
+                    WHEN t.document::VARCHAR IS DISTINCT FROM s.document::VARCHAR THEN 'changed'
+                    ELSE 'unchanged' END AS change
+        FROM _staged_fetched s LEFT JOIN {table} t ON t.patient_id = s.patient_id AND t.id = s.id
+        """  # noqa: S608 (table name is a checked constant)
+    )
+    conn.execute("DROP TABLE _staged_fetched")
+    (deleted,) = conn.execute(
+        f"""
+        INSERT INTO oura_raw.document_revisions BY NAME
+        SELECT ? AS collection, patient_id, id, revision, day, document, fetched_at, ? AS superseded_at,
+               'deleted' AS change
+        FROM {table} t
+        WHERE patient_id = ? AND day BETWEEN ? AND ?
+          AND NOT EXISTS (SELECT 1 FROM _staged_compared s WHERE s.id = t.id)
+        ON CONFLICT DO NOTHING
+        """,  # noqa: S608
+        [collection, at, patient_id, start, end],
+    ).fetchone()
+    conn.execute(
+        """
+        INSERT INTO oura_raw.document_revisions BY NAME
+        SELECT ? AS collection, patient_id, id, old_revision AS revision, old_day AS day,
+               old_document AS document, old_fetched_at AS fetched_at, ? AS superseded_at, change
+        FROM _staged_compared WHERE change = 'changed'
+        ON CONFLICT DO NOTHING
+        """,
+        [collection, at],
+    )
+    counts = dict(conn.execute("SELECT change, count(*) FROM _staged_compared GROUP BY change").fetchall())
+    conn.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE _staged_documents AS
+        SELECT patient_id, id, day, document, fetched_at,
+               coalesce(old_first_seen_at, fetched_at) AS first_seen_at,
+               CASE change WHEN 'unchanged' THEN old_last_changed_at ELSE fetched_at END AS last_changed_at,
+               CASE change WHEN 'new' THEN 0 WHEN 'changed' THEN old_revision + 1 ELSE old_revision END
+                   AS revision
+        FROM _staged_compared
+        """
+    )
+    conn.execute("DROP TABLE _staged_compared")
+    mirror(
         conn,
         table,
         "_staged_documents",
         ("patient_id", "id"),
         "patient_id = ? AND day BETWEEN ? AND ?",
         [patient_id, start, end],
+    )
+    return DocumentChanges(
+        new=counts.get("new", 0),
+        changed=counts.get("changed", 0),
+        unchanged=counts.get("unchanged", 0),
+        deleted=int(deleted),
     )
 
 

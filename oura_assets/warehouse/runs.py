@@ -154,6 +154,8 @@ class SyncResultRecord:
     rows: dict[str, int]
     errors: list[dict[str, Any]]
     recorded_at: datetime
+    documents: dict[str, int]
+    """Documents the sync fetched, by what they were to the warehouse: new, changed, unchanged, deleted."""
 
 
 _SYNC_RESULT_COLUMNS = record_columns(SyncResultRecord)
@@ -163,6 +165,7 @@ def _sync_result(row: Sequence[Any]) -> SyncResultRecord:
     values = record_values(SyncResultRecord, row)
     values["rows"] = loads(values["rows"]) or {}
     values["errors"] = loads(values["errors"]) or []
+    values["documents"] = loads(values["documents"]) or {}
     return SyncResultRecord(**values)
 
 
@@ -187,11 +190,13 @@ def record_sync_result(
     end_day: date,
     rows: Mapping[str, int],
     errors: Iterable[Mapping[str, Any]],
+    documents: Mapping[str, int] | None = None,
 ) -> SyncResultRecord:
     """Record (or add to) a patient's result in a run, and return the merged result.
 
     Called again for the same run and patient, it merges: row counts per table are updated, errors not yet
-    recorded are appended, and the status only gets worse (`domain.worse_sync_status`).
+    recorded are appended, and the status only gets worse (`domain.worse_sync_status`). `documents` (the
+    sync's counts of new, changed and unchanged documents) replaces the recorded counts when given.
     """
     domain.check_sync_result_status(status)
     previous = _get_sync_result(conn, run_id, patient_id)
@@ -205,7 +210,7 @@ def record_sync_result(
         status = domain.worse_sync_status(status, previous.status)
     conn.execute(
         f"INSERT OR REPLACE INTO patient_graph.sync_results ({_SYNC_RESULT_COLUMNS}) "  # noqa: S608
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             run_id,
             patient_id,
@@ -216,6 +221,7 @@ def record_sync_result(
             dumps(merged_rows),
             dumps(merged_errors),
             datetime.now(UTC),
+            dumps(dict(documents) if documents is not None else (previous.documents if previous else {})),
         ],
     )
     result = _get_sync_result(conn, run_id, patient_id)

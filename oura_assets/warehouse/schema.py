@@ -61,17 +61,38 @@ _DAY = _required("day", "DATE", "Oura's `day`: the patient's local calendar date
 _SCORE = "1-100 score"
 
 
+REVISION_COLUMNS = (
+    _required("first_seen_at", "TIMESTAMPTZ", "When the document was first fetched (UTC)."),
+    _required(
+        "last_changed_at",
+        "TIMESTAMPTZ",
+        "When Oura's content of the document last changed, i.e. when this version was first fetched (UTC).",
+    ),
+    _required(
+        "revision",
+        "INTEGER",
+        "Content changes seen: 0 for the first version, +1 each time Oura serves the same id with a "
+        "different content (a re-fetch of identical content changes only `fetched_at`). The superseded "
+        "versions are in `oura_raw.document_revisions`.",
+        "changes",
+    ),
+)
+"""The raw document tables' revision bookkeeping, added by migration 2 (so they come last on disk)."""
+
+
 def _document_table(collection: str) -> Table:
     return Table(
         f"oura_raw.{collection}",
         f"Oura `{collection}` documents as Oura sent them, one row per patient and document id. A re-fetched "
-        "document replaces its older version.",
+        "document replaces its older version; a changed one keeps the old version in "
+        "`oura_raw.document_revisions`.",
         (
             _PATIENT_ID,
             _required("id", "VARCHAR", "Oura's document id."),
             _DAY,
             _required("document", "JSON", "The document exactly as Oura returned it."),
-            _required("fetched_at", "TIMESTAMPTZ", "When this version was fetched from Oura (UTC)."),
+            _required("fetched_at", "TIMESTAMPTZ", "When this version was last fetched from Oura (UTC)."),
+            *REVISION_COLUMNS,
         ),
         ("patient_id", "id"),
     )
@@ -212,6 +233,13 @@ _TABLES: tuple[Table, ...] = (
             _required("rows", "JSON", "Rows written, by table name.", "rows"),
             _required("errors", "JSON", "What went wrong: a list of {code, message, collection}."),
             _required("recorded_at", "TIMESTAMPTZ", "When the result was last written (UTC)."),
+            Column(
+                "documents",
+                "JSON",
+                "Oura documents this patient's sync fetched, by what they were to the warehouse: "
+                "{new, changed, unchanged, deleted}.",
+                "documents",
+            ),
         ),
         ("run_id", "patient_id"),
     ),
@@ -240,6 +268,55 @@ _TABLES: tuple[Table, ...] = (
             _required("fetched_at", "TIMESTAMPTZ", "When this version was fetched from Oura (UTC)."),
         ),
         ("patient_id", "timestamp", "source"),
+    ),
+    Table(
+        "oura_raw.document_revisions",
+        "Superseded versions of Oura documents: when Oura serves a document id with a changed content (a "
+        "revised score) or stops serving it, the version the raw table held until then lands here. The "
+        "current version stays in `oura_raw.<collection>`.",
+        (
+            _required("collection", "VARCHAR", "The Oura collection: the raw table the document lives in."),
+            _PATIENT_ID,
+            _required("id", "VARCHAR", "Oura's document id."),
+            _required(
+                "revision", "INTEGER", "The superseded version's `revision` (0: first version).", "changes"
+            ),
+            _DAY,
+            _required("document", "JSON", "The superseded version exactly as Oura returned it."),
+            _required("fetched_at", "TIMESTAMPTZ", "When the superseded version was last fetched (UTC)."),
+            _required(
+                "superseded_at", "TIMESTAMPTZ", "When the fetch that replaced or dropped it happened (UTC)."
+            ),
+            _required(
+                "change",
+                "VARCHAR",
+                "`changed` (Oura served a new content under the same id) or `deleted` (Oura no longer "
+                "returned the document for its day).",
+            ),
+        ),
+        ("collection", "patient_id", "id", "revision", "superseded_at"),
+    ),
+    Table(
+        "patient_graph.wearable_day_status",
+        "One row per patient, source and day of every synced range, complete days included: whether the "
+        "day's data is complete and, when it is not, why (ring not worn, phone not synced yet, broken "
+        "connection, expired membership, a failed fetch), in words in `reason`.",
+        (
+            _PATIENT_ID,
+            _SOURCE,
+            _DAY,
+            _required(
+                "status",
+                "VARCHAR",
+                "`complete` (readiness, sleep and activity all present), `partial` (some of them), "
+                "`not_worn` (Oura recorded the ring off, or returned nothing for a past day), "
+                "`awaiting_sync` (a recent day the phone has not synced yet), `reconnect_required`, "
+                "`subscription_expired` or `error` (the fetch failed).",
+            ),
+            _required("reason", "VARCHAR", "Why, in words a person can act on."),
+            _required("updated_at", "TIMESTAMPTZ", "When the row was last written (UTC)."),
+        ),
+        ("patient_id", "source", "day"),
     ),
 )
 
