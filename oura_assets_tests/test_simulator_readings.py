@@ -16,12 +16,17 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import dagster as dg
+import httpx
+import jsonschema
+import pydantic
 import pytest
 
 from oura_assets import warehouse as wh
 from oura_assets.definitions import defs as load_defs
 from oura_assets.defs.partitions import partition_range_tags
+from oura_assets.simulator import ClientRegistration, SimulatorConfig, SimulatorServer
 from oura_assets.simulator import data as simdata
+from oura_assets_tests import test_simulator_schema as schema_checks
 from oura_assets_tests.test_pipeline import END, START, query, snapshot
 
 _DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
@@ -215,3 +220,76 @@ def test_partial_days_and_heart_rate_bursts_are_generated():
     awake = [e for e, s in zip(hr.epochs, hr.sources, strict=True) if s == "awake"]
     assert sum(e % 300 != 0 for e in awake) > 0.9 * len(awake)
     assert sum(e % 60 != 0 for e in awake) > 0.9 * len(awake)
+
+
+def _pydantic_datetime(value: object) -> bool:
+    """`date-time` as Oura's framework reads it (pydantic 2), with an offset, as the readings may write it."""
+    if not isinstance(value, str) or not _DATETIME.match(value):
+        return False
+    parsed = pydantic.TypeAdapter(datetime).validate_python(value)
+    return parsed.tzinfo is not None
+
+
+@pytest.mark.parametrize("reading", [*READINGS, {"timestamps": "space"}, {"timestamps": "compact_offset"}])
+def test_every_reading_answers_in_the_spec_shape(reading):
+    """The strict schema check of test_simulator_schema.py under each reading; the date-time forms are
+    checked as pydantic reads them (RFC 3339 itself takes a `T` and `±HH:MM`)."""
+    formats = jsonschema.FormatChecker(formats=())
+    formats.checks("date", raises=ValueError)(schema_checks._is_date)
+    if "timestamps" in reading:
+        formats.checks("date-time", raises=ValueError)(_pydantic_datetime)
+    else:
+        formats.checks("date-time", raises=ValueError)(schema_checks._is_datetime)
+    components = schema_checks.strict_components(schema_checks.load_schemas())
+
+    def validate(instance: Any, name: str) -> None:
+        root = {"components": {"schemas": components}, "$ref": f"#/components/schemas/{name}"}
+        errors = list(jsonschema.Draft202012Validator(root, format_checker=formats).iter_errors(instance))
+        assert not errors, [f"{list(e.absolute_path)}: {e.message[:200]}" for e in errors[:3]]
+
+    config = SimulatorConfig(
+        clients={"c": ClientRegistration("s", ("http://127.0.0.1:9/cb",))}, readings=reading
+    )
+    with SimulatorServer(config) as server, httpx.Client(timeout=10) as http:
+        server.control.set_clock(schema_checks.CLOCK, frozen=True)
+        token = server.control.issue_tokens("schema-user-1")["access_token"]
+        base = f"{server.url}/v2/usercollection"
+        window = {"start_date": "2024-06-08", "end_date": "2024-06-12"}
+        for route, schema in schema_checks.ROUTE_SCHEMAS.items():
+            for body in schema_checks.pages(http, f"{base}/{route}", token, window):
+                validate(body, f"MultiDocumentResponse_{schema}_")
+        hr_window = {
+            "start_datetime": "2024-06-10T00:00:00+00:00",
+            "end_datetime": "2024-06-11T00:00:00+00:00",
+        }
+        bodies = list(schema_checks.pages(http, f"{base}/heartrate", token, hr_window))
+        for body in bodies:
+            validate(body, "TimeSeriesResponse_PublicHeartRateRow_")
+        assert len(bodies) > 1
+        last_null = reading.get("last_next_token") == "null"
+        assert ("next_token" in bodies[-1]) is last_null and bodies[-1].get("next_token") is None
+
+
+def test_readings_are_set_over_http_and_reset_to_the_configured_ones():
+    config = SimulatorConfig(
+        clients={"c": ClientRegistration("s", ("http://127.0.0.1:9/cb",))},
+        readings={"date_ends": "inclusive"},
+    )
+    with SimulatorServer(config) as server, httpx.Client(timeout=10) as http:
+        url = f"{server.url}/_sim/faults"
+        assert http.get(url).json()["readings"]["date_ends"] == "inclusive"
+        answer = http.post(url, json={"readings": {"last_next_token": "null", "timestamps": "space"}})
+        assert answer.status_code == 200
+        assert answer.json()["readings"] == {
+            "date_ends": "inclusive",
+            "last_next_token": "null",
+            "timestamps": "space",
+        }
+        for bad in ({"date_ends": "sideways"}, {"end_dates": "inclusive"}, "inclusive"):
+            refused = http.post(url, json={"readings": bad})
+            assert refused.status_code == 400, bad
+        assert http.delete(url).json()["readings"] == {
+            "date_ends": "inclusive",
+            "last_next_token": "absent",
+            "timestamps": "iso",
+        }
