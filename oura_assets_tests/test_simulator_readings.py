@@ -15,22 +15,20 @@ import re
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import dagster as dg
 import httpx
 import jsonschema
 import pydantic
 import pytest
 
 from oura_assets import warehouse as wh
-from oura_assets.definitions import defs as load_defs
-from oura_assets.defs.partitions import partition_range_tags
 from oura_assets.simulator import ClientRegistration, SimulatorConfig, SimulatorServer
 from oura_assets.simulator import data as simdata
 from oura_assets_tests import test_simulator_schema as schema_checks
-from oura_assets_tests.test_pipeline import END, START, query, snapshot
+from oura_assets_tests.support import failures, query, run_sync, snapshot
 
 _DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
 _NOW = datetime(2025, 1, 1, tzinfo=UTC)
+START, END = date(2024, 6, 10), date(2024, 6, 16)
 
 
 def _range_days() -> list[date]:
@@ -89,12 +87,8 @@ def landed(settings) -> dict[str, list[tuple]]:
             conn.execute(f"DELETE FROM patient_graph.{table}")  # noqa: S608 (fixed names)
         for table in ("daily_readiness", "daily_sleep", "sleep", "daily_activity", "heartrate"):
             conn.execute(f"DELETE FROM oura_raw.{table}")  # noqa: S608 (fixed names)
-    result = (
-        load_defs()
-        .resolve_job_def("oura_sync")
-        .execute_in_process(instance=dg.DagsterInstance.ephemeral(), tags=partition_range_tags(START, END))
-    )
-    assert result.success
+    result = run_sync(START, END)
+    assert result.success, failures(result)
     return snapshot(settings)
 
 
