@@ -17,6 +17,7 @@ import duckdb
 
 from oura_assets import normalize
 from oura_assets import warehouse as wh
+from oura_assets.retention import keep_pruned_heart_rate
 from oura_assets.sync import RunLog, SyncError, heartrate_window
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,11 @@ def write_daily_stats(
     days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
     samples = wh.read_raw_heartrate(conn, patient_id, *heartrate_window(start, end))
     hr_stats = normalize.heart_rate_day_stats(samples, offsets, days)
+    # Days whose samples retention dropped keep the figures computed while they were there (retention.py).
+    horizon = wh.retention_horizon(conn)
+    if horizon is not None:
+        stored = wh.daily_heart_rate_figures(conn, patient_id, start, end)
+        hr_stats = keep_pruned_heart_rate(hr_stats, stored, offsets, days, horizon)
     wearable = _wearable_rows(patient_id, _in_window(nearby, start, end))
     rows = normalize.daily_stats_rows(patient_id, wearable, hr_stats, offsets)
     return wh.replace_daily_stats(conn, patient_id, start, end, rows, datetime.now(UTC))

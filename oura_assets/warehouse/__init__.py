@@ -13,6 +13,8 @@ and values always travel as parameters. The modules, by what they own:
 - `raw`, `normalized`: the `oura_raw` tables, `wearable_data` and the daily stats.
 - `connections`, `runs`, `oauth_states`: connections and tokens; sync requests, results and events; states.
 - `queries`: the named queries behind the asset checks.
+- `audit`: the append-only audit log; `erasure`: a patient erased from every table, the file compacted;
+  `retention`: raw heart-rate samples dropped past the retention horizon.
 """
 
 from oura_assets.domain import (
@@ -24,6 +26,7 @@ from oura_assets.domain import (
     SYNC_REQUEST_STATUSES,
     SYNC_RESULT_STATUSES,
 )
+from oura_assets.warehouse.audit import ANONYMOUS, OPERATOR, AuditEntry, read_audit_log, record_audit
 from oura_assets.warehouse.connections import (
     ConnectionRecord,
     delete_tokens,
@@ -36,6 +39,7 @@ from oura_assets.warehouse.connections import (
     upsert_connection,
 )
 from oura_assets.warehouse.database import Warehouse
+from oura_assets.warehouse.erasure import Compaction, compact, erase_patient_rows, patient_tables
 from oura_assets.warehouse.lock import DEFAULT_RETRY_AFTER_S, WarehouseBusy, WarehouseHolder
 from oura_assets.warehouse.migrations import SCHEMA_VERSION
 from oura_assets.warehouse.migrations import _migrate as _migrate
@@ -56,6 +60,12 @@ from oura_assets.warehouse.raw import (
     replace_raw_documents,
     replace_raw_heartrate,
 )
+from oura_assets.warehouse.retention import (
+    RAW_HEARTRATE,
+    daily_heart_rate_figures,
+    prune_raw_heartrate,
+    retention_horizon,
+)
 from oura_assets.warehouse.runs import (
     SyncRequestRecord,
     SyncResultRecord,
@@ -68,20 +78,26 @@ from oura_assets.warehouse.runs import (
     record_sync_result,
     sync_results_for_run,
 )
-from oura_assets.warehouse.schema import TABLES, Column, Table
+from oura_assets.warehouse.schema import AUDIT_LOG, TABLES, Column, Table
 
 __all__ = [
+    "ANONYMOUS",
+    "AUDIT_LOG",
     "CONNECTION_STATUSES",
     "DEFAULT_RETRY_AFTER_S",
     "DOCUMENT_COLLECTIONS",
     "EVENT_TYPES",
+    "OPERATOR",
     "RAW_COLLECTIONS",
+    "RAW_HEARTRATE",
     "SCHEMA_VERSION",
     "SOURCE",
     "SYNC_REQUEST_STATUSES",
     "SYNC_RESULT_STATUSES",
     "TABLES",
+    "AuditEntry",
     "Column",
+    "Compaction",
     "ConnectionAttention",
     "ConnectionRecord",
     "MetricKeyShape",
@@ -92,28 +108,36 @@ __all__ = [
     "WarehouseBusy",
     "WarehouseHolder",
     "add_sync_result_rows",
+    "compact",
     "connections_needing_attention",
     "consume_oauth_state",
     "create_sync_request",
+    "daily_heart_rate_figures",
     "daily_stats_mismatched_days",
     "delete_tokens",
+    "erase_patient_rows",
     "get_connection",
     "get_sync_request",
     "list_active_connections",
     "list_connections",
     "mark_sync_request",
     "mark_synced",
+    "patient_tables",
     "patients_with_raw_data",
+    "prune_raw_heartrate",
     "purge_oauth_states",
     "queued_sync_requests",
+    "read_audit_log",
     "read_raw_documents",
     "read_raw_heartrate",
+    "record_audit",
     "record_event",
     "record_sync_result",
     "replace_daily_stats",
     "replace_raw_documents",
     "replace_raw_heartrate",
     "replace_wearable_data",
+    "retention_horizon",
     "save_oauth_state",
     "save_tokens",
     "set_connection_status",

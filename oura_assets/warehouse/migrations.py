@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import duckdb
 
-from oura_assets.warehouse.schema import SCHEMA_VERSION_TABLE, SCHEMAS, TABLES
+from oura_assets.warehouse.schema import AUDIT_LOG, RETENTION_HORIZONS, SCHEMA_VERSION_TABLE, SCHEMAS, TABLES
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +27,11 @@ _MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             *(f"CREATE SCHEMA IF NOT EXISTS {schema}" for schema in SCHEMAS),
             *(table.ddl() for table in TABLES.values()),
         ),
+    ),
+    (
+        2,
+        "health-data duties: the append-only audit log and the raw-data retention horizons",
+        (AUDIT_LOG.ddl(), RETENTION_HORIZONS.ddl()),
     ),
 )
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
