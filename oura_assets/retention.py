@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
+from oura_assets import warehouse as wh
 from oura_assets.normalize import HeartRateDayStats, offset_for
 
 
@@ -57,3 +58,30 @@ def keep_pruned_heart_rate(
             utc_offset=offset_for(day, offsets) if minutes is None else timedelta(minutes=minutes),
         )
     return out
+
+
+def apply_heartrate_retention(
+    warehouse: wh.Warehouse, retention_days: int, now: datetime, request_id: str
+) -> tuple[datetime, int]:
+    """Drop every patient's raw heart-rate samples before the cutoff, audited; (cutoff, rows deleted)."""
+    cutoff = heartrate_cutoff(now, retention_days)
+    with warehouse.transaction("retention: drop old raw heart-rate samples") as conn:
+        deleted = wh.prune_raw_heartrate(conn, cutoff, now)
+        wh.record_audit(
+            conn,
+            wh.AuditEntry(
+                occurred_at=now,
+                actor=wh.OPERATOR,
+                action="retention",
+                patient_id=None,
+                outcome="ok",
+                request_id=request_id,
+                detail={
+                    "table": wh.RAW_HEARTRATE,
+                    "cutoff": cutoff.isoformat(),
+                    "retentionDays": retention_days,
+                    "rowsDeleted": deleted,
+                },
+            ),
+        )
+    return cutoff, deleted

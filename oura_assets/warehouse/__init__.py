@@ -26,7 +26,14 @@ from oura_assets.domain import (
     SYNC_REQUEST_STATUSES,
     SYNC_RESULT_STATUSES,
 )
-from oura_assets.warehouse.audit import ANONYMOUS, OPERATOR, AuditEntry, read_audit_log, record_audit
+from oura_assets.warehouse.audit import (
+    ANONYMOUS,
+    OPERATOR,
+    AuditEntry,
+    erasure_pending_compaction,
+    read_audit_log,
+    record_audit,
+)
 from oura_assets.warehouse.connections import (
     ConnectionRecord,
     delete_tokens,
@@ -116,6 +123,7 @@ __all__ = [
     "daily_stats_mismatched_days",
     "delete_tokens",
     "erase_patient_rows",
+    "erasure_pending_compaction",
     "get_connection",
     "get_sync_request",
     "list_active_connections",

@@ -83,3 +83,14 @@ def read_audit_log(
         )
         for row in rows
     ]
+
+
+def erasure_pending_compaction(conn: duckdb.DuckDBPyConnection) -> bool:
+    """Whether an erasure removed rows after the file was last compacted (its bytes may linger until then)."""
+    (pending,) = conn.execute(
+        "SELECT coalesce(max(occurred_at) FILTER (WHERE action = 'erase' AND outcome = 'ok' "
+        "AND coalesce(CAST(detail->>'totalRows' AS BIGINT), 1) > 0) "
+        "> coalesce(max(occurred_at) FILTER (WHERE action = 'compact' AND outcome = 'ok'), "
+        "'-infinity'::TIMESTAMPTZ), false) FROM patient_graph.audit_log"
+    ).fetchone() or (False,)
+    return bool(pending)

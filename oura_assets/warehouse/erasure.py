@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import duckdb
 
 from oura_assets.private_files import fsync_directory
+from oura_assets.warehouse.audit import AuditEntry, record_audit
 from oura_assets.warehouse.schema import AUDIT_LOG, TABLES
 
 if TYPE_CHECKING:
@@ -81,11 +82,14 @@ class Compaction:
     bytes_after: int
 
 
-def compact(warehouse: Warehouse, timeout_s: float | None = None) -> Compaction:
+def compact(
+    warehouse: Warehouse, timeout_s: float | None = None, audit: AuditEntry | None = None
+) -> Compaction:
     """Rewrite the warehouse file with its live rows only, and swap it in atomically.
 
     Holds the writer lock throughout, so no process of ours reads or writes in between; the old file's
     deleted rows (an erased patient's, pruned samples) leave the disk with it. The file keeps its mode.
+    `audit` (action `compact`) is appended before the copy, so no erasure can slip in between the two.
     """
     path = warehouse.path.expanduser().resolve()
     fresh = path.with_name(f".{path.name}.compact")
@@ -95,6 +99,8 @@ def compact(warehouse: Warehouse, timeout_s: float | None = None) -> Compaction:
         for leftover in (fresh, Path(f"{fresh}.wal")):
             leftover.unlink(missing_ok=True)
         (current,) = conn.execute("SELECT current_database()").fetchone() or ("",)
+        if audit is not None:
+            record_audit(conn, audit)
         conn.execute("CHECKPOINT")
         conn.execute("ATTACH ? AS oura_assets_compact", [str(fresh)])
         try:
