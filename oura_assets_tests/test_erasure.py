@@ -103,7 +103,7 @@ def document_ids(settings: Settings, patient_id: str) -> list[str]:
         for collection in wh.DOCUMENT_COLLECTIONS
         for (document_id,) in query(
             settings,
-            f"SELECT id FROM oura_raw.{collection} WHERE patient_id = ?",
+            f"SELECT id FROM oura_raw.{collection} WHERE patient_id = ?",  # noqa: S608
             [patient_id],
         )
     ]
