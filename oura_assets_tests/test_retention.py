@@ -1,4 +1,4 @@
-"""Raw heart-rate retention (issue 9): the housekeeping job drops old samples; daily stats keep their figures."""
+"""Raw heart-rate retention (issue 9): the housekeeping job drops old samples; daily stats keep theirs."""
 
 from __future__ import annotations
 
