@@ -12,17 +12,17 @@ import pytest
 from oura_assets import warehouse as wh
 from oura_assets.config import Settings
 from oura_assets.tokens import TokenCipher
-from oura_assets_tests.api_support import ApiHarness
+from oura_assets_tests.api_support import ApiHarness, api_harness, new_key
 from oura_assets_tests.support import query
-from oura_assets_tests.test_erasure import make_api
 
 W = "/api/patient-graph/wearables"
 PATIENT = "patient-audit-1"
+KEY = new_key()
 
 
 @pytest.fixture
 def api(pipeline_env: Settings, simulator: Any) -> Iterator[ApiHarness]:
-    yield from make_api(pipeline_env, simulator)
+    yield from api_harness(pipeline_env, simulator, KEY)
 
 
 def audit_rows(settings: Settings) -> list[wh.AuditEntry]:

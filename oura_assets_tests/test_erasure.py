@@ -18,19 +18,16 @@ from typing import Any
 import dagster as dg
 import httpx
 import pytest
-from starlette.testclient import TestClient
 
 from oura_assets import cli
 from oura_assets import warehouse as wh
-from oura_assets.api import create_app
-from oura_assets.api.auth import JwtVerifier, StaticKeys
 from oura_assets.config import Settings
 from oura_assets.definitions import defs as load_defs
 from oura_assets.defs.sensors import build_event_sensor
 from oura_assets.oura.oauth import OuraOAuthApp, TokenSet
 from oura_assets.token_journal import TokenJournal, pair_fields
 from oura_assets.tokens import PatientTokens, TokenCipher
-from oura_assets_tests.api_support import ISSUER, ApiHarness, new_key, public
+from oura_assets_tests.api_support import ApiHarness, api_harness, new_key
 from oura_assets_tests.support import failures, query, run_sync
 
 W = "/api/patient-graph/wearables"
@@ -40,9 +37,7 @@ ERASED, KEPT = "patient-erase-7c1e", "patient-keep-52aa"
 
 
 def make_api(settings: Settings, simulator: Any) -> Iterator[ApiHarness]:
-    verifier = JwtVerifier(keys=StaticKeys([public(KEY)]), issuer=ISSUER)
-    with TestClient(create_app(settings, jwt_verifier=verifier)) as client:
-        yield ApiHarness(client=client, settings=settings, simulator=simulator, key=KEY)
+    yield from api_harness(settings, simulator, KEY)
 
 
 @pytest.fixture
