@@ -91,6 +91,17 @@ def test_retention_variable_is_optional_and_checked() -> None:
         load_settings({RETENTION_VARIABLE: "0"})
 
 
+def test_definitions_with_the_housekeeping_job_and_schedule_load_as_a_code_server_loads_them(
+    pipeline_env: Settings,
+) -> None:
+    definitions = load_defs()
+    # What `dagster dev` does: every job of the repository, op and job names checked for clashes.
+    dg.Definitions.validate_loadable(definitions)
+    schedule = definitions.resolve_schedule_def("health_data_housekeeping_daily")
+    assert schedule.job_name == "health_data_housekeeping" and schedule.execution_timezone == "UTC"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+
+
 def housekeeping() -> dg.ExecuteInProcessResult:
     job = load_defs().resolve_job_def("health_data_housekeeping")
     result = job.execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)

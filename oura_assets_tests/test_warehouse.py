@@ -135,6 +135,24 @@ CONTRACT_COLUMNS: dict[str, dict[str, str]] = {
         "document": "JSON",
         "fetched_at": TZ,
     },
+    "patient_graph.audit_log": {
+        "audit_id": "VARCHAR",
+        "occurred_at": TZ,
+        "actor": "VARCHAR",
+        "action": "VARCHAR",
+        "patient_id": "VARCHAR",
+        "outcome": "VARCHAR",
+        "status_code": "INTEGER",
+        "client_address": "VARCHAR",
+        "request_id": "VARCHAR",
+        "detail": "JSON",
+    },
+    "patient_graph.retention_horizons": {
+        "table_name": "VARCHAR",
+        "cutoff": TZ,
+        "rows_deleted": "BIGINT",
+        "applied_at": TZ,
+    },
 }
 
 PRIMARY_KEYS = {
@@ -147,6 +165,8 @@ PRIMARY_KEYS = {
     "patient_graph.oauth_states": ["state_hash"],
     **{f"oura_raw.{c}": ["patient_id", "id"] for c in wh.DOCUMENT_COLLECTIONS},
     "oura_raw.heartrate": ["patient_id", "timestamp", "source"],
+    "patient_graph.audit_log": ["audit_id"],
+    "patient_graph.retention_horizons": ["table_name"],
 }
 
 
@@ -207,7 +227,9 @@ def test_ensure_schema_is_idempotent_and_versioned(store):
         wh._migrate(conn)  # the DDL again, as a process that has not seen the file would run it
     store.ensure_schema()
     with store.connect("test") as conn:
-        assert query(conn, "SELECT version FROM main.schema_version") == [(wh.SCHEMA_VERSION,)]
+        # A fresh file runs every numbered migration once, in order (later ones are no-ops on it).
+        versions = query(conn, "SELECT version FROM main.schema_version ORDER BY version")
+        assert versions == [(v,) for v in range(1, wh.SCHEMA_VERSION + 1)]
         (tables,) = conn.execute(
             "SELECT count(*) FROM information_schema.tables "
             "WHERE table_schema IN ('patient_graph', 'oura_raw')"

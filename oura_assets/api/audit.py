@@ -36,8 +36,10 @@ PREFIX = "/api/patient-graph/wearables"
 REQUEST_ID_HEADER = "X-Request-Id"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _SCOPE_KEY = "oura_assets.audit"
-# How long the fallback entry waits for the warehouse: the caller is waiting for the answer meanwhile.
-AUDIT_LOCK_WAIT_S = 10.0
+# How long the fallback entry waits for the warehouse when the answer was already "busy": the caller has
+# waited out the API's own lock wait once and is waiting for the answer meanwhile. Otherwise it waits as long
+# as any request does (the warehouse's lock timeout, `API_LOCK_WAIT_S` in production).
+BUSY_AUDIT_WAIT_S = 1.0
 
 # (method, path pattern) -> action; the DELETE's action depends on `?erase`.
 _ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = (
@@ -182,9 +184,12 @@ class AuditMiddleware:
             )
             return
         entry = trail.entry(_error_code(status, body), status)
+        wait = service.warehouse.lock_timeout_s
+        if entry.outcome == "warehouse_busy":
+            wait = min(wait, BUSY_AUDIT_WAIT_S)
 
         def write() -> None:
-            with service.warehouse.transaction("api: audit entry", AUDIT_LOCK_WAIT_S) as conn:
+            with service.warehouse.transaction("api: audit entry", wait) as conn:
                 wh.record_audit(conn, entry)
 
         try:

@@ -28,7 +28,7 @@ HOUSEKEEPING_JOB_NAME = "health_data_housekeeping"
 
 
 @dg.op(
-    name="health_data_housekeeping",
+    name="drop_old_samples_and_compact",
     description="Drop raw heart-rate samples past the retention horizon; compact the file after an erasure.",
 )
 def housekeeping_op(
