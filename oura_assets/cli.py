@@ -1,4 +1,5 @@
-"""The `oura-assets` command: serve the API, mint a development JWT, run the simulator, demo, dev, backfill.
+"""The `oura-assets` command: serve the API, mint a development JWT, run the simulator, demo, dev, backfill,
+erase a patient.
 
 Settings come from the environment (see README); start-up errors are one clear line on stderr and exit 2.
 """
@@ -53,6 +54,55 @@ def _demo(args: argparse.Namespace) -> int:
     except DemoError as exc:
         print(f"oura-assets demo: {exc}", file=sys.stderr)
         return 2
+
+
+def _erase_patient(args: argparse.Namespace) -> int:
+    """Erase one patient everywhere (Oura grant, every table, token journal); audited as `operator`."""
+    import uuid
+
+    from oura_assets import warehouse as wh
+    from oura_assets.clock import utc_now
+    from oura_assets.erasure import PatientEraser
+    from oura_assets.oura.oauth import OuraOAuthApp
+    from oura_assets.tokens import TokenCipher
+
+    settings = load_settings(require=("oauth", "tokens"))
+    eraser = PatientEraser(
+        warehouse=wh.Warehouse(settings.warehouse_path),
+        oauth=OuraOAuthApp.from_settings(settings),
+        cipher=TokenCipher(settings.token_keys),
+        lock_dir=settings.lock_dir,
+        journal_dir=settings.token_journal_dir,
+    )
+    request_id = uuid.uuid4().hex
+    audit = wh.AuditEntry(
+        occurred_at=utc_now(),
+        actor=wh.OPERATOR,
+        action="erase",
+        patient_id=args.patient_id,
+        outcome="ok",
+        request_id=request_id,
+    )
+    try:
+        outcome = eraser.erase(args.patient_id, audit, compact=not args.no_compact)
+    except wh.WarehouseBusy as exc:
+        print(f"oura-assets patient erase: {exc}", file=sys.stderr)
+        return 3
+    revoked = {None: "no grant held", True: "yes", False: "FAILED (Oura unreachable?); erased locally anyway"}
+    print(f"patient {args.patient_id} erased (audit request id {request_id})")
+    print(f"  rows removed: {outcome.total_rows}")
+    for table, count in sorted(outcome.rows_removed.items()):
+        if count:
+            print(f"    {table}: {count}")
+    print(f"  revoked at Oura: {revoked[outcome.revoked]}")
+    print(f"  token journal entries removed: {outcome.journal_entries_removed}")
+    if outcome.compaction is not None:
+        print(
+            f"  file compacted: {outcome.compaction.bytes_before} -> {outcome.compaction.bytes_after} bytes"
+        )
+    else:
+        print("  file not compacted: erased rows stay in freed blocks until the housekeeping job compacts it")
+    return 0
 
 
 def _dagster_env(demo: bool) -> dict[str, str] | None:
@@ -166,6 +216,21 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("start", type=date.fromisoformat, help="first day, YYYY-MM-DD")
     backfill.add_argument("end", type=date.fromisoformat, help="last day, YYYY-MM-DD (inclusive)")
     backfill.set_defaults(func=_backfill)
+
+    patient = sub.add_parser("patient", help="operator actions on one patient's data")
+    patient_sub = patient.add_subparsers(dest="patient_command", required=True)
+    erase = patient_sub.add_parser(
+        "erase",
+        help="revoke at Oura and remove every row of the patient from the warehouse (audited); idempotent",
+    )
+    erase.add_argument("patient_id", help="the patient id (the JWT's sub)")
+    erase.add_argument(
+        "--no-compact",
+        action="store_true",
+        help="skip rewriting the file now (erased rows then linger in freed blocks until the daily "
+        "housekeeping job compacts it)",
+    )
+    erase.set_defaults(func=_erase_patient)
 
     dev = sub.add_parser("dev", help="simulator (demo mode) + connection API + Dagster UI and daemon")
     dev.add_argument("--port", type=int, default=3000, help="Dagster UI port")

@@ -30,6 +30,7 @@ DEMO_SIMULATOR_URL = "http://127.0.0.1:8787"
 DEMO_API_URL = "http://127.0.0.1:8000"
 DEMO_JWT_ISSUER = "oura-assets-demo"
 CALLBACK_PATH = "/api/patient-graph/wearables/callback/oura"
+RETENTION_VARIABLE = "OURA_ASSETS_RAW_HEARTRATE_RETENTION_DAYS"
 OAUTH_SCOPES = ("email", "personal", "daily", "heartrate", "workout", "session")
 
 # What each component needs outside demo mode. A missing one is a start-up error naming the variable.
@@ -64,6 +65,9 @@ class Settings:
     lookback_days: int
     simulator_url: str
     api_url: str
+    # OURA_ASSETS_RAW_HEARTRATE_RETENTION_DAYS: raw heart-rate samples older than this many days are dropped
+    # by the daily housekeeping job (the daily stats keep their figures); None keeps them all.
+    raw_heartrate_retention_days: int | None = None
 
     @property
     def demo_jwt_key_path(self) -> Path:
@@ -206,4 +210,7 @@ def load_settings(
         lookback_days=_parse_int(env, "OURA_ASSETS_LOOKBACK_DAYS", 3, 0, 60),
         simulator_url=simulator_url,
         api_url=api_url,
+        raw_heartrate_retention_days=(
+            _parse_int(env, RETENTION_VARIABLE, 0, 1, 36_500) if _env(env, RETENTION_VARIABLE) else None
+        ),
     )

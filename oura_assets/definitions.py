@@ -9,6 +9,7 @@ import dagster as dg
 from oura_assets.config import load_settings
 from oura_assets.defs import checks
 from oura_assets.defs.assets import build_graph_assets, build_raw_assets
+from oura_assets.defs.housekeeping import housekeeping_job, housekeeping_schedule
 from oura_assets.defs.jobs import sync_job
 from oura_assets.defs.partitions import daily_partitions
 from oura_assets.defs.resources import OuraResource, WarehouseResource
@@ -24,8 +25,8 @@ def defs() -> dg.Definitions:
     return dg.Definitions(
         assets=[build_raw_assets(partitions), *build_graph_assets(partitions)],
         asset_checks=dg.load_asset_checks_from_modules([checks]),
-        jobs=[sync_job],
-        schedules=[build_nightly_schedule(settings.start_date)],
+        jobs=[sync_job, housekeeping_job],
+        schedules=[build_nightly_schedule(settings.start_date), housekeeping_schedule],
         sensors=[
             build_event_sensor(),
             build_sync_request_sensor(settings.start_date),

@@ -158,6 +158,24 @@ CONTRACT_COLUMNS: dict[str, dict[str, str]] = {
         "document": "JSON",
         "fetched_at": TZ,
     },
+    "patient_graph.audit_log": {
+        "audit_id": "VARCHAR",
+        "occurred_at": TZ,
+        "actor": "VARCHAR",
+        "action": "VARCHAR",
+        "patient_id": "VARCHAR",
+        "outcome": "VARCHAR",
+        "status_code": "INTEGER",
+        "client_address": "VARCHAR",
+        "request_id": "VARCHAR",
+        "detail": "JSON",
+    },
+    "patient_graph.retention_horizons": {
+        "table_name": "VARCHAR",
+        "cutoff": TZ,
+        "rows_deleted": "BIGINT",
+        "applied_at": TZ,
+    },
 }
 
 PRIMARY_KEYS = {
@@ -172,6 +190,8 @@ PRIMARY_KEYS = {
     "oura_raw.heartrate": ["patient_id", "timestamp", "source"],
     "oura_raw.document_revisions": ["collection", "patient_id", "id", "revision", "superseded_at"],
     "patient_graph.wearable_day_status": ["patient_id", "source", "day"],
+    "patient_graph.audit_log": ["audit_id"],
+    "patient_graph.retention_horizons": ["table_name"],
 }
 
 

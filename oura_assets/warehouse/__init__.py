@@ -15,6 +15,8 @@ and values always travel as parameters. The modules, by what they own:
 - `day_status`: `wearable_day_status`, why each synced patient-day has the data it has.
 - `connections`, `runs`, `oauth_states`: connections and tokens; sync requests, results and events; states.
 - `queries`: the named queries behind the asset checks.
+- `audit`: the append-only audit log; `erasure`: a patient erased from every table, the file compacted;
+  `retention`: raw heart-rate samples dropped past the retention horizon.
 """
 
 from oura_assets.domain import (
@@ -25,6 +27,14 @@ from oura_assets.domain import (
     SOURCE,
     SYNC_REQUEST_STATUSES,
     SYNC_RESULT_STATUSES,
+)
+from oura_assets.warehouse.audit import (
+    ANONYMOUS,
+    OPERATOR,
+    AuditEntry,
+    erasure_pending_compaction,
+    read_audit_log,
+    record_audit,
 )
 from oura_assets.warehouse.connections import (
     ConnectionRecord,
@@ -39,6 +49,7 @@ from oura_assets.warehouse.connections import (
 )
 from oura_assets.warehouse.database import Warehouse, WarehouseAccess
 from oura_assets.warehouse.day_status import read_day_status, replace_day_status
+from oura_assets.warehouse.erasure import Compaction, compact, erase_patient_rows, patient_tables
 from oura_assets.warehouse.lock import DEFAULT_RETRY_AFTER_S, WarehouseBusy, WarehouseHolder
 from oura_assets.warehouse.migrations import SCHEMA_VERSION
 from oura_assets.warehouse.migrations import _migrate as _migrate
@@ -87,6 +98,12 @@ from oura_assets.warehouse.raw import (
     replace_raw_documents,
     replace_raw_heartrate,
 )
+from oura_assets.warehouse.retention import (
+    RAW_HEARTRATE,
+    daily_heart_rate_figures,
+    prune_raw_heartrate,
+    retention_horizon,
+)
 from oura_assets.warehouse.runs import (
     SyncRequestRecord,
     SyncResultRecord,
@@ -99,10 +116,12 @@ from oura_assets.warehouse.runs import (
     record_sync_result,
     sync_results_for_run,
 )
-from oura_assets.warehouse.schema import TABLES, Column, Table
+from oura_assets.warehouse.schema import AUDIT_LOG, TABLES, Column, Table
 from oura_assets.warehouse.waits import WaitLog
 
 __all__ = [
+    "ANONYMOUS",
+    "AUDIT_LOG",
     "BPM_RANGE",
     "CONNECTION_STATUSES",
     "DAY_STATUS_TABLE",
@@ -110,7 +129,9 @@ __all__ = [
     "DOCUMENT_COLLECTIONS",
     "EVENT_TYPES",
     "MAX_OFFENDERS",
+    "OPERATOR",
     "RAW_COLLECTIONS",
+    "RAW_HEARTRATE",
     "SCHEMA_VERSION",
     "SCORED_COLLECTIONS",
     "SCORE_RANGE",
@@ -119,7 +140,9 @@ __all__ = [
     "SYNC_REQUEST_STATUSES",
     "SYNC_RESULT_STATUSES",
     "TABLES",
+    "AuditEntry",
     "Column",
+    "Compaction",
     "ConnectionAttention",
     "ConnectionRecord",
     "DailyHeartRate",
@@ -138,15 +161,19 @@ __all__ = [
     "WarehouseBusy",
     "WarehouseHolder",
     "add_sync_result_rows",
+    "compact",
     "connections_needing_attention",
     "consume_oauth_state",
     "create_sync_request",
+    "daily_heart_rate_figures",
     "daily_stats_heartrate_out_of_range",
     "daily_stats_mismatched_days",
     "daily_stats_scores_out_of_range",
     "days_without_data_or_status",
     "delete_tokens",
     "duplicate_keys",
+    "erase_patient_rows",
+    "erasure_pending_compaction",
     "get_connection",
     "get_sync_request",
     "list_active_connections",
@@ -154,16 +181,20 @@ __all__ = [
     "mark_sync_request",
     "mark_synced",
     "mirror_raw_documents",
+    "patient_tables",
     "patients_with_raw_data",
+    "prune_raw_heartrate",
     "purge_oauth_states",
     "queued_sync_requests",
     "raw_heartrate_out_of_range",
     "raw_scores_out_of_range",
     "raw_sleep_period_problems",
+    "read_audit_log",
     "read_daily_heart_rate",
     "read_day_status",
     "read_raw_documents",
     "read_raw_heartrate",
+    "record_audit",
     "record_event",
     "record_sync_result",
     "replace_daily_stats",
@@ -171,6 +202,7 @@ __all__ = [
     "replace_raw_documents",
     "replace_raw_heartrate",
     "replace_wearable_data",
+    "retention_horizon",
     "save_oauth_state",
     "save_tokens",
     "set_connection_status",
