@@ -34,7 +34,7 @@ HOUSEKEEPING_JOB_NAME = "health_data_housekeeping"
 def housekeeping_op(
     context: dg.OpExecutionContext, warehouse: WarehouseResource
 ) -> Iterator[dg.AssetObservation | dg.Output]:
-    store = warehouse.warehouse()
+    store = warehouse.reporting_waits_to(context.log)  # a Warehouse: compaction rewrites its file
     days = load_settings().raw_heartrate_retention_days
     metadata: dict[str, dg.RawMetadataValue] = {}
     if days is None:
