@@ -341,6 +341,11 @@ def test_raw_checks_block_and_normalized_checks_warn() -> None:
     assert raw == set(RAW_KEYS.values())
     for c in dg.load_asset_checks_from_modules([checks]):
         for spec in c.check_specs:
+            if spec.name == "oura_available":
+                # Not a data-quality check: Oura being down poisons nothing already stored, and the normalized
+                # tables must still rebuild from what landed (see checks.oura_available). It fails ERROR.
+                assert not spec.blocking, spec.key
+                continue
             assert spec.blocking == (spec.asset_key in RAW_KEYS.values()), spec.key
 
 
