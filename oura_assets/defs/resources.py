@@ -29,7 +29,6 @@ from oura_assets.config import Settings, load_settings
 from oura_assets.oura.client import OuraClient, RetryPolicy
 from oura_assets.oura.oauth import OuraOAuthApp
 from oura_assets.tokens import PatientTokens, TokenCipher
-from oura_assets.warehouse.waits import WaitLog
 
 
 class WarehouseResource(dg.ConfigurableResource):
