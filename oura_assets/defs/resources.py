@@ -34,7 +34,9 @@ class WarehouseResource(DuckDBResource):
     lock_timeout_s: float = 120.0
 
     def warehouse(self) -> Warehouse:
-        return Warehouse(self.database, lock_timeout_s=self.lock_timeout_s)
+        # The key (OURA_ASSETS_WAREHOUSE_KEY) is a secret: read with the settings, never resource config.
+        key = load_settings().warehouse_key
+        return Warehouse(self.database, lock_timeout_s=self.lock_timeout_s, key=key)
 
     @contextmanager
     def get_connection(self, purpose: str = "dagster"):  # type: ignore[override]

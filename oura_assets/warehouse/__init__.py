@@ -8,6 +8,7 @@ and values always travel as parameters. The modules, by what they own:
 
 - `lock`: the cross-process writer lock and `WarehouseBusy`, which names the holder.
 - `database`: `Warehouse`, opening DuckDB under that lock (`connect` / `transaction`).
+- `encryption`, `rekey`: the encrypted file (`OURA_ASSETS_WAREHOUSE_KEY`), `open_database`, key rotation.
 - `schema`: every table described once as data (`TABLES`); `migrations` creates them from it.
 - `staging`: bulk rows staged as JSON and mirrored into a window.
 - `raw`, `normalized`: the `oura_raw` tables, `wearable_data` and the daily stats.
@@ -36,6 +37,13 @@ from oura_assets.warehouse.connections import (
     upsert_connection,
 )
 from oura_assets.warehouse.database import Warehouse
+from oura_assets.warehouse.encryption import (
+    NotEncrypted,
+    WarehouseKeyError,
+    attach,
+    is_encrypted,
+    open_database,
+)
 from oura_assets.warehouse.lock import DEFAULT_RETRY_AFTER_S, WarehouseBusy, WarehouseHolder
 from oura_assets.warehouse.migrations import SCHEMA_VERSION
 from oura_assets.warehouse.migrations import _migrate as _migrate
@@ -56,6 +64,7 @@ from oura_assets.warehouse.raw import (
     replace_raw_documents,
     replace_raw_heartrate,
 )
+from oura_assets.warehouse.rekey import RekeyResult, rekey
 from oura_assets.warehouse.runs import (
     SyncRequestRecord,
     SyncResultRecord,
@@ -85,13 +94,17 @@ __all__ = [
     "ConnectionAttention",
     "ConnectionRecord",
     "MetricKeyShape",
+    "NotEncrypted",
+    "RekeyResult",
     "SyncRequestRecord",
     "SyncResultRecord",
     "Table",
     "Warehouse",
     "WarehouseBusy",
     "WarehouseHolder",
+    "WarehouseKeyError",
     "add_sync_result_rows",
+    "attach",
     "connections_needing_attention",
     "consume_oauth_state",
     "create_sync_request",
@@ -99,10 +112,12 @@ __all__ = [
     "delete_tokens",
     "get_connection",
     "get_sync_request",
+    "is_encrypted",
     "list_active_connections",
     "list_connections",
     "mark_sync_request",
     "mark_synced",
+    "open_database",
     "patients_with_raw_data",
     "purge_oauth_states",
     "queued_sync_requests",
@@ -110,6 +125,7 @@ __all__ = [
     "read_raw_heartrate",
     "record_event",
     "record_sync_result",
+    "rekey",
     "replace_daily_stats",
     "replace_raw_documents",
     "replace_raw_heartrate",

@@ -2,7 +2,8 @@
 file at the current schema, and held only for the caller's block.
 
 A process outside our lock holding the file (someone's DuckDB CLI) is waited for with backoff and named from
-DuckDB's own message when the wait runs out.
+DuckDB's own message when the wait runs out. With a key (`OURA_ASSETS_WAREHOUSE_KEY`) the file is an
+encrypted DuckDB database, attached through `encryption.open_encrypted`; queries read the same either way.
 """
 
 from __future__ import annotations
@@ -13,11 +14,16 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 
+from oura_assets.warehouse.encryption import close_encrypted, connect_plain, open_encrypted
 from oura_assets.warehouse.lock import Wait, WarehouseHolder, WriterLock, seconds
 from oura_assets.warehouse.migrations import ensure_schema_on
+
+if TYPE_CHECKING:
+    from oura_assets.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -28,16 +34,29 @@ _DUCKDB_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PI
 
 
 class Warehouse:
-    """The DuckDB file at `path`, opened only through `connect` / `transaction`."""
+    """The DuckDB file at `path`, opened only through `connect` / `transaction`; encrypted with `key`."""
 
-    def __init__(self, path: Path | str, lock_timeout_s: float = 60.0):
+    def __init__(self, path: Path | str, lock_timeout_s: float = 60.0, *, key: str | None = None):
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s
+        self._key = key
         self._resolved = self.path.expanduser().resolve()
         self._lock = WriterLock(self._resolved, str(self.path))
 
+    @classmethod
+    def from_settings(cls, settings: Settings, lock_timeout_s: float = 60.0) -> Warehouse:
+        """The configured warehouse (`OURA_ASSETS_WAREHOUSE`), with its key (`OURA_ASSETS_WAREHOUSE_KEY`)."""
+        return cls(settings.warehouse_path, lock_timeout_s, key=settings.warehouse_key)
+
+    @property
+    def encrypted(self) -> bool:
+        return self._key is not None
+
     def __repr__(self) -> str:
-        return f"Warehouse({str(self.path)!r}, lock_timeout_s={self.lock_timeout_s})"
+        # Never the key: only whether there is one.
+        return (
+            f"Warehouse({str(self.path)!r}, lock_timeout_s={self.lock_timeout_s}, encrypted={self.encrypted})"
+        )
 
     @contextlib.contextmanager
     def connect(self, purpose: str, timeout_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -58,7 +77,7 @@ class Warehouse:
                 ensure_schema_on(conn)
                 yield conn
             finally:
-                conn.close()
+                self._close(conn)
 
     @contextlib.contextmanager
     def transaction(
@@ -81,12 +100,26 @@ class Warehouse:
         with self.connect("ensure schema", timeout_s):
             pass
 
+    @contextlib.contextmanager
+    def hold(self, purpose: str, timeout_s: float | None = None) -> Iterator[None]:
+        """The writer lock alone, without opening the file: for replacing the file itself (`rekey`)."""
+        with self._lock.hold(purpose, self.lock_timeout_s if timeout_s is None else timeout_s):
+            yield
+
+    def _close(self, conn: duckdb.DuckDBPyConnection) -> None:
+        if self._key is None:
+            conn.close()
+        else:
+            close_encrypted(conn, self._resolved)
+
     def _open(self, wait: Wait) -> duckdb.DuckDBPyConnection:
         """Open DuckDB, waiting with backoff while a process outside our lock holds the file."""
         pause = 0.02
         while True:
             try:
-                return duckdb.connect(str(self._resolved))
+                if self._key is not None:
+                    return open_encrypted(self._resolved, self._key)
+                return connect_plain(self._resolved)
             except duckdb.IOException as exc:
                 if _DUCKDB_LOCK_ERROR not in str(exc).lower():
                     raise
