@@ -107,15 +107,18 @@ def attach(
     IOException, for the caller's wait loop.
     """
     parts = [f"{name} {_literal(value)}" for name, value in (options or {}).items()]
+    params: list[str] = []
     if key is not None:
         if not read_only:
             load_crypto(conn)
-        parts.append(f"ENCRYPTION_KEY {_literal(key)}")
+        # A parameter, never SQL text: the key cannot surface in a parser error or a query log.
+        parts.append("ENCRYPTION_KEY ?")
+        params.append(key)
     if read_only:
         parts.append("READ_ONLY")
     clause = f" ({', '.join(parts)})" if parts else ""
     try:
-        conn.execute(f"ATTACH {_literal(str(path))} AS {_identifier(alias)}{clause}")
+        conn.execute(f"ATTACH {_literal(str(path))} AS {_identifier(alias)}{clause}", params)
     except duckdb.IOException as exc:
         if key is not None and key in str(exc):
             raise WarehouseKeyError(f"could not open {path}: {_redact(str(exc), key)}") from None
