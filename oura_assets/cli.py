@@ -1,5 +1,5 @@
 """The `oura-assets` command: serve the API, mint a development JWT, run the simulator, demo, dev, backfill,
-erase a patient.
+erase a patient, and `warehouse rekey` (encrypt the warehouse, or change its key).
 
 Settings come from the environment (see README); start-up errors are one clear line on stderr and exit 2.
 """
@@ -16,7 +16,15 @@ from datetime import date
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from oura_assets.config import ConfigError, load_settings
+from oura_assets.config import (
+    ConfigError,
+    demo_warehouse_key_path,
+    load_settings,
+    parse_warehouse_key,
+)
+from oura_assets.private_files import write_private
+
+NEW_KEY_VARIABLE = "OURA_ASSETS_WAREHOUSE_NEW_KEY"
 
 
 def _port_of(url: str) -> int:
@@ -187,6 +195,59 @@ def _dev(args: argparse.Namespace) -> int:
     return max((child.returncode or 0) for child in children)
 
 
+def _new_warehouse_key(args: argparse.Namespace, current: str | None, encrypted: bool) -> str:
+    """The key to encrypt with: from --new-key-file, else OURA_ASSETS_WAREHOUSE_NEW_KEY, else (for a plain
+    file) the configured OURA_ASSETS_WAREHOUSE_KEY. Never from the command line, where `ps` would show it."""
+    if args.new_key_file is not None:
+        return parse_warehouse_key(Path(args.new_key_file).read_text().strip(), "--new-key-file")
+    if os.environ.get(NEW_KEY_VARIABLE, "").strip():
+        return parse_warehouse_key(os.environ[NEW_KEY_VARIABLE].strip(), NEW_KEY_VARIABLE)
+    if current is not None and not encrypted:
+        return current
+    raise ConfigError(
+        f"give the new key in {NEW_KEY_VARIABLE} or --new-key-file"
+        + ("" if current is not None else ", or set OURA_ASSETS_WAREHOUSE_KEY to encrypt a plain warehouse")
+    )
+
+
+def _warehouse_rekey(args: argparse.Namespace) -> int:
+    """Encrypt the warehouse with a new key (or encrypt a plain one), under the writer lock."""
+    from oura_assets import warehouse as wh
+
+    settings = load_settings()
+    path = settings.warehouse_path
+    if not path.exists():
+        raise ConfigError(f"no warehouse at {path} (OURA_ASSETS_WAREHOUSE)")
+    encrypted = wh.is_encrypted(path)
+    new_key = _new_warehouse_key(args, settings.warehouse_key, encrypted)
+    demo_key = demo_warehouse_key_path(settings.data_dir)
+    keep_demo_key = settings.demo and not os.environ.get("OURA_ASSETS_WAREHOUSE_KEY", "").strip()
+    pending = demo_key.with_name(demo_key.name + ".new")
+    if keep_demo_key:
+        # Written before the swap, so a crash right after it still leaves the new key on disk.
+        write_private(pending, new_key)
+    try:
+        result = wh.rekey(wh.Warehouse(path), settings.warehouse_key, new_key, timeout_s=args.wait)
+    except wh.WarehouseBusy as exc:
+        pending.unlink(missing_ok=True)
+        print(f"oura-assets warehouse rekey: {exc}", file=sys.stderr)
+        return 3
+    except BaseException:
+        pending.unlink(missing_ok=True)
+        raise
+    if keep_demo_key:
+        os.replace(pending, demo_key)
+        where = f"the demo key in {demo_key} is updated"
+    else:
+        where = "give every process the new key in OURA_ASSETS_WAREHOUSE_KEY"
+    print(
+        f"warehouse {path}: {'re-encrypted' if result.was_encrypted else 'encrypted'} with the new key "
+        f"({result.tables} tables, {result.rows} rows, {result.seconds:.1f} s); {where}; the next analytics "
+        "snapshot is written with it"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oura-assets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -235,6 +296,19 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="simulator (demo mode) + connection API + Dagster UI and daemon")
     dev.add_argument("--port", type=int, default=3000, help="Dagster UI port")
     dev.set_defaults(func=_dev)
+
+    warehouse = sub.add_parser("warehouse", help="operate on the warehouse file")
+    warehouse_sub = warehouse.add_subparsers(dest="warehouse_command", required=True)
+    rekey = warehouse_sub.add_parser(
+        "rekey",
+        help="copy the warehouse into a new file encrypted with a new key and swap it in atomically; "
+        "with a plain warehouse and OURA_ASSETS_WAREHOUSE_KEY set, encrypt it with that key",
+    )
+    rekey.add_argument(
+        "--new-key-file", help=f"file holding the new key (default: the {NEW_KEY_VARIABLE} variable)"
+    )
+    rekey.add_argument("--wait", type=float, default=300.0, help="seconds to wait for the writer lock")
+    rekey.set_defaults(func=_warehouse_rekey)
     return parser
 
 

@@ -41,6 +41,9 @@ REQUIREMENTS: dict[str, tuple[str, ...]] = {
 }
 
 
+MIN_WAREHOUSE_KEY_LENGTH = 16
+
+
 class ConfigError(RuntimeError):
     """A setting is missing or malformed. The message is one line that names the variable."""
 
@@ -68,6 +71,8 @@ class Settings:
     # OURA_ASSETS_RAW_HEARTRATE_RETENTION_DAYS: raw heart-rate samples older than this many days are dropped
     # by the daily housekeeping job (the daily stats keep their figures); None keeps them all.
     raw_heartrate_retention_days: int | None = None
+    # OURA_ASSETS_WAREHOUSE_KEY: the warehouse and the analytics snapshot are encrypted DuckDB files when set.
+    warehouse_key: str | None = field(default=None, repr=False)
 
     @property
     def demo_jwt_key_path(self) -> Path:
@@ -121,6 +126,35 @@ def _demo_secrets(data_dir: Path) -> dict[str, str]:
                 overwrite=False,
             )
     return json.loads(path.read_text())
+
+
+def demo_warehouse_key_path(data_dir: Path) -> Path:
+    """Where demo mode keeps its generated warehouse key (`oura-assets warehouse rekey` updates it).
+
+    A file of its own, not a field of demo-secrets.json: a data folder made before encryption existed keeps
+    its secrets file as it is, and an analyst finds the key by name.
+    """
+    return data_dir / "demo-warehouse-key"
+
+
+def _demo_warehouse_key(data_dir: Path) -> str:
+    """The demo's generated warehouse key, created once in data/ (mode 0600) beside the other demo secrets."""
+    path = demo_warehouse_key_path(data_dir)
+    if not path.exists():
+        with contextlib.suppress(FileExistsError):  # another process created it first; read theirs
+            write_private(path, secrets.token_urlsafe(32), overwrite=False)
+    return path.read_text().strip()
+
+
+def parse_warehouse_key(raw: str, name: str = "OURA_ASSETS_WAREHOUSE_KEY") -> str:
+    """`raw` if it is a usable warehouse key, else a ConfigError naming `name` (never quoting the value)."""
+    # DuckDB derives the AES key from any string; a short one would be guessable, so ask for a real one.
+    if len(raw) < MIN_WAREHOUSE_KEY_LENGTH or any(c.isspace() for c in raw):
+        raise ConfigError(
+            f"{name} must be at least {MIN_WAREHOUSE_KEY_LENGTH} characters, no spaces; "
+            "make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return raw
 
 
 def _parse_date(env: Mapping[str, str], name: str, default: str) -> date:
@@ -191,6 +225,9 @@ def load_settings(
         return _env(env, name) or (demo_value if demo else real_value)
 
     token_key_raw = pick("OURA_ASSETS_TOKEN_KEY", generated.get("token_key"), None)
+    warehouse_key_raw = _env(env, "OURA_ASSETS_WAREHOUSE_KEY") or (
+        _demo_warehouse_key(data_dir) if demo else None
+    )
     return Settings(
         demo=demo,
         data_dir=data_dir,
@@ -213,4 +250,5 @@ def load_settings(
         raw_heartrate_retention_days=(
             _parse_int(env, RETENTION_VARIABLE, 0, 1, 36_500) if _env(env, RETENTION_VARIABLE) else None
         ),
+        warehouse_key=parse_warehouse_key(warehouse_key_raw) if warehouse_key_raw else None,
     )

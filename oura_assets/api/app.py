@@ -206,7 +206,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         install_log_redaction()
         resolved = settings or load_settings(require=REQUIRED_SETTINGS)
-        store = warehouse or wh.Warehouse(resolved.warehouse_path, lock_timeout_s=lock_wait_s)
+        store = warehouse or wh.Warehouse.from_settings(resolved, lock_timeout_s=lock_wait_s)
         try:
             await run_in_threadpool(store.ensure_schema)
         except wh.WarehouseBusy as exc:

@@ -9,6 +9,7 @@ and values always travel as parameters. The modules, by what they own:
 - `lock`: the cross-process writer lock and `WarehouseBusy`, which names the holder.
 - `database`: `Warehouse`, opening DuckDB under that lock (`connect` / `transaction`); `WarehouseAccess`,
   the shape callers take (a `Warehouse` or the Dagster resource).
+- `encryption`, `rekey`: the encrypted file (`OURA_ASSETS_WAREHOUSE_KEY`), `open_database`, key rotation.
 - `schema`: every table described once as data (`TABLES`); `migrations` creates them from it.
 - `staging`: bulk rows staged as JSON and mirrored into a window.
 - `raw`, `normalized`: the `oura_raw` tables (with document revisions), `wearable_data` and the daily stats.
@@ -49,6 +50,13 @@ from oura_assets.warehouse.connections import (
 )
 from oura_assets.warehouse.database import Warehouse, WarehouseAccess
 from oura_assets.warehouse.day_status import read_day_status, replace_day_status
+from oura_assets.warehouse.encryption import (
+    NotEncrypted,
+    WarehouseKeyError,
+    attach,
+    is_encrypted,
+    open_database,
+)
 from oura_assets.warehouse.erasure import Compaction, compact, erase_patient_rows, patient_tables
 from oura_assets.warehouse.lock import DEFAULT_RETRY_AFTER_S, WarehouseBusy, WarehouseHolder
 from oura_assets.warehouse.migrations import SCHEMA_VERSION
@@ -98,6 +106,7 @@ from oura_assets.warehouse.raw import (
     replace_raw_documents,
     replace_raw_heartrate,
 )
+from oura_assets.warehouse.rekey import RekeyResult, rekey
 from oura_assets.warehouse.retention import (
     RAW_HEARTRATE,
     daily_heart_rate_figures,
@@ -148,8 +157,10 @@ __all__ = [
     "DailyHeartRate",
     "DocumentChanges",
     "MetricKeyShape",
+    "NotEncrypted",
     "Offender",
     "Offenders",
+    "RekeyResult",
     "RunSyncErrors",
     "SyncErrorFound",
     "SyncRequestRecord",
@@ -160,7 +171,9 @@ __all__ = [
     "WarehouseAccess",
     "WarehouseBusy",
     "WarehouseHolder",
+    "WarehouseKeyError",
     "add_sync_result_rows",
+    "attach",
     "compact",
     "connections_needing_attention",
     "consume_oauth_state",
@@ -176,11 +189,13 @@ __all__ = [
     "erasure_pending_compaction",
     "get_connection",
     "get_sync_request",
+    "is_encrypted",
     "list_active_connections",
     "list_connections",
     "mark_sync_request",
     "mark_synced",
     "mirror_raw_documents",
+    "open_database",
     "patient_tables",
     "patients_with_raw_data",
     "prune_raw_heartrate",
@@ -197,6 +212,7 @@ __all__ = [
     "record_audit",
     "record_event",
     "record_sync_result",
+    "rekey",
     "replace_daily_stats",
     "replace_day_status",
     "replace_raw_documents",
