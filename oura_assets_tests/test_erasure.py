@@ -126,7 +126,7 @@ def bytes_without_the_audit_log(settings: Settings, folder: Path) -> bytes:
     copy.write_bytes(settings.warehouse_path.read_bytes())
     conn = duckdb.connect(str(copy))
     conn.execute("DROP TABLE patient_graph.audit_log")
-    conn.execute("ATTACH ? AS bare", [str(bare)])
+    conn.execute(f"ATTACH '{bare}' AS bare")  # DuckDB 1.5 takes no parameter for the path
     conn.execute(f'COPY FROM DATABASE "copy-{run}" TO bare')
     conn.execute("DETACH bare")
     conn.close()

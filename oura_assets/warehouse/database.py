@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import duckdb
 
-from oura_assets.warehouse.encryption import close_encrypted, connect_plain, open_encrypted
+from oura_assets.warehouse.encryption import attach, close_encrypted, connect_plain, open_encrypted
 from oura_assets.warehouse.lock import Wait, WarehouseHolder, WriterLock
 from oura_assets.warehouse.migrations import ensure_schema_on
 from oura_assets.warehouse.waits import SLOW_WAIT_S, WaitLog, WaitWatch, seconds
@@ -147,6 +147,11 @@ class Warehouse:
         """The writer lock alone, without opening the file: for replacing the file itself (`rekey`)."""
         with self._lock.hold(purpose, self.lock_timeout_s if timeout_s is None else timeout_s):
             yield
+
+    def attach(self, conn: duckdb.DuckDBPyConnection, path: Path | str, alias: str) -> None:
+        """ATTACH another DuckDB file to `conn` as `alias`, encrypted with this warehouse's key if it has one
+        (a compacted copy): a copy of the warehouse is never less protected than the warehouse."""
+        attach(conn, path, alias, self._key)
 
     def _close(self, conn: duckdb.DuckDBPyConnection) -> None:
         if self._key is None:

@@ -94,21 +94,23 @@ def compact(
     path = warehouse.path.expanduser().resolve()
     fresh = path.with_name(f".{path.name}.compact")
     wal = Path(f"{path}.wal")
-    with warehouse.connect("compact the warehouse file", timeout_s) as conn:
-        before = path.stat().st_size
-        for leftover in (fresh, Path(f"{fresh}.wal")):
-            leftover.unlink(missing_ok=True)
-        (current,) = conn.execute("SELECT current_database()").fetchone() or ("",)
-        if audit is not None:
-            record_audit(conn, audit)
-        conn.execute("CHECKPOINT")
-        conn.execute("ATTACH ? AS oura_assets_compact", [str(fresh)])
-        try:
-            conn.execute(f"COPY FROM DATABASE {_quoted(current)} TO oura_assets_compact")
-            conn.execute("CHECKPOINT oura_assets_compact")
-        finally:
-            conn.execute("DETACH oura_assets_compact")
-        conn.close()
+    # The lock alone outlives the connection: the file is swapped only once it is closed (an encrypted
+    # warehouse is detached from the process's DuckDB then), and still nobody of ours can open it meanwhile.
+    with warehouse.hold("compact the warehouse file", timeout_s):
+        with warehouse.connect("compact the warehouse file", timeout_s) as conn:
+            before = path.stat().st_size
+            for leftover in (fresh, Path(f"{fresh}.wal")):
+                leftover.unlink(missing_ok=True)
+            (current,) = conn.execute("SELECT current_database()").fetchone() or ("",)
+            if audit is not None:
+                record_audit(conn, audit)
+            conn.execute("CHECKPOINT")
+            warehouse.attach(conn, fresh, "oura_assets_compact")
+            try:
+                conn.execute(f"COPY FROM DATABASE {_quoted(current)} TO oura_assets_compact")
+                conn.execute("CHECKPOINT oura_assets_compact")
+            finally:
+                conn.execute("DETACH oura_assets_compact")
         # Checkpointed and closed, the old file has no WAL; one left over would replay onto the new file.
         wal.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
