@@ -29,6 +29,7 @@ from oura_assets.config import Settings, load_settings
 from oura_assets.oura.client import OuraClient, RetryPolicy
 from oura_assets.oura.oauth import OuraOAuthApp
 from oura_assets.tokens import PatientTokens, TokenCipher
+from oura_assets.warehouse.waits import WaitLog
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -57,6 +58,10 @@ class WarehouseResource(dg.ConfigurableResource):
     ) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
         """`connect` inside BEGIN / COMMIT: all of the block's writes land, or none do."""
         return self._warehouse().transaction(purpose, timeout_s)
+
+    def reporting_waits_to(self, log: WaitLog) -> wh.Warehouse:
+        """The warehouse, reporting slow lock waits to `log` (the run's log), as sync and rebuild ask."""
+        return self._warehouse().reporting_waits_to(log)
 
     def _warehouse(self) -> wh.Warehouse:
         # Cheap to build: the lock state lives per file and process inside `warehouse.lock`.
