@@ -205,6 +205,7 @@ def test_range_backfill_launched_from_the_ui_runs_once_and_records_sync_events(
         for patient_id in PATIENTS:
             connect_patient(patient_id)
         ui = DagsterUI(f"http://127.0.0.1:{port}")
+        running.callback(ui.http.close)
         try:
             # Generous waits: a busy 2-core machine makes each Dagster process take several times its usual.
             wait_for("the webserver to answer", ui.answers, timeout_s=120, every_s=0.5)
