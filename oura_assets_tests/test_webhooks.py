@@ -386,3 +386,79 @@ def test_simulator_sends_create_events_for_documents_that_appear_between_two_ins
     assert query(receiver.settings, "SELECT DISTINCT patient_id FROM patient_graph.sync_requests") == [
         ("patient-w10",)
     ]
+
+
+def webhook_env(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OURA_WEBHOOK_VERIFICATION_TOKEN", TOKEN)
+    monkeypatch.setenv("OURA_WEBHOOK_CALLBACK_URL", receiver.settings.webhook_callback_url)
+
+
+def test_cli_webhooks_ensure_list_delete(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from oura_assets.cli import main
+
+    webhook_env(receiver, monkeypatch)
+    assert main(["webhooks", "ensure"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["created"]) == 12
+    assert main(["webhooks", "list"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert len(listed) == 12 and TEST_CLIENT_SECRET not in json.dumps(listed)
+    assert main(["webhooks", "delete", listed[0]["id"]]) == 0
+    capsys.readouterr()
+    with client_for(receiver.simulator) as client:
+        assert len(client.list()) == 11
+    assert main(["webhooks", "delete", "--all"]) == 0
+    with client_for(receiver.simulator) as client:
+        assert client.list() == []
+
+
+def test_cli_webhooks_ensure_without_a_verification_token_names_the_variable(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from oura_assets.cli import main
+
+    monkeypatch.delenv("OURA_WEBHOOK_VERIFICATION_TOKEN", raising=False)
+    assert main(["webhooks", "ensure"]) == 2
+    assert "OURA_WEBHOOK_VERIFICATION_TOKEN" in capsys.readouterr().err
+
+
+def test_daily_job_creates_then_renews_the_subscriptions(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from oura_assets.defs.webhooks import webhook_subscriptions_job
+
+    webhook_env(receiver, monkeypatch)
+    first = webhook_subscriptions_job.execute_in_process()
+    assert first.success
+    assert len(first.output_for_node("ensure_webhook_subscriptions")["created"]) == 12
+    config = {"ops": {"ensure_webhook_subscriptions": {"config": {"renew_within_days": 31}}}}
+    second = webhook_subscriptions_job.execute_in_process(run_config=config)
+    report = second.output_for_node("ensure_webhook_subscriptions")
+    assert report["created"] == [] and len(report["renewed"]) == 12
+
+
+def test_daily_job_without_webhook_configuration_succeeds_and_says_so(
+    pipeline_env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from oura_assets.defs.webhooks import webhook_subscriptions_job
+
+    monkeypatch.delenv("OURA_WEBHOOK_VERIFICATION_TOKEN", raising=False)
+    result = webhook_subscriptions_job.execute_in_process()
+    assert result.success and result.output_for_node("ensure_webhook_subscriptions") == {}
+
+
+def test_demo_mode_generates_a_stable_verification_token_kept_out_of_repr(tmp_path) -> None:
+    from oura_assets.config import load_settings
+
+    env = {"OURA_ASSETS_DEMO": "1", "OURA_ASSETS_WAREHOUSE": str(tmp_path / "w.duckdb")}
+    first, again = load_settings(env), load_settings(env)
+    assert (
+        first.webhook_verification_token
+        and first.webhook_verification_token == again.webhook_verification_token
+    )
+    assert first.webhook_verification_token != first.client_secret
+    assert first.webhook_verification_token not in repr(first)
+    assert first.webhook_callback_url == "http://127.0.0.1:8000" + WEBHOOK_PATH
+    explicit = load_settings({**env, "OURA_WEBHOOK_VERIFICATION_TOKEN": "mine"})
+    assert explicit.webhook_verification_token == "mine"

@@ -25,6 +25,7 @@ from typing import Any, Self
 import httpx
 
 from oura_assets.clock import as_utc, utc_now
+from oura_assets.config import ConfigError, Settings
 from oura_assets.domain import DOCUMENT_COLLECTIONS
 
 SUBSCRIPTION_PATH = "/v2/webhook/subscription"
@@ -239,3 +240,26 @@ def ensure_subscriptions(
                 report.subscriptions.append(current)
                 report.kept.append(name)
     return report
+
+
+def client_from_settings(settings: Settings) -> WebhookClient:
+    """The application's subscription client (`OURA_API_BASE_URL`, client id and secret)."""
+    client_id, client_secret, _ = settings.oauth_client()
+    return WebhookClient(settings.api_base_url, client_id, client_secret)
+
+
+def verification_token(settings: Settings) -> str:
+    """`OURA_WEBHOOK_VERIFICATION_TOKEN`, or the ConfigError naming it."""
+    if not settings.webhook_verification_token:
+        raise ConfigError(
+            "OURA_WEBHOOK_VERIFICATION_TOKEN is not set (needed for webhooks); set it, or run with "
+            "OURA_ASSETS_DEMO=1 to use the bundled simulator"
+        )
+    return settings.webhook_verification_token
+
+
+def ensure_from_settings(settings: Settings, renew_within: timedelta = DEFAULT_RENEW_WITHIN) -> EnsureReport:
+    """`ensure_subscriptions` for the configured callback (`OURA_WEBHOOK_CALLBACK_URL`) and token."""
+    token = verification_token(settings)
+    with client_from_settings(settings) as client:
+        return ensure_subscriptions(client, settings.webhook_callback_url, token, renew_within=renew_within)
