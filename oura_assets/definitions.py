@@ -7,7 +7,7 @@ Thin on purpose: it only assembles what `oura_assets.defs` builds. Loading is de
 import dagster as dg
 
 from oura_assets.config import load_settings
-from oura_assets.defs import checks
+from oura_assets.defs import checks, webhooks
 from oura_assets.defs.assets import build_graph_assets, build_raw_assets
 from oura_assets.defs.housekeeping import housekeeping_job, housekeeping_schedule
 from oura_assets.defs.jobs import sync_job
@@ -25,7 +25,7 @@ def defs() -> dg.Definitions:
     partitions = daily_partitions(settings.start_date)
     return dg.Definitions(
         assets=[build_raw_assets(partitions), *build_graph_assets(partitions)],
-        asset_checks=dg.load_asset_checks_from_modules([checks]),
+        asset_checks=dg.load_asset_checks_from_modules([checks, webhooks]),
         jobs=[sync_job, housekeeping_job, webhook_subscriptions_job],
         schedules=[
             build_nightly_schedule(settings.start_date),

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import dagster as dg
 import httpx
 import pytest
 
@@ -462,3 +463,37 @@ def test_demo_mode_generates_a_stable_verification_token_kept_out_of_repr(tmp_pa
     assert first.webhook_callback_url == "http://127.0.0.1:8000" + WEBHOOK_PATH
     explicit = load_settings({**env, "OURA_WEBHOOK_VERIFICATION_TOKEN": "mine"})
     assert explicit.webhook_verification_token == "mine"
+
+
+def test_silent_webhooks_check_counts_documents_no_event_announced(
+    receiver: Receiver, connect_patient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from oura_assets.defs.resources import WarehouseResource
+    from oura_assets.defs.webhooks import webhooks_announced_changes
+
+    patient = connect_patient("patient-w11")
+    announced, silent = (
+        a_document(patient.ring_user, "daily_sleep"),
+        a_document(patient.ring_user, "daily_activity"),
+    )
+    store = wh.Warehouse(receiver.settings.warehouse_path)
+    now = datetime.now(UTC)
+    with store.transaction("test: raw documents") as conn:
+        for collection, doc in (("daily_sleep", announced), ("daily_activity", silent)):
+            day = date.fromisoformat(doc["day"])
+            wh.replace_raw_documents(conn, collection, patient.patient_id, day, day, [doc], now)
+    assert receiver.post(event_for(patient, announced, "update")).status_code == 200
+    monkeypatch.setenv("OURA_WEBHOOK_VERIFICATION_TOKEN", TOKEN)
+    result = webhooks_announced_changes(WarehouseResource(database=str(receiver.settings.warehouse_path)))
+    assert not result.passed and result.severity == dg.AssetCheckSeverity.WARN
+    assert result.metadata["unannounced_documents"].data == {
+        "daily_readiness": 0,
+        "daily_sleep": 0,
+        "sleep": 0,
+        "daily_activity": 1,
+    }
+    assert result.metadata["webhook_events"].value == 1
+    monkeypatch.delenv("OURA_WEBHOOK_VERIFICATION_TOKEN")
+    assert webhooks_announced_changes(
+        WarehouseResource(database=str(receiver.settings.warehouse_path))
+    ).passed

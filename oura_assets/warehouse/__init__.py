@@ -129,12 +129,14 @@ from oura_assets.warehouse.runs import (
 from oura_assets.warehouse.schema import AUDIT_LOG, TABLES, Column, Table
 from oura_assets.warehouse.waits import WaitLog
 from oura_assets.warehouse.webhooks import (
+    WebhookCoverage,
     WebhookEventRecord,
     delete_raw_document,
     patient_for_oura_user,
     queued_request_covering,
     raw_document_day,
     record_webhook_event,
+    unannounced_documents,
     webhook_event_seen,
 )
 
@@ -182,6 +184,7 @@ __all__ = [
     "WarehouseBusy",
     "WarehouseHolder",
     "WarehouseKeyError",
+    "WebhookCoverage",
     "WebhookEventRecord",
     "add_sync_result_rows",
     "attach",
@@ -240,6 +243,7 @@ __all__ = [
     "set_connection_status",
     "sync_errors_in_run",
     "sync_results_for_run",
+    "unannounced_documents",
     "upsert_connection",
     "wearable_data_bedtimes_out_of_order",
     "wearable_data_key_shapes",

@@ -127,3 +127,38 @@ def queued_request_covering(
         [patient_id, SOURCE, domain.QUEUED, to_day(start_day), to_day(end_day)],
     ).fetchone()
     return None if row is None else str(row[0])
+
+
+@dataclass(frozen=True)
+class WebhookCoverage:
+    """How many documents that appeared or changed since an instant no webhook event announced, by collection.
+
+    `events` counts the webhook events accepted in the same period: zero with documents changing means the
+    webhooks went silent (or were never subscribed)."""
+
+    events: int
+    changed: dict[str, int]
+    unannounced: dict[str, int]
+
+
+def unannounced_documents(conn: duckdb.DuckDBPyConnection, since: datetime) -> WebhookCoverage:
+    """Documents of active patients new or changed since `since` with no webhook event for their id."""
+    (events,) = conn.execute(
+        "SELECT count(*) FROM patient_graph.webhook_events WHERE received_at >= ?", [utc(since)]
+    ).fetchone() or (0,)
+    changed: dict[str, int] = {}
+    unannounced: dict[str, int] = {}
+    for collection in domain.DOCUMENT_COLLECTIONS:
+        total, missing = conn.execute(
+            f"""
+            SELECT count(*), count(*) FILTER (WHERE NOT EXISTS (
+                SELECT 1 FROM patient_graph.webhook_events e
+                WHERE e.patient_id = d.patient_id AND e.data_type = ? AND e.object_id = d.id))
+            FROM oura_raw.{collection} d
+            JOIN patient_graph.wearable_connections c ON c.patient_id = d.patient_id AND c.status = ?
+            WHERE d.last_changed_at >= ?
+            """,  # noqa: S608 (collection is a domain constant)
+            [collection, domain.ACTIVE, utc(since)],
+        ).fetchone() or (0, 0)
+        changed[collection], unannounced[collection] = int(total), int(missing)
+    return WebhookCoverage(int(events), changed, unannounced)
