@@ -1,5 +1,6 @@
 """The `oura-assets` command: serve the API, mint a development JWT, run the simulator, demo, dev, backfill,
-erase a patient, and `warehouse rekey` (encrypt the warehouse, or change its key).
+erase a patient, `warehouse rekey` (encrypt the warehouse, or change its key), and manage Oura webhook
+subscriptions.
 
 Settings come from the environment (see README); start-up errors are one clear line on stderr and exit 2.
 """
@@ -248,6 +249,37 @@ def _warehouse_rekey(args: argparse.Namespace) -> int:
     return 0
 
 
+def _webhooks(args: argparse.Namespace) -> int:
+    """The application's Oura webhook subscriptions: ensure (create missing, renew expiring), list, delete."""
+    import json
+    from datetime import timedelta
+
+    from oura_assets.oura.webhooks import WebhookApiError, client_from_settings, ensure_from_settings
+
+    settings = load_settings(require=("oauth",))
+    try:
+        if args.action == "ensure":
+            report = ensure_from_settings(settings, renew_within=timedelta(days=args.renew_within_days))
+            print(json.dumps(report.as_dict(), indent=2))
+            return 0
+        with client_from_settings(settings) as client:
+            subscriptions = client.list()
+            if args.action == "list":
+                print(json.dumps([s.as_dict() for s in subscriptions], indent=2))
+                return 0
+            ids = [s.id for s in subscriptions] if args.all else args.ids
+            if not ids:
+                print("oura-assets webhooks delete: name subscription ids, or --all", file=sys.stderr)
+                return 2
+            for subscription_id in ids:
+                client.delete(subscription_id)
+            print(json.dumps({"deleted": ids}, indent=2))
+            return 0
+    except WebhookApiError as exc:
+        print(f"oura-assets webhooks: {exc}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oura-assets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -292,6 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
         "housekeeping job compacts it)",
     )
     erase.set_defaults(func=_erase_patient)
+
+    webhooks = sub.add_parser("webhooks", help="Oura webhook subscriptions: ensure | list | delete")
+    actions = webhooks.add_subparsers(dest="action", required=True)
+    ensure = actions.add_parser("ensure", help="create missing subscriptions, renew those close to expiry")
+    ensure.add_argument("--renew-within-days", type=int, default=7, help="renew what expires within N days")
+    actions.add_parser("list", help="this application's subscriptions, as JSON")
+    delete = actions.add_parser("delete", help="delete subscriptions by id (or all of them)")
+    delete.add_argument("ids", nargs="*", help="subscription ids")
+    delete.add_argument("--all", action="store_true", help="delete every subscription of this application")
+    webhooks.set_defaults(func=_webhooks)
 
     dev = sub.add_parser("dev", help="simulator (demo mode) + connection API + Dagster UI and daemon")
     dev.add_argument("--port", type=int, default=3000, help="Dagster UI port")

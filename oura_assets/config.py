@@ -8,6 +8,7 @@ and secrets generated into the data folder (mode 0600) fill whatever is unset, s
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -31,6 +32,7 @@ DEMO_API_URL = "http://127.0.0.1:8000"
 DEMO_JWT_ISSUER = "oura-assets-demo"
 CALLBACK_PATH = "/api/patient-graph/wearables/callback/oura"
 RETENTION_VARIABLE = "OURA_ASSETS_RAW_HEARTRATE_RETENTION_DAYS"
+WEBHOOK_PATH = "/api/patient-graph/wearables/webhooks/oura"
 OAUTH_SCOPES = ("email", "personal", "daily", "heartrate", "workout", "session")
 
 # What each component needs outside demo mode. A missing one is a start-up error naming the variable.
@@ -73,6 +75,11 @@ class Settings:
     raw_heartrate_retention_days: int | None = None
     # OURA_ASSETS_WAREHOUSE_KEY: the warehouse and the analytics snapshot are encrypted DuckDB files when set.
     warehouse_key: str | None = field(default=None, repr=False)
+    webhook_verification_token: str | None = field(default=None, repr=False)
+    """`OURA_WEBHOOK_VERIFICATION_TOKEN`: what Oura echoes when it verifies our webhook callback."""
+    webhook_callback_url: str = ""
+    """`OURA_WEBHOOK_CALLBACK_URL`, default `OURA_ASSETS_API_URL` + the webhook route: the public URL of
+    the receiver that subscriptions name (Oura must be able to reach it)."""
 
     @property
     def demo_jwt_key_path(self) -> Path:
@@ -125,7 +132,14 @@ def _demo_secrets(data_dir: Path) -> dict[str, str]:
                 ),
                 overwrite=False,
             )
-    return json.loads(path.read_text())
+    generated = json.loads(path.read_text())
+    # Files generated before webhooks existed lack the token: derive it from the generated client secret
+    # (one-way, so it reveals nothing of the secret) rather than rewrite a file others may be reading.
+    generated.setdefault(
+        "webhook_verification_token",
+        hashlib.sha256(f"webhook-verification:{generated['client_secret']}".encode()).hexdigest()[:32],
+    )
+    return generated
 
 
 def demo_warehouse_key_path(data_dir: Path) -> Path:
@@ -251,4 +265,8 @@ def load_settings(
             _parse_int(env, RETENTION_VARIABLE, 0, 1, 36_500) if _env(env, RETENTION_VARIABLE) else None
         ),
         warehouse_key=parse_warehouse_key(warehouse_key_raw) if warehouse_key_raw else None,
+        webhook_verification_token=pick(
+            "OURA_WEBHOOK_VERIFICATION_TOKEN", generated.get("webhook_verification_token"), None
+        ),
+        webhook_callback_url=_env(env, "OURA_WEBHOOK_CALLBACK_URL") or api_url + WEBHOOK_PATH,
     )

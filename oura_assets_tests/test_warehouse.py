@@ -150,6 +150,21 @@ CONTRACT_COLUMNS: dict[str, dict[str, str]] = {
         "reason": "VARCHAR",
         "updated_at": TZ,
     },
+    "patient_graph.webhook_events": {
+        "event_key": "VARCHAR",
+        "patient_id": "VARCHAR",
+        "source": "VARCHAR",
+        "event_type": "VARCHAR",
+        "data_type": "VARCHAR",
+        "object_id": "VARCHAR",
+        "event_time": TZ,
+        "received_at": TZ,
+        "start_day": "DATE",
+        "end_day": "DATE",
+        "sync_id": "VARCHAR",
+        "action": "VARCHAR",
+        "redeliveries": "INTEGER",
+    },
     "oura_raw.heartrate": {
         "patient_id": "VARCHAR",
         "timestamp": TZ,
@@ -192,6 +207,7 @@ PRIMARY_KEYS = {
     "patient_graph.wearable_day_status": ["patient_id", "source", "day"],
     "patient_graph.audit_log": ["audit_id"],
     "patient_graph.retention_horizons": ["table_name"],
+    "patient_graph.webhook_events": ["event_key"],
 }
 
 

@@ -38,6 +38,7 @@ from oura_assets.api.responses import (
     retry_after,
 )
 from oura_assets.api.service import SOURCE, ConnectionService, invalid_request
+from oura_assets.api.webhooks import webhook_routes
 from oura_assets.config import Settings, load_settings
 from oura_assets.oura.oauth import OuraOAuthApp
 from oura_assets.redaction import install_log_redaction
@@ -233,6 +234,7 @@ def create_app(
         Route(f"{PREFIX}/sync/{{sync_id}}", sync_status, methods=["GET"]),
         Route(f"{PREFIX}/connections", connections, methods=["GET"]),
         Route(f"{PREFIX}/connections/{{source}}", disconnect, methods=["DELETE"]),
+        *webhook_routes(PREFIX),
         Route("/healthz", healthz, methods=["GET"]),
     ]
     app = Starlette(

@@ -18,6 +18,7 @@ and values always travel as parameters. The modules, by what they own:
 - `queries`: the named queries behind the asset checks.
 - `audit`: the append-only audit log; `erasure`: a patient erased from every table, the file compacted;
   `retention`: raw heart-rate samples dropped past the retention horizon.
+- `webhooks`: what the webhook receiver needs (accepted events, a user's patient, a deleted document).
 """
 
 from oura_assets.domain import (
@@ -127,6 +128,17 @@ from oura_assets.warehouse.runs import (
 )
 from oura_assets.warehouse.schema import AUDIT_LOG, TABLES, Column, Table
 from oura_assets.warehouse.waits import WaitLog
+from oura_assets.warehouse.webhooks import (
+    WebhookCoverage,
+    WebhookEventRecord,
+    delete_raw_document,
+    patient_for_oura_user,
+    queued_request_covering,
+    raw_document_day,
+    record_webhook_event,
+    unannounced_documents,
+    webhook_event_seen,
+)
 
 __all__ = [
     "ANONYMOUS",
@@ -172,6 +184,8 @@ __all__ = [
     "WarehouseBusy",
     "WarehouseHolder",
     "WarehouseKeyError",
+    "WebhookCoverage",
+    "WebhookEventRecord",
     "add_sync_result_rows",
     "attach",
     "compact",
@@ -183,6 +197,7 @@ __all__ = [
     "daily_stats_mismatched_days",
     "daily_stats_scores_out_of_range",
     "days_without_data_or_status",
+    "delete_raw_document",
     "delete_tokens",
     "duplicate_keys",
     "erase_patient_rows",
@@ -196,11 +211,14 @@ __all__ = [
     "mark_synced",
     "mirror_raw_documents",
     "open_database",
+    "patient_for_oura_user",
     "patient_tables",
     "patients_with_raw_data",
     "prune_raw_heartrate",
     "purge_oauth_states",
+    "queued_request_covering",
     "queued_sync_requests",
+    "raw_document_day",
     "raw_heartrate_out_of_range",
     "raw_scores_out_of_range",
     "raw_sleep_period_problems",
@@ -212,6 +230,7 @@ __all__ = [
     "record_audit",
     "record_event",
     "record_sync_result",
+    "record_webhook_event",
     "rekey",
     "replace_daily_stats",
     "replace_day_status",
@@ -224,9 +243,11 @@ __all__ = [
     "set_connection_status",
     "sync_errors_in_run",
     "sync_results_for_run",
+    "unannounced_documents",
     "upsert_connection",
     "wearable_data_bedtimes_out_of_order",
     "wearable_data_key_shapes",
     "wearable_data_scores_out_of_range",
     "wearable_data_sleep_duration_problems",
+    "webhook_event_seen",
 ]

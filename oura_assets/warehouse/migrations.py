@@ -75,6 +75,11 @@ _MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         "health-data duties: the append-only audit log and the raw-data retention horizons",
         (AUDIT_LOG.ddl(), RETENTION_HORIZONS.ddl()),
     ),
+    (
+        5,
+        "patient_graph.webhook_events: Oura webhook events accepted, for deduplicating redeliveries",
+        (TABLES["patient_graph.webhook_events"].ddl(),),
+    ),
 )
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 

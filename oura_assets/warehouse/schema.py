@@ -98,6 +98,41 @@ def _document_table(collection: str) -> Table:
     )
 
 
+WEBHOOK_EVENTS = Table(
+    "patient_graph.webhook_events",
+    "Oura webhook events the connection API accepted (signature valid, user known), one row per event: what "
+    "makes a redelivery recognisable (Oura retries an event it thinks was not received), and what each "
+    "event led to. Events for unknown users and events that failed verification are not stored.",
+    (
+        _required(
+            "event_key",
+            "VARCHAR",
+            "SHA-256 of (event_type, data_type, object_id, event_time, user_id): the same event redelivered "
+            "has the same key.",
+        ),
+        _PATIENT_ID,
+        _SOURCE,
+        _required("event_type", "VARCHAR", "Oura's operation: `create`, `update` or `delete`."),
+        _required("data_type", "VARCHAR", "Oura's data type the document belongs to (`daily_sleep`, ...)."),
+        _required("object_id", "VARCHAR", "The Oura document id the event is about."),
+        Column("event_time", "TIMESTAMPTZ", "When Oura says the change happened (UTC)."),
+        _required("received_at", "TIMESTAMPTZ", "When the API first accepted the event (UTC)."),
+        Column("start_day", "DATE", "First day of the sync the event queued (inclusive)."),
+        Column("end_day", "DATE", "Last day of the sync the event queued (inclusive)."),
+        Column("sync_id", "VARCHAR", "The sync request the event queued or joined; null when ignored."),
+        _required(
+            "action",
+            "VARCHAR",
+            "What the API did: `sync_queued`, `deleted` (document removed from the raw table, its day "
+            "queued for a sync) or `ignored` (a data type we do not ingest).",
+        ),
+        Column(
+            "redeliveries", "INTEGER", "Times the same event arrived again after the first.", "deliveries"
+        ),
+    ),
+    ("event_key",),
+)
+
 _TABLES: tuple[Table, ...] = (
     Table(
         "patient_graph.wearable_data",
@@ -296,6 +331,7 @@ _TABLES: tuple[Table, ...] = (
         ),
         ("collection", "patient_id", "id", "revision", "superseded_at"),
     ),
+    WEBHOOK_EVENTS,
     Table(
         "patient_graph.wearable_day_status",
         "One row per patient, source and day of every synced range, complete days included: whether the "
