@@ -1,0 +1,148 @@
+"""Heart rate per local calendar day: each day's UTC offset, and the min/max/mean of its samples.
+
+Oura's heart rate is a UTC time series while every other figure is per local day; the offsets read from the
+daily documents say where each local day starts, and this module cuts the samples along them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any
+
+import polars as pl
+
+from oura_assets.normalize.documents import _Doc, _one_per_day
+from oura_assets.normalize.errors import NormalizationError
+from oura_assets.normalize.timestamps import _utc_timestamps
+
+
+@dataclass(frozen=True)
+class HeartRateDayStats:
+    """Heart rate over one local calendar day: distinct samples only; hr_avg the exact mean (unrounded)."""
+
+    hr_min: int | float
+    hr_max: int | float
+    hr_avg: float
+    hr_samples: int
+    utc_offset: timedelta
+
+
+def day_offsets(
+    readiness: Iterable[Mapping[str, Any]],
+    daily_sleep: Iterable[Mapping[str, Any]],
+    activity: Iterable[Mapping[str, Any]],
+) -> dict[date, timedelta]:
+    """Each day's UTC offset, from its daily documents' `timestamp` (readiness, then sleep, then activity).
+
+    Oura's daily `timestamp` is a LocalizedDateTime carrying the patient's offset on that day
+    (oura-openapi.json); it is the only place the patient's time zone shows. A null timestamp is skipped.
+    """
+    offsets: dict[date, timedelta] = {}
+    for collection, docs in (
+        ("daily_readiness", readiness),
+        ("daily_sleep", daily_sleep),
+        ("daily_activity", activity),
+    ):
+        for day, doc in sorted(_one_per_day(collection, docs).items()):
+            if day in offsets:
+                continue
+            stamp = _Doc(collection, doc).timestamp("timestamp")
+            if stamp is not None:
+                offsets[day] = stamp.utcoffset() or timedelta(0)
+    return dict(sorted(offsets.items()))
+
+
+def offset_for(day: date, offsets: Mapping[date, timedelta]) -> timedelta:
+    """The day's own offset, else the nearest known day's (a tie goes to the earlier day), else UTC."""
+    if day in offsets:
+        return offsets[day]
+    if not offsets:
+        return timedelta(0)
+    nearest = min(offsets, key=lambda known: (abs((known - day).days), known))
+    return offsets[nearest]
+
+
+def heart_rate_day_stats(
+    samples: pl.DataFrame | Sequence[Mapping[str, Any]],
+    offsets: Mapping[date, timedelta],
+    days: Iterable[date],
+) -> dict[date, HeartRateDayStats]:
+    """Heart-rate min/max/average/count per local calendar day, for the `days` asked about.
+
+    Local day D covers the UTC instants [D 00:00 - offset(D), D+1 00:00 - offset(D)) with `offset_for`.
+    Samples are Oura `heartrate` rows (dicts with an ISO `timestamp`, `bpm`, `source`) or a polars frame
+    with those columns (`timestamp` a datetime, naive meaning UTC). A sample repeated at the same instant
+    and source counts once — Oura repeats samples across request windows (open-wearables #889). Days
+    without samples are omitted. `hr_avg` is the mean at full precision: rounding it here would bias every
+    average of averages computed from the table, so only presentation rounds.
+    """
+    windows = [(day, offset_for(day, offsets)) for day in sorted(set(days))]
+    frame = _heart_rate_frame(samples)
+    if not windows or frame.is_empty():
+        return {}
+    window_frame = pl.DataFrame(
+        {
+            "day": [day for day, _ in windows],
+            "offset_s": [int(offset.total_seconds()) for _, offset in windows],
+        },
+        schema={"day": pl.Date, "offset_s": pl.Int64},
+    )
+    # Offsets lie within ±14 h, so a sample's local day is its UTC date or one of its neighbours; trying
+    # all three keeps days whose windows overlap or leave gaps (an offset change) exact.
+    utc_date = pl.col("timestamp").dt.date()
+    local = pl.col("timestamp") + pl.duration(seconds=pl.col("offset_s"))
+    candidates = pl.concat(
+        [frame.with_columns(day=utc_date + pl.duration(days=shift)) for shift in (-1, 0, 1)]
+    ).join(window_frame, on="day", how="inner")
+    stats = (
+        candidates.filter(local.dt.date() == pl.col("day"))
+        .group_by("day")
+        .agg(
+            hr_min=pl.col("bpm").min(),
+            hr_max=pl.col("bpm").max(),
+            hr_avg=pl.col("bpm").mean(),
+            hr_samples=pl.len(),
+        )
+        .sort("day")
+    )
+    by_day = dict(windows)
+    return {
+        row["day"]: HeartRateDayStats(
+            hr_min=row["hr_min"],
+            hr_max=row["hr_max"],
+            hr_avg=row["hr_avg"],
+            hr_samples=row["hr_samples"],
+            utc_offset=by_day[row["day"]],
+        )
+        for row in stats.iter_rows(named=True)
+    }
+
+
+def _heart_rate_frame(samples: pl.DataFrame | Sequence[Mapping[str, Any]]) -> pl.DataFrame:
+    """Samples as (timestamp: UTC datetime, bpm, source), distinct by (instant, source), nulls dropped."""
+    if isinstance(samples, pl.DataFrame):
+        frame = samples.select("timestamp", "bpm", "source")
+    else:
+        for sample in samples:
+            if not isinstance(sample, Mapping):
+                raise NormalizationError(
+                    f"expected a JSON object, got {type(sample).__name__}", collection="heartrate"
+                )
+        frame = pl.DataFrame(
+            {
+                "timestamp": [s.get("timestamp") for s in samples],
+                "bpm": [s.get("bpm") for s in samples],
+                "source": [s.get("source") for s in samples],
+            },
+            strict=False,
+        )
+    frame = frame.with_columns(timestamp=_utc_timestamps(frame.get_column("timestamp")))
+    bpm = frame.get_column("bpm")
+    if not (bpm.dtype.is_numeric() or bpm.dtype == pl.Null):
+        bad = bpm.drop_nulls().head(1).to_list()
+        raise NormalizationError(f"'bpm' should be a number, got {bad[0]!r}", collection="heartrate")
+    # Same instant and source with two different bpm values: keep the lower, so the result never depends
+    # on which copy came first.
+    return frame.drop_nulls(["timestamp", "bpm"]).group_by(["timestamp", "source"]).agg(pl.col("bpm").min())
