@@ -185,8 +185,8 @@ def raw_sleep(patch: str, expected: str) -> Plant:
     def plant(conn: duckdb.DuckDBPyConnection) -> tuple[str, date, str, str]:
         patient, day, doc_id = _first(
             conn,
-            "SELECT patient_id, day, id FROM oura_raw.sleep WHERE document->>'type' = 'long_sleep' "
-            "AND document->>'bedtime_end' IS NOT NULL AND document->>'total_sleep_duration' IS NOT NULL "
+            "SELECT patient_id, day, id FROM oura_raw.sleep WHERE (document->>'type') = 'long_sleep' "
+            "AND (document->>'bedtime_end') IS NOT NULL AND (document->>'total_sleep_duration') IS NOT NULL "
             "ORDER BY id LIMIT 1",
         )
         conn.execute(
@@ -202,8 +202,8 @@ def metrics(metric_type: str, patch: str, expected: str) -> Plant:
         patient, day = _first(
             conn,
             "SELECT patient_id, day FROM patient_graph.wearable_data WHERE metric_type = ? "
-            "AND (metric_type <> 'sleep' OR metrics->>'bedtimeEnd' IS NOT NULL "
-            "AND metrics->>'totalSleep' IS NOT NULL) "
+            "AND (metric_type <> 'sleep' OR (metrics->>'bedtimeEnd') IS NOT NULL "
+            "AND (metrics->>'totalSleep') IS NOT NULL) "
             "ORDER BY ALL LIMIT 1",
             [metric_type],
         )

@@ -78,7 +78,7 @@ def test_revised_score_reaches_wearable_data_and_the_old_version_stays_in_histor
     run(pipeline_env, ["rev"], "run-3")
 
     score_sql = (
-        "SELECT metrics->>'score' FROM patient_graph.wearable_data "
+        "SELECT (metrics->>'score') FROM patient_graph.wearable_data "
         "WHERE patient_id = 'rev' AND metric_type = 'readiness' AND day = ?"
     )
     assert query(pipeline_env, score_sql, [REVISED_DAY]) == [("89",)]
@@ -91,18 +91,18 @@ def test_revised_score_reaches_wearable_data_and_the_old_version_stays_in_histor
     assert revision == 1 and first_seen < changed < fetched
     history = query(
         pipeline_env,
-        "SELECT revision, document->>'score', change FROM oura_raw.document_revisions "
+        "SELECT revision, (document->>'score'), change FROM oura_raw.document_revisions "
         "WHERE collection = 'daily_readiness' AND patient_id = 'rev' AND day = ?",
         [REVISED_DAY],
     )
     assert history == [(0, "92", "changed")]
     # The README's "revised scores" query shows it.
     readme_query = (
-        "SELECT r.patient_id, r.day, h.document->>'score' AS old_score, r.document->>'score' AS new_score, "
-        "h.revision AS old_revision, r.revision FROM oura_raw.daily_readiness r "
+        "SELECT r.patient_id, r.day, (h.document->>'score') AS old_score, "
+        "(r.document->>'score') AS new_score, h.revision AS old_revision, r.revision FROM oura_raw.daily_readiness r "
         "JOIN oura_raw.document_revisions h ON h.collection = 'daily_readiness' "
         "AND h.patient_id = r.patient_id AND h.id = r.id AND h.change = 'changed' "
-        "WHERE h.document->>'score' IS DISTINCT FROM r.document->>'score' "
+        "WHERE (h.document->>'score') IS DISTINCT FROM (r.document->>'score') "
         "ORDER BY r.patient_id, r.day, h.revision"
     )
     assert query(pipeline_env, readme_query) == [("rev", REVISED_DAY, "92", "89", 0, 1)]
