@@ -99,7 +99,8 @@ def test_revised_score_reaches_wearable_data_and_the_old_version_stays_in_histor
     # The README's "revised scores" query shows it.
     readme_query = (
         "SELECT r.patient_id, r.day, (h.document->>'score') AS old_score, "
-        "(r.document->>'score') AS new_score, h.revision AS old_revision, r.revision FROM oura_raw.daily_readiness r "
+        "(r.document->>'score') AS new_score, h.revision AS old_revision, r.revision "
+        "FROM oura_raw.daily_readiness r "
         "JOIN oura_raw.document_revisions h ON h.collection = 'daily_readiness' "
         "AND h.patient_id = r.patient_id AND h.id = r.id AND h.change = 'changed' "
         "WHERE (h.document->>'score') IS DISTINCT FROM (r.document->>'score') "
