@@ -251,7 +251,7 @@ def test_range_backfill_launched_from_the_ui_runs_once_and_records_sync_events(
                 rows = query(
                     pipeline_env,
                     "SELECT patient_id, payload FROM patient_graph.patient_events "
-                    "WHERE event_type = 'wearable_sync' AND payload->>'runId' = ? ORDER BY patient_id",
+                    "WHERE event_type = 'wearable_sync' AND (payload->>'runId') = ? ORDER BY patient_id",
                     [run["runId"]],
                 )
                 return (
