@@ -1,0 +1,177 @@
+"""The host-wide Oura request budget: learned from Oura's headers, shared by processes, fair between runs.
+
+The multi-process cases run real syncs in two OS processes against the simulator with a tight application
+limit and count requests and 429s; nothing here asserts on wall-clock durations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from oura_assets.config import Settings
+from oura_assets.oura.rate_budget import RateBudget, RateLimitHeaders, budget_path
+
+LIMIT = {"limit": 20, "window_s": 1}
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        (
+            {
+                "Retry-After": "7",
+                "X-RateLimit-Limit": "5000",
+                "X-RateLimit-Window": "300",
+                "X-RateLimit-Tier": "application",
+            },
+            RateLimitHeaders(5000, 300.0, 7.0, "application"),
+        ),
+        ({"X-RateLimit-Reset": "1010"}, RateLimitHeaders(None, None, 10.0, None)),
+        ({"Retry-After": "soon", "X-RateLimit-Limit": "-3"}, RateLimitHeaders(None, None, None, None)),
+        ({"Retry-After": "Thu, 01 Jan 1970 00:16:50 GMT"}, RateLimitHeaders(None, None, 10.0, None)),
+        ({}, RateLimitHeaders()),
+    ],
+)
+def test_rate_limit_headers_are_read_as_oura_documents_them(headers, expected):
+    assert RateLimitHeaders.parse(headers, now=1000.0) == expected
+
+
+def test_a_limit_learned_from_a_429_is_seen_by_every_budget_of_the_application(tmp_path):
+    path = budget_path(tmp_path, "client-a")
+    with RateBudget(path) as first, RateBudget(path) as second:
+        assert first.limit() == (5000, 300.0)
+        first.observe(429, {"Retry-After": "0", "X-RateLimit-Limit": "20", "X-RateLimit-Window": "1"}, 0.3)
+        assert second.limit() == (20, 1.0)
+        assert first.rate_limited == 1
+    with RateBudget(budget_path(tmp_path, "client-b")) as other_app:
+        assert other_app.limit() == (5000, 300.0)
+
+
+def test_an_access_token_tier_429_does_not_teach_the_application_limit(tmp_path):
+    with RateBudget(tmp_path / "budget.sqlite") as budget:
+        budget.observe(
+            429,
+            {
+                "Retry-After": "0",
+                "X-RateLimit-Limit": "3",
+                "X-RateLimit-Window": "1",
+                "X-RateLimit-Tier": "access_token",
+            },
+            0.1,
+        )
+        assert budget.limit() == (5000, 300.0)
+
+
+def test_a_learned_limit_expires_back_to_the_configured_one(tmp_path):
+    now = [1_000_000.0]
+    with RateBudget(tmp_path / "budget.sqlite", clock=lambda: now[0]) as budget:
+        budget.observe(200, {"X-RateLimit-Limit": "20", "X-RateLimit-Window": "1"}, 0.1)
+        assert budget.limit() == (20, 1.0)
+        now[0] += 2 * 86_400
+        assert budget.limit() == (5000, 300.0)
+
+
+def test_workers_follow_rate_times_latency_within_the_cap(tmp_path):
+    with RateBudget(tmp_path / "budget.sqlite", limit=20, window_s=1.0, share=0.9) as budget:
+        budget.observe(200, {}, 0.3)
+        assert budget.suggested_workers(32) == 9  # 18 req/s x 0.3 s x 1.5 = 8.1
+        assert budget.suggested_workers(4) == 4
+        for _ in range(50):
+            budget.observe(200, {}, 0.01)
+        assert budget.suggested_workers(32) == 1
+
+
+def test_a_429_pauses_the_next_request_of_another_budget(tmp_path):
+    path = tmp_path / "budget.sqlite"
+    with RateBudget(path) as first, RateBudget(path) as second:
+        first.observe(429, {"Retry-After": "1"}, 0.1)
+        row = second._state.row()
+        assert row[4] > time.time() + 0.5  # paused_until, shared through the file
+        second.acquire()
+        assert time.time() >= row[4]
+
+
+def _spawn(settings: Settings, out: Path, run_id: str, start: date, end: date, patients: list[str]):
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "oura_assets_tests.rate_budget_worker",
+            str(out),
+            run_id,
+            str(start),
+            str(end),
+            *patients,
+        ],
+        env=dict(os.environ),
+    )
+
+
+def _report(process: subprocess.Popen, out: Path) -> dict:
+    assert process.wait(timeout=240) == 0
+    return json.loads(out.read_text())
+
+
+def test_two_processes_share_one_budget_under_a_tight_limit_with_few_429s(
+    pipeline_env, connect_patient, simulator, tmp_path
+):
+    patients = [f"patient-{n}" for n in range(6)]
+    for patient in patients:
+        connect_patient(patient)
+    simulator.control.set_faults(rate_limit=LIMIT)
+    simulator.control.reset_stats()
+    start, end = date(2024, 5, 1), date(2024, 6, 12)
+    runs = [
+        _spawn(pipeline_env, tmp_path / f"run-{n}.json", f"run-{n}", start, end, patients[n * 3 : n * 3 + 3])
+        for n in range(2)
+    ]
+    reports = [_report(p, tmp_path / f"run-{n}.json") for n, p in enumerate(runs)]
+
+    assert all(set(r["statuses"].values()) == {"success"} for r in reports), reports
+    requests = sum(r["requests"] for r in reports)
+    rate_limited = sum(r["rate_limited"] for r in reports)
+    assert requests > 100
+    # While the limit is being learned (the configured 5,000 per 5 minutes is far above this simulator's
+    # 20 per second), the requests already in flight may be refused; once it is learned, hardly any.
+    in_flight_at_learning = 2 * 16
+    assert rate_limited <= in_flight_at_learning + 0.01 * requests, (rate_limited, requests)
+    # The processes' own counts are Oura's (the simulator's) counts.
+    answered = simulator.control.stats()["requests"]
+    assert sum(counts.get("429", 0) for counts in answered.values()) == rate_limited
+
+
+def test_a_long_backfill_does_not_starve_a_new_patients_sync_in_another_process(
+    pipeline_env, connect_patient, simulator, tmp_path
+):
+    for patient in ("old-1", "old-2", "new"):
+        connect_patient(patient)
+    simulator.control.set_faults(rate_limit=LIMIT)
+    backfill = _spawn(
+        pipeline_env,
+        tmp_path / "backfill.json",
+        "backfill",
+        date(2023, 6, 1),
+        date(2024, 6, 1),
+        ["old-1", "old-2"],
+    )
+    # The new patient's sync starts as the backfill does (both processes pay the same start-up).
+    initial = _spawn(
+        pipeline_env, tmp_path / "initial.json", "initial", date(2024, 5, 3), date(2024, 6, 1), ["new"]
+    )
+    small, big = _report(initial, tmp_path / "initial.json"), _report(backfill, tmp_path / "backfill.json")
+
+    assert small["statuses"] == {"new": "success"} and set(big["statuses"].values()) == {"success"}
+    first, last = small["sent_at"][0], small["sent_at"][-1]
+    # The backfill kept going after the new patient's sync was done: the small one did not wait for it ...
+    assert big["sent_at"][-1] > last
+    # ... and while both ran, they took turns: the small one got a fair share of the requests sent.
+    backfill_meanwhile = sum(first <= t <= last for t in big["sent_at"])
+    assert backfill_meanwhile <= 2 * len(small["sent_at"]), (backfill_meanwhile, len(small["sent_at"]))
