@@ -29,7 +29,8 @@ from oura_assets.defs.resources import WarehouseResource
 from oura_assets.oura.oauth import OuraOAuthApp
 from oura_assets.simulator import ClientRegistration, SimulatorConfig, SimulatorServer
 from oura_assets.tokens import TokenCipher, store_granted_tokens
-from oura_assets_tests.conftest import TEST_CLIENT_ID, TEST_CLIENT_SECRET, TEST_REDIRECT_URI, authorize_code
+from oura_assets_tests.conftest import TEST_CLIENT_ID, TEST_CLIENT_SECRET, TEST_REDIRECT_URI
+from oura_assets_tests.support import authorize_code
 
 START, END = date(2024, 6, 10), date(2024, 6, 16)
 PATIENTS = ("quality-a", "quality-b")
@@ -85,7 +86,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         store.ensure_schema()
         oauth, cipher = OuraOAuthApp.from_settings(settings), TokenCipher(settings.token_keys)
         for patient in PATIENTS:
-            tokens = oauth.exchange_code(authorize_code(settings, f"{patient}-ring"))
+            tokens = oauth.exchange_code(authorize_code(oauth, f"{patient}-ring"))
             with store.transaction("test: connect") as conn:
                 store_granted_tokens(
                     conn, patient, tokens, cipher, oura_user_id=None, connected_at=datetime.now(UTC)

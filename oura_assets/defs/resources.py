@@ -59,6 +59,10 @@ class WarehouseResource(dg.ConfigurableResource):
         """`connect` inside BEGIN / COMMIT: all of the block's writes land, or none do."""
         return self._warehouse().transaction(purpose, timeout_s)
 
+    def reporting_waits_to(self, log: wh.WaitLog) -> wh.Warehouse:
+        """The warehouse, reporting waits over its slow-wait threshold to `log` (a run's `context.log`)."""
+        return self._warehouse().reporting_waits_to(log)
+
     def _warehouse(self) -> wh.Warehouse:
         # Cheap to build: the lock state lives per file and process inside `warehouse.lock`.
         return wh.Warehouse(self.database, lock_timeout_s=self.lock_timeout_s)

@@ -100,6 +100,7 @@ from oura_assets.warehouse.runs import (
     sync_results_for_run,
 )
 from oura_assets.warehouse.schema import TABLES, Column, Table
+from oura_assets.warehouse.waits import WaitLog
 
 __all__ = [
     "BPM_RANGE",
@@ -131,6 +132,7 @@ __all__ = [
     "SyncRequestRecord",
     "SyncResultRecord",
     "Table",
+    "WaitLog",
     "Warehouse",
     "WarehouseAccess",
     "WarehouseBusy",

@@ -44,6 +44,8 @@ class WarehouseAccess(Protocol):
         self, purpose: str, timeout_s: float | None = None
     ) -> AbstractContextManager[duckdb.DuckDBPyConnection]: ...
 
+    def reporting_waits_to(self, log: WaitLog) -> WarehouseAccess: ...
+
 
 class Warehouse:
     """The DuckDB file at `path`, opened only through `connect` / `transaction`.
