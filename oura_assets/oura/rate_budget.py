@@ -138,6 +138,11 @@ class _SQLiteState(StateStore):
             self._conn.execute(sql, params)
 
     def check(self, algorithm, rates, now, weight):
+        # The clock is read here, not taken from the caller: pyrate-limiter's blocking loop advances a
+        # refused item's timestamp by the waits it slept, so a process that lost one turn would keep asking
+        # with a time one slot behind the bucket and lose every later turn to a process arriving fresh (a
+        # newcomer sent nothing for 100 s while a backfill in another process ran; see test_rate_budget).
+        now = self.default_clock.now()
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
