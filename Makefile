@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint format dev simulator api bench clean
+.PHONY: venv demo test lint format dev simulator api bench soak clean
 
 venv: $(STAMP)
 
@@ -42,6 +42,9 @@ api: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) data/*.duckdb data/*.wal

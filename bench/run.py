@@ -47,6 +47,7 @@ SIZES = {
         "write_samples": 150_000,
         "fault_repeats": 3,
         "nightly_patients": 16,
+        "encryption_repeats": 3,
     },
     "quick": {
         "patients": 2,
@@ -54,6 +55,7 @@ SIZES = {
         "write_samples": 30_000,
         "fault_repeats": 1,
         "nightly_patients": 6,
+        "encryption_repeats": 1,
     },
 }
 HR_START = datetime(2024, 1, 1, tzinfo=UTC)
@@ -63,6 +65,8 @@ NIGHTLY_DAYS = 4
 NIGHTLY_LATENCY = {"latency_ms": 40}
 
 WORKER_TIMEOUT_S = 480
+# (f) encryption: any key of the required length will do; it lives only in the benchmark's children.
+BENCH_WAREHOUSE_KEY = "bench-warehouse-key-0123456789abcdef"
 
 
 # --- helpers -----------------------------------------------------------------------------------------------
@@ -331,14 +335,20 @@ def _materialize_arm(
     faults: dict[str, Any] | None = None,
     seed: int = 0,
     workers: int = 4,
+    warehouse_key: str | None = None,
 ) -> dict[str, Any]:
-    """A fresh simulator and warehouse, `patients` connected, then the job materialized in a child process."""
+    """A fresh simulator and warehouse, `patients` connected, then the job materialized in a child process.
+
+    With `warehouse_key` the warehouse is encrypted (OURA_ASSETS_WAREHOUSE_KEY).
+    """
     with tempfile.TemporaryDirectory(prefix="oura-bench-") as tmp:
         workdir = Path(tmp)
         warehouse = workdir / "warehouse.duckdb"
         server = harness.start_simulator(seed)
         try:
             env = harness.pipeline_env(server.url, warehouse)
+            if warehouse_key is not None:
+                env["OURA_ASSETS_WAREHOUSE_KEY"] = warehouse_key
             with harness.applied_env(env) as settings:
                 for patient_id in patients:
                     support.connect_patient(settings, patient_id)
@@ -360,13 +370,18 @@ def _materialize_arm(
             stats = server.control.stats()
         finally:
             server.stop()
+        with wh.Warehouse(warehouse, key=warehouse_key).connect("bench: snapshot") as conn:
+            conn.execute("CHECKPOINT")
+            snapshot = support.snapshot(conn)
         return {
             **measured,
             "http_requests": stats["total_requests"],
             "injected_errors": stats["injected_errors"],
             "dropped": stats["dropped"],
             "requests_by_route": {route: sum(c.values()) for route, c in stats["requests"].items()},
-            "snapshot": support.snapshot(warehouse),
+            "snapshot": snapshot,
+            "file_mb": warehouse.stat().st_size / 2**20,
+            "first_patient_id_in_file": patients[0].encode() in warehouse.read_bytes(),
         }
 
 
@@ -650,12 +665,60 @@ def bench_nightly(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]
     }
 
 
+# --- (f) the nightly run into an encrypted warehouse vs a plain one ----------------------------------------
+
+
+def bench_encryption(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]:
+    """(f) The same nightly run (no injected latency, so the warehouse's share of the time is as large as it
+    gets) into a plain warehouse and into an encrypted one, alternating arms; best of the repeats each."""
+    patients = [f"bench-patient-{n}" for n in range(size["nightly_patients"])]
+    start, end = BACKFILL_START, BACKFILL_START + timedelta(days=NIGHTLY_DAYS - 1)
+    plain_runs, encrypted_runs = [], []
+    for _ in range(size["encryption_repeats"]):
+        plain_runs.append(_materialize_arm("ranged", patients, start, end))
+        encrypted_runs.append(
+            _materialize_arm("ranged", patients, start, end, warehouse_key=BENCH_WAREHOUSE_KEY)
+        )
+    plain = min(plain_runs, key=lambda arm: arm["wall_s"])
+    encrypted = min(encrypted_runs, key=lambda arm: arm["wall_s"])
+    tables = _compare(plain["snapshot"], encrypted["snapshot"])
+    identical = all(t["identical"] for t in tables.values()) and all(
+        _compare(plain["snapshot"], arm["snapshot"]) == tables for arm in plain_runs + encrypted_runs
+    )
+    for arm in plain_runs + encrypted_runs:
+        arm.pop("snapshot")
+    overhead = encrypted["wall_s"] / plain["wall_s"] if plain["wall_s"] else float("nan")
+    label = f"(f) nightly {len(patients)} patients x {NIGHTLY_DAYS} d, encrypted"
+    walls = {name: [round(a["wall_s"], 2) for a in arms] for name, arms in
+             (("plain", plain_runs), ("encrypted", encrypted_runs))}  # fmt: skip
+    rows += [
+        [label, "wall time (best of runs)", _fmt_s(plain["wall_s"]), _fmt_s(encrypted["wall_s"]),
+         f"{overhead:.2f}x the plain run's time"],
+        [label, "warehouse file", f"{plain['file_mb']:.1f} MiB", f"{encrypted['file_mb']:.1f} MiB", ""],
+        [label, "a patient id readable in the file?", str(plain["first_patient_id_in_file"]),
+         str(encrypted["first_patient_id_in_file"]), ""],
+        [label, "all tables identical?", "", "", "identical" if identical else "DIFFERENT"],
+    ]  # fmt: skip
+    return {
+        "what": "one ranged nightly run per arm: plain warehouse vs encrypted (OURA_ASSETS_WAREHOUSE_KEY)",
+        "params": {"patients": len(patients), "days": NIGHTLY_DAYS, "repeats": size["encryption_repeats"]},
+        "baseline": {"name": "plain warehouse", **plain},
+        "candidate": {"name": "encrypted warehouse", **encrypted},
+        "wall_s_per_run": walls,
+        "ratios": {"encrypted_over_plain_wall_time": overhead},
+        "tables_identical": tables,
+        "ok": identical and not encrypted["first_patient_id_in_file"] and plain["first_patient_id_in_file"],
+        "check": "every table identical in all runs; a patient id readable in the plain file only",
+    }
+
+
 BENCHMARKS: dict[str, Callable[[dict[str, Any], list[list[str]]], dict[str, Any]]] = {
     "backfill": bench_backfill,
     "hr_stats": bench_hr_stats,
     "hr_write": bench_hr_write,
     "faults": bench_faults,
     "nightly": bench_nightly,
+    "encryption": bench_encryption,
 }
 
 

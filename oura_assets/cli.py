@@ -1,4 +1,6 @@
-"""The `oura-assets` command: serve the API, mint a development JWT, run the simulator, demo, dev, backfill.
+"""The `oura-assets` command: serve the API, mint a development JWT, run the simulator, demo, dev, backfill,
+erase a patient, `warehouse rekey` (encrypt the warehouse, or change its key), and manage Oura webhook
+subscriptions.
 
 Settings come from the environment (see README); start-up errors are one clear line on stderr and exit 2.
 """
@@ -15,7 +17,15 @@ from datetime import date
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from oura_assets.config import ConfigError, load_settings
+from oura_assets.config import (
+    ConfigError,
+    demo_warehouse_key_path,
+    load_settings,
+    parse_warehouse_key,
+)
+from oura_assets.private_files import write_private
+
+NEW_KEY_VARIABLE = "OURA_ASSETS_WAREHOUSE_NEW_KEY"
 
 
 def _port_of(url: str) -> int:
@@ -53,6 +63,55 @@ def _demo(args: argparse.Namespace) -> int:
     except DemoError as exc:
         print(f"oura-assets demo: {exc}", file=sys.stderr)
         return 2
+
+
+def _erase_patient(args: argparse.Namespace) -> int:
+    """Erase one patient everywhere (Oura grant, every table, token journal); audited as `operator`."""
+    import uuid
+
+    from oura_assets import warehouse as wh
+    from oura_assets.clock import utc_now
+    from oura_assets.erasure import PatientEraser
+    from oura_assets.oura.oauth import OuraOAuthApp
+    from oura_assets.tokens import TokenCipher
+
+    settings = load_settings(require=("oauth", "tokens"))
+    eraser = PatientEraser(
+        warehouse=wh.Warehouse(settings.warehouse_path),
+        oauth=OuraOAuthApp.from_settings(settings),
+        cipher=TokenCipher(settings.token_keys),
+        lock_dir=settings.lock_dir,
+        journal_dir=settings.token_journal_dir,
+    )
+    request_id = uuid.uuid4().hex
+    audit = wh.AuditEntry(
+        occurred_at=utc_now(),
+        actor=wh.OPERATOR,
+        action="erase",
+        patient_id=args.patient_id,
+        outcome="ok",
+        request_id=request_id,
+    )
+    try:
+        outcome = eraser.erase(args.patient_id, audit, compact=not args.no_compact)
+    except wh.WarehouseBusy as exc:
+        print(f"oura-assets patient erase: {exc}", file=sys.stderr)
+        return 3
+    revoked = {None: "no grant held", True: "yes", False: "FAILED (Oura unreachable?); erased locally anyway"}
+    print(f"patient {args.patient_id} erased (audit request id {request_id})")
+    print(f"  rows removed: {outcome.total_rows}")
+    for table, count in sorted(outcome.rows_removed.items()):
+        if count:
+            print(f"    {table}: {count}")
+    print(f"  revoked at Oura: {revoked[outcome.revoked]}")
+    print(f"  token journal entries removed: {outcome.journal_entries_removed}")
+    if outcome.compaction is not None:
+        print(
+            f"  file compacted: {outcome.compaction.bytes_before} -> {outcome.compaction.bytes_after} bytes"
+        )
+    else:
+        print("  file not compacted: erased rows stay in freed blocks until the housekeeping job compacts it")
+    return 0
 
 
 def _dagster_env(demo: bool) -> dict[str, str] | None:
@@ -137,6 +196,90 @@ def _dev(args: argparse.Namespace) -> int:
     return max((child.returncode or 0) for child in children)
 
 
+def _new_warehouse_key(args: argparse.Namespace, current: str | None, encrypted: bool) -> str:
+    """The key to encrypt with: from --new-key-file, else OURA_ASSETS_WAREHOUSE_NEW_KEY, else (for a plain
+    file) the configured OURA_ASSETS_WAREHOUSE_KEY. Never from the command line, where `ps` would show it."""
+    if args.new_key_file is not None:
+        return parse_warehouse_key(Path(args.new_key_file).read_text().strip(), "--new-key-file")
+    if os.environ.get(NEW_KEY_VARIABLE, "").strip():
+        return parse_warehouse_key(os.environ[NEW_KEY_VARIABLE].strip(), NEW_KEY_VARIABLE)
+    if current is not None and not encrypted:
+        return current
+    raise ConfigError(
+        f"give the new key in {NEW_KEY_VARIABLE} or --new-key-file"
+        + ("" if current is not None else ", or set OURA_ASSETS_WAREHOUSE_KEY to encrypt a plain warehouse")
+    )
+
+
+def _warehouse_rekey(args: argparse.Namespace) -> int:
+    """Encrypt the warehouse with a new key (or encrypt a plain one), under the writer lock."""
+    from oura_assets import warehouse as wh
+
+    settings = load_settings()
+    path = settings.warehouse_path
+    if not path.exists():
+        raise ConfigError(f"no warehouse at {path} (OURA_ASSETS_WAREHOUSE)")
+    encrypted = wh.is_encrypted(path)
+    new_key = _new_warehouse_key(args, settings.warehouse_key, encrypted)
+    demo_key = demo_warehouse_key_path(settings.data_dir)
+    keep_demo_key = settings.demo and not os.environ.get("OURA_ASSETS_WAREHOUSE_KEY", "").strip()
+    pending = demo_key.with_name(demo_key.name + ".new")
+    if keep_demo_key:
+        # Written before the swap, so a crash right after it still leaves the new key on disk.
+        write_private(pending, new_key)
+    try:
+        result = wh.rekey(wh.Warehouse(path), settings.warehouse_key, new_key, timeout_s=args.wait)
+    except wh.WarehouseBusy as exc:
+        pending.unlink(missing_ok=True)
+        print(f"oura-assets warehouse rekey: {exc}", file=sys.stderr)
+        return 3
+    except BaseException:
+        pending.unlink(missing_ok=True)
+        raise
+    if keep_demo_key:
+        os.replace(pending, demo_key)
+        where = f"the demo key in {demo_key} is updated"
+    else:
+        where = "give every process the new key in OURA_ASSETS_WAREHOUSE_KEY"
+    print(
+        f"warehouse {path}: {'re-encrypted' if result.was_encrypted else 'encrypted'} with the new key "
+        f"({result.tables} tables, {result.rows} rows, {result.seconds:.1f} s); {where}; the next analytics "
+        "snapshot is written with it"
+    )
+    return 0
+
+
+def _webhooks(args: argparse.Namespace) -> int:
+    """The application's Oura webhook subscriptions: ensure (create missing, renew expiring), list, delete."""
+    import json
+    from datetime import timedelta
+
+    from oura_assets.oura.webhooks import WebhookApiError, client_from_settings, ensure_from_settings
+
+    settings = load_settings(require=("oauth",))
+    try:
+        if args.action == "ensure":
+            report = ensure_from_settings(settings, renew_within=timedelta(days=args.renew_within_days))
+            print(json.dumps(report.as_dict(), indent=2))
+            return 0
+        with client_from_settings(settings) as client:
+            subscriptions = client.list()
+            if args.action == "list":
+                print(json.dumps([s.as_dict() for s in subscriptions], indent=2))
+                return 0
+            ids = [s.id for s in subscriptions] if args.all else args.ids
+            if not ids:
+                print("oura-assets webhooks delete: name subscription ids, or --all", file=sys.stderr)
+                return 2
+            for subscription_id in ids:
+                client.delete(subscription_id)
+            print(json.dumps({"deleted": ids}, indent=2))
+            return 0
+    except WebhookApiError as exc:
+        print(f"oura-assets webhooks: {exc}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oura-assets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -167,9 +310,47 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("end", type=date.fromisoformat, help="last day, YYYY-MM-DD (inclusive)")
     backfill.set_defaults(func=_backfill)
 
+    patient = sub.add_parser("patient", help="operator actions on one patient's data")
+    patient_sub = patient.add_subparsers(dest="patient_command", required=True)
+    erase = patient_sub.add_parser(
+        "erase",
+        help="revoke at Oura and remove every row of the patient from the warehouse (audited); idempotent",
+    )
+    erase.add_argument("patient_id", help="the patient id (the JWT's sub)")
+    erase.add_argument(
+        "--no-compact",
+        action="store_true",
+        help="skip rewriting the file now (erased rows then linger in freed blocks until the daily "
+        "housekeeping job compacts it)",
+    )
+    erase.set_defaults(func=_erase_patient)
+
+    webhooks = sub.add_parser("webhooks", help="Oura webhook subscriptions: ensure | list | delete")
+    actions = webhooks.add_subparsers(dest="action", required=True)
+    ensure = actions.add_parser("ensure", help="create missing subscriptions, renew those close to expiry")
+    ensure.add_argument("--renew-within-days", type=int, default=7, help="renew what expires within N days")
+    actions.add_parser("list", help="this application's subscriptions, as JSON")
+    delete = actions.add_parser("delete", help="delete subscriptions by id (or all of them)")
+    delete.add_argument("ids", nargs="*", help="subscription ids")
+    delete.add_argument("--all", action="store_true", help="delete every subscription of this application")
+    webhooks.set_defaults(func=_webhooks)
+
     dev = sub.add_parser("dev", help="simulator (demo mode) + connection API + Dagster UI and daemon")
     dev.add_argument("--port", type=int, default=3000, help="Dagster UI port")
     dev.set_defaults(func=_dev)
+
+    warehouse = sub.add_parser("warehouse", help="operate on the warehouse file")
+    warehouse_sub = warehouse.add_subparsers(dest="warehouse_command", required=True)
+    rekey = warehouse_sub.add_parser(
+        "rekey",
+        help="copy the warehouse into a new file encrypted with a new key and swap it in atomically; "
+        "with a plain warehouse and OURA_ASSETS_WAREHOUSE_KEY set, encrypt it with that key",
+    )
+    rekey.add_argument(
+        "--new-key-file", help=f"file holding the new key (default: the {NEW_KEY_VARIABLE} variable)"
+    )
+    rekey.add_argument("--wait", type=float, default=300.0, help="seconds to wait for the writer lock")
+    rekey.set_defaults(func=_warehouse_rekey)
     return parser
 
 

@@ -8,6 +8,7 @@ and secrets generated into the data folder (mode 0600) fill whatever is unset, s
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -30,6 +31,8 @@ DEMO_SIMULATOR_URL = "http://127.0.0.1:8787"
 DEMO_API_URL = "http://127.0.0.1:8000"
 DEMO_JWT_ISSUER = "oura-assets-demo"
 CALLBACK_PATH = "/api/patient-graph/wearables/callback/oura"
+RETENTION_VARIABLE = "OURA_ASSETS_RAW_HEARTRATE_RETENTION_DAYS"
+WEBHOOK_PATH = "/api/patient-graph/wearables/webhooks/oura"
 OAUTH_SCOPES = ("email", "personal", "daily", "heartrate", "workout", "session")
 
 # What each component needs outside demo mode. A missing one is a start-up error naming the variable.
@@ -38,6 +41,9 @@ REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "tokens": ("OURA_ASSETS_TOKEN_KEY",),
     "jwt": ("CLERK_JWKS_URL", "CLERK_ISSUER"),
 }
+
+
+MIN_WAREHOUSE_KEY_LENGTH = 16
 
 
 class ConfigError(RuntimeError):
@@ -64,6 +70,16 @@ class Settings:
     lookback_days: int
     simulator_url: str
     api_url: str
+    # OURA_ASSETS_RAW_HEARTRATE_RETENTION_DAYS: raw heart-rate samples older than this many days are dropped
+    # by the daily housekeeping job (the daily stats keep their figures); None keeps them all.
+    raw_heartrate_retention_days: int | None = None
+    # OURA_ASSETS_WAREHOUSE_KEY: the warehouse and the analytics snapshot are encrypted DuckDB files when set.
+    warehouse_key: str | None = field(default=None, repr=False)
+    webhook_verification_token: str | None = field(default=None, repr=False)
+    """`OURA_WEBHOOK_VERIFICATION_TOKEN`: what Oura echoes when it verifies our webhook callback."""
+    webhook_callback_url: str = ""
+    """`OURA_WEBHOOK_CALLBACK_URL`, default `OURA_ASSETS_API_URL` + the webhook route: the public URL of
+    the receiver that subscriptions name (Oura must be able to reach it)."""
 
     @property
     def demo_jwt_key_path(self) -> Path:
@@ -116,7 +132,43 @@ def _demo_secrets(data_dir: Path) -> dict[str, str]:
                 ),
                 overwrite=False,
             )
-    return json.loads(path.read_text())
+    generated = json.loads(path.read_text())
+    # Files generated before webhooks existed lack the token: derive it from the generated client secret
+    # (one-way, so it reveals nothing of the secret) rather than rewrite a file others may be reading.
+    generated.setdefault(
+        "webhook_verification_token",
+        hashlib.sha256(f"webhook-verification:{generated['client_secret']}".encode()).hexdigest()[:32],
+    )
+    return generated
+
+
+def demo_warehouse_key_path(data_dir: Path) -> Path:
+    """Where demo mode keeps its generated warehouse key (`oura-assets warehouse rekey` updates it).
+
+    A file of its own, not a field of demo-secrets.json: a data folder made before encryption existed keeps
+    its secrets file as it is, and an analyst finds the key by name.
+    """
+    return data_dir / "demo-warehouse-key"
+
+
+def _demo_warehouse_key(data_dir: Path) -> str:
+    """The demo's generated warehouse key, created once in data/ (mode 0600) beside the other demo secrets."""
+    path = demo_warehouse_key_path(data_dir)
+    if not path.exists():
+        with contextlib.suppress(FileExistsError):  # another process created it first; read theirs
+            write_private(path, secrets.token_urlsafe(32), overwrite=False)
+    return path.read_text().strip()
+
+
+def parse_warehouse_key(raw: str, name: str = "OURA_ASSETS_WAREHOUSE_KEY") -> str:
+    """`raw` if it is a usable warehouse key, else a ConfigError naming `name` (never quoting the value)."""
+    # DuckDB derives the AES key from any string; a short one would be guessable, so ask for a real one.
+    if len(raw) < MIN_WAREHOUSE_KEY_LENGTH or any(c.isspace() for c in raw):
+        raise ConfigError(
+            f"{name} must be at least {MIN_WAREHOUSE_KEY_LENGTH} characters, no spaces; "
+            "make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return raw
 
 
 def _parse_date(env: Mapping[str, str], name: str, default: str) -> date:
@@ -187,6 +239,9 @@ def load_settings(
         return _env(env, name) or (demo_value if demo else real_value)
 
     token_key_raw = pick("OURA_ASSETS_TOKEN_KEY", generated.get("token_key"), None)
+    warehouse_key_raw = _env(env, "OURA_ASSETS_WAREHOUSE_KEY") or (
+        _demo_warehouse_key(data_dir) if demo else None
+    )
     return Settings(
         demo=demo,
         data_dir=data_dir,
@@ -206,4 +261,12 @@ def load_settings(
         lookback_days=_parse_int(env, "OURA_ASSETS_LOOKBACK_DAYS", 3, 0, 60),
         simulator_url=simulator_url,
         api_url=api_url,
+        raw_heartrate_retention_days=(
+            _parse_int(env, RETENTION_VARIABLE, 0, 1, 36_500) if _env(env, RETENTION_VARIABLE) else None
+        ),
+        warehouse_key=parse_warehouse_key(warehouse_key_raw) if warehouse_key_raw else None,
+        webhook_verification_token=pick(
+            "OURA_WEBHOOK_VERIFICATION_TOKEN", generated.get("webhook_verification_token"), None
+        ),
+        webhook_callback_url=_env(env, "OURA_WEBHOOK_CALLBACK_URL") or api_url + WEBHOOK_PATH,
     )

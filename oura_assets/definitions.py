@@ -7,14 +7,16 @@ Thin on purpose: it only assembles what `oura_assets.defs` builds. Loading is de
 import dagster as dg
 
 from oura_assets.config import load_settings
-from oura_assets.defs import checks
+from oura_assets.defs import checks, webhooks
 from oura_assets.defs.assets import build_graph_assets, build_raw_assets
+from oura_assets.defs.housekeeping import housekeeping_job, housekeeping_schedule
 from oura_assets.defs.jobs import sync_job
 from oura_assets.defs.partitions import daily_partitions
 from oura_assets.defs.resources import OuraResource, WarehouseResource
 from oura_assets.defs.schedules import build_nightly_schedule
 from oura_assets.defs.sensors import build_event_sensor, build_sync_request_sensor
 from oura_assets.defs.watchdog import build_run_worker_watchdog
+from oura_assets.defs.webhooks import renew_webhook_subscriptions, webhook_subscriptions_job
 
 
 @dg.definitions
@@ -23,9 +25,13 @@ def defs() -> dg.Definitions:
     partitions = daily_partitions(settings.start_date)
     return dg.Definitions(
         assets=[build_raw_assets(partitions), *build_graph_assets(partitions)],
-        asset_checks=dg.load_asset_checks_from_modules([checks]),
-        jobs=[sync_job],
-        schedules=[build_nightly_schedule(settings.start_date)],
+        asset_checks=dg.load_asset_checks_from_modules([checks, webhooks]),
+        jobs=[sync_job, housekeeping_job, webhook_subscriptions_job],
+        schedules=[
+            build_nightly_schedule(settings.start_date),
+            housekeeping_schedule,
+            renew_webhook_subscriptions,
+        ],
         sensors=[
             build_event_sensor(),
             build_sync_request_sensor(settings.start_date),

@@ -155,7 +155,7 @@ def materialize_range(settings: Settings, start: date, end: date, sync_ids: list
 
 
 def print_summary(settings: Settings, run: dg.DagsterRun) -> None:
-    store = wh.Warehouse(settings.warehouse_path)
+    store = wh.Warehouse.from_settings(settings)
     with store.connect("demo: read summary") as conn:
         per_patient = conn.execute(
             """
@@ -251,7 +251,7 @@ def run_demo(root: Path | None = None, days: int = DEMO_DAYS) -> int:
 
     warnings.filterwarnings("ignore", message="The httpx module is deprecated")
     settings = load_settings(require=("oauth", "tokens", "jwt"))
-    wh.Warehouse(settings.warehouse_path).ensure_schema()
+    wh.Warehouse.from_settings(settings).ensure_schema()
     _ensure_dotenv(root)
     end = datetime.now(UTC).date()
     start = end - timedelta(days=days - 1)

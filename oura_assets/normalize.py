@@ -213,7 +213,8 @@ def _parse_aware(value: object) -> datetime:
 
 
 def to_utc_z(ts: str | None) -> str | None:
-    """An ISO-8601 date-time with any offset (`+05:30`, `-07:00`, `Z`, `.000Z`) as UTC `YYYY-MM-DDTHH:MM:SSZ`.
+    """An ISO-8601 date-time with any offset (`+05:30`, `-07:00`, `Z`, `.000Z`, `+0530`), with a `T` or a
+    space between date and time, as UTC `YYYY-MM-DDTHH:MM:SSZ` (Python 3.11's `fromisoformat` reads them all).
 
     Sub-seconds are truncated (not rounded), so every value has the same shape and sorts as text.
     Raises `NormalizationError` on text that is not a date-time with an offset.
@@ -558,8 +559,14 @@ def _utc_timestamps(column: pl.Series) -> pl.Series:
         raise NormalizationError(
             f"'timestamp' should be an ISO-8601 string, got {column.dtype}", collection="heartrate"
         )
-    # Oura sends `+00:00` or `.000Z` (OURA-NOTES.md, heartrate rows); chrono's %:z does not take `Z`.
-    text = column.str.replace(r"[Zz]$", "+00:00")
+    # Oura sends `+00:00` or `.000Z` (OURA-NOTES.md, heartrate rows); chrono's %:z does not take `Z`. Its
+    # framework (FastAPI on pydantic) also reads a space (or `t`, `_`) separator and `±HHMM` offsets, so a
+    # client must too: both are rewritten to the one shape the format below takes.
+    text = (
+        column.str.replace(r"[Zz]$", "+00:00")
+        .str.replace(r"^(\d{4}-\d{2}-\d{2})[ tT_]", "${1}T")
+        .str.replace(r"([+-]\d{2})(\d{2})$", "${1}:${2}")
+    )
     parsed = text.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%:z", time_zone="UTC", time_unit="us", strict=False)
     failed = parsed.is_null() & text.is_not_null()
     if failed.any():

@@ -19,6 +19,7 @@ from oura_assets import ledger, normalize
 from oura_assets import warehouse as wh
 from oura_assets.day_status_writer import write_day_status
 from oura_assets.domain import HEARTRATE
+from oura_assets.retention import keep_pruned_heart_rate
 from oura_assets.sync import FETCH_FAILURE_CODES, RunLog, SyncError, heartrate_window
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,11 @@ def write_daily_stats(
             len(kept),
             len(without),
         )
+    # Days whose samples retention dropped keep the figures computed while they were there (retention.py).
+    horizon = wh.retention_horizon(conn)
+    if horizon is not None:
+        stored = wh.daily_heart_rate_figures(conn, patient_id, start, end)
+        hr_stats = keep_pruned_heart_rate(hr_stats, stored, offsets, days, horizon)
     wearable = _wearable_rows(patient_id, _in_window(nearby, start, end))
     rows = normalize.daily_stats_rows(patient_id, wearable, hr_stats, offsets)
     return wh.replace_daily_stats(conn, patient_id, start, end, rows, datetime.now(UTC))

@@ -166,6 +166,7 @@ class PatientTokens:
         self._journal = TokenJournal(journal_dir or journal_dir_beside(self._lock_dir), cipher)
         self._journal_name = f"refresh-{digest}"
         self.journal_path = self._journal.path(self._journal_name)
+        self.lock_path = self._lock_path  # held by erasure too, so no refresh lands mid-erasure
         self._cached: TokenSet | None = None
         self._reconnect_required: str | None = None
 

@@ -163,3 +163,15 @@ class ApiHarness:
         )
         assert answer.status_code == 200, answer.text
         return answer.json()["data"]
+
+
+def api_harness(settings: Any, simulator: Any, key: RSAKey) -> Iterator[ApiHarness]:
+    """The API on `settings` (JWTs signed by `key` accepted), for a fixture to `yield from`."""
+    from starlette.testclient import TestClient
+
+    from oura_assets.api import create_app
+    from oura_assets.api.auth import JwtVerifier, StaticKeys
+
+    verifier = JwtVerifier(keys=StaticKeys([public(key)]), issuer=ISSUER)
+    with TestClient(create_app(settings, jwt_verifier=verifier)) as client:
+        yield ApiHarness(client=client, settings=settings, simulator=simulator, key=key)

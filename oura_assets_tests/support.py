@@ -56,8 +56,8 @@ def _connection(where: Where, purpose: str) -> Iterator[duckdb.DuckDBPyConnectio
     if isinstance(where, duckdb.DuckDBPyConnection):
         yield where
         return
-    path = where.warehouse_path if isinstance(where, Settings) else Path(where)
-    with wh.Warehouse(path).connect(purpose) as conn:
+    store = wh.Warehouse.from_settings(where) if isinstance(where, Settings) else wh.Warehouse(Path(where))
+    with store.connect(purpose) as conn:
         yield conn
 
 
@@ -154,7 +154,7 @@ def connect_patient(
     the first sync does; without it Oura is asked nothing more.
     """
     ring_user = ring_user or f"{patient_id}-ring"
-    store = wh.Warehouse(settings.warehouse_path)
+    store = wh.Warehouse.from_settings(settings)
     oauth = OuraOAuthApp.from_settings(settings)
     cipher = TokenCipher(settings.token_keys)
     tokens = oauth.exchange_code(authorize_code(oauth, ring_user))

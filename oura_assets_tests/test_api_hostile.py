@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import socket
 import string
 from collections.abc import AsyncIterator, Iterator
@@ -330,6 +331,16 @@ def claim_values() -> st.SearchStrategy[Any]:
     )
 
 
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 @st.composite
 def hostile_jwts(draw: st.DrawFn) -> str:
     payload: dict[str, Any] = {
@@ -343,8 +354,9 @@ def hostile_jwts(draw: st.DrawFn) -> str:
     payload = {k: v for k, v in payload.items() if v is not None or draw(st.booleans())}
     kind = draw(st.sampled_from(["signed", "signed", "other-key", "none", "hs256", "header", "garbage"]))
     if kind in ("signed", "other-key"):
-        safe = json.loads(json.dumps(payload, default=str).replace("NaN", "null").replace("Infinity", "null"))
-        return sign(KEY if kind == "signed" else OTHER_KEY, safe)
+        # A signer needs strict JSON: a non-finite float claim becomes null (text claims stay as drawn; the
+        # old textual replace turned "-Infinity" into "-null" and broke the generator itself).
+        return sign(KEY if kind == "signed" else OTHER_KEY, _finite(payload))
     if kind == "none":
         return unsigned(payload)
     if kind == "hs256":

@@ -74,7 +74,7 @@ def test_materialized_range_lands_every_table(pipeline_env, connect_patient):
     for start, end in query(
         settings,
         "SELECT metrics->>'bedtimeStart', metrics->>'bedtimeEnd' FROM patient_graph.wearable_data "
-        "WHERE metric_type = 'sleep' AND metrics->>'bedtimeStart' IS NOT NULL",
+        "WHERE metric_type = 'sleep' AND (metrics->>'bedtimeStart') IS NOT NULL",
     ):
         assert start.endswith("Z") and (end is None or end.endswith("Z"))
     stats = query(

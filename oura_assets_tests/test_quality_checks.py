@@ -22,7 +22,7 @@ from cryptography.fernet import Fernet
 from oura_assets import warehouse as wh
 from oura_assets.config import load_settings
 from oura_assets.definitions import defs as load_defs
-from oura_assets.defs import checks
+from oura_assets.defs import checks, webhooks
 from oura_assets.defs.assets import DAILY_STATS_KEY, RAW_KEYS
 from oura_assets.defs.partitions import partition_range_tags
 from oura_assets.defs.resources import WarehouseResource
@@ -115,7 +115,7 @@ def test_every_check_passes_on_clean_simulator_data(clean: CleanRun) -> None:
         "wearable_data_bedtimes_ordered",
     } <= names
     # Every check of the definitions answered (a check whose query errors leaves no evaluation at all).
-    defined = {key for c in dg.load_asset_checks_from_modules([checks]) for key in c.check_keys}
+    defined = {key for c in dg.load_asset_checks_from_modules([checks, webhooks]) for key in c.check_keys}
     assert {e.asset_check_key for e in clean.evaluations} == defined
     failed = {
         (e.asset_key.to_user_string(), e.check_name): e.metadata
@@ -341,6 +341,11 @@ def test_raw_checks_block_and_normalized_checks_warn() -> None:
     assert raw == set(RAW_KEYS.values())
     for c in dg.load_asset_checks_from_modules([checks]):
         for spec in c.check_specs:
+            if spec.name == "oura_available":
+                # Not a data-quality check: Oura being down poisons nothing already stored, and the normalized
+                # tables must still rebuild from what landed (see checks.oura_available). It fails ERROR.
+                assert not spec.blocking, spec.key
+                continue
             assert spec.blocking == (spec.asset_key in RAW_KEYS.values()), spec.key
 
 

@@ -324,6 +324,29 @@ def test_revoking_a_rotated_away_token_leaves_the_newer_tokens_valid(server, htt
     assert_problem(get(server, http, "personal_info", new), 401)
 
 
+@pytest.mark.parametrize("parameter", ["token", "access_token"])
+def test_revoking_with_the_refresh_token_revokes_the_grant(server, http, parameter):
+    """RFC 7009 §2.1: revoking a refresh token revokes the grant, its access token included (was a 500)."""
+    tokens = connect(server, http, "alice")
+    revoked = http.post(server.url + "/oauth/revoke", params={parameter: tokens["refresh_token"]})
+    assert revoked.status_code == 200, revoked.text
+    assert_problem(get(server, http, "personal_info", tokens), 401)
+    refresh = token_request(server, http, grant_type="refresh_token", refresh_token=tokens["refresh_token"])
+    assert refresh.json()["error"] == "invalid_grant"
+
+
+def test_revoking_a_spent_refresh_token_leaves_the_newer_pair_valid(server, http):
+    tokens = connect(server, http, "alice")
+    new = token_request(
+        server, http, grant_type="refresh_token", refresh_token=tokens["refresh_token"]
+    ).json()
+    revoked = http.post(server.url + "/oauth/revoke", params={"token": tokens["refresh_token"]})
+    assert revoked.status_code == 200, revoked.text
+    assert get(server, http, "personal_info", new).status_code == 200
+    http.post(server.url + "/oauth/revoke", data={"token": new["refresh_token"]})
+    assert_problem(get(server, http, "personal_info", new), 401)
+
+
 def test_access_tokens_expire_after_their_ttl(server, http):
     tokens = connect(server, http, "alice")
     server.control.advance_auth_clock(86400 + 1)

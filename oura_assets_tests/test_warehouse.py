@@ -150,6 +150,21 @@ CONTRACT_COLUMNS: dict[str, dict[str, str]] = {
         "reason": "VARCHAR",
         "updated_at": TZ,
     },
+    "patient_graph.webhook_events": {
+        "event_key": "VARCHAR",
+        "patient_id": "VARCHAR",
+        "source": "VARCHAR",
+        "event_type": "VARCHAR",
+        "data_type": "VARCHAR",
+        "object_id": "VARCHAR",
+        "event_time": TZ,
+        "received_at": TZ,
+        "start_day": "DATE",
+        "end_day": "DATE",
+        "sync_id": "VARCHAR",
+        "action": "VARCHAR",
+        "redeliveries": "INTEGER",
+    },
     "oura_raw.heartrate": {
         "patient_id": "VARCHAR",
         "timestamp": TZ,
@@ -157,6 +172,24 @@ CONTRACT_COLUMNS: dict[str, dict[str, str]] = {
         "bpm": "INTEGER",
         "document": "JSON",
         "fetched_at": TZ,
+    },
+    "patient_graph.audit_log": {
+        "audit_id": "VARCHAR",
+        "occurred_at": TZ,
+        "actor": "VARCHAR",
+        "action": "VARCHAR",
+        "patient_id": "VARCHAR",
+        "outcome": "VARCHAR",
+        "status_code": "INTEGER",
+        "client_address": "VARCHAR",
+        "request_id": "VARCHAR",
+        "detail": "JSON",
+    },
+    "patient_graph.retention_horizons": {
+        "table_name": "VARCHAR",
+        "cutoff": TZ,
+        "rows_deleted": "BIGINT",
+        "applied_at": TZ,
     },
 }
 
@@ -172,6 +205,9 @@ PRIMARY_KEYS = {
     "oura_raw.heartrate": ["patient_id", "timestamp", "source"],
     "oura_raw.document_revisions": ["collection", "patient_id", "id", "revision", "superseded_at"],
     "patient_graph.wearable_day_status": ["patient_id", "source", "day"],
+    "patient_graph.audit_log": ["audit_id"],
+    "patient_graph.retention_horizons": ["table_name"],
+    "patient_graph.webhook_events": ["event_key"],
 }
 
 

@@ -25,6 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from oura_assets import warehouse as wh
+from oura_assets.api.audit import AuditMiddleware, trail_of, wants_erasure
 from oura_assets.api.auth import AuthUnavailable, JwtVerifier, Unauthorized, verifier_from_settings
 from oura_assets.api.limits import RequestLimitsMiddleware
 from oura_assets.api.responses import (
@@ -37,6 +38,7 @@ from oura_assets.api.responses import (
     retry_after,
 )
 from oura_assets.api.service import SOURCE, ConnectionService, invalid_request
+from oura_assets.api.webhooks import webhook_routes
 from oura_assets.config import Settings, load_settings
 from oura_assets.oura.oauth import OuraOAuthApp
 from oura_assets.redaction import install_log_redaction
@@ -80,13 +82,17 @@ async def _patient(request: Request) -> str:
         raise ApiError(503, "starting", "the service is starting; try again shortly", {"Retry-After": "1"})
     try:
         # Verification may fetch the JWKS over HTTP: keep it off the event loop.
-        return await run_in_threadpool(verifier.verify, token.strip())
+        patient_id = await run_in_threadpool(verifier.verify, token.strip())
     except Unauthorized as exc:
         raise ApiError(
             401, "unauthorized", str(exc), {"WWW-Authenticate": 'Bearer error="invalid_token"'}
         ) from None
     except AuthUnavailable as exc:
         raise ApiError(503, "auth_unavailable", str(exc), {"Retry-After": "30"}) from None
+    trail = trail_of(request)
+    if trail is not None:
+        trail.identify(patient_id)
+    return patient_id
 
 
 def _check_source(source: str) -> None:
@@ -97,13 +103,18 @@ def _check_source(source: str) -> None:
 async def connect(request: Request) -> Response:
     _check_source(request.path_params["source"])
     patient_id = await _patient(request)
-    return ok(await run_in_threadpool(_service(request).start_connect, patient_id))
+    service = _service(request)
+    return ok(await run_in_threadpool(service.start_connect, patient_id, trail_of(request)))
 
 
 async def callback(request: Request) -> Response:
     params = request.query_params
     data = await run_in_threadpool(
-        _service(request).complete_callback, params.get("code"), params.get("state"), params.get("error")
+        _service(request).complete_callback,
+        params.get("code"),
+        params.get("state"),
+        params.get("error"),
+        trail_of(request),
     )
     return ok(data)
 
@@ -137,7 +148,7 @@ async def sync(request: Request) -> Response:
     except ValidationError as exc:
         raise invalid_request(_body_error(exc)) from None
     data = await run_in_threadpool(
-        _service(request).request_sync, patient_id, parsed.startDate, parsed.endDate
+        _service(request).request_sync, patient_id, parsed.startDate, parsed.endDate, trail_of(request)
     )
     return ok(data, status=202)
 
@@ -145,18 +156,25 @@ async def sync(request: Request) -> Response:
 async def sync_status(request: Request) -> Response:
     patient_id = await _patient(request)
     sync_id = request.path_params["sync_id"]
-    return ok(await run_in_threadpool(_service(request).sync_status, patient_id, sync_id))
+    return ok(await run_in_threadpool(_service(request).sync_status, patient_id, sync_id, trail_of(request)))
 
 
 async def connections(request: Request) -> Response:
     patient_id = await _patient(request)
-    return ok(await run_in_threadpool(_service(request).connections, patient_id))
+    return ok(await run_in_threadpool(_service(request).connections, patient_id, trail_of(request)))
 
 
 async def disconnect(request: Request) -> Response:
     _check_source(request.path_params["source"])
     patient_id = await _patient(request)
-    return ok(await run_in_threadpool(_service(request).disconnect, patient_id))
+    erase = wants_erasure(request.query_params)
+    if erase is None:
+        raise invalid_request("erase must be true or false")
+    service = _service(request)
+    if erase:
+        # Erasure (the patient's data removed from every table) is idempotent: nothing left is success.
+        return ok(await run_in_threadpool(service.erase, patient_id, trail_of(request)))
+    return ok(await run_in_threadpool(service.disconnect, patient_id, trail_of(request)))
 
 
 async def healthz(request: Request) -> Response:
@@ -189,7 +207,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         install_log_redaction()
         resolved = settings or load_settings(require=REQUIRED_SETTINGS)
-        store = warehouse or wh.Warehouse(resolved.warehouse_path, lock_timeout_s=lock_wait_s)
+        store = warehouse or wh.Warehouse.from_settings(resolved, lock_timeout_s=lock_wait_s)
         try:
             await run_in_threadpool(store.ensure_schema)
         except wh.WarehouseBusy as exc:
@@ -216,11 +234,17 @@ def create_app(
         Route(f"{PREFIX}/sync/{{sync_id}}", sync_status, methods=["GET"]),
         Route(f"{PREFIX}/connections", connections, methods=["GET"]),
         Route(f"{PREFIX}/connections/{{source}}", disconnect, methods=["DELETE"]),
+        *webhook_routes(PREFIX),
         Route("/healthz", healthz, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(CatchAllMiddleware), Middleware(RequestLimitsMiddleware)],
+        # Outermost first: every audited request gets its entry, even one the others refuse or fail.
+        middleware=[
+            Middleware(AuditMiddleware),
+            Middleware(CatchAllMiddleware),
+            Middleware(RequestLimitsMiddleware),
+        ],
         exception_handlers={
             ApiError: api_error_handler,
             HTTPException: http_error_handler,

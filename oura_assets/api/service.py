@@ -14,6 +14,7 @@ the callback had already answered a failure, revokes it at Oura. No grant is lef
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Callable
@@ -23,11 +24,13 @@ from typing import Any
 
 from oura_assets import ledger
 from oura_assets import warehouse as wh
+from oura_assets.api.audit import AuditTrail
 from oura_assets.api.responses import ApiError
 from oura_assets.api.state import STATE_TTL, new_state, state_hash, well_formed
 from oura_assets.clock import as_utc, utc_now
 from oura_assets.config import Settings
 from oura_assets.domain import SOURCE
+from oura_assets.erasure import PatientEraser
 from oura_assets.oura.client import OuraClient, OuraError, OuraUnauthorized, RetryPolicy
 from oura_assets.oura.oauth import OuraOAuthApp, TokenEndpointError, TokenSet
 from oura_assets.token_journal import GrantEntry, GrantJournal, JournalUnreadable, TokenJournal
@@ -62,6 +65,12 @@ class _JustIssuedToken:
 
     def force_refresh(self, rejected: str) -> str:
         raise OuraUnauthorized("Oura rejected the access token it had just issued", status=401)
+
+
+def _audit(audit: AuditTrail | None, conn: Any, status_code: int = 200) -> None:
+    """The action's audit entry, on its own connection: called as the action's last write (api/audit.py)."""
+    if audit is not None:
+        audit.record(conn, status_code)
 
 
 def not_connected(message: str = "no active Oura connection for this patient; connect first") -> ApiError:
@@ -110,7 +119,7 @@ class ConnectionService:
         # Days are UTC days here, like the daily partitions (whose last one is today, UTC).
         return as_utc(self.now()).date()
 
-    def start_connect(self, patient_id: str) -> dict[str, Any]:
+    def start_connect(self, patient_id: str, audit: AuditTrail | None = None) -> dict[str, Any]:
         state = new_state()
         now = self.now()
         expires_at = now + STATE_TTL
@@ -120,6 +129,7 @@ class ConnectionService:
             # states that expired since the previous connect are left to delete.
             purged = wh.purge_oauth_states(conn, now)
             wh.save_oauth_state(conn, state_hash(state), patient_id, expires_at)
+            _audit(audit, conn)
         if purged:
             log.debug("purged %d expired OAuth states", purged)
         return {"authUrl": self.oauth.authorization_url(state), "expiresAt": _iso(expires_at)}
@@ -131,10 +141,14 @@ class ConnectionService:
         with self.warehouse.transaction("api: consume oauth state") as conn:
             return wh.consume_oauth_state(conn, state_hash(state), self.now())
 
-    def complete_callback(self, code: str | None, state: str | None, error: str | None) -> dict[str, Any]:
+    def complete_callback(
+        self, code: str | None, state: str | None, error: str | None, audit: AuditTrail | None = None
+    ) -> dict[str, Any]:
         if error is not None:
             # The patient said no (or Oura refused): spend the state so it cannot be replayed, store nothing.
-            self._consume_state(state)
+            denied_by = self._consume_state(state)
+            if audit is not None and denied_by is not None:
+                audit.identify(denied_by)
             if error == "access_denied":
                 raise ApiError(400, "access_denied", "the Oura account holder did not grant access")
             raise ApiError(400, "oauth_error", "Oura did not authorize the connection; start again")
@@ -145,6 +159,8 @@ class ConnectionService:
         patient_id = self._consume_state(state)
         if patient_id is None:
             raise ApiError(400, "invalid_state", "the state is unknown, expired or already used; start again")
+        if audit is not None:
+            audit.identify(patient_id)  # the state was bound to this patient when they asked to connect
         self.recover_grants_quietly()
 
         try:
@@ -174,7 +190,7 @@ class ConnectionService:
             journaled = self._journal_grant(entry)
             oura_user_id = self._oura_user_id(patient_id, tokens)
             try:
-                sync_id, start, today = self._store_grant(entry, oura_user_id)
+                sync_id, start, today = self._store_grant(entry, oura_user_id, audit)
             except Exception:
                 # The code is spent and the tokens cannot be stored: give the grant back rather than orphan
                 # it; a grant Oura would not take back is revoked again by the next recovery.
@@ -205,7 +221,9 @@ class ConnectionService:
             return False
         return True
 
-    def _store_grant(self, entry: GrantEntry, oura_user_id: str | None) -> tuple[str, date, date]:
+    def _store_grant(
+        self, entry: GrantEntry, oura_user_id: str | None, audit: AuditTrail | None = None
+    ) -> tuple[str, date, date]:
         """Store the grant, record `wearable_connected` and queue the initial sync, in one transaction."""
         assert entry.patient_id is not None
         patient_id, tokens = entry.patient_id, entry.tokens
@@ -234,6 +252,7 @@ class ConnectionService:
                 },
             )
             sync_id = ledger.request_sync(conn, patient_id=patient_id, start_day=start, end_day=today)
+            _audit(audit, conn)
         return sync_id, start, today
 
     def recover_grants(self) -> dict[str, int]:
@@ -320,13 +339,16 @@ class ConnectionService:
             return False
         return True
 
-    def request_sync(self, patient_id: str, start: date | None, end: date | None) -> dict[str, Any]:
+    def request_sync(
+        self, patient_id: str, start: date | None, end: date | None, audit: AuditTrail | None = None
+    ) -> dict[str, Any]:
         start, end = sync_range(start, end, today=self.today(), first=self.settings.start_date)
         with self.warehouse.transaction("api: queue sync request") as conn:
             connection = wh.get_connection(conn, patient_id)
             if connection is None or connection.status != "active":
                 raise not_connected()
             sync_id = ledger.request_sync(conn, patient_id=patient_id, start_day=start, end_day=end)
+            _audit(audit, conn, 202)
         log.info("patient %s queued sync %s for %s..%s", patient_id, sync_id, start, end)
         return {
             "syncId": sync_id,
@@ -336,12 +358,13 @@ class ConnectionService:
             "endDate": end.isoformat(),
         }
 
-    def sync_status(self, patient_id: str, sync_id: str) -> dict[str, Any]:
+    def sync_status(self, patient_id: str, sync_id: str, audit: AuditTrail | None = None) -> dict[str, Any]:
         with self.warehouse.connect("api: read sync request") as conn:
             request = wh.get_sync_request(conn, sync_id)
-        # Someone else's sync answers exactly like one that does not exist.
-        if request is None or request.patient_id != patient_id:
-            raise ApiError(404, "not_found", "no such sync for this patient")
+            # Someone else's sync answers exactly like one that does not exist.
+            if request is None or request.patient_id != patient_id:
+                raise ApiError(404, "not_found", "no such sync for this patient")
+            _audit(audit, conn)
         return {
             "syncId": request.sync_id,
             "source": SOURCE,
@@ -355,9 +378,10 @@ class ConnectionService:
             "result": request.result,
         }
 
-    def connections(self, patient_id: str) -> dict[str, Any]:
+    def connections(self, patient_id: str, audit: AuditTrail | None = None) -> dict[str, Any]:
         with self.warehouse.connect("api: list connections") as conn:
             rows = wh.list_connections(conn, patient_id)
+            _audit(audit, conn)
         return {
             "connections": [
                 {
@@ -372,7 +396,7 @@ class ConnectionService:
             ]
         }
 
-    def disconnect(self, patient_id: str) -> dict[str, Any]:
+    def disconnect(self, patient_id: str, audit: AuditTrail | None = None) -> dict[str, Any]:
         with self.warehouse.connect("api: read connection to disconnect") as conn:
             connection = wh.get_connection(conn, patient_id)
         if connection is None or connection.status == "disconnected":
@@ -391,6 +415,7 @@ class ConnectionService:
                 event_id=f"wearable_disconnected:{patient_id}:{uuid.uuid4().hex}",
                 payload={"source": SOURCE, "revoked": revoked, "replacedDuringDisconnect": replaced},
             )
+            _audit(audit, conn)
         if replaced and current is not None:
             again = self._revoke_stored(patient_id, current.access_token_enc)
             log.info(
@@ -401,6 +426,31 @@ class ConnectionService:
             revoked = revoked and again
         log.info("patient %s disconnected Oura (revoked at Oura: %s)", patient_id, revoked)
         return {"source": SOURCE, "status": "disconnected", "revoked": revoked}
+
+    def erase(self, patient_id: str, audit: AuditTrail | None = None) -> dict[str, Any]:
+        """Revoke at Oura and remove every row of the patient (erasure.py); nothing left to erase is success.
+
+        The file is compacted later, by the daily housekeeping job: rewriting it here would hold the warehouse
+        for as long as copying it takes, with Dagster runs waiting.
+        """
+        eraser = PatientEraser(
+            warehouse=self.warehouse,
+            oauth=self.oauth,
+            cipher=self.cipher,
+            lock_dir=self.settings.lock_dir,
+            journal_dir=self.settings.token_journal_dir,
+            now=self.now,
+        )
+        entry = (audit or AuditTrail("erase", uuid.uuid4().hex, None)).entry("ok", 200)
+        outcome = eraser.erase(patient_id, dataclasses.replace(entry, actor=patient_id))
+        if audit is not None:
+            audit.recorded = True
+        return {
+            "source": SOURCE,
+            "status": "erased",
+            "revoked": outcome.revoked,
+            "rowsRemoved": outcome.total_rows,
+        }
 
     def _revoke_stored(self, patient_id: str, access_token_enc: str | None) -> bool:
         if not access_token_enc:

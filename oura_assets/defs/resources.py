@@ -64,8 +64,10 @@ class WarehouseResource(dg.ConfigurableResource):
         return self._warehouse().reporting_waits_to(log)
 
     def _warehouse(self) -> wh.Warehouse:
-        # Cheap to build: the lock state lives per file and process inside `warehouse.lock`.
-        return wh.Warehouse(self.database, lock_timeout_s=self.lock_timeout_s)
+        # Cheap to build: the lock state lives per file and process inside `warehouse.lock`. The key
+        # (OURA_ASSETS_WAREHOUSE_KEY) is a secret: read with the settings, never resource config.
+        key = load_settings(require=()).warehouse_key
+        return wh.Warehouse(self.database, lock_timeout_s=self.lock_timeout_s, key=key)
 
 
 @dataclass

@@ -138,7 +138,8 @@ class _WaitBudget:
 def parse_instant(value: Any) -> datetime | None:
     """An Oura timestamp as an aware UTC datetime, or None when it is not one.
 
-    Heart-rate `timestamp` comes as `+00:00` or `.000Z` [spec], other documents carry local offsets; Python
+    Heart-rate `timestamp` comes as `+00:00` or `.000Z` [spec], other documents carry local offsets; Oura's
+    framework (FastAPI on pydantic) also reads and may write a space separator and `±HHMM` offsets. Python
     3.11's `fromisoformat` reads all of those. Fractions beyond microseconds are cut to six digits, and a
     timestamp without an offset is read as UTC, which is what Oura documents for heart rate.
     """

@@ -1,10 +1,15 @@
 """The `/v2/usercollection/*` routes: bearer auth, limits, Oura's parameter semantics and `next_token` paging.
 
-Where Oura's behaviour is reported inconsistently this takes the strictest plausible reading, so a client that
-copes here copes with Oura (see ../../shared/reference/OURA-NOTES.md):
-- document routes: `end_date` is exclusive (a date-only end is midnight and drops that day), and on `sleep`
-  `start_date` is exclusive too (open-wearables #1007, #1161); missing `start_date` is `end_date` - 1 day,
+Where Oura's behaviour is reported inconsistently each plausible reading is a knob (`readings.py`), and
+the default is the strictest, so a client that copes here copes with Oura (see
+../../shared/reference/OURA-NOTES.md):
+- document routes: by default `end_date` is exclusive (a date-only end is midnight and drops that day), and on
+  `sleep` `start_date` is exclusive too (open-wearables #1007, #1161); the `date_ends` reading also offers
+  both ends inclusive and a superset a day wider on each side; missing `start_date` is `end_date` - 1 day,
   missing `end_date` is today in the user's zone on the data clock;
+- date-times in query parameters are read as Oura's framework (FastAPI on pydantic 2) reads them: a `T`,
+  `t`, `_` or space separator, `Z` or `±HH:MM` or `±HHMM` offsets, fractions (pydantic would also take Unix
+  seconds; nobody reports Oura doing so, so those stay 422 here);
 - `heartrate`: date-only `start_datetime`/`end_datetime` are ignored (hedgertronic/oura-ring #3), so the
   window falls back to the last 24 hours; ranges over 30 days answer 400; both bounds are inclusive, so a
   sample on a chunk boundary comes back from both chunks (open-wearables #889); an unencoded `+` in the
@@ -27,6 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
+import pydantic
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -35,6 +41,7 @@ from oura_assets.clock import as_utc
 from oura_assets.simulator import data
 from oura_assets.simulator.grant_store import Principal, TokenRejected
 from oura_assets.simulator.problems import Problem, ValidationProblem
+from oura_assets.simulator.readings import render
 from oura_assets.simulator.state import SimulatorState
 
 COLLECTION_SCOPES = {
@@ -58,17 +65,32 @@ COLLECTION_SCOPES = {
 }
 HEARTRATE_MAX_RANGE = timedelta(days=30)
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?")
+# pydantic (a Dagster dependency) is what Oura's FastAPI validates query parameters with, so its datetime
+# parser is the faithful one: `2024-06-10 07:00:00+0200` is accepted, `…T07:00:00 02:00` (an unencoded
+# `+`) is not.
+_DATETIME = pydantic.TypeAdapter(datetime)
+_DATETIME_SHAPE = re.compile(r"\d{4}-\d{2}-\d{2}[Tt_ ]\d{2}:\d{2}.*")
+
+
+def _datetime(raw: str) -> datetime | None:
+    if not _DATETIME_SHAPE.fullmatch(raw):
+        return None
+    try:
+        return _DATETIME.validate_python(raw)
+    except pydantic.ValidationError:
+        return None
 
 
 def _parse_date_or_datetime(name: str, raw: str) -> date | datetime:
     try:
         if _DATE.fullmatch(raw):
             return date.fromisoformat(raw)
-        if _DATETIME.fullmatch(raw):
-            return datetime.fromisoformat(raw)
     except ValueError:
         pass
+    else:
+        parsed = _datetime(raw)
+        if parsed is not None:
+            return parsed
     raise ValidationProblem(
         name, "Input should be a valid date or datetime (YYYY-MM-DD or ISO 8601 date-time)", "date_type", raw
     )
@@ -78,12 +100,9 @@ def _parse_datetime(name: str, raw: str) -> datetime | None:
     """A heart-rate bound: None for a date-only value, which Oura ignores."""
     if _DATE.fullmatch(raw):
         return None
-    try:
-        if _DATETIME.fullmatch(raw):
-            parsed = datetime.fromisoformat(raw)
-            return as_utc(parsed)
-    except ValueError:
-        pass
+    parsed = _datetime(raw)
+    if parsed is not None:
+        return as_utc(parsed)
     raise ValidationProblem(
         name, "Input should be a valid datetime (ISO 8601 with an offset)", "datetime_type", raw
     )
@@ -186,7 +205,13 @@ class UserCollectionApi:
         return start_wall, end_wall
 
     @staticmethod
-    def _days(start: datetime, end: datetime, start_exclusive: bool) -> list[date]:
+    def _days(
+        start: datetime, end: datetime, start_exclusive: bool, date_ends: str = "exclusive"
+    ) -> list[date]:
+        if date_ends != "exclusive":
+            widen = timedelta(days=1 if date_ends == "superset" else 0)
+            first, last = start.date() - widen, end.date() + widen
+            return [first + timedelta(days=n) for n in range((last - first).days + 1)]
         days = []
         day = start.date() - timedelta(days=1)
         while day <= end.date():
@@ -207,9 +232,9 @@ class UserCollectionApi:
 
         offset, snapshot = self._page_start(request, binding)
         start, end = self._window(request, principal.user, snapshot)
-        docs = data.documents(
-            principal.user, collection, self._days(start, end, collection == "sleep"), snapshot
-        )
+        readings = self.state.faults.readings()
+        days = self._days(start, end, collection == "sleep", readings.date_ends)
+        docs = data.documents(principal.user, collection, days, snapshot)
         return self._page(
             docs, offset, snapshot, binding(snapshot), self.state.config.page_size_for(collection)
         )
@@ -226,7 +251,8 @@ class UserCollectionApi:
         page = items[offset : offset + size]
         more = offset + size < len(items)
         next_token = self.tokens.issue(binding, offset + size, snapshot) if more else None
-        return JSONResponse({"data": page, "next_token": next_token})
+        style = self.state.faults.readings().timestamps
+        return JSONResponse({"data": render(page, style), "next_token": next_token})
 
     async def get_document(self, request: Request) -> Response:
         collection = self._collection(request)
@@ -236,7 +262,7 @@ class UserCollectionApi:
         )
         if doc is None:
             raise Problem(404, "Document not found.")
-        return JSONResponse(doc)
+        return JSONResponse(render(doc, self.state.faults.readings().timestamps))
 
     def _heartrate_window(self, request: Request, snapshot: datetime) -> tuple[datetime, datetime]:
         raw_start = request.query_params.get("start_datetime")
@@ -269,13 +295,14 @@ class UserCollectionApi:
         if latest in ("true", "1"):
             samples = samples[-1:]
         size = self.state.config.page_size_for("heartrate")
+        readings = self.state.faults.readings()
         page = [data.heart_rate_row(principal.user, *sample) for sample in samples[offset : offset + size]]
         more = offset + size < len(samples)
         next_token = self.tokens.issue(binding(snapshot), offset + size, snapshot) if more else None
-        body: dict[str, Any] = {"data": page}
-        if next_token is not None:
+        body: dict[str, Any] = {"data": render(page, readings.timestamps)}
+        if next_token is not None or readings.last_next_token == "null":  # noqa: S105
             # Time-series answers may leave `next_token` out entirely on the last page (the spec does not
-            # require it there, unlike document routes).
+            # require it there, unlike document routes) or send it as null: the `last_next_token` reading.
             body["next_token"] = next_token
         return JSONResponse(body)
 

@@ -24,6 +24,7 @@ from oura_assets.simulator.grant_store import KNOWN_SCOPES
 from oura_assets.simulator.oauth import OAuthServer
 from oura_assets.simulator.problems import Problem, ValidationProblem, handle_problem, handle_validation
 from oura_assets.simulator.state import SimulatorState
+from oura_assets.simulator.webhooks import WebhookHub
 
 
 class _ControlRoutes:
@@ -92,10 +93,12 @@ def create_app(config: SimulatorConfig) -> Starlette:
     control = SimulatorControl(state)
     api = UserCollectionApi(state, PageTokens())
     oauth = OAuthServer(state.grants, config.clients)
+    webhooks = WebhookHub(state)
     app = Starlette(
-        routes=[*oauth.routes(), *api.routes(), *_ControlRoutes(control).routes()],
+        routes=[*oauth.routes(), *api.routes(), *webhooks.routes(), *_ControlRoutes(control).routes()],
         middleware=[Middleware(FaultInjection, faults=state.faults, stats=state.request_stats)],
         exception_handlers={Problem: handle_problem, ValidationProblem: handle_validation},
     )
     app.state.control = control
+    app.state.webhooks = webhooks
     return app

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from oura_assets.config import Settings
+from oura_assets.simulator.readings import Readings
 
 # Small on purpose: a month of any collection, or one day of heart rate, takes several pages, so a client
 # that stops at the first page is caught by the simulator. Real Oura pages are larger.
@@ -66,7 +67,8 @@ class SimulatorConfig:
     clock at that instant (it then advances with real time); `None` follows the wall clock. `seed` seeds the
     fault dice (the data itself depends only on user names and days). `state_path`, when set, is the file the
     OAuth grants are kept in (as digests, never the tokens themselves) so a restarted simulator still honours
-    the tokens it issued; `None` keeps them in memory only, as tests want.
+    the tokens it issued; `None` keeps them in memory only, as tests want. `readings` picks how the routes
+    read Oura's ambiguities (`readings.Readings`, or a partial mapping of it); `/_sim/faults` can change them.
     """
 
     clients: dict[str, ClientRegistration] = field(default_factory=dict)
@@ -78,8 +80,10 @@ class SimulatorConfig:
     code_ttl_s: int = 600
     now: datetime | None = None
     state_path: Path | None = None
+    readings: Readings = field(default_factory=Readings)
 
     def __post_init__(self) -> None:
+        self.readings = Readings.coerce(self.readings)
         self.app_rate_limit = RateLimit.coerce(self.app_rate_limit)
         if self.token_rate_limit is not None:
             self.token_rate_limit = RateLimit.coerce(self.token_rate_limit)

@@ -17,8 +17,13 @@ class SimulatorControl:
 
     def set_faults(self, **changes: Any) -> dict[str, Any]:
         """Partial update: `latency_ms`, `error_rate`, `drop_rate`, `rate_limit` ({limit, window_s[, tier]} or
-        None), `users` ({name: {forbidden, refresh_reject, expire_access_tokens}}). Returns the faults now."""
+        None), `users` ({name: {forbidden, refresh_reject, expire_access_tokens}}), `readings`
+        ({date_ends, last_next_token, timestamps}). Returns the faults now."""
         return self._state.set_faults(**changes)
+
+    def set_readings(self, **readings: str) -> dict[str, Any]:
+        """Partial update of the readings (`Readings`: `date_ends`, `last_next_token`, `timestamps`)."""
+        return self._state.set_faults(readings=readings)
 
     def set_user_faults(self, user: str, **flags: bool) -> dict[str, Any]:
         return self._state.set_faults(users={user: flags})

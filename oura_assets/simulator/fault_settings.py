@@ -2,7 +2,9 @@
 
 Transport faults (latency, 5xx, dropped connections) are applied by `faults.FaultInjection`; a rate-limit
 override by `ratelimit.RateLimitWindows`; per-user faults by the grant store (`refresh_reject`,
-`expire_access_tokens`) and the data routes (`forbidden`).
+`expire_access_tokens`) and the data routes (`forbidden`). The `readings` (how the data routes read Oura's
+ambiguities, `readings.py`) sit here too, so one `POST /_sim/faults` sets them and `DELETE` restores the
+configured ones.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from oura_assets.simulator.config import RateLimit
+from oura_assets.simulator.readings import Readings
 
 USER_FAULTS = ("forbidden", "refresh_reject", "expire_access_tokens")
 
@@ -41,6 +44,7 @@ class Faults:
     rate_limit: RateLimit | None = None
     rate_limit_tier: str = "application"
     users: dict[str, UserFaults] = field(default_factory=dict)
+    readings: Readings = field(default_factory=Readings)
 
     def as_dict(self) -> dict[str, Any]:
         limit = self.rate_limit
@@ -52,15 +56,17 @@ class Faults:
             if limit is None
             else {"limit": limit.limit, "window_s": limit.window_s, "tier": self.rate_limit_tier},
             "users": {name: faults.as_dict() for name, faults in sorted(self.users.items())},
+            "readings": self.readings.as_dict(),
         }
 
 
 class FaultSettings:
     """The current faults behind a lock; readers get copies, so a knob never changes under a request."""
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, readings: Readings | None = None) -> None:
         self._lock = threading.Lock()
-        self._faults = Faults()
+        self._default_readings = readings or Readings()
+        self._faults = Faults(readings=self._default_readings)
         self._rng = random.Random(seed)
 
     def current(self) -> Faults:
@@ -72,6 +78,10 @@ class FaultSettings:
     def as_dict(self) -> dict[str, Any]:
         with self._lock:
             return self._faults.as_dict()
+
+    def readings(self) -> Readings:
+        with self._lock:
+            return self._faults.readings
 
     def user(self, name: str) -> UserFaults:
         """The user's faults (all off when none are set)."""
@@ -107,6 +117,10 @@ class FaultSettings:
                 elif key == "users":
                     for user, flags in (value or {}).items():
                         self._set_user(user, flags, token_serial)
+                elif key == "readings":
+                    if value is not None and not isinstance(value, dict):
+                        raise ValueError(f"readings must be an object, got {value!r}")
+                    faults.readings = faults.readings.updated(value)
                 else:
                     raise ValueError(f"unknown fault {key!r}")
             return faults.as_dict()
@@ -127,9 +141,9 @@ class FaultSettings:
             current.expire_cutoff = token_serial if flags["expire_access_tokens"] else None
 
     def reset(self) -> dict[str, Any]:
-        """Every fault off (the dice keep rolling where they were)."""
+        """Every fault off and the configured readings back (the dice keep rolling where they were)."""
         with self._lock:
-            self._faults = Faults()
+            self._faults = Faults(readings=self._default_readings)
             return self._faults.as_dict()
 
     def roll(self, probability: float) -> bool:

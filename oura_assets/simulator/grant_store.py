@@ -203,13 +203,18 @@ class GrantStore:
             key = digest(token)
             access = self._access.get(key)
             refresh = self._refresh.get(key)
-            entry = access or refresh
-            # Strictest reading (Oura does not document it): only a live token revokes its grant. A token that
-            # rotation already replaced is unknown for revocation purposes — answered 200 per RFC 7009, but
-            # the grant's newer tokens stay valid — so a client must revoke the pair it actually holds.
-            if entry is None or entry.dead is not None:
+            # Either token of a pair revokes the grant (RFC 7009 §2.1: revoking a refresh token revokes the
+            # authorization it belongs to). Strictest reading (Oura does not document it): only a live token
+            # does. One that rotation already replaced (an access token marked dead, a spent refresh token)
+            # is unknown for revocation purposes — answered 200 per RFC 7009, but the grant's newer tokens
+            # stay valid — so a client must revoke the pair it actually holds.
+            if access is not None and access.dead is None:
+                grant_id = access.grant_id
+            elif access is None and refresh is not None and not refresh.spent:
+                grant_id = refresh.grant_id
+            else:
                 return False
-            self._kill_grant(entry.grant_id, "revoked")
+            self._kill_grant(grant_id, "revoked")
             self._saved()
             self._stats.count("revocations")
             return True

@@ -5,7 +5,7 @@ uvicorn serves from its own thread while tests and the demo poke the same state 
 - `clock`: the settable data clock and the auth clock (`clock.py`);
 - `grants`: OAuth codes, grants and tokens, the only part that outlives the process (`grant_store.py`, when
   `SimulatorConfig.state_path` is set): what a real Oura would still know after a restart;
-- `faults`: the fault knobs and the seeded dice (`fault_settings.py`);
+- `faults`: the fault knobs, the readings of Oura's ambiguities and the seeded dice (`fault_settings.py`);
 - `rate_windows`: the request-limit windows (`ratelimit.py`);
 - `request_stats`: what `/_sim/stats` reports (`stats.py`).
 Faults, clocks, rate-limit windows and stats are a test's or a demo's knobs and start afresh.
@@ -32,7 +32,7 @@ class SimulatorState:
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
         self.clock = Clocks(config.now)
-        self.faults = FaultSettings(config.seed)
+        self.faults = FaultSettings(config.seed, config.readings)
         self.request_stats = RequestStats()
         self.grants = GrantStore(config, self.clock, self.faults, self.request_stats)
         self.rate_windows = RateLimitWindows(config, self.faults)

@@ -9,12 +9,16 @@ and values always travel as parameters. The modules, by what they own:
 - `lock`: the cross-process writer lock and `WarehouseBusy`, which names the holder.
 - `database`: `Warehouse`, opening DuckDB under that lock (`connect` / `transaction`); `WarehouseAccess`,
   the shape callers take (a `Warehouse` or the Dagster resource).
+- `encryption`, `rekey`: the encrypted file (`OURA_ASSETS_WAREHOUSE_KEY`), `open_database`, key rotation.
 - `schema`: every table described once as data (`TABLES`); `migrations` creates them from it.
 - `staging`: bulk rows staged as JSON and mirrored into a window.
 - `raw`, `normalized`: the `oura_raw` tables (with document revisions), `wearable_data` and the daily stats.
 - `day_status`: `wearable_day_status`, why each synced patient-day has the data it has.
 - `connections`, `runs`, `oauth_states`: connections and tokens; sync requests, results and events; states.
 - `queries`: the named queries behind the asset checks.
+- `audit`: the append-only audit log; `erasure`: a patient erased from every table, the file compacted;
+  `retention`: raw heart-rate samples dropped past the retention horizon.
+- `webhooks`: what the webhook receiver needs (accepted events, a user's patient, a deleted document).
 """
 
 from oura_assets.domain import (
@@ -25,6 +29,14 @@ from oura_assets.domain import (
     SOURCE,
     SYNC_REQUEST_STATUSES,
     SYNC_RESULT_STATUSES,
+)
+from oura_assets.warehouse.audit import (
+    ANONYMOUS,
+    OPERATOR,
+    AuditEntry,
+    erasure_pending_compaction,
+    read_audit_log,
+    record_audit,
 )
 from oura_assets.warehouse.connections import (
     ConnectionRecord,
@@ -39,6 +51,14 @@ from oura_assets.warehouse.connections import (
 )
 from oura_assets.warehouse.database import Warehouse, WarehouseAccess
 from oura_assets.warehouse.day_status import read_day_status, replace_day_status
+from oura_assets.warehouse.encryption import (
+    NotEncrypted,
+    WarehouseKeyError,
+    attach,
+    is_encrypted,
+    open_database,
+)
+from oura_assets.warehouse.erasure import Compaction, compact, erase_patient_rows, patient_tables
 from oura_assets.warehouse.lock import DEFAULT_RETRY_AFTER_S, WarehouseBusy, WarehouseHolder
 from oura_assets.warehouse.migrations import SCHEMA_VERSION
 from oura_assets.warehouse.migrations import _migrate as _migrate
@@ -87,6 +107,13 @@ from oura_assets.warehouse.raw import (
     replace_raw_documents,
     replace_raw_heartrate,
 )
+from oura_assets.warehouse.rekey import RekeyResult, rekey
+from oura_assets.warehouse.retention import (
+    RAW_HEARTRATE,
+    daily_heart_rate_figures,
+    prune_raw_heartrate,
+    retention_horizon,
+)
 from oura_assets.warehouse.runs import (
     SyncRequestRecord,
     SyncResultRecord,
@@ -99,10 +126,23 @@ from oura_assets.warehouse.runs import (
     record_sync_result,
     sync_results_for_run,
 )
-from oura_assets.warehouse.schema import TABLES, Column, Table
+from oura_assets.warehouse.schema import AUDIT_LOG, TABLES, Column, Table
 from oura_assets.warehouse.waits import WaitLog
+from oura_assets.warehouse.webhooks import (
+    WebhookCoverage,
+    WebhookEventRecord,
+    delete_raw_document,
+    patient_for_oura_user,
+    queued_request_covering,
+    raw_document_day,
+    record_webhook_event,
+    unannounced_documents,
+    webhook_event_seen,
+)
 
 __all__ = [
+    "ANONYMOUS",
+    "AUDIT_LOG",
     "BPM_RANGE",
     "CONNECTION_STATUSES",
     "DAY_STATUS_TABLE",
@@ -110,7 +150,9 @@ __all__ = [
     "DOCUMENT_COLLECTIONS",
     "EVENT_TYPES",
     "MAX_OFFENDERS",
+    "OPERATOR",
     "RAW_COLLECTIONS",
+    "RAW_HEARTRATE",
     "SCHEMA_VERSION",
     "SCORED_COLLECTIONS",
     "SCORE_RANGE",
@@ -119,14 +161,18 @@ __all__ = [
     "SYNC_REQUEST_STATUSES",
     "SYNC_RESULT_STATUSES",
     "TABLES",
+    "AuditEntry",
     "Column",
+    "Compaction",
     "ConnectionAttention",
     "ConnectionRecord",
     "DailyHeartRate",
     "DocumentChanges",
     "MetricKeyShape",
+    "NotEncrypted",
     "Offender",
     "Offenders",
+    "RekeyResult",
     "RunSyncErrors",
     "SyncErrorFound",
     "SyncRequestRecord",
@@ -137,48 +183,71 @@ __all__ = [
     "WarehouseAccess",
     "WarehouseBusy",
     "WarehouseHolder",
+    "WarehouseKeyError",
+    "WebhookCoverage",
+    "WebhookEventRecord",
     "add_sync_result_rows",
+    "attach",
+    "compact",
     "connections_needing_attention",
     "consume_oauth_state",
     "create_sync_request",
+    "daily_heart_rate_figures",
     "daily_stats_heartrate_out_of_range",
     "daily_stats_mismatched_days",
     "daily_stats_scores_out_of_range",
     "days_without_data_or_status",
+    "delete_raw_document",
     "delete_tokens",
     "duplicate_keys",
+    "erase_patient_rows",
+    "erasure_pending_compaction",
     "get_connection",
     "get_sync_request",
+    "is_encrypted",
     "list_active_connections",
     "list_connections",
     "mark_sync_request",
     "mark_synced",
     "mirror_raw_documents",
+    "open_database",
+    "patient_for_oura_user",
+    "patient_tables",
     "patients_with_raw_data",
+    "prune_raw_heartrate",
     "purge_oauth_states",
+    "queued_request_covering",
     "queued_sync_requests",
+    "raw_document_day",
     "raw_heartrate_out_of_range",
     "raw_scores_out_of_range",
     "raw_sleep_period_problems",
+    "read_audit_log",
     "read_daily_heart_rate",
     "read_day_status",
     "read_raw_documents",
     "read_raw_heartrate",
+    "record_audit",
     "record_event",
     "record_sync_result",
+    "record_webhook_event",
+    "rekey",
     "replace_daily_stats",
     "replace_day_status",
     "replace_raw_documents",
     "replace_raw_heartrate",
     "replace_wearable_data",
+    "retention_horizon",
     "save_oauth_state",
     "save_tokens",
     "set_connection_status",
     "sync_errors_in_run",
     "sync_results_for_run",
+    "unannounced_documents",
     "upsert_connection",
     "wearable_data_bedtimes_out_of_order",
     "wearable_data_key_shapes",
     "wearable_data_scores_out_of_range",
     "wearable_data_sleep_duration_problems",
+    "webhook_event_seen",
 ]

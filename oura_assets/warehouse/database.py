@@ -4,7 +4,9 @@ file at the current schema, and held only for the caller's block.
 A process outside our lock holding the file (someone's notebook or DuckDB CLI) is waited for with backoff and
 named, from DuckDB's own message, as a program outside oura_assets: in our holder record while we wait (so
 whoever queues behind us is told about that program, not about us) and in `WarehouseBusy` when the wait runs
-out. A wait past `slow_wait_s` is logged while it lasts (`waits.WaitWatch`).
+out. A wait past `slow_wait_s` is logged while it lasts (`waits.WaitWatch`). With a key
+(`OURA_ASSETS_WAREHOUSE_KEY`) the file is an encrypted DuckDB database, attached through
+`encryption.open_encrypted`; queries read the same either way.
 """
 
 from __future__ import annotations
@@ -16,13 +18,17 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import duckdb
 
+from oura_assets.warehouse.encryption import attach, close_encrypted, connect_plain, open_encrypted
 from oura_assets.warehouse.lock import Wait, WarehouseHolder, WriterLock
 from oura_assets.warehouse.migrations import ensure_schema_on
 from oura_assets.warehouse.waits import SLOW_WAIT_S, WaitLog, WaitWatch, seconds
+
+if TYPE_CHECKING:
+    from oura_assets.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +54,7 @@ class WarehouseAccess(Protocol):
 
 
 class Warehouse:
-    """The DuckDB file at `path`, opened only through `connect` / `transaction`.
+    """The DuckDB file at `path`, opened only through `connect` / `transaction`; encrypted with `key`.
 
     A wait longer than `slow_wait_s` is reported to `wait_log` (default: this module's logger); a run hands
     its own log with `reporting_waits_to`, so the wait shows in the run's log.
@@ -61,20 +67,36 @@ class Warehouse:
         *,
         slow_wait_s: float = SLOW_WAIT_S,
         wait_log: WaitLog | None = None,
+        key: str | None = None,
     ):
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s
+        self._key = key
         self.slow_wait_s = slow_wait_s
         self.wait_log = wait_log
         self._resolved = self.path.expanduser().resolve()
         self._lock = WriterLock(self._resolved, str(self.path))
 
+    @classmethod
+    def from_settings(cls, settings: Settings, lock_timeout_s: float = 60.0) -> Warehouse:
+        """The configured warehouse (`OURA_ASSETS_WAREHOUSE`), with its key (`OURA_ASSETS_WAREHOUSE_KEY`)."""
+        return cls(settings.warehouse_path, lock_timeout_s, key=settings.warehouse_key)
+
+    @property
+    def encrypted(self) -> bool:
+        return self._key is not None
+
     def __repr__(self) -> str:
-        return f"Warehouse({str(self.path)!r}, lock_timeout_s={self.lock_timeout_s})"
+        # Never the key: only whether there is one.
+        return (
+            f"Warehouse({str(self.path)!r}, lock_timeout_s={self.lock_timeout_s}, encrypted={self.encrypted})"
+        )
 
     def reporting_waits_to(self, log: WaitLog) -> Warehouse:
         """The same warehouse, reporting slow waits to `log` (a run's `context.log`) instead."""
-        return Warehouse(self.path, self.lock_timeout_s, slow_wait_s=self.slow_wait_s, wait_log=log)
+        return Warehouse(
+            self.path, self.lock_timeout_s, slow_wait_s=self.slow_wait_s, wait_log=log, key=self._key
+        )
 
     @contextlib.contextmanager
     def connect(self, purpose: str, timeout_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -97,7 +119,7 @@ class Warehouse:
                 ensure_schema_on(conn)
                 yield conn
             finally:
-                conn.close()
+                self._close(conn)
 
     @contextlib.contextmanager
     def transaction(
@@ -120,6 +142,23 @@ class Warehouse:
         with self.connect("ensure schema", timeout_s):
             pass
 
+    @contextlib.contextmanager
+    def hold(self, purpose: str, timeout_s: float | None = None) -> Iterator[None]:
+        """The writer lock alone, without opening the file: for replacing the file itself (`rekey`)."""
+        with self._lock.hold(purpose, self.lock_timeout_s if timeout_s is None else timeout_s):
+            yield
+
+    def attach(self, conn: duckdb.DuckDBPyConnection, path: Path | str, alias: str) -> None:
+        """ATTACH another DuckDB file to `conn` as `alias`, encrypted with this warehouse's key if it has one
+        (a compacted copy): a copy of the warehouse is never less protected than the warehouse."""
+        attach(conn, path, alias, self._key)
+
+    def _close(self, conn: duckdb.DuckDBPyConnection) -> None:
+        if self._key is None:
+            conn.close()
+        else:
+            close_encrypted(conn, self._resolved)
+
     def _open(self, wait: Wait) -> duckdb.DuckDBPyConnection:
         """Open DuckDB, waiting with backoff while a process outside our lock holds the file."""
         pause = 0.02
@@ -127,7 +166,9 @@ class Warehouse:
         try:
             while True:
                 try:
-                    return duckdb.connect(str(self._resolved))
+                    if self._key is not None:
+                        return open_encrypted(self._resolved, self._key)
+                    return connect_plain(self._resolved)
                 except duckdb.IOException as exc:
                     holder = foreign_holder(exc)
                     if holder is None:

@@ -13,7 +13,14 @@ from datetime import UTC, datetime
 import duckdb
 
 from oura_assets.domain import DOCUMENT_COLLECTIONS
-from oura_assets.warehouse.schema import REVISION_COLUMNS, SCHEMA_VERSION_TABLE, SCHEMAS, TABLES
+from oura_assets.warehouse.schema import (
+    AUDIT_LOG,
+    RETENTION_HORIZONS,
+    REVISION_COLUMNS,
+    SCHEMA_VERSION_TABLE,
+    SCHEMAS,
+    TABLES,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +69,16 @@ _MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             for c in DOCUMENT_COLLECTIONS
             for column in REVISION_COLUMNS
         ),
+    ),
+    (
+        4,
+        "health-data duties: the append-only audit log and the raw-data retention horizons",
+        (AUDIT_LOG.ddl(), RETENTION_HORIZONS.ddl()),
+    ),
+    (
+        5,
+        "patient_graph.webhook_events: Oura webhook events accepted, for deduplicating redeliveries",
+        (TABLES["patient_graph.webhook_events"].ddl(),),
     ),
 )
 SCHEMA_VERSION = _MIGRATIONS[-1][0]

@@ -98,6 +98,41 @@ def _document_table(collection: str) -> Table:
     )
 
 
+WEBHOOK_EVENTS = Table(
+    "patient_graph.webhook_events",
+    "Oura webhook events the connection API accepted (signature valid, user known), one row per event: what "
+    "makes a redelivery recognisable (Oura retries an event it thinks was not received), and what each "
+    "event led to. Events for unknown users and events that failed verification are not stored.",
+    (
+        _required(
+            "event_key",
+            "VARCHAR",
+            "SHA-256 of (event_type, data_type, object_id, event_time, user_id): the same event redelivered "
+            "has the same key.",
+        ),
+        _PATIENT_ID,
+        _SOURCE,
+        _required("event_type", "VARCHAR", "Oura's operation: `create`, `update` or `delete`."),
+        _required("data_type", "VARCHAR", "Oura's data type the document belongs to (`daily_sleep`, ...)."),
+        _required("object_id", "VARCHAR", "The Oura document id the event is about."),
+        Column("event_time", "TIMESTAMPTZ", "When Oura says the change happened (UTC)."),
+        _required("received_at", "TIMESTAMPTZ", "When the API first accepted the event (UTC)."),
+        Column("start_day", "DATE", "First day of the sync the event queued (inclusive)."),
+        Column("end_day", "DATE", "Last day of the sync the event queued (inclusive)."),
+        Column("sync_id", "VARCHAR", "The sync request the event queued or joined; null when ignored."),
+        _required(
+            "action",
+            "VARCHAR",
+            "What the API did: `sync_queued`, `deleted` (document removed from the raw table, its day "
+            "queued for a sync) or `ignored` (a data type we do not ingest).",
+        ),
+        Column(
+            "redeliveries", "INTEGER", "Times the same event arrived again after the first.", "deliveries"
+        ),
+    ),
+    ("event_key",),
+)
+
 _TABLES: tuple[Table, ...] = (
     Table(
         "patient_graph.wearable_data",
@@ -296,6 +331,7 @@ _TABLES: tuple[Table, ...] = (
         ),
         ("collection", "patient_id", "id", "revision", "superseded_at"),
     ),
+    WEBHOOK_EVENTS,
     Table(
         "patient_graph.wearable_day_status",
         "One row per patient, source and day of every synced range, complete days included: whether the "
@@ -319,6 +355,65 @@ _TABLES: tuple[Table, ...] = (
         ("patient_id", "source", "day"),
     ),
 )
+
+AUDIT_LOG = Table(
+    "patient_graph.audit_log",
+    "Append-only: one row per connection-API call and per operator action on patient data (erasure, "
+    "retention), successful or not. Who, what, on whose data, with what outcome, from where; never a token, "
+    "code, state, JWT or health figure. An erasure removes the patient from every other table but leaves its "
+    "own row here.",
+    (
+        _required("audit_id", "VARCHAR", "Unique id of the entry."),
+        _required("occurred_at", "TIMESTAMPTZ", "When the action was answered or carried out (UTC)."),
+        Column(
+            "actor",
+            "VARCHAR",
+            "Who acted: the JWT `sub` of the caller, `operator` for a command or scheduled job, "
+            "`anonymous` when the caller could not be identified.",
+        ),
+        _required(
+            "action",
+            "VARCHAR",
+            "`connect`, `callback`, `sync_request`, `sync_status`, `connections`, `disconnect`, `erase`, "
+            "`retention`.",
+        ),
+        Column("patient_id", "VARCHAR", "Whose data the action touched; null when unknown or all patients."),
+        _required(
+            "outcome", "VARCHAR", "`ok`, or the error code answered (`unauthorized`, `not_connected`, ...)."
+        ),
+        Column("status_code", "INTEGER", "The HTTP status answered; null for operator actions."),
+        Column("client_address", "VARCHAR", "The caller's IP address as the API saw it; null for commands."),
+        _required(
+            "request_id",
+            "VARCHAR",
+            "The request's id: the caller's `X-Request-Id` when well-formed, else ours.",
+        ),
+        Column(
+            "detail",
+            "JSON",
+            "Counts only, never health data: rows removed per table by an erasure or retention, whether "
+            "Oura revoked the grant.",
+        ),
+    ),
+    ("audit_id",),
+)
+"""Kept apart by name: erasure removes a patient from every table with a `patient_id` column but this one."""
+
+RETENTION_HORIZONS = Table(
+    "patient_graph.retention_horizons",
+    "How far back raw data is kept: the instant before which the retention job last dropped a raw table's "
+    "rows. The daily-stats rebuild keeps the figures it computed before that instant instead of recomputing "
+    "them from samples that are gone.",
+    (
+        _required("table_name", "VARCHAR", "The raw table pruned, e.g. `oura_raw.heartrate`."),
+        _required("cutoff", "TIMESTAMPTZ", "Rows older than this instant were dropped (UTC)."),
+        _required("rows_deleted", "BIGINT", "Rows dropped by the latest pass.", "rows"),
+        _required("applied_at", "TIMESTAMPTZ", "When the latest pass ran (UTC)."),
+    ),
+    ("table_name",),
+)
+
+_TABLES = (*_TABLES, AUDIT_LOG, RETENTION_HORIZONS)
 
 TABLES: dict[str, Table] = {table.name: table for table in _TABLES}
 """Every table of the warehouse by qualified name, in creation order."""

@@ -8,11 +8,14 @@ and value, and any date can be asked for in any order. The model, which clients 
   documents changes during the year), how often the ring is left off, bedtime, how late the user opens the
   app, how often and how late Oura revises a day.
 - A day (`plan(name, day)`) is derived from a hash of (name, day). About 5-10 % of days are not worn: no
-  documents at all and no heart rate in that local day.
+  documents at all and no heart rate in that local day. About 4 % are worn by day only (`night_off`: the
+  day's activity but no sleep, daily_sleep or readiness) and 4 % at night only (`day_off`: the sleep
+  documents but no daily_activity), with no heart rate while the ring is off.
 - Sleep periods belong to the day the user wakes up (a period ending after 18:00 local counts for the next
   day). Most days have one main `long_sleep`; some nights are short (only a `sleep` period, no
   `long_sleep`) or split into two `long_sleep` halves; some days add an afternoon `sleep` nap, a
-  `late_nap` the evening before (counted for this day), a `rest` period (a detection the user rejected) or
+  `late_nap` the evening before (counted for this day) — naps last 15 minutes or more and are mostly
+  asleep —, a `rest` period (a detection the user rejected) or
   a `deleted` period that can be longer than the main sleep. Scores are null on some days and
   `hrv.items` holds nulls.
 - Late sync, on the data clock `now`: a sleep period, the day's `daily_sleep`, `daily_readiness`, workouts and
@@ -24,8 +27,11 @@ and value, and any date can be asked for in any order. The model, which clients 
 - Revisions: on some days Oura recomputes after the fact. From `revised_at` (a per-user delay after the day
   first appeared) the same `id` is served with changed scores and more steps; documents carrying the
   unknown extra `meta` object then show `version: 2` and the new `updated_at`.
+- Heart rate: awake samples about every 5 minutes at odd seconds (not on a grid), sleep periods' own
+  5-minute series from their start, bursts every few seconds during workouts (source `workout`).
 - Unknown extra fields: some documents carry `meta {updated_at, version}`, some heart-rate rows a
-  `producer_timestamp`; heart-rate timestamps come as `+00:00` or `.000Z`.
+  `producer_timestamp`; heart-rate timestamps come as `+00:00` or `.000Z` (other forms are a reading of
+  the API, `../readings.py`).
 
 Documents are built lazily per (user, day, collection) and kept in bounded caches (callers must not mutate
 them), so a year of every collection takes a fraction of a second and 30 days of heart rate milliseconds.

@@ -3,7 +3,7 @@ each reaches the cloud or gets revised. The documents of every collection are re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from functools import lru_cache
 
@@ -56,6 +56,10 @@ class DayPlan:
     revised_at: datetime | None = None
     revision_delta: int = 0
     in_progress: bool = False
+    # Ring off overnight (activity but no sleep: no periods, no daily_sleep, no readiness) or off during the
+    # day (sleep but no daily_activity document).
+    night_off: bool = False
+    day_off: bool = False
 
     @property
     def main_period(self) -> Period | None:
@@ -101,11 +105,12 @@ def plan(name: str, day: date) -> DayPlan:
     extra = rng.random()
     if extra < 0.12:
         nap_start = local_instant(zone, day, rng.uniform(12.5, 16.0))
-        nap_end = nap_start + timedelta(minutes=rng.randint(20, 90))
+        # Oura detects naps of 15 minutes or more.
+        nap_end = nap_start + timedelta(minutes=rng.randint(15, 90))
         periods.append(Period(len(periods), "sleep", nap_start, nap_end, shown(nap_end)))
     elif extra < 0.18:
         nap_start = local_instant(zone, previous, rng.uniform(18.2, 20.0))
-        nap_end = nap_start + timedelta(minutes=rng.randint(20, 60))
+        nap_end = nap_start + timedelta(minutes=rng.randint(15, 60))
         periods.insert(0, Period(0, "late_nap", nap_start, nap_end, shown(nap_end)))
     elif extra < 0.24:
         rest_start = local_instant(zone, day, rng.uniform(10.0, 16.0))
@@ -147,7 +152,7 @@ def plan(name: str, day: date) -> DayPlan:
         hours=user.activity_delay_h * rng.uniform(0.5, 1.5)
     )
     revised = rng.random() < user.revision_rate
-    return DayPlan(
+    worn = DayPlan(
         day=day,
         worn=True,
         periods=tuple(periods),
@@ -162,3 +167,22 @@ def plan(name: str, day: date) -> DayPlan:
         revision_delta=rng.choice((-4, -3, -2, 2, 3, 5)) if revised else 0,
         in_progress=rng.random() < user.in_progress_rate,
     )
+    # Drawn apart from the day's own dice, so adding these left every other value of the day as it was.
+    partial = seeded_rng("day-partial", name, day.isoformat()).random()
+    if partial < 0.04:
+        # Off overnight: the day's activity (and workouts) but no sleep, so no daily_sleep and no readiness.
+        return replace(
+            worn,
+            periods=(),
+            readiness_score=None,
+            sleep_score=None,
+            daily_visible_at=None,
+            revised_at=None,
+            revision_delta=0,
+            in_progress=False,
+            night_off=True,
+        )
+    if partial < 0.08:
+        # Worn only at night: the sleep documents but no daily_activity (too little wear to compute one).
+        return replace(worn, workouts=(), sessions=(), activity_score=None, activity_visible_at=None, day_off=True)
+    return worn

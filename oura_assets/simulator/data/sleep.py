@@ -22,22 +22,24 @@ _MOVEMENT = {
 }
 
 
-def _phases(rng: random.Random, slots: int, latency_slots: int) -> str:
+def _phases(rng: random.Random, slots: int, latency_slots: int, *, nap: bool = False) -> str:
+    """5-minute phases (1 deep, 2 light, 3 REM, 4 awake). A nap wakes less often and not for long."""
     out = ["4"] * min(latency_slots, slots)
     previous = "2"
+    awake = 0.03 if nap else 0.07
     while len(out) < slots:
         position = len(out) / slots
-        if rng.random() < 0.55:
+        if rng.random() < 0.55 and not (nap and previous == "4"):
             out.append(previous)
             continue
         draw = rng.random()
         deep = 0.32 * (1 - position) + 0.05
         rem = 0.08 + 0.25 * position
-        if draw < 0.07:
+        if draw < awake:
             previous = "4"
-        elif draw < 0.07 + deep:
+        elif draw < awake + deep:
             previous = "1"
-        elif draw < 0.07 + deep + rem:
+        elif draw < awake + deep + rem:
             previous = "3"
         else:
             previous = "2"
@@ -54,8 +56,11 @@ def sleep_doc(
     end = period.end if now is None else min(now, period.end)
     time_in_bed = int((end - period.start).total_seconds())
     slots = max(1, time_in_bed // 300)
-    latency_slots = rng.randint(0, 4)
-    phases = _phases(rng, slots, latency_slots)
+    # A nap (a `sleep` or `late_nap` period that is not the day's main sleep) is short, 15 minutes or more,
+    # and mostly asleep: Oura reports naps with efficiencies like a night's, not near zero.
+    is_nap = period.kind in ("sleep", "late_nap") and period != plan_.main_period
+    latency_slots = rng.randint(0, 1 if is_nap else 4)
+    phases = _phases(rng, slots, latency_slots, nap=is_nap)
     hr_base = user.resting_hr + (2 if period.kind in ("sleep", "late_nap") else 0)
     hr_items: list[float | None] = []
     hrv_items: list[float | None] = []

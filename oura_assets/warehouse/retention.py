@@ -1,0 +1,57 @@
+"""Dropping raw rows older than the retention horizon, and remembering the horizon for the rebuild.
+
+`retention_horizons` holds, per raw table, the instant before which rows were dropped. It only ever moves
+forward: lengthening the retention later does not bring dropped rows back, so the horizon stays where data
+really ends. The daily-stats rebuild reads it (`retention_horizon`) to keep the heart-rate figures it
+computed while the samples were still there (`daily_heart_rate_figures`).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+import duckdb
+
+from oura_assets.domain import SOURCE
+from oura_assets.warehouse.values import to_day, utc
+
+RAW_HEARTRATE = "oura_raw.heartrate"
+
+
+def prune_raw_heartrate(conn: duckdb.DuckDBPyConnection, cutoff: datetime, applied_at: datetime) -> int:
+    """Delete samples taken before `cutoff` (every patient) and record the horizon; returns rows deleted."""
+    (deleted,) = conn.execute(
+        f"DELETE FROM {RAW_HEARTRATE} WHERE timestamp < ?",  # noqa: S608 (a constant table name)
+        [utc(cutoff)],
+    ).fetchone() or (0,)
+    conn.execute(
+        "INSERT INTO patient_graph.retention_horizons (table_name, cutoff, rows_deleted, applied_at) "
+        "VALUES (?, ?, ?, ?) ON CONFLICT (table_name) DO UPDATE SET "
+        "cutoff = greatest(retention_horizons.cutoff, excluded.cutoff), "
+        "rows_deleted = excluded.rows_deleted, applied_at = excluded.applied_at",
+        [RAW_HEARTRATE, utc(cutoff), int(deleted), utc(applied_at)],
+    )
+    return int(deleted)
+
+
+def retention_horizon(conn: duckdb.DuckDBPyConnection, table: str = RAW_HEARTRATE) -> datetime | None:
+    """The instant before which `table`'s rows were dropped, or None when retention never ran on it."""
+    row = conn.execute(
+        "SELECT cutoff FROM patient_graph.retention_horizons WHERE table_name = ?", [table]
+    ).fetchone()
+    return utc(row[0]) if row else None
+
+
+def daily_heart_rate_figures(
+    conn: duckdb.DuckDBPyConnection, patient_id: str, start: date, end: date
+) -> dict[date, dict[str, Any]]:
+    """The patient's stored heart-rate figures (days with samples) in [start, end], by day."""
+    rows = conn.execute(
+        "SELECT day, hr_min, hr_max, hr_avg, hr_samples, utc_offset_minutes "
+        "FROM patient_graph.patient_wearable_daily_stats "
+        "WHERE patient_id = ? AND source = ? AND day BETWEEN ? AND ? AND hr_samples > 0",
+        [patient_id, SOURCE, to_day(start), to_day(end)],
+    ).fetchall()
+    names = ("hr_min", "hr_max", "hr_avg", "hr_samples", "utc_offset_minutes")
+    return {to_day(row[0]): dict(zip(names, row[1:], strict=True)) for row in rows}
