@@ -15,7 +15,7 @@ import logging
 import time as clock
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Protocol
@@ -405,6 +405,7 @@ def sync_patients(
     purpose: str = "sync",
     progress: RunLog = log,
     refetch: RefetchPolicy = RefetchPolicy(),
+    concurrency: Callable[[int], int] | None = None,
 ) -> RunOutcome:
     """Sync each of `patients` over local days [start, end], a few at a time, and record each one's result.
 
@@ -412,6 +413,9 @@ def sync_patients(
     the traceback in `progress`) and never costs the others their sync. `client_for` builds a patient's Oura
     client; `purpose` names the run in the warehouse lock's holder; `refetch` says how often and after what
     cool-down a collection Oura could not serve is fetched again before its patient is called partial.
+    `concurrency(cap)` says how many patients to keep in flight (at most `cap` = `max_workers`), asked again
+    as each one finishes, so it can follow the latency seen (`RateBudget.suggested_workers`); without it,
+    `max_workers` patients are in flight.
     """
     collections = list(collections)
     warehouse = warehouse.reporting_waits_to(progress)  # a long wait for the file shows in the run's log
@@ -439,20 +443,27 @@ def sync_patients(
         return result, clock.monotonic() - began, trace
 
     results: list[PatientSyncResult] = []
-    workers = max(1, min(max_workers, len(patients)))
-    # Patients are fetched a few at a time: a run is bound by Oura's latency, not by us. Their writes
-    # still take turns at the warehouse lock, and Oura's 429s are waited out per Retry-After.
-    with ThreadPoolExecutor(workers, thread_name_prefix="oura-patient") as pool:
-        pending = [pool.submit(sync_one, patient_id) for patient_id in patients]
-        for n, future in enumerate(as_completed(pending), start=1):
-            result, took, trace = future.result()
-            if trace:
-                progress.error(f"patient {result.patient_id}: unexpected error\n{trace}")
-            results.append(result)
-            codes = ", ".join(e.code for e in result.errors) or "no errors"
-            progress.info(
-                f"patient {n} of {len(patients)} ({result.patient_id}): "
-                f"{result.status} ({codes}), {sum(result.rows.values())} rows in {took:.1f}s"
-            )
-            _record(warehouse, run_id, result, start, end)
+    cap = max(1, min(max_workers, len(patients)))
+    queue = list(patients)
+    in_flight: set[Future[tuple[PatientSyncResult, float, str | None]]] = set()
+    # Patients are fetched a few at a time: a run is bound by Oura's latency and its rate budget, not by us.
+    # Their writes still take turns at the warehouse lock. How many are in flight is asked again as each
+    # one finishes, so it follows the latency the budget sees.
+    with ThreadPoolExecutor(cap, thread_name_prefix="oura-patient") as pool:
+        while queue or in_flight:
+            target = cap if concurrency is None else max(1, min(cap, concurrency(cap)))
+            while queue and len(in_flight) < target:
+                in_flight.add(pool.submit(sync_one, queue.pop(0)))
+            done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                result, took, trace = future.result()
+                if trace:
+                    progress.error(f"patient {result.patient_id}: unexpected error\n{trace}")
+                results.append(result)
+                codes = ", ".join(e.code for e in result.errors) or "no errors"
+                progress.info(
+                    f"patient {len(results)} of {len(patients)} ({result.patient_id}): "
+                    f"{result.status} ({codes}), {sum(result.rows.values())} rows in {took:.1f}s"
+                )
+                _record(warehouse, run_id, result, start, end)
     return RunOutcome(results)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -224,3 +225,81 @@ def failures(result: dg.ExecuteInProcessResult) -> list[str]:
             texts.append(error.to_string())
             error = error.cause
     return texts
+
+
+class StampedBudget:
+    """A `RateBudget` that also notes when each of its requests was let go (epoch seconds), for tests and
+    benchmarks that check how two processes' requests interleave. With `stamps`, each time is also appended
+    to that file as it happens, so a process stopped mid-run still tells what it sent."""
+
+    def __init__(self, budget: Any, stamps: Path | None = None) -> None:
+        self.budget = budget
+        self.sent_at: list[float] = []
+        self._stamps = stamps.open("a", buffering=1) if stamps is not None else None
+
+    def acquire(self) -> None:
+        self.budget.acquire()
+        sent = time.time()
+        self.sent_at.append(sent)
+        if self._stamps is not None:
+            self._stamps.write(f"{sent!r}\n")
+
+    def observe(self, status: int, headers: Mapping[str, str], seconds: float) -> None:
+        self.budget.observe(status, headers, seconds)
+
+
+def budgeted_sync(
+    settings: Settings,
+    patients: Sequence[str],
+    start: date,
+    end: date,
+    *,
+    run_id: str,
+    max_workers: int = 16,
+    stamps: Path | None = None,
+) -> dict[str, Any]:
+    """`sync_patients` as a run does it: every client paced by the application's host-wide `RateBudget`
+    (under `settings.lock_dir`), patients in flight following the latency seen. Returns what happened:
+    requests sent, 429s received, each patient's status, when each request went (also line by line to
+    `stamps`, when given)."""
+    from oura_assets.oura.client import RetryPolicy
+    from oura_assets.oura.rate_budget import RateBudget
+    from oura_assets.sync import RefetchPolicy, sync_patients
+
+    store = wh.Warehouse(settings.warehouse_path)
+    oauth = OuraOAuthApp.from_settings(settings)
+    cipher = TokenCipher(settings.token_keys)
+    with RateBudget.for_application(settings.lock_dir, settings.client_id or "") as budget:
+        stamped = StampedBudget(budget, stamps)
+
+        def client_for(patient_id: str) -> OuraClient:
+            tokens = PatientTokens(
+                patient_id=patient_id,
+                warehouse=store,
+                cipher=cipher,
+                oauth_app=oauth,
+                lock_dir=settings.lock_dir,
+            )
+            return OuraClient(
+                settings.api_base_url, tokens, retry=RetryPolicy(wait_budget_s=120.0), budget=stamped
+            )  # type: ignore[arg-type]
+
+        outcome = sync_patients(
+            patients=patients,
+            client_for=client_for,
+            warehouse=store,
+            start=start,
+            end=end,
+            run_id=run_id,
+            max_workers=max_workers,
+            purpose=f"budgeted sync {run_id}",
+            refetch=RefetchPolicy(passes=0),
+            concurrency=budget.suggested_workers,
+        )
+        return {
+            "finished_at": time.time(),
+            "requests": budget.requests,
+            "rate_limited": budget.rate_limited,
+            "statuses": {r.patient_id: r.status for r in outcome.results},
+            "sent_at": stamped.sent_at,
+        }

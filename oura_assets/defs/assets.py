@@ -132,6 +132,7 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefini
                 run_id=run_id,
                 collections=[c for name in selected for c in RAW_ASSETS[name]],
                 max_workers=oura.max_concurrent_patients,
+                concurrency=session.budget.suggested_workers,
                 purpose=f"dagster run {run_id[:8]}",
                 progress=context.log,
                 refetch=RefetchPolicy(passes=oura.refetch_passes, cool_down_s=oura.refetch_cool_down_s),

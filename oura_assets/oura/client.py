@@ -23,6 +23,7 @@ import httpx
 import tenacity
 
 from oura_assets.clock import as_utc, utc_now
+from oura_assets.oura.rate_budget import RateBudget
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,8 @@ class OuraClient:
     """One patient's view of Oura API v2.
 
     `http` may be shared between clients (a run's connection pool); when it is not given the client makes its
-    own with explicit timeouts and `close()` closes it.
+    own with explicit timeouts and `close()` closes it. `budget`, when given, is the application's host-wide
+    request budget (`rate_budget.RateBudget`): every attempt waits its turn there and reports the answer back.
     """
 
     def __init__(
@@ -225,8 +227,10 @@ class OuraClient:
         *,
         http: httpx.Client | None = None,
         retry: RetryPolicy | None = None,
+        budget: RateBudget | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
+        self._budget = budget
         self._tokens = tokens
         self._owns_http = http is None
         self._http = http if http is not None else httpx.Client(timeout=DEFAULT_TIMEOUT)
@@ -419,6 +423,9 @@ class OuraClient:
             ) from exc
 
     def _attempt(self, path: str, params: Mapping[str, str], token: str) -> httpx.Response:
+        if self._budget is not None:
+            self._budget.acquire()
+        began = time.monotonic()
         try:
             response = self._http.get(
                 self._base_url + path,
@@ -430,6 +437,9 @@ class OuraClient:
                 raise OuraUnavailable(f"GET {path} failed: {type(exc).__name__}") from exc
             raise OuraError(f"GET {path} failed: {type(exc).__name__}") from exc
         status = response.status_code
+        if self._budget is not None:
+            # The budget learns the limit and any pause from Oura's headers, and the latency it paces for.
+            self._budget.observe(status, response.headers, time.monotonic() - began)
         if status < 300 or status == 401:
             return response
         if status == 429:

@@ -1,0 +1,322 @@
+"""One request budget per Oura application, shared by every patient, run and process on this host.
+
+Oura limits requests per application (5,000 per 5 minutes is the figure given) and per access token [spec].
+The nightly run, a backfill, the sensors' API-sync runs all spend the same application budget, so pacing
+each run on its own would let them add up past the limit and learn it through 429s, over and over. Here
+the budget lives in one small SQLite file per application under the lock directory
+(`data/locks/oura-rate-<sha256(client id)>.sqlite`), and every request of every process takes its turn:
+
+- Pacing is pyrate-limiter's GCRA (a leaky bucket kept as one timestamp) driven by its `Limiter`: requests
+  leave evenly spaced at `share` of the limit, with a burst of a few, so Oura's fixed windows never fill even
+  when arrival times jitter.
+- The limit is learned: `X-RateLimit-Limit` / `X-RateLimit-Window` on any answer (Oura sends them on a 429
+  [spec]; on other answers too, if it ever does) replace the configured one for every process at once, and
+  a 429's `Retry-After` (else `X-RateLimit-Reset`) pauses every process until then. 429s are expected only
+  while the limit is still being learned.
+- Fair between runs: a process queues its own threads first-come first-served and sends one of them at a
+  time to the shared bucket, so two processes draw from it as equals however many threads each has (a
+  year's backfill does not starve a new patient's initial sync running in another process). Fair between a
+  run's patients: each patient's requests are sequential, so the first-come queue takes them in turns.
+- Paced from the first request: the configured limit (default Oura's documented 5,000 per 5 minutes) is
+  in force until Oura announces another, so production never goes past it, even before a 429 taught it.
+  The simulator's default application limit is the same, so tests and the demo pace for real (15 req/s
+  with a burst of 15 per fresh budget file); measured, `test_pipeline.py` spends 17 s summed over its 480
+  requests' waits (threads wait in parallel), not measurable in its wall time (204 s vs main's 267 s on a
+  loaded 2-core host). Not pacing until a 429 would be faster only by going over the limit first.
+- Concurrency follows latency: `suggested_workers` is how many patients must be in flight to keep the paced
+  rate busy at the latency seen (rate x latency x 1.5, capped), instead of a fixed count.
+
+Written by hand, and why: pyrate-limiter 4.5 ships GCRA's state only in memory, in a `multiprocessing`
+Manager (which needs a common parent process; our runs are independent processes) or in Redis, so
+`_SQLiteState` keeps it in SQLite (one row, `BEGIN IMMEDIATE`), next to the learned limit and the pause that
+every process must see. The in-process first-come queue (`_TurnQueue`) and the worker estimate are a few
+lines each; neither pyrate-limiter, `limits` nor `aiolimiter` (asyncio only; our client is sync httpx)
+offers them.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import logging
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyrate_limiter import GCRA, Limiter, Rate, StateBucket, StateStore, WallClock
+from pyrate_limiter.abstracts.algorithm import Decision
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LIMIT = 5000
+DEFAULT_WINDOW_S = 300.0
+# Latency assumed before any answer was timed: about what real Oura answers in.
+INITIAL_LATENCY_S = 0.3
+# A learned limit is trusted this long; then the configured one applies until Oura says otherwise again
+# (a raised limit is picked up without anyone editing config).
+LEARNED_TTL_S = 86_400.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS budget (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    tat_us INTEGER NOT NULL DEFAULT 0,
+    learned_limit INTEGER,
+    learned_window_s REAL,
+    learned_at REAL,
+    paused_until REAL NOT NULL DEFAULT 0
+)
+"""
+
+
+def budget_path(lock_dir: Path, client_id: str) -> Path:
+    """The budget file of one Oura application; its name carries no secret (a hash of the client id)."""
+    digest = hashlib.sha256(client_id.encode()).hexdigest()[:16]
+    return Path(lock_dir) / f"oura-rate-{digest}.sqlite"
+
+
+@dataclass(frozen=True)
+class RateLimitHeaders:
+    """What an answer said about the application's limit [spec]; any field may be missing."""
+
+    limit: int | None = None
+    window_s: float | None = None
+    retry_after_s: float | None = None
+    tier: str | None = None
+
+    @classmethod
+    def parse(cls, headers: Mapping[str, str], *, now: float) -> RateLimitHeaders:
+        def number(name: str) -> float | None:
+            try:
+                value = float(headers.get(name, "").strip())
+            except ValueError:
+                return None
+            return value if math.isfinite(value) and value >= 0 else None
+
+        limit, window = number("X-RateLimit-Limit"), number("X-RateLimit-Window")
+        retry_after = number("Retry-After")
+        if retry_after is None and headers.get("Retry-After"):
+            try:
+                when = email.utils.parsedate_to_datetime(headers["Retry-After"]).timestamp()
+                retry_after = max(0.0, when - now)
+            except (TypeError, ValueError):
+                retry_after = None
+        reset = number("X-RateLimit-Reset")
+        if retry_after is None and reset is not None:
+            retry_after = max(0.0, reset - now)
+        return cls(
+            limit=int(limit) if limit else None,
+            window_s=window or None,
+            retry_after_s=retry_after,
+            tier=(headers.get("X-RateLimit-Tier") or "").strip().lower() or None,
+        )
+
+
+class _SQLiteState(StateStore):
+    """GCRA's one number in a SQLite row every process on the host reads and writes atomically.
+
+    The row also holds the pause a 429 asked for: while it lasts, `check` refuses with the time left, so the
+    Limiter's own wait loop sits it out.
+    """
+
+    default_clock = WallClock()  # compared across processes: epoch milliseconds, not a monotonic clock
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute(_SCHEMA)
+            self._conn.execute("INSERT OR IGNORE INTO budget (id) VALUES (1)")
+
+    def row(self) -> tuple[int, int | None, float | None, float | None, float]:
+        with self._lock:
+            return self._conn.execute(
+                "SELECT tat_us, learned_limit, learned_window_s, learned_at, paused_until FROM budget"
+            ).fetchone()
+
+    def update(self, sql: str, params: tuple[object, ...]) -> None:
+        with self._lock:
+            self._conn.execute(sql, params)
+
+    def check(self, algorithm, rates, now, weight):
+        # The clock is read here, not taken from the caller: pyrate-limiter's blocking loop advances a
+        # refused item's timestamp by the waits it slept, so a process that lost one turn would keep asking
+        # with a time one slot behind the bucket and lose every later turn to a process arriving fresh (a
+        # newcomer sent nothing for 100 s while a backfill in another process ran; see test_rate_budget).
+        now = self.default_clock.now()
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                tat_us, paused_until = self._conn.execute(
+                    "SELECT tat_us, paused_until FROM budget"
+                ).fetchone()
+                if paused_until * 1000 > now:
+                    self._conn.execute("COMMIT")
+                    return Decision(
+                        failing_rate=rates[0], retry_after_ms=math.ceil(paused_until * 1000 - now)
+                    )
+                state, decision = algorithm.step(rates, (tat_us,), now, weight)
+                if decision.allowed:
+                    self._conn.execute("UPDATE budget SET tat_us = ?", (int(state[0]),))
+                self._conn.execute("COMMIT")
+                return decision
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def read(self, algorithm, rates):
+        return (self.row()[0],)
+
+    def reset(self) -> None:
+        self.update("UPDATE budget SET tat_us = 0, paused_until = 0", ())
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class _TurnQueue:
+    """First come, first served among this process's threads; one at a time goes to the shared bucket."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._next = 0
+        self._serving = 0
+
+    def __enter__(self) -> None:
+        with self._cond:
+            ticket = self._next
+            self._next += 1
+            while ticket != self._serving:
+                self._cond.wait()
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._cond:
+            self._serving += 1
+            self._cond.notify_all()
+
+
+class RateBudget:
+    """The host-wide request budget of one Oura application (see the module docstring).
+
+    `limit` per `window_s` is what to assume until Oura's headers say otherwise; requests are paced at
+    `share` of the limit in force. `max_workers` caps `suggested_workers`.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        limit: int = DEFAULT_LIMIT,
+        window_s: float = DEFAULT_WINDOW_S,
+        share: float = 0.9,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if limit < 1 or window_s <= 0 or not 0 < share <= 1:
+            raise ValueError(
+                f"rate budget needs limit >= 1, window_s > 0, 0 < share <= 1: {limit}, {window_s}"
+            )
+        self.path = Path(path)
+        self._configured = (limit, window_s)
+        self._share = share
+        self._clock = clock
+        self._state = _SQLiteState(self.path)
+        self._paced_for = (limit, window_s)
+        self._bucket = StateBucket([self._rate(limit, window_s)], algorithm=GCRA(), store=self._state)
+        # buffer_ms=0: GCRA's wait is exact; pyrate-limiter's default 50 ms would slow every turn.
+        self._limiter = Limiter(self._bucket, buffer_ms=0)
+        self._turns = _TurnQueue()
+        self._latency_lock = threading.Lock()
+        self._latency_s: float | None = None
+        self.requests = 0
+        self.rate_limited = 0
+
+    @classmethod
+    def for_application(
+        cls,
+        lock_dir: Path,
+        client_id: str,
+        *,
+        limit: int = DEFAULT_LIMIT,
+        window_s: float = DEFAULT_WINDOW_S,
+        share: float = 0.9,
+    ) -> RateBudget:
+        return cls(budget_path(lock_dir, client_id), limit=limit, window_s=window_s, share=share)
+
+    def _rate(self, limit: int, window_s: float) -> Rate:
+        paced = max(1, math.floor(limit * self._share))
+        # A burst of up to half the headroom (and at most a second's worth): in any window of Oura's,
+        # burst + paced stays under the limit.
+        burst = max(1, min(math.floor((limit - paced) / 2), math.ceil(paced / window_s)))
+        return Rate(paced, max(1, round(window_s * 1000)), burst=burst)
+
+    def limit(self) -> tuple[int, float]:
+        """The limit in force: learned from Oura within `LEARNED_TTL_S`, else the configured one."""
+        _, learned_limit, learned_window, learned_at, _ = self._state.row()
+        if learned_limit and learned_window and learned_at and self._clock() - learned_at < LEARNED_TTL_S:
+            return int(learned_limit), float(learned_window)
+        return self._configured
+
+    @property
+    def rate_per_s(self) -> float:
+        """Requests per second this budget sends at, over all processes."""
+        limit, window_s = self.limit()
+        return max(1, math.floor(limit * self._share)) / window_s
+
+    def acquire(self) -> None:
+        """Block until this request may go: its turn in this process, then room in the shared budget."""
+        with self._turns:
+            limit = self.limit()
+            if limit != self._paced_for:
+                self._bucket.rates = [self._rate(*limit)]
+                self._paced_for = limit
+            self._limiter.try_acquire("oura", blocking=True)
+        self.requests += 1
+
+    def observe(self, status: int, headers: Mapping[str, str], seconds: float) -> None:
+        """Learn from one answer: its latency, any limit it announced, and a 429's pause."""
+        with self._latency_lock:
+            previous = self._latency_s
+            self._latency_s = seconds if previous is None else 0.8 * previous + 0.2 * seconds
+        now = self._clock()
+        said = RateLimitHeaders.parse(headers, now=now)
+        application = said.tier in (None, "application")
+        if application and said.limit and said.window_s and (said.limit, said.window_s) != self.limit():
+            log.info(
+                "Oura announced %d requests per %g s for this application; pacing to it",
+                said.limit,
+                said.window_s,
+            )
+            self._state.update(
+                "UPDATE budget SET learned_limit = ?, learned_window_s = ?, learned_at = ?",
+                (said.limit, said.window_s, now),
+            )
+        elif application and said.limit and said.window_s:
+            self._state.update("UPDATE budget SET learned_at = ?", (now,))
+        if status == 429:
+            self.rate_limited += 1
+            if application and said.retry_after_s is not None:
+                # Every process waits until Oura's window resets, not only the request that was refused.
+                self._state.update(
+                    "UPDATE budget SET paused_until = max(paused_until, ?)", (now + said.retry_after_s,)
+                )
+
+    def suggested_workers(self, cap: int) -> int:
+        """Patients to keep in flight so the paced rate stays busy: rate x latency x 1.5, in [1, cap]."""
+        with self._latency_lock:
+            latency = self._latency_s if self._latency_s is not None else INITIAL_LATENCY_S
+        return max(1, min(cap, math.ceil(self.rate_per_s * latency * 1.5)))
+
+    def close(self) -> None:
+        self._limiter.close()  # closes the bucket and with it the SQLite connection
+
+    def __enter__(self) -> RateBudget:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
