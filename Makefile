@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint format dev simulator api bench soak clean
+.PHONY: venv demo test lint format dev simulator api bench soak sql clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,12 @@ simulator: $(STAMP)
 
 api: $(STAMP)
 	OURA_ASSETS_DEMO=1 $(BIN)/oura-assets serve
+
+# An interactive DuckDB shell on the read-only analytics snapshot (published by every run; `make demo` makes one).
+ANALYTICS ?= $(or $(OURA_ASSETS_ANALYTICS),data/analytics.duckdb)
+sql: $(STAMP)
+	@test -f "$(ANALYTICS)" || { echo "no analytics snapshot at $(ANALYTICS) yet: run 'make demo' (or any sync run) first"; exit 1; }
+	$(BIN)/duckdb -readonly "$(ANALYTICS)" -cmd "SELECT 'snapshot published at ' || published_at AS snapshot FROM snapshot_info"
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

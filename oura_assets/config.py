@@ -70,6 +70,8 @@ class Settings:
     lookback_days: int
     simulator_url: str
     api_url: str
+    analytics_path: Path
+    """The read-only analytics snapshot (`OURA_ASSETS_ANALYTICS`), republished after each run."""
     # OURA_ASSETS_RAW_HEARTRATE_RETENTION_DAYS: raw heart-rate samples older than this many days are dropped
     # by the daily housekeeping job (the daily stats keep their figures); None keeps them all.
     raw_heartrate_retention_days: int | None = None
@@ -261,6 +263,11 @@ def load_settings(
         lookback_days=_parse_int(env, "OURA_ASSETS_LOOKBACK_DAYS", 3, 0, 60),
         simulator_url=simulator_url,
         api_url=api_url,
+        # Beside the warehouse's data folder by default (`data/analytics.duckdb`), so a warehouse moved
+        # elsewhere takes its snapshot along rather than sharing one with another warehouse.
+        analytics_path=Path(_env(env, "OURA_ASSETS_ANALYTICS") or data_dir / "analytics.duckdb")
+        .expanduser()
+        .resolve(),
         raw_heartrate_retention_days=(
             _parse_int(env, RETENTION_VARIABLE, 0, 1, 36_500) if _env(env, RETENTION_VARIABLE) else None
         ),

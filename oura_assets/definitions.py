@@ -8,6 +8,7 @@ import dagster as dg
 
 from oura_assets.config import load_settings
 from oura_assets.defs import checks, webhooks
+from oura_assets.defs.analytics import AnalyticsResource, build_analytics_assets
 from oura_assets.defs.assets import build_graph_assets, build_raw_assets
 from oura_assets.defs.housekeeping import housekeeping_job, housekeeping_schedule
 from oura_assets.defs.jobs import sync_job
@@ -24,7 +25,11 @@ def defs() -> dg.Definitions:
     settings = load_settings()
     partitions = daily_partitions(settings.start_date)
     return dg.Definitions(
-        assets=[build_raw_assets(partitions), *build_graph_assets(partitions)],
+        assets=[
+            build_raw_assets(partitions),
+            *build_graph_assets(partitions),
+            *build_analytics_assets(partitions),
+        ],
         asset_checks=dg.load_asset_checks_from_modules([checks, webhooks]),
         jobs=[sync_job, housekeeping_job, webhook_subscriptions_job],
         schedules=[
@@ -44,5 +49,6 @@ def defs() -> dg.Definitions:
         resources={
             "warehouse": WarehouseResource(database=str(settings.warehouse_path)),
             "oura": OuraResource(),
+            "analytics_store": AnalyticsResource(path=str(settings.analytics_path)),
         },
     )

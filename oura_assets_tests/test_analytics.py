@@ -1,0 +1,194 @@
+"""The analytics snapshot: published by every sync run, readable alone and read-only, free of secrets, and
+never in the way of a run, even when another process holds it open the whole time."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from oura_assets import analytics
+from oura_assets import warehouse as wh
+from oura_assets.definitions import defs as load_defs
+from oura_assets_tests import support
+
+DUCKDB_CLI = Path(sys.executable).parent / "duckdb"
+START, END = date(2024, 6, 10), date(2024, 6, 16)
+
+
+def run_sync() -> tuple[dg.Definitions, dg.DagsterInstance, str]:
+    """One sync run over START..END on an ephemeral instance kept for its materializations."""
+    definitions, instance = load_defs(), dg.DagsterInstance.ephemeral()
+    result = support.run_sync(START, END, definitions=definitions, instance=instance)
+    assert result.success, support.failures(result)
+    return definitions, instance, result.run_id
+
+
+def read(path: Path, sql: str) -> list[tuple]:
+    with duckdb.connect(str(path), read_only=True) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def test_run_publishes_snapshot_with_views_and_without_secrets(pipeline_env, connect_patient):
+    settings = pipeline_env
+    patients = [connect_patient("patient-a"), connect_patient("patient-b")]
+    definitions, instance, run_id = run_sync()
+    snapshot = settings.analytics_path
+
+    tables = {t for (t,) in read(snapshot, "SELECT table_name FROM snapshot_tables")}
+    assert {"patient_graph.wearable_data", "patient_graph.patient_wearable_daily_stats"} <= tables
+    assert {"patient_graph.wearable_connections", "oura_raw.sleep", "oura_raw.heartrate"} <= tables
+    assert not tables & analytics.EXCLUDED_TABLES
+    columns = {
+        c for (c,) in read(snapshot, "SELECT column_name FROM (DESCRIBE patient_graph.wearable_connections)")
+    }
+    assert "status" in columns and not {"access_token_enc", "refresh_token_enc"} & columns
+
+    # One row per patient-day, the same days as the daily stats, figures converted to the unit in their name.
+    wide = read(snapshot, "SELECT patient_id, day, total_sleep_h, deep_sleep_min FROM daily_wide")
+    assert len(wide) == len({(p, d) for p, d, _, _ in wide})
+    stats = read(
+        snapshot,
+        "SELECT patient_id, day, total_sleep_seconds, (m.metrics->>'deepSleep')::DOUBLE "
+        "FROM patient_graph.patient_wearable_daily_stats LEFT JOIN patient_graph.wearable_data AS m "
+        "USING (patient_id, source, day) WHERE m.metric_type = 'sleep' OR m.metric_type IS NULL",
+    )
+    by_day = {(p, d): (h, m) for p, d, h, m in wide}
+    assert stats and all(
+        by_day[(p, d)] == (s / 3600 if s is not None else None, deep / 60 if deep is not None else None)
+        for p, d, s, deep in stats
+    )
+    # The 7-day view averages the nights of the 7 calendar days ending on each day.
+    nights = read(
+        snapshot, "SELECT patient_id, day, average_hrv_ms FROM daily_wide WHERE average_hrv_ms IS NOT NULL"
+    )
+    for patient_id, day, hrv_7d, count in read(
+        snapshot, "SELECT patient_id, day, hrv_7d_avg_ms, nights_7d FROM hrv_7d"
+    ):
+        window = [h for p, d, h in nights if p == patient_id and 0 <= (day - d).days <= 6]
+        assert count == len(window) and hrv_7d == pytest.approx(sum(window) / len(window) if window else None)
+
+    # No token, plaintext or encrypted, anywhere in the file.
+    with wh.Warehouse(settings.warehouse_path).connect("test: tokens") as conn:
+        encrypted = [
+            v
+            for row in conn.execute(
+                "SELECT access_token_enc, refresh_token_enc FROM patient_graph.wearable_connections"
+            ).fetchall()
+            for v in row
+        ]
+    content = snapshot.read_bytes()
+    for secret in [p.access_token for p in patients] + encrypted:
+        assert secret.encode() not in content
+
+    # The UI: every asset's materialization carries its row count and a Markdown preview.
+    for key in definitions.resolve_all_asset_keys():
+        event = instance.get_latest_materialization_event(key)
+        assert event is not None, key
+        metadata = event.asset_materialization.metadata
+        assert metadata["dagster/row_count"].value > 0, key
+        assert isinstance(metadata["preview"], dg.MarkdownMetadataValue) and "|" in metadata["preview"].value
+    run = instance.get_run_by_id(run_id)
+    assert {run.tags[f"oura_assets/patients_{s}"] for s in ("ok", "partial", "failed")} == {"2", "0"}
+
+
+def test_snapshot_opens_in_the_duckdb_cli_that_make_sql_uses(pipeline_env, connect_patient):
+    connect_patient("patient-a")
+    run_sync()
+    assert DUCKDB_CLI.exists(), "duckdb-cli (a dev dependency) is not installed in this environment"
+    answer = subprocess.run(
+        [
+            str(DUCKDB_CLI),
+            "-readonly",
+            "-csv",
+            str(pipeline_env.analytics_path),
+            "-c",
+            "SELECT count(*) > 0 FROM analytics.daily_wide; SELECT count(*) > 0 FROM hrv_7d",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.split() == ["(count_star()", ">", "0)", "true", "(count_star()", ">", "0)", "true"]
+
+
+HOLDER = """
+import sys, duckdb
+conn = duckdb.connect(sys.argv[1], read_only=True)
+print(conn.execute("SELECT published_at FROM snapshot_info").fetchone()[0].isoformat(), flush=True)
+sys.stdin.readline()
+print(conn.execute("SELECT published_at FROM snapshot_info").fetchone()[0].isoformat(), flush=True)
+print(conn.execute("SELECT count(*) FROM daily_wide").fetchone()[0], flush=True)
+"""
+
+
+def timed_run() -> float:
+    started = time.monotonic()
+    run_sync()
+    return time.monotonic() - started
+
+
+def test_snapshot_held_open_by_another_process_never_delays_a_run(pipeline_env, connect_patient):
+    snapshot = pipeline_env.analytics_path
+    connect_patient("patient-a")
+    connect_patient("patient-b")
+    run_sync()
+    without_reader = timed_run()
+    before = read(snapshot, "SELECT published_at FROM snapshot_info")[0][0]
+    inode = os.stat(snapshot).st_ino
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(snapshot)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == before.isoformat()
+        with_reader = timed_run()
+        after = read(snapshot, "SELECT published_at FROM snapshot_info")[0][0]
+        assert after > before and os.stat(snapshot).st_ino != inode
+        # The reader still reads the snapshot it opened, whole, while the new one is in place.
+        out, _ = holder.communicate("go\n", timeout=60)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    assert holder.returncode == 0
+    published, rows = out.split()
+    assert published == before.isoformat() and int(rows) > 0
+    print(
+        f"\nrun wall time: {without_reader:.2f}s without a reader, "
+        f"{with_reader:.2f}s with the snapshot held open in another process"
+    )
+
+
+def test_failed_publication_keeps_the_run_green_and_the_old_snapshot(pipeline_env, connect_patient):
+    connect_patient("patient-a")
+    pipeline_env.analytics_path.mkdir()  # a directory where the file goes: os.replace fails
+    _, instance, run_id = run_sync()
+    assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.SUCCESS
+    assert instance.get_latest_materialization_event(dg.AssetKey(["analytics", "snapshot"])) is None
+    assert not list(pipeline_env.analytics_path.parent.glob(".analytics.duckdb.*.tmp*"))
+
+
+def test_leftover_of_a_killed_publication_is_removed(pipeline_env, tmp_path):
+    target = tmp_path / "out" / "analytics.duckdb"
+    target.parent.mkdir()
+    leftover = target.parent / ".analytics.duckdb.deadbeef.tmp"
+    leftover.write_bytes(b"half a file")
+    report = analytics.publish_snapshot(wh.Warehouse(pipeline_env.warehouse_path), target)
+    assert report.path == target and not leftover.exists()
+    assert read(target, "SELECT count(*) FROM daily_wide") == [(0,)]
+    assert sorted(p.name for p in target.parent.iterdir()) == [
+        ".analytics.duckdb.publish.lock",
+        "analytics.duckdb",
+    ]
