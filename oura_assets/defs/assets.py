@@ -20,6 +20,7 @@ from oura_assets.defs.partitions import (
     PATIENTS_PARTIAL_TAG,
     SYNC_IDS_TAG,
 )
+from oura_assets.defs.previews import preview_metadata
 from oura_assets.defs.resources import OuraResource, WarehouseResource
 from oura_assets.sync import RefetchPolicy, RunOutcome, claim_patients, sync_patients
 
@@ -38,10 +39,18 @@ WEARABLE_DATA_KEY = dg.AssetKey([GRAPH_GROUP, "wearable_data"])
 DAILY_STATS_KEY = dg.AssetKey([GRAPH_GROUP, "patient_wearable_daily_stats"])
 
 RAW_DESCRIPTIONS = {
-    "daily_readiness": "Oura `daily_readiness` documents, one row per document id, as Oura sent them.",
-    "sleep": "Oura `daily_sleep` documents and every `sleep` period (main sleep, naps, rest, deleted).",
-    "daily_activity": "Oura `daily_activity` documents (a 24-hour day starting at 4 a.m. local time).",
-    "heartrate": "Oura heart-rate samples, one row per (timestamp, source), fetched in <= 30-day windows.",
+    "daily_readiness": "Oura's daily readiness documents exactly as Oura sent them "
+    "(`oura_raw.daily_readiness`, one row per patient and document id, the document as JSON). "
+    "For analysis prefer `patient_graph.wearable_data` (metric_type `readiness`); "
+    "come here for fields we do not normalize.",
+    "sleep": "Oura's daily sleep scores (`oura_raw.daily_sleep`) and every sleep period of the night "
+    "(`oura_raw.sleep`: main sleep, naps, `rest` and `deleted` periods alike), as Oura sent them. "
+    "The normalized tables use only the day's main period; split nights and naps are only here.",
+    "daily_activity": "Oura's daily activity documents as Oura sent them (`oura_raw.daily_activity`). Oura's "
+    "activity day runs from 4 a.m. to 4 a.m. local time.",
+    "heartrate": "Every heart-rate sample Oura holds for the patients (`oura_raw.heartrate`, one row per "
+    "patient, instant and sample source; bpm). Fetched a day "
+    "beyond each end of the range so local days are whole.",
 }
 # Local days need offsets; a day without a daily document borrows the nearest known one within this margin.
 #
@@ -150,8 +159,14 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefini
             # Results and sync events are already recorded; the red run is for us to see.
             raise dg.Failure(description=outcome.failure, metadata=_summary_metadata(outcome, {}))
         for name in selected:
-            rows = outcome.rows(f"oura_raw.{c}" for c in RAW_ASSETS[name])
-            yield dg.MaterializeResult(asset_key=RAW_KEYS[name], metadata=_summary_metadata(outcome, rows))
+            tables = [f"oura_raw.{c}" for c in RAW_ASSETS[name]]
+            preview = preview_metadata(
+                warehouse, tables, start, end, _run_patient(context), f"dagster run {run_id[:8]}"
+            )
+            yield dg.MaterializeResult(
+                asset_key=RAW_KEYS[name],
+                metadata={**_summary_metadata(outcome, outcome.rows(tables)), **preview},
+            )
 
     return oura_raw
 
@@ -185,6 +200,14 @@ def _rebuild(
             "patients": dg.MetadataValue.int(outcome.patients),
             "rows": dg.MetadataValue.json({table: outcome.rows}),
             "dagster/row_count": dg.MetadataValue.int(outcome.rows),
+            **preview_metadata(
+                warehouse,
+                [table, *(["patient_graph.wearable_day_status"] if day_status else [])],
+                start,
+                end,
+                _run_patient(context),
+                f"dagster run {run_id[:8]}",
+            ),
         }
     )
 
@@ -202,10 +225,14 @@ def build_graph_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
     def wearable_data(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource
     ) -> dg.MaterializeResult:
-        """One row per (patient, metric_type, day): readiness, sleep, activity and hrv, camelCase keys.
+        """The day's Oura metrics per patient: one row per (patient, metric_type, day), figures in `metrics`.
 
-        Built from the raw tables, so re-materializing re-derives it without calling Oura. A row exists only
-        where Oura returned the documents it is built from; sleep and hrv use the day's main sleep period.
+        metric_type is `readiness`, `sleep`, `activity` or `hrv`; `metrics` is JSON with camelCase keys
+        (durations in seconds, scores 1-100, HRV in ms, heart rate in bpm; a key is null when Oura gave null).
+        A row exists only where Oura returned the documents it is built from, so a day the ring was not worn
+        has no row. Sleep and hrv describe the day's main sleep period (the longest `long_sleep`): a nap or
+        the second half of a split night is not added in. Rebuilt from the raw tables, without calling Oura.
+        For one column per metric, query the analytics snapshot's `daily_wide` view.
         """
         return _rebuild(context, warehouse, "patient_graph.wearable_data", rebuild.write_wearable_data)
 
@@ -221,11 +248,14 @@ def build_graph_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
     def patient_wearable_daily_stats(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource
     ) -> dg.MaterializeResult:
-        """One row per (patient, day) with any data: the day's scores, sleep, steps, HRV and heart rate.
+        """The day's headline figures side by side: one row per (patient, day) with any data.
 
-        Heart-rate figures cover the patient's local calendar day (UTC plus the offset on that day's daily
-        documents, else the nearest known offset, else UTC); a sample repeated by Oura counts once.
-        The same step writes `patient_graph.wearable_day_status`: every day of the range, complete or why not.
+        Scores (1-100), total sleep (seconds, main sleep period), steps, calories (kcal), average HRV (ms),
+        resting heart rate (bpm, the main period's lowest) and the day's heart-rate min / max / mean / sample
+        count (bpm, at full precision). Heart rate covers the patient's local calendar day: UTC plus the
+        offset on that day's Oura documents, else the nearest known offset, else UTC; a repeated sample
+        counts once. The same step writes `patient_graph.wearable_day_status`: every day of the range,
+        complete or why not.
         """
         return _rebuild(
             context,

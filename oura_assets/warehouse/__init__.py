@@ -70,6 +70,7 @@ from oura_assets.warehouse.normalized import (
     replace_wearable_data,
 )
 from oura_assets.warehouse.oauth_states import consume_oauth_state, purge_oauth_states, save_oauth_state
+from oura_assets.warehouse.previews import PREVIEW_COLUMNS, Preview, preview_rows
 from oura_assets.warehouse.queries import (
     BPM_RANGE,
     DAY_STATUS_TABLE,
@@ -151,6 +152,7 @@ __all__ = [
     "EVENT_TYPES",
     "MAX_OFFENDERS",
     "OPERATOR",
+    "PREVIEW_COLUMNS",
     "RAW_COLLECTIONS",
     "RAW_HEARTRATE",
     "SCHEMA_VERSION",
@@ -172,6 +174,7 @@ __all__ = [
     "NotEncrypted",
     "Offender",
     "Offenders",
+    "Preview",
     "RekeyResult",
     "RunSyncErrors",
     "SyncErrorFound",
@@ -214,6 +217,7 @@ __all__ = [
     "patient_for_oura_user",
     "patient_tables",
     "patients_with_raw_data",
+    "preview_rows",
     "prune_raw_heartrate",
     "purge_oauth_states",
     "queued_request_covering",
