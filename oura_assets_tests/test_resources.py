@@ -82,7 +82,8 @@ def test_definitions_bind_each_resource_once_with_the_settings_warehouse(tmp_pat
     monkeypatch.delenv("OURA_ASSETS_DEMO", raising=False)
     monkeypatch.setenv("OURA_ASSETS_WAREHOUSE", str(tmp_path / "w.duckdb"))
     resources = load_defs().resources
-    assert set(resources) == {"warehouse", "oura"}
+    assert set(resources) == {"warehouse", "oura", "analytics_store"}
+    assert Path(resources["analytics_store"].path) == (tmp_path / "analytics.duckdb").resolve()
     assert isinstance(resources["warehouse"], WarehouseResource)
     assert Path(resources["warehouse"].database) == (tmp_path / "w.duckdb").resolve()
     assert isinstance(resources["oura"], OuraResource)
