@@ -170,16 +170,16 @@ def _storage_option() -> str:
     return f" (STORAGE_VERSION {_literal(STORAGE_VERSION)})" if (major, minor) >= (1, 5) else ""
 
 
-def _published_tables(conn: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
-    """Table name -> the columns to publish, read from the warehouse's own catalog."""
+def _published_tables(conn: duckdb.DuckDBPyConnection, catalog: str | None = None) -> dict[str, list[str]]:
+    """Table name -> the columns to publish, read from `catalog`'s own catalog (default: the warehouse)."""
     rows = conn.execute(
         "SELECT c.table_schema || '.' || c.table_name, c.column_name "
         "FROM information_schema.columns AS c JOIN information_schema.tables AS t "
         "USING (table_catalog, table_schema, table_name) "
-        "WHERE c.table_catalog = current_database() AND t.table_type = 'BASE TABLE' "
+        "WHERE c.table_catalog = coalesce(?, current_database()) AND t.table_type = 'BASE TABLE' "
         "AND c.table_schema IN (SELECT unnest(?)) "
         "ORDER BY c.table_schema, c.table_name, c.ordinal_position",
-        [list(PUBLISHED_SCHEMAS)],
+        [catalog, list(PUBLISHED_SCHEMAS)],
     ).fetchall()
     tables: dict[str, list[str]] = {}
     for table, column in rows:
@@ -188,20 +188,29 @@ def _published_tables(conn: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
     return tables
 
 
-def _copy_tables(conn: duckdb.DuckDBPyConnection, target: Path) -> dict[str, int]:
-    """Copy the published tables into a new DuckDB file at `target`, attached to the warehouse connection."""
+def _copy_tables(
+    conn: duckdb.DuckDBPyConnection,
+    target: Path,
+    source: str | None = None,
+    without_patient: str | None = None,
+) -> dict[str, int]:
+    """Copy the published tables of catalog `source` (default: the connection's own, the warehouse) into a new
+    DuckDB file at `target`, leaving out every row of `without_patient` when given."""
     conn.execute(f"ATTACH {_literal(str(target))} AS {_ATTACHED}{_storage_option()}")
     try:
-        tables = _published_tables(conn)
+        tables = _published_tables(conn, source)
+        prefix = f"{source}." if source else ""
         for schema in PUBLISHED_SCHEMAS:
             conn.execute(f"CREATE SCHEMA {_ATTACHED}.{schema}")
         counts = {}
         for table, columns in tables.items():
             schema, name = table.split(".", 1)
             column_list = ", ".join(_quote(c) for c in columns)
+            keep = "patient_id IS DISTINCT FROM $1" if without_patient and "patient_id" in columns else "true"
             conn.execute(
                 f"CREATE TABLE {_ATTACHED}.{schema}.{_quote(name)} AS "  # noqa: S608 (names from the catalog)
-                f"SELECT {column_list} FROM {schema}.{_quote(name)}"
+                f"SELECT {column_list} FROM {prefix}{schema}.{_quote(name)} WHERE {keep}",
+                [without_patient] if keep != "true" else [],
             )
             counts[table] = conn.execute(
                 f"SELECT count(*) FROM {_ATTACHED}.{schema}.{_quote(name)}"  # noqa: S608
@@ -313,3 +322,42 @@ def publish_snapshot(
         lock_held_s=lock_held_s,
         elapsed_s=time.monotonic() - started,
     )
+
+
+def erase_from_snapshot(
+    target: Path | str, patient_id: str, publish_wait_s: float = PUBLISH_WAIT_S
+) -> SnapshotReport | None:
+    """Republish the snapshot without any row of `patient_id` (erasure); None when there is no snapshot.
+
+    Built from the current snapshot, not the warehouse, so it never waits for the writer lock (the API calls
+    it while answering). The old file is unlinked at once; a reader holding it keeps its copy until they close
+    it. Under the publish lock, so a run publishing a copy taken before the erasure is rewritten after it.
+    """
+    started = time.monotonic()
+    target = Path(target).expanduser().resolve()
+    publish_lock = filelock.FileLock(str(target.parent / f".{target.name}.publish.lock"))
+    with publish_lock.acquire(timeout=publish_wait_s):
+        if not target.exists():
+            return None
+        _remove_aside_files(target)
+        aside = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
+        try:
+            conn = duckdb.connect()
+            try:
+                conn.execute(f"ATTACH {_literal(str(target))} AS published (READ_ONLY)")
+                (published_at,) = conn.execute(
+                    "SELECT published_at FROM published.main.snapshot_info"
+                ).fetchone()
+                tables = _copy_tables(conn, aside, source="published", without_patient=patient_id)
+                conn.execute("DETACH published")
+            finally:
+                conn.close()
+            _add_views(aside, tables, published_at)
+            _fsync(aside)
+            os.replace(aside, target)
+            _fsync(target.parent)
+        finally:
+            for leftover in (aside, aside.with_name(aside.name + ".wal")):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
+    return SnapshotReport(target, published_at, tables, lock_held_s=0.0, elapsed_s=time.monotonic() - started)

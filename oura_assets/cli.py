@@ -82,6 +82,7 @@ def _erase_patient(args: argparse.Namespace) -> int:
         cipher=TokenCipher(settings.token_keys),
         lock_dir=settings.lock_dir,
         journal_dir=settings.token_journal_dir,
+        analytics_path=settings.analytics_path,
     )
     request_id = uuid.uuid4().hex
     audit = wh.AuditEntry(

@@ -9,7 +9,7 @@ One function for both doors, the API (`DELETE …/connections/oura?erase=true`, 
 2. One warehouse transaction deletes every row of the patient from every table with a `patient_id`
    (`warehouse.erasure`), connection and tokens included, and appends the audit entry (counts only).
 3. Then the token-journal files of the patient are removed (files cannot join the transaction; they only
-   hold tokens already revoked in step 1).
+   hold tokens already revoked in step 1), and the analytics snapshot is rewritten without them.
 
 Erasing twice is harmless: the second finds nothing and says so. Deleted rows stay in DuckDB's freed blocks
 until the file is rewritten (`warehouse.compact`): the command compacts at once, the API leaves it to the
@@ -28,6 +28,7 @@ from typing import Any
 
 import filelock
 
+from oura_assets import analytics
 from oura_assets import warehouse as wh
 from oura_assets.clock import utc_now
 from oura_assets.oura.oauth import OuraOAuthApp
@@ -73,6 +74,8 @@ class PatientEraser:
     journal_dir: Path
     now: Callable[[], datetime] = utc_now
     lock_wait_s: float | None = None
+    # The analytics snapshot (`Settings.analytics_path`), rewritten without the patient after the erasure.
+    analytics_path: Path | None = None
 
     def erase(self, patient_id: str, audit: wh.AuditEntry, *, compact: bool = False) -> ErasureOutcome:
         """Erase `patient_id`; `audit` (action, actor, request id…) is appended in the erasing transaction."""
@@ -112,6 +115,8 @@ class PatientEraser:
         finally:
             if lock is not None:
                 lock.release()
+        if self.analytics_path is not None:
+            analytics.erase_from_snapshot(self.analytics_path, patient_id)
         if compact:
             outcome = dataclasses.replace(outcome, compaction=wh.compact(self.warehouse))
         log.info(

@@ -192,3 +192,29 @@ def test_leftover_of_a_killed_publication_is_removed(pipeline_env, tmp_path):
         ".analytics.duckdb.publish.lock",
         "analytics.duckdb",
     ]
+
+
+def test_erasure_rewrites_the_snapshot_without_the_patient_and_without_the_warehouse_lock(
+    pipeline_env, connect_patient
+):
+    connect_patient("patient-erased")
+    connect_patient("patient-kept")
+    run_sync()
+    snapshot = pipeline_env.analytics_path
+    before = read(snapshot, "SELECT published_at FROM snapshot_info")[0][0]
+    # Another process holding the warehouse would make a copy from it wait; this one reads only the snapshot.
+    with wh.Warehouse(pipeline_env.warehouse_path).connect("test: hold the warehouse"):
+        report = analytics.erase_from_snapshot(snapshot, "patient-erased")
+    assert report is not None and report.published_at == before
+    with duckdb.connect(str(snapshot), read_only=True) as conn:
+        tables = [t for (t,) in conn.execute("SELECT table_name FROM snapshot_tables").fetchall()]
+        for table in tables:
+            describe = f"SELECT column_name FROM (DESCRIBE {table})"  # noqa: S608 (names from the file)
+            columns = {c for (c,) in conn.execute(describe).fetchall()}
+            if "patient_id" in columns:
+                rows = conn.execute(f"SELECT DISTINCT patient_id FROM {table}").fetchall()  # noqa: S608
+                patients = {p for (p,) in rows}
+                assert "patient-erased" not in patients, table
+        assert conn.execute("SELECT DISTINCT patient_id FROM daily_wide").fetchall() == [("patient-kept",)]
+    assert b"patient-erased" not in snapshot.read_bytes()
+    assert analytics.erase_from_snapshot(snapshot.parent / "absent.duckdb", "patient-kept") is None
