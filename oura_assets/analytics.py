@@ -39,6 +39,7 @@ import filelock
 
 from oura_assets import warehouse as wh
 from oura_assets.clock import utc_now
+from oura_assets.warehouse.encryption import attach, open_database
 
 PUBLISHED_SCHEMAS = ("patient_graph", "oura_raw")
 # Bookkeeping of the pipeline and the API, not data about patients' health: never published.
@@ -164,12 +165,6 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _storage_option() -> str:
-    """`(STORAGE_VERSION …)` when this DuckDB can write it; older ones write their own, older, version."""
-    major, minor = (int(part) for part in duckdb.__version__.split(".")[:2])
-    return f" (STORAGE_VERSION {_literal(STORAGE_VERSION)})" if (major, minor) >= (1, 5) else ""
-
-
 def _published_tables(conn: duckdb.DuckDBPyConnection, catalog: str | None = None) -> dict[str, list[str]]:
     """Table name -> the columns to publish, read from `catalog`'s own catalog (default: the warehouse)."""
     rows = conn.execute(
@@ -191,12 +186,15 @@ def _published_tables(conn: duckdb.DuckDBPyConnection, catalog: str | None = Non
 def _copy_tables(
     conn: duckdb.DuckDBPyConnection,
     target: Path,
+    key: str | None,
     source: str | None = None,
     without_patient: str | None = None,
 ) -> dict[str, int]:
     """Copy the published tables of catalog `source` (default: the connection's own, the warehouse) into a new
-    DuckDB file at `target`, leaving out every row of `without_patient` when given."""
-    conn.execute(f"ATTACH {_literal(str(target))} AS {_ATTACHED}{_storage_option()}")
+    DuckDB file at `target` (encrypted with `key` when given), leaving out every row of `without_patient`."""
+    major, minor = (int(part) for part in duckdb.__version__.split(".")[:2])
+    options = {"STORAGE_VERSION": STORAGE_VERSION} if (major, minor) >= (1, 5) else {}
+    attach(conn, target, _ATTACHED, key, options=options)
     try:
         tables = _published_tables(conn, source)
         prefix = f"{source}." if source else ""
@@ -243,10 +241,9 @@ def _describe(conn: duckdb.DuckDBPyConnection, tables: dict[str, int]) -> None:
                 )
 
 
-def _add_views(path: Path, tables: dict[str, int], published_at: datetime) -> None:
+def _add_views(path: Path, tables: dict[str, int], published_at: datetime, key: str | None) -> None:
     """Views and the snapshot's own description, created in the snapshot file so they work read alone."""
-    conn = duckdb.connect(str(path))
-    try:
+    with open_database(path, key) as conn:
         conn.execute("SET TimeZone = 'UTC'")
         conn.execute(DAILY_WIDE_SQL)
         conn.execute(HRV_7D_SQL)
@@ -263,8 +260,6 @@ def _add_views(path: Path, tables: dict[str, int], published_at: datetime) -> No
             [list(tables), list(tables.values())],
         )
         conn.execute("CHECKPOINT")
-    finally:
-        conn.close()
 
 
 def _fsync(path: Path) -> None:
@@ -287,6 +282,7 @@ def publish_snapshot(
     target: Path | str,
     purpose: str = "analytics snapshot",
     publish_wait_s: float = PUBLISH_WAIT_S,
+    key: str | None = None,
 ) -> SnapshotReport:
     """Write a new snapshot of `warehouse` aside, then atomically replace `target` with it.
 
@@ -305,9 +301,9 @@ def publish_snapshot(
             with warehouse.connect(f"{purpose}: copy to {target.name}") as conn:
                 locked = time.monotonic()
                 published_at = utc_now()
-                tables = _copy_tables(conn, aside)
+                tables = _copy_tables(conn, aside, key)
             lock_held_s = time.monotonic() - locked
-            _add_views(aside, tables, published_at)
+            _add_views(aside, tables, published_at, key)
             _fsync(aside)
             os.replace(aside, target)
             _fsync(target.parent)
@@ -325,7 +321,7 @@ def publish_snapshot(
 
 
 def erase_from_snapshot(
-    target: Path | str, patient_id: str, publish_wait_s: float = PUBLISH_WAIT_S
+    target: Path | str, patient_id: str, publish_wait_s: float = PUBLISH_WAIT_S, key: str | None = None
 ) -> SnapshotReport | None:
     """Republish the snapshot without any row of `patient_id` (erasure); None when there is no snapshot.
 
@@ -344,15 +340,15 @@ def erase_from_snapshot(
         try:
             conn = duckdb.connect()
             try:
-                conn.execute(f"ATTACH {_literal(str(target))} AS published (READ_ONLY)")
+                attach(conn, target, "published", key, read_only=True)
                 (published_at,) = conn.execute(
                     "SELECT published_at FROM published.main.snapshot_info"
                 ).fetchone()
-                tables = _copy_tables(conn, aside, source="published", without_patient=patient_id)
+                tables = _copy_tables(conn, aside, key, source="published", without_patient=patient_id)
                 conn.execute("DETACH published")
             finally:
                 conn.close()
-            _add_views(aside, tables, published_at)
+            _add_views(aside, tables, published_at, key)
             _fsync(aside)
             os.replace(aside, target)
             _fsync(target.parent)

@@ -83,6 +83,7 @@ def _erase_patient(args: argparse.Namespace) -> int:
         lock_dir=settings.lock_dir,
         journal_dir=settings.token_journal_dir,
         analytics_path=settings.analytics_path,
+        analytics_key=settings.warehouse_key,
     )
     request_id = uuid.uuid4().hex
     audit = wh.AuditEntry(

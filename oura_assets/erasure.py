@@ -76,6 +76,8 @@ class PatientEraser:
     lock_wait_s: float | None = None
     # The analytics snapshot (`Settings.analytics_path`), rewritten without the patient after the erasure.
     analytics_path: Path | None = None
+    # The key the snapshot is encrypted with (OURA_ASSETS_WAREHOUSE_KEY), None for a plain one.
+    analytics_key: str | None = field(default=None, repr=False)
 
     def erase(self, patient_id: str, audit: wh.AuditEntry, *, compact: bool = False) -> ErasureOutcome:
         """Erase `patient_id`; `audit` (action, actor, request id…) is appended in the erasing transaction."""
@@ -116,7 +118,7 @@ class PatientEraser:
             if lock is not None:
                 lock.release()
         if self.analytics_path is not None:
-            analytics.erase_from_snapshot(self.analytics_path, patient_id)
+            analytics.erase_from_snapshot(self.analytics_path, patient_id, key=self.analytics_key)
         if compact:
             outcome = dataclasses.replace(outcome, compaction=wh.compact(self.warehouse))
         log.info(

@@ -441,6 +441,7 @@ class ConnectionService:
             journal_dir=self.settings.token_journal_dir,
             now=self.now,
             analytics_path=self.settings.analytics_path,
+            analytics_key=self.settings.warehouse_key,
         )
         entry = (audit or AuditTrail("erase", uuid.uuid4().hex, None)).entry("ok", 200)
         outcome = eraser.erase(patient_id, dataclasses.replace(entry, actor=patient_id))

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from oura_assets import analytics
 from oura_assets import warehouse as wh
+from oura_assets.config import load_settings
 from oura_assets.defs.assets import DAILY_STATS_KEY, WEARABLE_DATA_KEY
 from oura_assets.defs.previews import markdown_table
 from oura_assets.defs.resources import WarehouseResource
@@ -70,7 +71,11 @@ def build_analytics_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.A
         run_id = context.run.run_id
         try:
             report = analytics.publish_snapshot(
-                warehouse, analytics_store.path, purpose=f"dagster run {run_id[:8]}"
+                warehouse,
+                analytics_store.path,
+                purpose=f"dagster run {run_id[:8]}",
+                # The snapshot is as protected as the warehouse: the same key (a secret, read at run time).
+                key=load_settings().warehouse_key,
             )
         except (wh.WarehouseBusy, duckdb.Error, OSError, TimeoutError) as exc:
             context.log.warning(f"analytics snapshot not published, the previous one stays: {exc}")
