@@ -44,7 +44,16 @@ api: $(STAMP)
 ANALYTICS ?= $(or $(OURA_ASSETS_ANALYTICS),data/analytics.duckdb)
 sql: $(STAMP)
 	@test -f "$(ANALYTICS)" || { echo "no analytics snapshot at $(ANALYTICS) yet: run 'make demo' (or any sync run) first"; exit 1; }
-	$(BIN)/duckdb -readonly "$(ANALYTICS)" -cmd "SELECT 'snapshot published at ' || published_at AS snapshot FROM snapshot_info"
+	@# An encrypted snapshot (OURA_ASSETS_WAREHOUSE_KEY, or the demo's key) is attached from an init file made
+	@# 0600 by mktemp, so the key never shows in the process list.
+	@key="$${OURA_ASSETS_WAREHOUSE_KEY:-$$(cat data/demo-warehouse-key 2>/dev/null)}"; init=$$(mktemp); \
+	if [ -n "$$key" ]; then \
+	  printf "ATTACH '%s' AS analytics (ENCRYPTION_KEY '%s', READ_ONLY);\nUSE analytics;\n" "$(ANALYTICS)" "$$key" > "$$init"; \
+	else \
+	  printf "ATTACH '%s' AS analytics (READ_ONLY);\nUSE analytics;\n" "$(ANALYTICS)" > "$$init"; \
+	fi; \
+	printf "SELECT 'snapshot published at ' || published_at AS snapshot FROM snapshot_info;\n" >> "$$init"; \
+	$(BIN)/duckdb -init "$$init"; status=$$?; rm -f "$$init"; exit $$status
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
