@@ -13,8 +13,8 @@ from typing import Any
 
 import duckdb
 
-from oura_assets.domain import SOURCE
-from oura_assets.warehouse.values import to_day, utc
+from oura_assets.warehouse.normalized import read_daily_heart_rate
+from oura_assets.warehouse.values import utc
 
 RAW_HEARTRATE = "oura_raw.heartrate"
 
@@ -46,12 +46,10 @@ def retention_horizon(conn: duckdb.DuckDBPyConnection, table: str = RAW_HEARTRAT
 def daily_heart_rate_figures(
     conn: duckdb.DuckDBPyConnection, patient_id: str, start: date, end: date
 ) -> dict[date, dict[str, Any]]:
-    """The patient's stored heart-rate figures (days with samples) in [start, end], by day."""
-    rows = conn.execute(
-        "SELECT day, hr_min, hr_max, hr_avg, hr_samples, utc_offset_minutes "
-        "FROM patient_graph.patient_wearable_daily_stats "
-        "WHERE patient_id = ? AND source = ? AND day BETWEEN ? AND ? AND hr_samples > 0",
-        [patient_id, SOURCE, to_day(start), to_day(end)],
-    ).fetchall()
-    names = ("hr_min", "hr_max", "hr_avg", "hr_samples", "utc_offset_minutes")
-    return {to_day(row[0]): dict(zip(names, row[1:], strict=True)) for row in rows}
+    """The patient's stored heart-rate figures (days with samples) in [start, end], by day, as mappings.
+
+    The same read as `normalized.read_daily_heart_rate` (one query, one home); retention takes mappings.
+    """
+    return {
+        day: figures._asdict() for day, figures in read_daily_heart_rate(conn, patient_id, start, end).items()
+    }
