@@ -69,7 +69,10 @@ def lake_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture
 def pipeline_env(
-    request: pytest.FixtureRequest, tmp_path: Path, simulator: SimulatorServer, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    simulator: SimulatorServer,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Settings:
     """Environment as a real deployment sets it, pointed at the simulator and a throwaway warehouse (a
     DuckLake when the test also asks for `warehouse_backend` and gets "ducklake")."""
@@ -85,7 +88,10 @@ def pipeline_env(
         "OURA_ASSETS_WAREHOUSE": str(tmp_path / "warehouse.duckdb"),
         "OURA_ASSETS_START_DATE": "2024-01-01",
     }
-    if "warehouse_backend" in request.fixturenames and request.getfixturevalue("warehouse_backend") == "ducklake":
+    if (
+        "warehouse_backend" in request.fixturenames
+        and request.getfixturevalue("warehouse_backend") == "ducklake"
+    ):
         env.update(request.getfixturevalue("lake_env"))
     monkeypatch.delenv("OURA_ASSETS_DEMO", raising=False)
     for name, value in env.items():

@@ -72,6 +72,13 @@ from oura_assets.warehouse.lake import (
     lake_location,
     load_extensions,
 )
+from oura_assets.warehouse.lake_maintenance import (
+    KEEP_SNAPSHOTS,
+    LakeFiles,
+    LakeMaintenance,
+    lake_files,
+    maintain_lake,
+)
 from oura_assets.warehouse.lock import DEFAULT_RETRY_AFTER_S, WarehouseBusy, WarehouseHolder
 from oura_assets.warehouse.migrations import SCHEMA_VERSION
 from oura_assets.warehouse.migrations import _migrate as _migrate
@@ -165,6 +172,7 @@ __all__ = [
     "DEFAULT_RETRY_AFTER_S",
     "DOCUMENT_COLLECTIONS",
     "EVENT_TYPES",
+    "KEEP_SNAPSHOTS",
     "MAX_OFFENDERS",
     "OPERATOR",
     "PREVIEW_COLUMNS",
@@ -186,7 +194,9 @@ __all__ = [
     "DailyHeartRate",
     "DocumentChanges",
     "LakeError",
+    "LakeFiles",
     "LakeLocation",
+    "LakeMaintenance",
     "MetricKeyShape",
     "NotEncrypted",
     "Offender",
@@ -229,10 +239,12 @@ __all__ = [
     "is_encrypted",
     "is_lake",
     "is_lake_connection",
+    "lake_files",
     "lake_location",
     "list_active_connections",
     "list_connections",
     "load_extensions",
+    "maintain_lake",
     "mark_sync_request",
     "mark_synced",
     "mirror_raw_documents",
