@@ -15,7 +15,7 @@ import pytest
 from oura_assets import warehouse as wh
 from oura_assets.config import ConfigError, load_settings
 from oura_assets_tests.lake_worker import DAYS
-from oura_assets_tests.support import duplicate_keys, query
+from oura_assets_tests.support import duplicate_keys, query, snapshot
 
 
 @pytest.fixture
@@ -165,3 +165,92 @@ def test_maintenance_merges_the_small_files_of_many_commits(lake):
     assert done.inlined_rows_flushed > 0
     assert query(lake.lake, "SELECT count(*) FROM oura_raw.heartrate") == [(8 * 24 * 60,)]
     assert query(lake.lake, "SELECT count(*) FROM patient_graph.wearable_data") == [(8 * 5,)]
+
+
+def _fill(store: wh.Warehouse, patients: int) -> None:
+    now = datetime.now(UTC)
+    for attempt in store.attempts("test: fill the source"):
+        with attempt as conn:
+            for n in range(patients):
+                patient = f"patient-{n}"
+                wh.upsert_connection(
+                    conn,
+                    patient,
+                    oura_user_id=f"oura-{n}",
+                    scopes=["daily"],
+                    access_token_enc="enc-a",
+                    refresh_token_enc="enc-r",
+                    expires_at=now,
+                    connected_at=now,
+                )
+                rows = [
+                    {"metric_type": "sleep", "day": date(2024, 6, d), "metrics": {"score": d, "note": "ünï"}}
+                    for d in range(1, 8)
+                ]
+                wh.replace_wearable_data(conn, patient, date(2024, 6, 1), date(2024, 6, 7), rows, now)
+                wh.mirror_raw_documents(
+                    conn,
+                    "daily_readiness",
+                    patient,
+                    date(2024, 6, 1),
+                    date(2024, 6, 7),
+                    [{"id": f"r-{n}-{d}", "day": f"2024-06-0{d}", "score": d} for d in range(1, 8)],
+                    now,
+                )
+                wh.record_event(conn, patient_id=patient, event_type="wearable_connected", payload={"n": n})
+
+
+def test_migrate_copies_an_encrypted_warehouse_into_the_lake_checked_and_idempotent(
+    lake_env, tmp_path, monkeypatch, capsys
+):
+    from oura_assets.cli import main
+
+    key = "migrate-test-key-0123456789"
+    path = tmp_path / "warehouse.duckdb"
+    source = wh.Warehouse(path, key=key)
+    _fill(source, 3)
+    monkeypatch.setenv("OURA_ASSETS_WAREHOUSE", str(path))
+    monkeypatch.setenv("OURA_ASSETS_WAREHOUSE_KEY", key)
+    monkeypatch.delenv("OURA_ASSETS_DEMO", raising=False)
+    catalog, data_path = lake_env["OURA_ASSETS_WAREHOUSE"], lake_env["OURA_ASSETS_LAKE_DATA_PATH"]
+    command = ["warehouse", "migrate", "--to", catalog, "--data-path", data_path]
+
+    assert main(command) == 0
+    assert "copied into" in capsys.readouterr().out
+    target = wh.lake_location(catalog, data_path)
+    assert snapshot(target) == snapshot(source) and duplicate_keys(target) == {}
+    assert query(target, "SELECT count(*) FROM patient_graph.wearable_data") == [(21,)]
+    assert query(target, "SELECT metrics->>'note' FROM patient_graph.wearable_data LIMIT 1") == [("ünï",)]
+    # Again: the lake already holds exactly these rows, nothing is written.
+    assert main(command) == 0
+    assert "already in" in capsys.readouterr().out
+    # The source moved on: a lake holding other rows is refused, then replaced on request.
+    _fill(source, 4)
+    assert main(command) == 3
+    assert "--replace" in capsys.readouterr().err
+    assert query(target, "SELECT count(DISTINCT patient_id) FROM patient_graph.wearable_data") == [(3,)]
+    assert main([*command, "--replace"]) == 0
+    assert snapshot(target) == snapshot(source)
+    assert query(target, "SELECT count(DISTINCT patient_id) FROM patient_graph.wearable_data") == [(4,)]
+
+
+def test_migrate_refuses_a_copy_that_does_not_check_out_and_writes_nothing(lake, tmp_path, monkeypatch):
+    from oura_assets.warehouse import lake_migrate
+
+    source = wh.Warehouse(tmp_path / "plain.duckdb")
+    _fill(source, 2)
+    real = lake_migrate._checks
+    calls = []
+
+    def corrupted(conn, catalog):  # the copy's own check sees one row missing
+        checks = real(conn, catalog)
+        calls.append(catalog)
+        if catalog == lake_migrate._TARGET and len(calls) == 3:
+            name = "patient_graph.wearable_data"
+            checks[name] = lake_migrate.TableCheck(checks[name].rows - 1, 0)
+        return checks
+
+    monkeypatch.setattr(lake_migrate, "_checks", corrupted)
+    with pytest.raises(wh.LakeError, match=r"does not match.*wearable_data: 14 rows -> 13"):
+        wh.migrate_to_lake(source, lake.lake)
+    assert query(lake.lake, "SELECT count(*) FROM patient_graph.wearable_data") == [(0,)]

@@ -79,6 +79,7 @@ from oura_assets.warehouse.lake_maintenance import (
     lake_files,
     maintain_lake,
 )
+from oura_assets.warehouse.lake_migrate import Migration, MigrationRefused, migrate_to_lake
 from oura_assets.warehouse.lock import DEFAULT_RETRY_AFTER_S, WarehouseBusy, WarehouseHolder
 from oura_assets.warehouse.migrations import SCHEMA_VERSION
 from oura_assets.warehouse.migrations import _migrate as _migrate
@@ -198,6 +199,8 @@ __all__ = [
     "LakeLocation",
     "LakeMaintenance",
     "MetricKeyShape",
+    "Migration",
+    "MigrationRefused",
     "NotEncrypted",
     "Offender",
     "Offenders",
@@ -247,6 +250,7 @@ __all__ = [
     "maintain_lake",
     "mark_sync_request",
     "mark_synced",
+    "migrate_to_lake",
     "mirror_raw_documents",
     "open_database",
     "patient_for_oura_user",
