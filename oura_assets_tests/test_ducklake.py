@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import pytest
 
@@ -254,3 +255,46 @@ def test_migrate_refuses_a_copy_that_does_not_check_out_and_writes_nothing(lake,
     with pytest.raises(wh.LakeError, match=r"does not match.*wearable_data: 14 rows -> 13"):
         wh.migrate_to_lake(source, lake.lake)
     assert query(lake.lake, "SELECT count(*) FROM patient_graph.wearable_data") == [(0,)]
+
+
+def test_erasure_and_compaction_leave_the_patient_in_no_snapshot_file_or_catalog_row(
+    lake, lake_env, postgres_server
+):
+    _fill(lake, 3)
+    for attempt in lake.attempts("test: erase"):
+        with attempt as conn:
+            removed = wh.erase_patient_rows(conn, "patient-1")
+    assert removed["patient_graph.wearable_data"] == 7
+    # Heavier than the inlining limit for the raw table, so some of the patient's rows sit in Parquet files.
+    wh.compact(lake)
+
+    assert query(
+        lake.lake, "SELECT count(*) FROM patient_graph.wearable_data WHERE patient_id = 'patient-1'"
+    ) == [(0,)]
+    assert query(lake.lake, "SELECT count(*) FROM patient_graph.wearable_data") == [(14,)]
+    # No older snapshot left to travel back to, no file still holding them, no inlined row in the catalog.
+    assert query(lake.lake, "SELECT count(*) FROM ducklake_snapshots(current_database())") == [(1,)]
+    data = Path(lake_env["OURA_ASSETS_LAKE_DATA_PATH"])
+    parquet = [str(p) for p in data.rglob("*.parquet")]
+    assert parquet  # compaction flushed the inlined rows into files: the kept patients are in them
+    import duckdb
+
+    def rows_mentioning(needle: str) -> tuple:
+        return duckdb.sql(
+            "SELECT count(*) FROM read_parquet(?, union_by_name => true) AS t "
+            "WHERE contains(CAST(t AS VARCHAR), ?)",
+            params=[parquet, needle],
+        ).fetchone()
+
+    assert rows_mentioning("patient-1") == (0,) and rows_mentioning("patient-2") != (0,)
+    dbname = lake_env["OURA_ASSETS_WAREHOUSE"].split("dbname=")[1].split()[0]
+    tables = postgres_server.psql(
+        "SELECT tablename FROM pg_tables WHERE tablename LIKE 'ducklake_inlined_data%'", dbname
+    ).split()
+    hex_id = b"patient-1".hex()
+    for table in tables:
+        hits = postgres_server.psql(f"SELECT count(*) FROM {table} t WHERE t::text LIKE '%{hex_id}%'", dbname)  # noqa: S608
+        assert hits == "0", table
+    assert postgres_server.psql("SELECT count(*) FROM ducklake_data_file", dbname) == postgres_server.psql(
+        "SELECT count(*) FROM ducklake_data_file WHERE end_snapshot IS NULL", dbname
+    )
