@@ -136,7 +136,8 @@ def bench_ducklake(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any
     year_rows = sum(year_lake["rows"].values())
     label = f"(g) {len(patients)} patients, {NIGHTS} nightly runs x {LOOKBACK_DAYS} d"
     year = "(g) 1 patient x 365 d"
-    lake_bytes = f"{year_lake['data_bytes'] / 2**20:.1f} MiB data + {year_lake['catalog_bytes'] / 2**20:.1f} MiB catalog"
+    data_mib, catalog_mib = year_lake["data_bytes"] / 2**20, year_lake["catalog_bytes"] / 2**20
+    lake_bytes = f"{data_mib:.1f} MiB data + {catalog_mib:.1f} MiB catalog"
     rows += [
         [label, "files written per nightly run", "", f"{files_per_night}", "DuckLake data path"],
         [label, "live files before / after maintenance", "",
