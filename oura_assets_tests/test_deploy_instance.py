@@ -137,17 +137,17 @@ def test_the_shipped_instance_keeps_runs_events_and_schedules_in_postgres(
         return out.splitlines() if out else []
 
     # The run and its whole event log are rows of PostgreSQL, not files under DAGSTER_HOME.
-    assert sql(f"SELECT status FROM runs WHERE run_id = '{run_id}'") == ["SUCCESS"]
+    assert sql(f"SELECT status FROM runs WHERE run_id = '{run_id}'") == ["SUCCESS"]  # noqa: S608 (run ids: uuids)
     assert not list((tmp_path / "dagster_home").glob("**/*.db"))
     materialized = {event.asset_key.to_string() for event in result.get_asset_materialization_events()}
     assert materialized == {key.to_string() for key in RAW_KEYS.values()}
     stored = sql(
-        f"SELECT asset_key FROM event_logs WHERE run_id = '{run_id}' "
+        f"SELECT asset_key FROM event_logs WHERE run_id = '{run_id}' "  # noqa: S608 (run ids: uuids)
         "AND dagster_event_type = 'ASSET_MATERIALIZATION'"
     )
     assert len(stored) == len(result.get_asset_materialization_events())
     assert set(stored) == materialized
-    assert int(sql(f"SELECT count(*) FROM event_logs WHERE run_id = '{run_id}'")[0]) == len(
+    assert int(sql(f"SELECT count(*) FROM event_logs WHERE run_id = '{run_id}'")[0]) == len(  # noqa: S608 (run ids: uuids)
         instance.all_logs(run_id)
     )
     assert set(sql("SELECT asset_key FROM asset_keys WHERE last_materialization IS NOT NULL")) >= materialized
@@ -221,7 +221,7 @@ def test_the_run_queue_holds_runs_over_the_shipped_limits_and_monitoring_fails_a
                 list(daemon.run_iteration(context))
 
         def status(run_id: str) -> str:
-            return postgres_server.psql(f"SELECT status FROM runs WHERE run_id = '{run_id}'", dbname=db)
+            return postgres_server.psql(f"SELECT status FROM runs WHERE run_id = '{run_id}'", dbname=db)  # noqa: S608 (run ids: uuids)
 
         # In the order they were queued: the queue is first in, first out within the limits.
         p1, p1_again, p2, p3, p4 = api("p1"), api("p1"), api("p2"), api("p3"), api("p4")
@@ -256,7 +256,7 @@ def test_the_run_queue_holds_runs_over_the_shipped_limits_and_monitoring_fails_a
         list(execute_run_monitoring_iteration(context, LOG))
         assert status(p1) == "STARTING"
         postgres_server.psql(
-            "UPDATE event_logs SET timestamp = timestamp - interval '181 seconds' "
+            "UPDATE event_logs SET timestamp = timestamp - interval '181 seconds' "  # noqa: S608 (run ids: uuids)
             f"WHERE run_id = '{p1}' AND dagster_event_type = 'PIPELINE_STARTING'",
             dbname=db,
         )
