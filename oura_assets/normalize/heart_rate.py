@@ -82,32 +82,42 @@ def heart_rate_day_stats(
     frame = _heart_rate_frame(samples)
     if not windows or frame.is_empty():
         return {}
-    window_frame = pl.DataFrame(
-        {
-            "day": [day for day, _ in windows],
-            "offset_s": [int(offset.total_seconds()) for _, offset in windows],
-        },
-        schema={"day": pl.Date, "offset_s": pl.Int64},
-    )
+    by_day = dict(windows)
+    offset_s = {day: int(offset.total_seconds()) for day, offset in windows}
     # Offsets lie within ±14 h, so a sample's local day is its UTC date or one of its neighbours; trying
-    # all three keeps days whose windows overlap or leave gaps (an offset change) exact.
-    utc_date = pl.col("timestamp").dt.date()
-    local = pl.col("timestamp") + pl.duration(seconds=pl.col("offset_s"))
-    candidates = pl.concat(
-        [frame.with_columns(day=utc_date + pl.duration(days=shift)) for shift in (-1, 0, 1)]
-    ).join(window_frame, on="day", how="inner")
+    # all three keeps days whose windows overlap or leave gaps (an offset change) exact. The three tries
+    # run one after the other and each reduces to per-day partial sums at once, so the working memory is
+    # one try's columns, not three copies of the frame (bench/bench_loading.py, `hr_stats`); a sample
+    # counts for a day in exactly one try (the day fixes the shift), so the partials add up exactly.
+    samples_lazy = frame.lazy()
+    partials = []
+    for shift in (-1, 0, 1):
+        day = pl.col("timestamp").dt.date() + pl.duration(days=shift)
+        offset = day.replace_strict(offset_s, default=None, return_dtype=pl.Int64)
+        partials.append(
+            samples_lazy.select("bpm", day=day, local=pl.col("timestamp") + pl.duration(seconds=offset))
+            .filter(pl.col("local").dt.date() == pl.col("day"))
+            .group_by("day")
+            .agg(
+                hr_min=pl.col("bpm").min(),
+                hr_max=pl.col("bpm").max(),
+                hr_sum=pl.col("bpm").sum(),
+                hr_samples=pl.len(),
+            )
+            .collect()
+        )
     stats = (
-        candidates.filter(local.dt.date() == pl.col("day"))
+        pl.concat(partials)
         .group_by("day")
         .agg(
-            hr_min=pl.col("bpm").min(),
-            hr_max=pl.col("bpm").max(),
-            hr_avg=pl.col("bpm").mean(),
-            hr_samples=pl.len(),
+            hr_min=pl.col("hr_min").min(),
+            hr_max=pl.col("hr_max").max(),
+            hr_sum=pl.col("hr_sum").sum(),
+            hr_samples=pl.col("hr_samples").sum(),
         )
+        .with_columns(hr_avg=pl.col("hr_sum") / pl.col("hr_samples"))
         .sort("day")
     )
-    by_day = dict(windows)
     return {
         row["day"]: HeartRateDayStats(
             hr_min=row["hr_min"],

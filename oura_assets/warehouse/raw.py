@@ -21,8 +21,9 @@ from oura_assets.domain import DOCUMENT_COLLECTIONS, check_document_collection
 from oura_assets.warehouse.staging import mirror, stage
 from oura_assets.warehouse.values import day_window, to_day, utc
 
-if TYPE_CHECKING:  # only an annotation here: DuckDB's `.pl()` imports polars itself, when a frame is read
+if TYPE_CHECKING:  # only annotations here: DuckDB's `.pl()` imports polars itself, when a frame is read
     import polars as pl
+    import pyarrow as pa
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,49 @@ def replace_raw_heartrate(
         [patient_id, utc(fetched_at)],
         last_per=["timestamp", "source"],
     )
+    (incomplete,) = conn.execute(
+        "SELECT count(*) FROM _staged_heartrate WHERE timestamp IS NULL OR source IS NULL"
+    ).fetchone()
+    if incomplete:
+        conn.execute("DROP TABLE _staged_heartrate")
+        raise ValueError(f"heartrate: {incomplete} sample(s) lack a `timestamp` or a `source`")
+    return mirror(
+        conn,
+        "oura_raw.heartrate",
+        "_staged_heartrate",
+        ("patient_id", "timestamp", "source"),
+        "patient_id = ? AND timestamp >= ? AND timestamp < ?",
+        [patient_id, utc(start), utc(end)],
+    )
+
+
+def replace_raw_heartrate_columns(
+    conn: duckdb.DuckDBPyConnection,
+    patient_id: str,
+    start: datetime,
+    end: datetime,
+    samples: pa.Table,
+    fetched_at: datetime,
+) -> int:
+    """`replace_raw_heartrate` for samples already parsed into columns; returns the samples written.
+
+    `samples` has `timestamp` (aware), `source`, `bpm` and `document` (JSON text) with one row per
+    (timestamp, source) (a repeat fails the write), as `oura.heartrate_pages` hands them over: DuckDB
+    reads the Arrow columns as they are, so no sample passes through Python on its way in.
+    """
+    if utc(end) < utc(start):
+        raise ValueError(f"heart-rate window ends ({end}) before it starts ({start})")
+    conn.register("_heartrate_columns", samples)
+    try:
+        conn.execute(
+            "CREATE OR REPLACE TEMP TABLE _staged_heartrate AS "
+            "SELECT ?::VARCHAR AS patient_id, timestamp::TIMESTAMPTZ AS timestamp, "
+            "source::VARCHAR AS source, bpm::INTEGER AS bpm, document::JSON AS document, "
+            "?::TIMESTAMPTZ AS fetched_at FROM _heartrate_columns",
+            [patient_id, utc(fetched_at)],
+        )
+    finally:
+        conn.unregister("_heartrate_columns")
     (incomplete,) = conn.execute(
         "SELECT count(*) FROM _staged_heartrate WHERE timestamp IS NULL OR source IS NULL"
     ).fetchone()
