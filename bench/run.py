@@ -24,6 +24,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import bench_loading
 import harness
 import polars as pl
 
@@ -714,8 +715,7 @@ def bench_encryption(size: dict[str, Any], rows: list[list[str]]) -> dict[str, A
 
 BENCHMARKS: dict[str, Callable[[dict[str, Any], list[list[str]]], dict[str, Any]]] = {
     "backfill": bench_backfill,
-    "hr_stats": bench_hr_stats,
-    "hr_write": bench_hr_write,
+    **bench_loading.BENCHMARKS,  # loading, hr_stats (supersedes hr_write and run.py's hr_stats)
     "faults": bench_faults,
     "nightly": bench_nightly,
     "encryption": bench_encryption,
