@@ -136,6 +136,8 @@ def test_columns_land_exactly_as_the_row_by_row_write(tmp_path: Path):
                 written = wh.replace_raw_heartrate(conn, "p1", LOW, HIGH, samples, fetched_at)
             else:
                 landable, _ = screen_columns(parse_pages([page(samples)], LOW, HIGH, PATH))
+                # The first write inserts into an empty window; the second mirrors onto what it holds.
+                wh.replace_raw_heartrate_columns(conn, "p1", LOW, HIGH, landable.slice(0, 50), fetched_at)
                 written = wh.replace_raw_heartrate_columns(conn, "p1", LOW, HIGH, landable, fetched_at)
         assert written == len(samples)
         with store.connect("test") as conn:
@@ -147,3 +149,8 @@ def test_columns_land_exactly_as_the_row_by_row_write(tmp_path: Path):
             )
         assert table_rows(store.path, "oura_raw.heartrate")
     assert tables[0] == tables[1]
+
+
+def test_unreadable_samples_are_counted_when_nothing_is_left_in_the_window():
+    columns = parse_pages([page([hr(-5), {"bpm": 60}, "junk"])], LOW, HIGH, PATH)
+    assert (len(columns), columns.unreadable) == (0, 2)

@@ -136,8 +136,7 @@ class HeartRateColumns:
 # Pages are a list parameter; each page's `data` elements are unnested with their position, so "the last
 # one seen wins" among repeated samples means the highest (page, position). Each sample's three fields are
 # read with one parse of the sample (`json_extract` with a list of paths); their JSON text tells their type.
-_READ = """
-CREATE OR REPLACE TEMP TABLE _heartrate_read AS
+_ROWS = """
 WITH items AS (
     SELECT page, unnest(items) AS d, generate_subscripts(items, 1) AS pos
     FROM (SELECT page, json_extract(p, '$.data[*]') AS items FROM unnest($pages) WITH ORDINALITY t(p, page))
@@ -148,26 +147,30 @@ WITH items AS (
            CASE WHEN starts_with(f[1]::VARCHAR, '"') THEN TRY_CAST((f[1]->>'$') AS TIMESTAMPTZ) END
                AS timestamp
     FROM fields
+), counted AS (
+    SELECT *, count(*) OVER () AS items, count(timestamp) OVER () AS readable FROM read
 )
-SELECT page, pos, d, source_json, bpm_json, timestamp FROM read
-"""
-_ROWS = """
 SELECT timestamp, source, CASE WHEN landable THEN CAST(bpm_json AS INTEGER) END AS bpm, document, landable,
-       seen
+       seen, items, readable
 FROM (
     SELECT (page << 32) + pos AS seen, timestamp, (source_json::JSON->>'$') AS source, bpm_json,
-           d::VARCHAR AS document,
+           d::VARCHAR AS document, items, readable,
            coalesce(timestamp IS NOT NULL AND starts_with(source_json, '"')
                     AND isfinite(TRY_CAST(bpm_json AS DOUBLE))
                     AND TRY_CAST(bpm_json AS DOUBLE) = floor(TRY_CAST(bpm_json AS DOUBLE)),
                     false) AS landable
-    FROM _heartrate_read
+    FROM counted
     WHERE (timestamp >= $low AND timestamp < $high) OR ($keep_unreadable AND timestamp IS NULL)
     QUALIFY row_number() OVER (PARTITION BY timestamp, source_json ORDER BY page DESC, pos DESC) = 1
          OR timestamp IS NULL
 )
 """
-_COUNTS = "SELECT count(timestamp), count(*) FROM _heartrate_read"
+# Only when no sample is left to carry the counts (`items`, `readable` above).
+_COUNTS = """
+SELECT count(*),
+       count(TRY_CAST((d->>'timestamp') AS TIMESTAMPTZ)) FILTER (json_type(d, '$.timestamp') = 'VARCHAR')
+FROM (SELECT unnest(json_extract(p, '$.data[*]')) AS d FROM unnest($pages) t(p))
+"""
 
 
 def parse_pages(
@@ -184,7 +187,9 @@ def parse_pages(
     cursor = _cursor()
     try:
         try:
-            cursor.execute(_READ, {"pages": texts})
+            table = cursor.execute(
+                _ROWS, {"pages": texts, "low": low, "high": high, "keep_unreadable": keep_unreadable}
+            ).to_arrow_table()
         except duckdb.InvalidInputException:
             for number, page in enumerate(pages, 1):  # which page, in the words used for any malformed page
                 try:
@@ -194,14 +199,17 @@ def parse_pages(
                         f"GET {path} answered 200 with a body that is not JSON (page {number})"
                     ) from None
             raise
-        readable, items = cursor.execute(_COUNTS).fetchone()
-        table = cursor.execute(
-            _ROWS, {"low": low, "high": high, "keep_unreadable": keep_unreadable}
-        ).to_arrow_table()
-        cursor.execute("DROP TABLE _heartrate_read")
+        if table.num_rows:
+            items, readable = table.column("items")[0].as_py(), table.column("readable")[0].as_py()
+        else:
+            items, readable = cursor.execute(_COUNTS, {"pages": texts}).fetchone()
     finally:
         cursor.close()
-    return HeartRateColumns(table=table, unreadable=int(items) - int(readable), pages=len(pages))
+    return HeartRateColumns(
+        table=table.drop_columns(["items", "readable"]),
+        unreadable=int(items) - int(readable),
+        pages=len(pages),
+    )
 
 
 def columns_of_samples(samples: Sequence[Any], low: datetime, high: datetime) -> HeartRateColumns:

@@ -16,14 +16,15 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from oura_assets.domain import DOCUMENT_COLLECTIONS, check_document_collection
 from oura_assets.warehouse.staging import mirror, stage
 from oura_assets.warehouse.values import day_window, to_day, utc
 
-if TYPE_CHECKING:  # only annotations here: DuckDB's `.pl()` imports polars itself, when a frame is read
+if TYPE_CHECKING:  # only an annotation here: DuckDB's `.pl()` imports polars itself, when a frame is read
     import polars as pl
-    import pyarrow as pa
 
 
 @dataclass(frozen=True)
@@ -248,23 +249,37 @@ def replace_raw_heartrate_columns(
     """
     if utc(end) < utc(start):
         raise ValueError(f"heart-rate window ends ({end}) before it starts ({start})")
+    incomplete = samples.column("timestamp").null_count + samples.column("source").null_count
+    if incomplete:
+        raise ValueError(f"heartrate: {incomplete} sample(s) lack a `timestamp` or a `source`")
+    window = [patient_id, utc(start), utc(end)]
+    (stored,) = conn.execute(
+        "SELECT count(*) FROM oura_raw.heartrate WHERE patient_id = ? AND timestamp >= ? AND timestamp < ?",
+        window,
+    ).fetchone()
+    span = pc.min_max(samples.column("timestamp")).as_py() if samples.num_rows else None
+    inside = span is None or (span["min"] >= utc(start) and span["max"] < utc(end))
+    columns = (
+        "?::VARCHAR AS patient_id, timestamp::TIMESTAMPTZ AS timestamp, source::VARCHAR AS source, "
+        "bpm::INTEGER AS bpm, document::JSON AS document, ?::TIMESTAMPTZ AS fetched_at"
+    )
     conn.register("_heartrate_columns", samples)
     try:
+        if not stored and inside:
+            # A window the table holds nothing of (a first sync, a backfill) and samples all inside it:
+            # nothing to mirror and nothing to collide with, so a plain INSERT, without the staging copy and
+            # the primary-key lookups of an upsert.
+            (written,) = conn.execute(
+                f"INSERT INTO oura_raw.heartrate BY NAME SELECT {columns} FROM _heartrate_columns",  # noqa: S608
+                [patient_id, utc(fetched_at)],
+            ).fetchone()
+            return int(written)
         conn.execute(
-            "CREATE OR REPLACE TEMP TABLE _staged_heartrate AS "
-            "SELECT ?::VARCHAR AS patient_id, timestamp::TIMESTAMPTZ AS timestamp, "
-            "source::VARCHAR AS source, bpm::INTEGER AS bpm, document::JSON AS document, "
-            "?::TIMESTAMPTZ AS fetched_at FROM _heartrate_columns",
+            f"CREATE OR REPLACE TEMP TABLE _staged_heartrate AS SELECT {columns} FROM _heartrate_columns",  # noqa: S608
             [patient_id, utc(fetched_at)],
         )
     finally:
         conn.unregister("_heartrate_columns")
-    (incomplete,) = conn.execute(
-        "SELECT count(*) FROM _staged_heartrate WHERE timestamp IS NULL OR source IS NULL"
-    ).fetchone()
-    if incomplete:
-        conn.execute("DROP TABLE _staged_heartrate")
-        raise ValueError(f"heartrate: {incomplete} sample(s) lack a `timestamp` or a `source`")
     return mirror(
         conn,
         "oura_raw.heartrate",
