@@ -29,6 +29,7 @@ from typing import Any
 
 import harness
 import polars as pl
+from bench_incremental import bench_incremental
 
 from oura_assets import normalize
 from oura_assets import warehouse as wh
@@ -70,7 +71,7 @@ def _child(spec: dict[str, Any], cwd: Path) -> dict[str, Any]:
     return json.loads(answer.stdout.strip().splitlines()[-1])
 
 
-# --- loading: input -------------------------------------------------------------------------------------------
+# --- loading: input -----------------------------------------------------------------------------------------
 
 
 def _load_window() -> tuple[datetime, datetime]:
@@ -126,12 +127,12 @@ def _table_digest(store: wh.Warehouse) -> dict[str, Any]:
     return {"rows": rows, "digest": digest}
 
 
-# --- loading: the arms (in a child) ---------------------------------------------------------------------------
+# --- loading: the arms (in a child) -------------------------------------------------------------------------
 
 
 def _old_client_samples(pages: list[bytes], low: datetime, high: datetime) -> list[dict[str, Any]]:
-    """The previous client's work on the same pages: json per page, every sample parsed, windowed, de-duplicated
-    in a dict and sorted (as `OuraClient.heartrate` did before the pages went to DuckDB)."""
+    """The previous client's work on the same pages: json per page, every sample parsed, windowed,
+    de-duplicated in a dict and sorted (as `OuraClient.heartrate` did before the pages went to DuckDB)."""
     from oura_assets.oura.client import parse_instant
 
     samples: dict[tuple[datetime, Any], dict[str, Any]] = {}
@@ -213,6 +214,10 @@ def _worker_load(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _same(same: bool) -> str:
+    return "identical" if same else "DIFFERENT"
+
+
 def bench_loading(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]:
     """Heart rate from page bytes to committed rows: the pipeline vs DuckDB's read_json + insert."""
     sizes = _size(size)
@@ -237,7 +242,8 @@ def bench_loading(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]
     samples = pipeline["samples"]
     label = f"(g) heart-rate loading, {n} patients x {LOAD_DAYS} d ({samples:,} samples)"
     rows += [
-        [label, "samples/s, wall (CPU)", f"{ceiling['samples_per_s_wall']:,.0f} ({ceiling['samples_per_s_cpu']:,.0f})",
+        [label, "samples/s, wall (CPU)",
+         f"{ceiling['samples_per_s_wall']:,.0f} ({ceiling['samples_per_s_cpu']:,.0f})",
          f"{pipeline['samples_per_s_wall']:,.0f} ({pipeline['samples_per_s_cpu']:,.0f})",
          f"{fraction_wall:.0%} of DuckDB's read_json + insert ({fraction_cpu:.0%} by CPU)"],
         [label, "peak RSS of the loading process", f"{ceiling['peak_rss_mb']:.0f} MiB",
@@ -248,7 +254,7 @@ def bench_loading(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]
          f"{before['cpu_us_per_sample']:.2f} us", f"{pipeline_before['cpu_us_per_sample']:.2f} us",
          f"{speedup:.1f}x less"],
         [label, "same rows (ceiling / previous path)?", "", "",
-         f"{'identical' if same_as_ceiling else 'DIFFERENT'} / {'identical' if same_as_before else 'DIFFERENT'}"],
+         f"{_same(same_as_ceiling)} / {_same(same_as_before)}"],
     ]  # fmt: skip
     return {
         "what": "page bytes -> oura_raw.heartrate: pipeline (DuckDB parse + Arrow) vs read_json + INSERT",
@@ -269,7 +275,7 @@ def bench_loading(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]
     }
 
 
-# --- hr_stats -------------------------------------------------------------------------------------------------
+# --- hr_stats -----------------------------------------------------------------------------------------------
 
 
 def hr_frame(n: int) -> pl.DataFrame:
@@ -479,7 +485,7 @@ def bench_hr_stats(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any
          "identical" if same else "DIFFERENT"],
     ]  # fmt: skip
     return {
-        "what": "normalize.heart_rate_day_stats vs a plain Python loop (memory) and its three-copy form (speed)",
+        "what": "normalize.heart_rate_day_stats vs a plain Python loop (memory), its three-copy form (speed)",
         "params": {"samples": n, "days": len(stats)},
         "baseline": {"name": "plain Python loop (dict grouping)", **python},
         "previous": {"name": "three candidate copies of the frame (before)", **before},
@@ -499,7 +505,7 @@ def bench_hr_stats(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any
 
 WORKERS = {"load": _worker_load, "hr_stats": _worker_hr_stats}
 
-BENCHMARKS = {"loading": bench_loading, "hr_stats": bench_hr_stats}
+BENCHMARKS = {"loading": bench_loading, "hr_stats": bench_hr_stats, "incremental": bench_incremental}
 
 
 if __name__ == "__main__":
