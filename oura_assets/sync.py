@@ -440,15 +440,20 @@ def sync_patients(
                 patient_id, "failed", {}, [SyncError("internal_error", type(exc).__name__)]
             )
             trace = traceback.format_exc()
-        return result, clock.monotonic() - began, trace
+        took = clock.monotonic() - began
+        # Recorded here, in the patient's own thread: recorded by the loop below, every write would hold up
+        # the next patient's start behind the warehouse lock, and the run would fall below its rate budget.
+        _record(warehouse, run_id, result, start, end)
+        return result, took, trace
 
     results: list[PatientSyncResult] = []
     cap = max(1, min(max_workers, len(patients)))
     queue = list(patients)
     in_flight: set[Future[tuple[PatientSyncResult, float, str | None]]] = set()
-    # Patients are fetched a few at a time: a run is bound by Oura's latency and its rate budget, not by us.
-    # Their writes still take turns at the warehouse lock. How many are in flight is asked again as each
-    # one finishes, so it follows the latency the budget sees.
+    # Patients are fetched many at a time: a run is bound by its rate budget, not by Oura's latency or by us.
+    # Their writes (rows, then the result) still take turns at the warehouse lock, in the patients' own
+    # threads. How many are in flight is asked again as each one finishes, so it follows the request cycle
+    # the budget sees.
     with ThreadPoolExecutor(cap, thread_name_prefix="oura-patient") as pool:
         while queue or in_flight:
             target = cap if concurrency is None else max(1, min(cap, concurrency(cap)))
@@ -465,5 +470,4 @@ def sync_patients(
                     f"patient {len(results)} of {len(patients)} ({result.patient_id}): "
                     f"{result.status} ({codes}), {sum(result.rows.values())} rows in {took:.1f}s"
                 )
-                _record(warehouse, run_id, result, start, end)
     return RunOutcome(results)

@@ -55,7 +55,8 @@ class RequestStats:
                 "total_requests": sum(sum(c.values()) for c in self._requests.values()),
                 **{name: self._counters[name] for name in COUNTERS},
                 "timeline": {
-                    str(second): dict(sorted(counts.items())) for second, counts in sorted(self._timeline.items())
+                    str(second): dict(sorted(counts.items()))
+                    for second, counts in sorted(self._timeline.items())
                 },
             }
 
