@@ -127,6 +127,24 @@ class _Progress:
         print(msg, file=sys.stderr)
 
 
+def _hold_times(warehouse_class: Any) -> list[float]:
+    """Notes how long each warehouse block of this process held the writer lock (open, work, close)."""
+    held: list[float] = []
+    connect = warehouse_class.connect
+
+    @contextlib.contextmanager
+    def timed_connect(self: Any, purpose: str, timeout_s: float | None = None) -> Iterator[Any]:
+        with connect(self, purpose, timeout_s) as conn:
+            began = time.perf_counter()
+            try:
+                yield conn
+            finally:
+                held.append(time.perf_counter() - began)
+
+    warehouse_class.connect = timed_connect
+    return held
+
+
 def worker_sync(spec: dict[str, Any]) -> dict[str, Any]:
     """One sync run in this (child) process: `mode` "budget" is the production wiring, "sequential" the
     seed's (one patient at a time, no shared budget)."""
@@ -140,6 +158,7 @@ def worker_sync(spec: dict[str, Any]) -> dict[str, Any]:
     from oura_assets.tokens import PatientTokens
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    held = _hold_times(wh.Warehouse)
     settings = load_settings(require=("oauth", "tokens"))
     store = wh.Warehouse.from_settings(settings)
     stamps_path = Path(spec["stamps"]) if spec.get("stamps") else None
@@ -200,6 +219,8 @@ def worker_sync(spec: dict[str, Any]) -> dict[str, Any]:
             "warnings": progress.warnings[:20],
             "patient_s": sorted(progress.done[p] - started[p] for p in progress.done if p in started),
             "limit_learned": list(session.budget.limit()),
+            "warehouse_held_s": sum(held),
+            "warehouse_blocks": len(held),
         }
 
 
@@ -360,6 +381,8 @@ def bench_nightly(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]
             **cand,
             "workers": candidate["workers"],
             "patient_s_median": statistics.median(candidate["patient_s"]),
+            "warehouse_held_s": candidate["warehouse_held_s"],
+            "warehouse_blocks": candidate["warehouse_blocks"],
             "warnings": candidate["warnings"],
             "limit_learned": candidate["limit_learned"],
             "sustained_per_s": sustained,
