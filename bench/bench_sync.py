@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import harness
-from common import BACKFILL_START, NIGHTLY_DAYS, RUNNER, WORKER_TIMEOUT_S, fmt_s, run_worker
+from common import BACKFILL_START, NIGHTLY_DAYS, RUNNER, fmt_s, run_worker
 
 from oura_assets.domain import DOCUMENT_COLLECTIONS
 from oura_assets.oura.client import OuraClient, heartrate_windows, parse_instant
@@ -76,6 +76,8 @@ LIMIT_PER_S = APP_LIMIT.limit / APP_LIMIT.window_s
 LATENCY_MS = 300
 # The newcomer's sync: what the connection API queues when a patient connects (api/service.py).
 INITIAL_SYNC_DAYS = 30
+# A full-size nightly arm alone sends ~7,000 requests at the limit (~6.5 minutes); leave room on a busy host.
+SYNC_WORKER_TIMEOUT_S = 1800
 # A year of history ending at the simulator's frozen data clock (harness.DATA_NOW).
 YEAR_END = date(2024, 7, 13)
 _PATIENT_DONE = re.compile(r"^patient \d+ of \d+ \((?P<patient>[^)]+)\)")
@@ -247,7 +249,7 @@ class World:
         }
 
     def run(self, spec: dict[str, Any]) -> dict[str, Any]:
-        return run_worker(spec, self.env, self.workdir, WORKER_TIMEOUT_S)
+        return run_worker(spec, self.env, self.workdir, SYNC_WORKER_TIMEOUT_S)
 
     def spawn(self, spec: dict[str, Any]) -> subprocess.Popen[str]:
         log = (self.workdir / f"worker-{spec['run_id']}.log").open("w")
@@ -261,7 +263,7 @@ class World:
         )
 
     def collect(self, process: subprocess.Popen[str], name: str) -> dict[str, Any]:
-        out, _ = process.communicate(timeout=WORKER_TIMEOUT_S)
+        out, _ = process.communicate(timeout=SYNC_WORKER_TIMEOUT_S)
         if process.returncode != 0:
             tail = (self.workdir / f"worker-{name}.log").read_text(errors="replace").splitlines()[-30:]
             raise RuntimeError(f"worker {name} exited {process.returncode}:\n" + "\n".join(tail))
