@@ -60,13 +60,13 @@ SIZES = {
     "quick": {
         "sync_patients": 100,
         "sync_baseline_patients": 3,
-        "host_ceiling_patients": 40,
+        "host_ceiling_patients": 20,
         "two_runs_nightly_patients": 30,
         "two_runs_backfill_patients": 6,
         "two_runs_backfill_days": 30,
         "economy_days": 365,
         "economy_per_day_stride": 15,
-        "newcomer_backfill_patients": 4,
+        "newcomer_backfill_patients": 3,
     },
 }
 

@@ -206,7 +206,7 @@ class RateBudget:
     """The host-wide request budget of one Oura application (see the module docstring).
 
     `limit` per `window_s` is what to assume until Oura's headers say otherwise; requests are paced at
-    `share` of the limit in force. `max_workers` caps `suggested_workers`.
+    `share` of the limit in force. `cycle_clock` times request cycles (injectable for tests).
     """
 
     def __init__(
@@ -289,7 +289,11 @@ class RateBudget:
         self.requests += 1
 
     def observe(self, status: int, headers: Mapping[str, str], seconds: float) -> None:
-        """Learn from one answer: any limit it announced, and a 429's pause."""
+        """Learn from one answer: any limit it announced, and a 429's pause.
+
+        `seconds` (the answer's latency) is part of the client's protocol but not needed here: the request
+        cycle that sizes concurrency is timed between a thread's requests (`acquire`), latency included.
+        """
         now = self._clock()
         said = RateLimitHeaders.parse(headers, now=now)
         application = said.tier in (None, "application")
