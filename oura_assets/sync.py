@@ -425,15 +425,15 @@ def sync_patients(
     refetch: RefetchPolicy = RefetchPolicy(),
     concurrency: Callable[[int], int] | None = None,
 ) -> RunOutcome:
-    """Sync each of `patients` over local days [start, end], a few at a time, and record each one's result.
+    """Sync each of `patients` over local days [start, end], several at a time, and record each one's result.
 
     One patient's failure, even an unexpected exception, is recorded for that patient (`internal_error`, with
     the traceback in `progress`) and never costs the others their sync. `client_for` builds a patient's Oura
     client; `purpose` names the run in the warehouse lock's holder; `refetch` says how often and after what
     cool-down a collection Oura could not serve is fetched again before its patient is called partial.
     `concurrency(cap)` says how many patients to keep in flight (at most `cap` = `max_workers`), asked again
-    as each one finishes, so it can follow the latency seen (`RateBudget.suggested_workers`); without it,
-    `max_workers` patients are in flight.
+    as each one finishes, so it can follow the request cycle seen (`RateBudget.suggested_workers`); without
+    it, `max_workers` patients are in flight.
     """
     collections = list(collections)
     warehouse = warehouse.reporting_waits_to(progress)  # a long wait for the file shows in the run's log
