@@ -15,6 +15,7 @@ from several threads at once), never on the warehouse, so it happens before the 
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 from collections.abc import Sequence
@@ -47,6 +48,7 @@ _JSON_TYPE_NAMES = {
 }
 
 _database: duckdb.DuckDBPyConnection | None = None
+_database_pid: int | None = None
 _database_lock = threading.Lock()
 
 
@@ -55,13 +57,14 @@ class PageError(ValueError):
 
 
 def _cursor() -> duckdb.DuckDBPyConnection:
-    global _database
+    global _database, _database_pid
     with _database_lock:
-        if _database is None:
+        # A forked child (a run worker) opens its own: a DuckDB instance is not to be shared across fork.
+        if _database is None or _database_pid != os.getpid():
             database = duckdb.connect(":memory:")
             # A timestamp without an offset is read as UTC, as Oura documents for heart rate.
             database.execute("SET TimeZone = 'UTC'")
-            _database = database
+            _database, _database_pid = database, os.getpid()
         return _database.cursor()
 
 
