@@ -326,3 +326,30 @@ def test_lake_maintenance_job_reports_the_files_it_merged(lake, lake_env, monkey
     assert materialization["inlined_rows_flushed"].value > 0
     assert materialization["files_after"].value > 0
     assert query(lake.lake, "SELECT count(*) FROM patient_graph.wearable_data") == [(14,)]
+
+
+def test_no_transaction_try_returns_or_breaks_from_inside_its_block():
+    """`for attempt in warehouse.attempts(...): with attempt as conn: ...` runs the block again after a lost
+    DuckLake conflict, but a `return` (or `break`) inside the block would leave with a commit that failed."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent / "oura_assets"
+    found = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.With) or not any(
+                isinstance(item.context_expr, ast.Name)
+                and item.context_expr.id == "attempt"
+                and item.optional_vars
+                for item in node.items
+            ):
+                continue
+            stack = list(node.body)
+            while stack:
+                inner = stack.pop()
+                if isinstance(inner, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef):
+                    continue
+                if isinstance(inner, ast.Return | ast.Break | ast.Continue):
+                    found.append(f"{path.relative_to(root)}:{inner.lineno}")
+                stack.extend(ast.iter_child_nodes(inner))
+    assert found == []
