@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from oura_assets.domain import DOCUMENT_COLLECTIONS, check_document_collection
+from oura_assets.warehouse.dialect import guard
 from oura_assets.warehouse.staging import mirror, stage
 from oura_assets.warehouse.values import day_window, to_day, utc
 
@@ -278,7 +279,9 @@ def replace_raw_heartrate_columns(
         if not stored and inside:
             # A window the table holds nothing of (a first sync, a backfill) and samples all inside it:
             # nothing to mirror and nothing to collide with, so a plain INSERT, without the staging copy and
-            # the primary-key lookups of an upsert.
+            # the primary-key lookups of an upsert. On a DuckLake the table's write guard makes a concurrent
+            # first sync of the same patient conflict, rather than land its samples a second time.
+            guard(conn, "oura_raw.heartrate")
             (written,) = conn.execute(
                 f"INSERT INTO oura_raw.heartrate BY NAME SELECT {columns} FROM _heartrate_columns",  # noqa: S608
                 [patient_id, utc(fetched_at)],
