@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Protocol
 
-from oura_assets import ledger
+from oura_assets import domain, ledger
 from oura_assets import warehouse as wh
 from oura_assets.day_status_writer import write_day_status
 from oura_assets.domain import RAW_COLLECTIONS
@@ -43,7 +43,10 @@ ALL_COLLECTIONS = RAW_COLLECTIONS
 
 # Patient-side failures: the patient (or their Oura account) must act, not us. They leave the run green and
 # surface in the connection's status, the sync event and the asset checks.
-PATIENT_SIDE_CODES = frozenset({"reconnect_required", "subscription_expired", "forbidden"})
+PATIENT_SIDE_CODES = frozenset({"reconnect_required", "subscription_expired", "forbidden", "scope_missing"})
+# A collection the patient did not grant the scope for: skipped, by the patient's choice. Recorded (sync
+# result, `wearable_collection_status`) but not a failure: the patient's sync is `success` without it.
+SKIPPED_CODES = frozenset({"scope_missing"})
 # Oura could not answer (5xx, timeouts, dropped connections, 429 beyond the wait): worth another pass after a
 # cool-down, and, when it survives every pass, Oura's outage rather than anything the patient did.
 OURA_UNAVAILABLE_CODES = frozenset({"oura_unavailable", "rate_limited"})
@@ -72,6 +75,9 @@ class PatientSyncResult:
     errors: list[SyncError] = field(default_factory=list)
     documents: dict[str, int] = field(default_factory=dict)
     """Documents fetched, by what they were to the warehouse: new, changed, unchanged, deleted."""
+    collections: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Each collection asked for: (status, reason), `domain.COLLECTION_STATUSES`; empty when nothing could be
+    asked (reconnect required)."""
 
     @property
     def patient_side(self) -> bool:
@@ -174,9 +180,64 @@ def _fetch(
 
 
 def _status(fetched: int, wanted: int, errors: Sequence[SyncError]) -> str:
+    """`wanted` and `errors` leave out the collections skipped for a scope the patient did not grant."""
     if fetched == 0:
-        return "failed"
+        return "failed" if wanted or errors else "success"
     return "success" if fetched == wanted and not errors else "partial"
+
+
+def _scope_missing(collection: str, scope: str) -> SyncError:
+    return SyncError(
+        "scope_missing",
+        f"{collection} skipped: it needs the Oura `{scope}` scope, which this patient's connection was not "
+        "granted (not requested, or unticked on Oura's consent page); the patient can grant it by "
+        "reconnecting",
+        collection,
+    )
+
+
+def _forbidden_with_scope(error: SyncError, scope: str | None) -> SyncError:
+    """A 403 on one collection whose scope the connection holds: Oura's other 403 [spec]."""
+    why = (
+        f"although the connection holds its `{scope}` scope (withdrawn at Oura since, or a feature the "
+        "patient's Oura membership does not include)"
+        if scope
+        else "(scope or membership)"
+    )
+    return SyncError(
+        "forbidden", f"Oura refused {error.collection} (403) {why}: {error.message}", error.collection
+    )
+
+
+def collection_statuses(
+    wanted: Sequence[str], fetched: Iterable[str], errors: Sequence[SyncError]
+) -> dict[str, tuple[str, str]]:
+    """Each wanted collection's status and reason for `wearable_collection_status`, from the sync's errors."""
+    by_collection: dict[str, SyncError] = {}
+    expired = next((e for e in errors if e.code == "subscription_expired"), None)
+    for error in errors:
+        if error.collection and error.code != "rejected_document":
+            by_collection.setdefault(error.collection, error)
+    statuses: dict[str, tuple[str, str]] = {}
+    landed = set(fetched)
+    for collection in wanted:
+        error = by_collection.get(collection)
+        if collection in landed:
+            statuses[collection] = (domain.COLLECTION_SYNCED, "fetched for the run's days")
+        elif expired is not None:
+            statuses[collection] = (
+                domain.COLLECTION_SUBSCRIPTION_EXPIRED,
+                f"not fetched: every collection answered 403, the patient's Oura membership has expired "
+                f"({expired.message})",
+            )
+        elif error is not None and error.code == "scope_missing":
+            statuses[collection] = (domain.COLLECTION_SCOPE_MISSING, error.message)
+        elif error is not None and error.code == "forbidden":
+            statuses[collection] = (domain.COLLECTION_FORBIDDEN, error.message)
+        else:
+            reason = f"{error.code}: {error.message}" if error is not None else "not fetched"
+            statuses[collection] = (domain.COLLECTION_ERROR, reason)
+    return statuses
 
 
 def sync_patient(
@@ -189,13 +250,25 @@ def sync_patient(
     collections: Iterable[str] = ALL_COLLECTIONS,
     purpose: str = "sync",
     refetch: RefetchPolicy = RefetchPolicy(),
+    granted_scopes: tuple[str, ...] | None = None,
 ) -> PatientSyncResult:
     """Fetch `collections` for local days [start, end] and replace the patient's raw window with them.
 
     A collection Oura could not serve is fetched again in later passes (`refetch`) before it counts as
-    failed; a collection that failed keeps what earlier runs landed in its raw table.
+    failed; a collection that failed keeps what earlier runs landed in its raw table. A collection whose
+    scope is not among `granted_scopes` (the connection's; None: unknown) is not asked for: Oura would answer
+    403 [spec]. It is skipped with the reason (`scope_missing`), and the patient's sync can still succeed.
+    Oura answers 403 both for a scope not granted and for an expired membership [spec]: every collection
+    refused is the membership (`subscription_expired`); one refused while others answer, with its scope
+    granted, is `forbidden` for that collection alone. Neither fails the patient while something landed.
     """
-    wanted = [c for c in ALL_COLLECTIONS if c in set(collections)]
+    asked = [c for c in ALL_COLLECTIONS if c in set(collections)]
+    skipped = [
+        _scope_missing(c, scope)
+        for c in asked
+        if (scope := domain.missing_scope(c, granted_scopes)) is not None
+    ]
+    wanted = [c for c in asked if c not in {e.collection for e in skipped}]
     fetched: dict[str, list[dict[str, Any]]] = {}
     failures: dict[str, tuple[SyncError, OuraError]] = {}
     notes: list[SyncError] = []
@@ -240,6 +313,13 @@ def sync_patient(
     forbidden = [e for e in errors if e.code == "forbidden"]
     if wanted and len(forbidden) == len(wanted):
         errors = [SyncError("subscription_expired", forbidden[0].message)]
+    else:
+        errors = [
+            _forbidden_with_scope(e, domain.COLLECTION_SCOPES.get(e.collection or ""))
+            if e.code == "forbidden"
+            else e
+            for e in errors
+        ]
 
     rows: dict[str, int] = {}
     changes = wh.DocumentChanges()
@@ -261,10 +341,13 @@ def sync_patient(
                         changes += written
         except wh.WarehouseBusy as exc:
             return PatientSyncResult(
-                patient_id, "failed", {}, [*errors, SyncError("warehouse_busy", str(exc))]
+                patient_id, "failed", {}, [*skipped, *errors, SyncError("warehouse_busy", str(exc))]
             )
     status = _status(len(fetched), len(wanted), errors)
-    return PatientSyncResult(patient_id, status, rows, errors, changes.as_dict() if fetched else {})
+    statuses = collection_statuses(asked, fetched, [*skipped, *errors])
+    return PatientSyncResult(
+        patient_id, status, rows, [*skipped, *errors], changes.as_dict() if fetched else {}, statuses
+    )
 
 
 class RunLog(Protocol):
@@ -384,12 +467,33 @@ def _record(
             # Nothing landed, and the normalized assets may not run at all (a run where every patient
             # failed is red): the patient's days are explained here, from what the warehouse already held.
             write_day_status(conn, patient_id=result.patient_id, start=start, end=end, run_id=run_id)
+        if result.collections:
+            wh.replace_collection_status(
+                conn,
+                result.patient_id,
+                {
+                    c: wh.CollectionStatus(status, reason)
+                    for c, (status, reason) in result.collections.items()
+                },
+                start_day=start,
+                end_day=end,
+                updated_at=datetime.now(UTC),
+            )
         if result.status != "failed":
             wh.mark_synced(conn, result.patient_id, datetime.now(UTC))
         elif result.errors and result.errors[0].code == "subscription_expired":
             wh.set_connection_status(
                 conn, result.patient_id, "active", last_error="Oura membership expired (403)"
             )
+
+
+def granted_scopes(warehouse: wh.WarehouseAccess, patients: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """The scopes each patient's connection holds (from Oura's token answer), for those whose are known."""
+    if not patients:
+        return {}
+    with warehouse.connect("read granted scopes") as conn:
+        connections = [wh.get_connection(conn, patient_id) for patient_id in patients]
+    return {c.patient_id: c.scopes for c in connections if c is not None and c.scopes}
 
 
 def sync_patients(
@@ -420,6 +524,7 @@ def sync_patients(
     collections = list(collections)
     warehouse = warehouse.reporting_waits_to(progress)  # a long wait for the file shows in the run's log
     progress.info(f"syncing {len(patients)} patient(s), days {start}..{end}, collections {collections}")
+    scopes = granted_scopes(warehouse, patients)
 
     def sync_one(patient_id: str) -> tuple[PatientSyncResult, float, str | None]:
         began = clock.monotonic()
@@ -433,6 +538,7 @@ def sync_patients(
                 collections=collections,
                 purpose=purpose,
                 refetch=refetch,
+                granted_scopes=scopes.get(patient_id),
             )
             trace = None
         except Exception as exc:  # one patient's bug must not cost the others their sync

@@ -14,6 +14,8 @@ and values always travel as parameters. The modules, by what they own:
 - `staging`: bulk rows staged as JSON and mirrored into a window.
 - `raw`, `normalized`: the `oura_raw` tables (with document revisions), `wearable_data` and the daily stats.
 - `day_status`: `wearable_day_status`, why each synced patient-day has the data it has.
+- `activities`: `wearable_workouts` and `wearable_sessions`, one row per Oura document.
+- `collection_status`: `wearable_collection_status`, whether each patient's collection synced and why not.
 - `connections`, `runs`, `oauth_states`: connections and tokens; sync requests, results and events; states.
 - `queries`: the named queries behind the asset checks.
 - `audit`: the append-only audit log; `erasure`: a patient erased from every table, the file compacted;
@@ -30,6 +32,7 @@ from oura_assets.domain import (
     SYNC_REQUEST_STATUSES,
     SYNC_RESULT_STATUSES,
 )
+from oura_assets.warehouse.activities import replace_sessions, replace_workouts
 from oura_assets.warehouse.audit import (
     ANONYMOUS,
     OPERATOR,
@@ -37,6 +40,11 @@ from oura_assets.warehouse.audit import (
     erasure_pending_compaction,
     read_audit_log,
     record_audit,
+)
+from oura_assets.warehouse.collection_status import (
+    CollectionStatus,
+    read_collection_status,
+    replace_collection_status,
 )
 from oura_assets.warehouse.connections import (
     ConnectionRecord,
@@ -93,6 +101,7 @@ from oura_assets.warehouse.queries import (
     raw_heartrate_out_of_range,
     raw_scores_out_of_range,
     raw_sleep_period_problems,
+    spans_out_of_order,
     sync_errors_in_run,
     wearable_data_bedtimes_out_of_order,
     wearable_data_key_shapes,
@@ -164,6 +173,7 @@ __all__ = [
     "SYNC_RESULT_STATUSES",
     "TABLES",
     "AuditEntry",
+    "CollectionStatus",
     "Column",
     "Compaction",
     "ConnectionAttention",
@@ -227,6 +237,7 @@ __all__ = [
     "raw_scores_out_of_range",
     "raw_sleep_period_problems",
     "read_audit_log",
+    "read_collection_status",
     "read_daily_heart_rate",
     "read_day_status",
     "read_raw_documents",
@@ -236,15 +247,19 @@ __all__ = [
     "record_sync_result",
     "record_webhook_event",
     "rekey",
+    "replace_collection_status",
     "replace_daily_stats",
     "replace_day_status",
     "replace_raw_documents",
     "replace_raw_heartrate",
+    "replace_sessions",
     "replace_wearable_data",
+    "replace_workouts",
     "retention_horizon",
     "save_oauth_state",
     "save_tokens",
     "set_connection_status",
+    "spans_out_of_order",
     "sync_errors_in_run",
     "sync_results_for_run",
     "unannounced_documents",

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import duckdb
 
-from oura_assets.domain import DOCUMENT_COLLECTIONS
+from oura_assets.domain import CORE_COLLECTIONS, SESSION, WELLNESS_COLLECTIONS, WORKOUT
 from oura_assets.warehouse.schema import (
     AUDIT_LOG,
     RETENTION_HORIZONS,
@@ -20,6 +20,10 @@ from oura_assets.warehouse.schema import (
     SCHEMA_VERSION_TABLE,
     SCHEMAS,
     TABLES,
+    WEARABLE_COLLECTION_STATUS,
+    WEARABLE_SESSIONS,
+    WEARABLE_WORKOUTS,
+    WELLNESS_COLUMNS,
 )
 
 logger = logging.getLogger(__name__)
@@ -27,6 +31,8 @@ logger = logging.getLogger(__name__)
 # Migration 1 creates the tables as `schema.TABLES` describes them today. A later change to a table keeps
 # that description current (so fresh files and the UI see it) and adds a migration that brings a file at
 # an older version to it (ALTER TABLE … ADD COLUMN IF NOT EXISTS, which is a no-op on a fresh file).
+# Migrations 2 and 3 touch the raw tables that existed then (`CORE_COLLECTIONS`): the ones migration 6 adds
+# are created with those columns.
 _MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (
         1,
@@ -45,14 +51,14 @@ _MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             # history before this migration is unknown, so revision 0 (no content change seen yet).
             *(
                 f"ALTER TABLE oura_raw.{c} ADD COLUMN IF NOT EXISTS {column.name} {column.type}"
-                for c in DOCUMENT_COLLECTIONS
+                for c in CORE_COLLECTIONS
                 for column in REVISION_COLUMNS
             ),
             *(
                 f"UPDATE oura_raw.{c} SET first_seen_at = coalesce(first_seen_at, fetched_at), "  # noqa: S608
                 "last_changed_at = coalesce(last_changed_at, fetched_at), revision = coalesce(revision, 0) "
                 "WHERE first_seen_at IS NULL OR last_changed_at IS NULL OR revision IS NULL"
-                for c in DOCUMENT_COLLECTIONS
+                for c in CORE_COLLECTIONS
             ),
             "ALTER TABLE patient_graph.sync_results ADD COLUMN IF NOT EXISTS documents JSON",
             TABLES["oura_raw.document_revisions"].ddl(),
@@ -66,7 +72,7 @@ _MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         # column ("Cannot create index with outstanding updates").
         tuple(
             f"ALTER TABLE oura_raw.{c} ALTER COLUMN {column.name} SET NOT NULL"
-            for c in DOCUMENT_COLLECTIONS
+            for c in CORE_COLLECTIONS
             for column in REVISION_COLUMNS
         ),
     ),
@@ -79,6 +85,23 @@ _MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         5,
         "patient_graph.webhook_events: Oura webhook events accepted, for deduplicating redeliveries",
         (TABLES["patient_graph.webhook_events"].ddl(),),
+    ),
+    (
+        6,
+        "workouts, sessions and the daily SpO2, stress, resilience and cardiovascular-age summaries: "
+        "their raw tables, wearable_workouts, wearable_sessions, wearable_collection_status, daily-stats "
+        "columns",
+        (
+            *(TABLES[f"oura_raw.{c}"].ddl() for c in (WORKOUT, SESSION, *WELLNESS_COLLECTIONS)),
+            WEARABLE_WORKOUTS.ddl(),
+            WEARABLE_SESSIONS.ddl(),
+            WEARABLE_COLLECTION_STATUS.ddl(),
+            *(
+                f"ALTER TABLE patient_graph.patient_wearable_daily_stats ADD COLUMN IF NOT EXISTS "
+                f"{column.name} {column.type}"
+                for column in WELLNESS_COLUMNS
+            ),
+        ),
     ),
 )
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
