@@ -44,9 +44,8 @@ ALL_COLLECTIONS = RAW_COLLECTIONS
 # Patient-side failures: the patient (or their Oura account) must act, not us. They leave the run green and
 # surface in the connection's status, the sync event and the asset checks.
 PATIENT_SIDE_CODES = frozenset({"reconnect_required", "subscription_expired", "forbidden", "scope_missing"})
-# A collection the patient did not grant the scope for: skipped, by the patient's choice. Recorded (sync
-# result, `wearable_collection_status`) but not a failure: the patient's sync is `success` without it.
-SKIPPED_CODES = frozenset({"scope_missing"})
+# A collection the patient did not grant the scope for is skipped, by the patient's choice: recorded in
+# `wearable_collection_status`, not as an error, and the patient's sync is `success` without it.
 # Oura could not answer (5xx, timeouts, dropped connections, 429 beyond the wait): worth another pass after a
 # cool-down, and, when it survives every pass, Oura's outage rather than anything the patient did.
 OURA_UNAVAILABLE_CODES = frozenset({"oura_unavailable", "rate_limited"})
@@ -341,13 +340,13 @@ def sync_patient(
                         changes += written
         except wh.WarehouseBusy as exc:
             return PatientSyncResult(
-                patient_id, "failed", {}, [*skipped, *errors, SyncError("warehouse_busy", str(exc))]
+                patient_id, "failed", {}, [*errors, SyncError("warehouse_busy", str(exc))]
             )
     status = _status(len(fetched), len(wanted), errors)
+    # A skipped collection is not an error of the sync (the patient chose not to share it): it is said in
+    # `wearable_collection_status`, not in the sync event's errors.
     statuses = collection_statuses(asked, fetched, [*skipped, *errors])
-    return PatientSyncResult(
-        patient_id, status, rows, [*skipped, *errors], changes.as_dict() if fetched else {}, statuses
-    )
+    return PatientSyncResult(patient_id, status, rows, errors, changes.as_dict() if fetched else {}, statuses)
 
 
 class RunLog(Protocol):
@@ -481,7 +480,7 @@ def _record(
             )
         if result.status != "failed":
             wh.mark_synced(conn, result.patient_id, datetime.now(UTC))
-        elif result.errors and result.errors[0].code == "subscription_expired":
+        elif any(e.code == "subscription_expired" for e in result.errors):
             wh.set_connection_status(
                 conn, result.patient_id, "active", last_error="Oura membership expired (403)"
             )
