@@ -38,11 +38,22 @@ def _sim(name: str, collection: str) -> list[dict]:
     return simdata.documents(name, collection, DAYS, datetime.now(UTC))
 
 
-def test_new_collections_land_raw_and_normalized(pipeline_env, connect_patient):
+def test_new_collections_land_raw_and_normalized_once_per_range_and_idempotently(
+    pipeline_env, connect_patient, simulator
+):
     ring = _ring_user_with_busy_days()
     connect_patient("p-all", ring, scopes=ALL_SCOPES)
+    simulator.control.reset_stats()
     result = run_sync(START, END)
     assert result.success
+
+    requests = simulator.control.stats()["requests"]
+    for collection in NEW_RAW:
+        route = next(r for r in requests if r.rstrip("/").endswith(f"/{collection}"))
+        # One range fetch, paged: the 16 padded days at the simulator's 10 documents a page are at most two
+        # pages (a day has at most 3 workouts or sessions here), never one request per day.
+        assert 1 <= sum(requests[route].values()) <= 2, (collection, requests[route])
+        assert set(requests[route]) == {"200"}
 
     for collection in NEW_RAW:
         expected = sorted(d["id"] for d in _sim(ring, collection))
@@ -117,22 +128,22 @@ def test_new_collections_land_raw_and_normalized(pipeline_env, connect_patient):
     )
     assert dict(statuses) == {c: "synced" for c in (*simdata_core(), *NEW_RAW, "heartrate")}
 
+    # Materializing the same range again leaves every new table as it was (`*_at` times aside).
+    tables = [
+        *(f"oura_raw.{c}" for c in NEW_RAW),
+        "patient_graph.wearable_workouts",
+        "patient_graph.wearable_sessions",
+        "patient_graph.patient_wearable_daily_stats",
+        "patient_graph.wearable_collection_status",
+    ]
+    first = snapshot(pipeline_env, tables)
+    assert run_sync(START, END).success
+    assert snapshot(pipeline_env, tables) == first
+    assert all(first[t] for t in tables)
+
 
 def simdata_core() -> tuple[str, ...]:
     return ("daily_readiness", "daily_sleep", "sleep", "daily_activity")
-
-
-def test_one_range_fetch_per_new_collection_per_patient(pipeline_env, connect_patient, simulator):
-    connect_patient("p-economy", "collections-economy", scopes=ALL_SCOPES)
-    simulator.control.reset_stats()
-    assert run_sync(START, END).success
-    requests = simulator.control.stats()["requests"]
-    for collection in NEW_RAW:
-        route = next(r for r in requests if r.rstrip("/").endswith(f"/{collection}"))
-        # One range fetch, paged: the 16 padded days at the simulator's 10 documents a page are at most two
-        # pages (a day has at most 3 workouts or sessions here), never one request per day.
-        assert 1 <= sum(requests[route].values()) <= 2, (collection, requests[route])
-        assert set(requests[route]) == {"200"}
 
 
 def test_a_scope_not_granted_skips_its_collection_and_never_fails_the_patient(
@@ -194,19 +205,3 @@ def test_a_scope_not_granted_skips_its_collection_and_never_fails_the_patient(
         query(pipeline_env, "SELECT patient_id, status FROM patient_graph.wearable_connections ORDER BY 1")
     )
     assert connections == {"p-narrow": "active", "p-withdrawn": "active"}
-
-
-def test_materializing_twice_leaves_the_new_tables_the_same(pipeline_env, connect_patient):
-    connect_patient("p-twice", _ring_user_with_busy_days(), scopes=ALL_SCOPES)
-    tables = [
-        *(f"oura_raw.{c}" for c in NEW_RAW),
-        "patient_graph.wearable_workouts",
-        "patient_graph.wearable_sessions",
-        "patient_graph.patient_wearable_daily_stats",
-        "patient_graph.wearable_collection_status",
-    ]
-    assert run_sync(START, END).success
-    first = snapshot(pipeline_env, tables)
-    assert run_sync(START, END).success
-    assert snapshot(pipeline_env, tables) == first
-    assert all(first[t] for t in tables)
