@@ -236,8 +236,11 @@ def test_an_older_file_is_migrated_and_its_documents_backfilled_as_first_version
         assert conn.execute("SELECT max(version) FROM main.schema_version").fetchone() == (wh.SCHEMA_VERSION,)
         # Migration 6: the newer collections' raw tables (with revision columns) and daily-stats columns.
         assert conn.execute("SELECT revision FROM oura_raw.workout").fetchall() == []
-        assert conn.execute(
-            "SELECT spo2_average_pct, resilience_level FROM patient_graph.patient_wearable_daily_stats"
-        ).fetchall() == []
+        assert (
+            conn.execute(
+                "SELECT spo2_average_pct, resilience_level FROM patient_graph.patient_wearable_daily_stats"
+            ).fetchall()
+            == []
+        )
         statuses = conn.execute("SELECT count(*) FROM patient_graph.wearable_collection_status").fetchone()
         assert statuses == (0,)
