@@ -285,9 +285,9 @@ def client_for(simulator: SimulatorServer) -> WebhookClient:
 def test_ensure_creates_one_subscription_per_event_and_data_type_then_keeps_them(receiver: Receiver) -> None:
     with client_for(receiver.simulator) as client:
         first = ensure_subscriptions(client, receiver.settings.webhook_callback_url, TOKEN)
-        assert len(first.created) == len(EVENT_TYPES) * len(WEBHOOK_DATA_TYPES) == 12
+        assert len(first.created) == len(EVENT_TYPES) * len(WEBHOOK_DATA_TYPES) == 30
         second = ensure_subscriptions(client, receiver.settings.webhook_callback_url, TOKEN)
-        assert second.created == [] and second.renewed == [] and len(second.kept) == 12
+        assert second.created == [] and second.renewed == [] and len(second.kept) == 30
         listed = client.list()
     assert {(s.event_type, s.data_type) for s in listed} == {
         (e, d) for e in EVENT_TYPES for d in WEBHOOK_DATA_TYPES
@@ -306,9 +306,9 @@ def test_ensure_renews_subscriptions_close_to_expiry_and_recreates_deleted_ones(
         # The simulator's subscriptions live 30 days: renewing those within 31 days renews all of them.
         later = datetime.now(UTC) + timedelta(hours=1)
         report = ensure_subscriptions(client, callback, TOKEN, renew_within=timedelta(days=31), now=later)
-        assert len(report.created) == 1 and len(report.renewed) == 11
+        assert len(report.created) == 1 and len(report.renewed) == 29
         after = {s.id: s.expiration_time for s in client.list()}
-    assert len(after) == 12
+    assert len(after) == 30
     assert all(after[i] >= before[i] for i in before if i != victim)
 
 
@@ -401,10 +401,10 @@ def test_cli_webhooks_ensure_list_delete(
 
     webhook_env(receiver, monkeypatch)
     assert main(["webhooks", "ensure"]) == 0
-    assert len(json.loads(capsys.readouterr().out)["created"]) == 12
+    assert len(json.loads(capsys.readouterr().out)["created"]) == 30
     assert main(["webhooks", "list"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert len(listed) == 12 and TEST_CLIENT_SECRET not in json.dumps(listed)
+    assert len(listed) == 30 and TEST_CLIENT_SECRET not in json.dumps(listed)
     assert main(["webhooks", "delete", listed[0]["id"]]) == 0
     capsys.readouterr()
     with client_for(receiver.simulator) as client:
@@ -432,11 +432,11 @@ def test_daily_job_creates_then_renews_the_subscriptions(
     webhook_env(receiver, monkeypatch)
     first = webhook_subscriptions_job.execute_in_process()
     assert first.success
-    assert len(first.output_for_node("ensure_webhook_subscriptions")["created"]) == 12
+    assert len(first.output_for_node("ensure_webhook_subscriptions")["created"]) == 30
     config = {"ops": {"ensure_webhook_subscriptions": {"config": {"renew_within_days": 31}}}}
     second = webhook_subscriptions_job.execute_in_process(run_config=config)
     report = second.output_for_node("ensure_webhook_subscriptions")
-    assert report["created"] == [] and len(report["renewed"]) == 12
+    assert report["created"] == [] and len(report["renewed"]) == 30
 
 
 def test_daily_job_without_webhook_configuration_succeeds_and_says_so(
@@ -491,6 +491,17 @@ def test_silent_webhooks_check_counts_documents_no_event_announced(
         "daily_sleep": 0,
         "sleep": 0,
         "daily_activity": 1,
+        **dict.fromkeys(
+            (
+                "workout",
+                "session",
+                "daily_spo2",
+                "daily_stress",
+                "daily_resilience",
+                "daily_cardiovascular_age",
+            ),
+            0,
+        ),
     }
     assert result.metadata["webhook_events"].value == 1
     monkeypatch.delenv("OURA_WEBHOOK_VERIFICATION_TOKEN")
