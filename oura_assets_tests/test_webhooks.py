@@ -408,7 +408,7 @@ def test_cli_webhooks_ensure_list_delete(
     assert main(["webhooks", "delete", listed[0]["id"]]) == 0
     capsys.readouterr()
     with client_for(receiver.simulator) as client:
-        assert len(client.list()) == 11
+        assert len(client.list()) == 29
     assert main(["webhooks", "delete", "--all"]) == 0
     with client_for(receiver.simulator) as client:
         assert client.list() == []
