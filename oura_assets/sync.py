@@ -152,8 +152,9 @@ def screen_samples(samples: list[Any]) -> tuple[list[dict[str, Any]], list[SyncE
 
 def _classify(error: OuraError, collection: str) -> SyncError:
     if isinstance(error, OuraForbidden):
-        # Oura answers 403 both for a missing scope and for an expired membership [spec]; one collection
-        # forbidden is a scope the patient did not grant, all of them is the membership.
+        # Oura answers 403 both for a missing scope and for an expired membership [spec]. A scope the
+        # connection lacks is never asked for (`scope_missing`); of the rest, every collection forbidden is
+        # the membership (`sync_patient`), one alone is that collection refused (`forbidden`).
         return SyncError("forbidden", error.message, collection)
     if isinstance(error, OuraUnauthorized):
         return SyncError("unauthorized", error.message, collection)
