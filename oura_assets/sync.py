@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Protocol
 
+import duckdb
+import pyarrow as pa
+
 from oura_assets import domain, ledger
 from oura_assets import warehouse as wh
 from oura_assets.day_status_writer import write_day_status
@@ -34,6 +37,7 @@ from oura_assets.oura.client import (
     OuraUnavailable,
     parse_instant,
 )
+from oura_assets.oura.heartrate_pages import HeartRateColumns
 from oura_assets.tokens import ReconnectRequired
 
 log = logging.getLogger(__name__)
@@ -167,13 +171,28 @@ def _classify(error: OuraError, collection: str) -> SyncError:
     return SyncError("oura_error", error.message, collection)
 
 
+def screen_columns(columns: HeartRateColumns) -> tuple[pa.Table, list[SyncError]]:
+    """`screen_samples` for samples parsed into columns: the landable ones, and one error for the rest.
+
+    The parse flagged the rejected samples (`landable`); only those few are read back into Python, so
+    their reasons are worded by `_sample_problem`, the rule every sample was screened by before.
+    """
+    landable = columns.landable()
+    rejected = columns.rejected_documents()
+    if not rejected:
+        return landable, []
+    problems = [_sample_problem(sample) or "not landable" for sample in rejected]
+    message = f"{len(problems)} heart-rate sample(s) left out; first: {problems[0]}"
+    return landable, [SyncError("rejected_document", message, "heartrate")]
+
+
 def _fetch(
     client: OuraClient, collection: str, start: date, end: date
-) -> tuple[list[dict[str, Any]], list[SyncError]]:
-    """One collection's documents (or heart-rate samples) for local days [start, end], and what was screened
-    out of them."""
+) -> tuple[list[dict[str, Any]] | pa.Table, list[SyncError]]:
+    """One collection's documents (or heart-rate samples, as columns) for local days [start, end], and what
+    was screened out of them."""
     if collection == "heartrate":
-        return screen_samples(client.heartrate(*heartrate_window(start, end)))
+        return screen_columns(client.heartrate_columns(*heartrate_window(start, end)))
     batch = client.documents(collection, start, end)
     rejected = [SyncError("rejected_document", r.reason, collection) for r in batch.rejected]
     return batch.documents, rejected
@@ -250,17 +269,23 @@ def sync_patient(
     collections: Iterable[str] = ALL_COLLECTIONS,
     purpose: str = "sync",
     refetch: RefetchPolicy = RefetchPolicy(),
+    record: Callable[[duckdb.DuckDBPyConnection, PatientSyncResult], None] | None = None,
     granted_scopes: tuple[str, ...] | None = None,
 ) -> PatientSyncResult:
     """Fetch `collections` for local days [start, end] and replace the patient's raw window with them.
 
     A collection Oura could not serve is fetched again in later passes (`refetch`) before it counts as
-    failed; a collection that failed keeps what earlier runs landed in its raw table. A collection whose
-    scope is not among `granted_scopes` (the connection's; None: unknown) is not asked for: Oura would answer
-    403 [spec]. It is skipped with the reason (`scope_missing`), and the patient's sync can still succeed.
-    Oura answers 403 both for a scope not granted and for an expired membership [spec]: every collection
-    refused is the membership (`subscription_expired`); one refused while others answer, with its scope
-    granted, is `forbidden` for that collection alone. Neither fails the patient while something landed.
+    failed; a collection that failed keeps what earlier runs landed in its raw table. `record(conn, result)`,
+    when given, is called inside the transaction that lands the rows, so the rows and what is recorded about
+    them commit together, in one hold of the warehouse lock instead of two; it is not called when nothing
+    was landed.
+
+    A collection whose scope is not among `granted_scopes` (the connection's; None: unknown) is not asked
+    for: Oura would answer 403 [spec]. It is skipped with the reason (`scope_missing`, in the result's
+    `collections`), and the patient's sync can still succeed. Oura answers 403 both for a scope not granted
+    and for an expired membership [spec]: every collection refused is the membership
+    (`subscription_expired`); one refused while others answer, its scope granted, is `forbidden` for that
+    collection alone. Neither fails the patient while something landed.
     """
     asked = [c for c in ALL_COLLECTIONS if c in set(collections)]
     skipped = [
@@ -269,7 +294,7 @@ def sync_patient(
         if (scope := domain.missing_scope(c, granted_scopes)) is not None
     ]
     wanted = [c for c in asked if c not in {e.collection for e in skipped}]
-    fetched: dict[str, list[dict[str, Any]]] = {}
+    fetched: dict[str, list[dict[str, Any]] | pa.Table] = {}
     failures: dict[str, tuple[SyncError, OuraError]] = {}
     notes: list[SyncError] = []
     pending = wanted
@@ -320,6 +345,9 @@ def sync_patient(
             else e
             for e in errors
         ]
+    # A skipped collection is not an error of the sync (the patient chose not to share it): it is said in
+    # `wearable_collection_status`, not in the sync event's errors.
+    statuses = collection_statuses(asked, fetched, [*skipped, *errors])
 
     rows: dict[str, int] = {}
     changes = wh.DocumentChanges()
@@ -330,7 +358,7 @@ def sync_patient(
                 for collection, documents in fetched.items():
                     if collection == "heartrate":
                         low, high = heartrate_window(start, end)
-                        rows[f"oura_raw.{collection}"] = wh.replace_raw_heartrate(
+                        rows[f"oura_raw.{collection}"] = wh.replace_raw_heartrate_columns(
                             conn, patient_id, low, high, documents, fetched_at
                         )
                     else:
@@ -339,15 +367,22 @@ def sync_patient(
                         )
                         rows[f"oura_raw.{collection}"] = written.written
                         changes += written
+                result = PatientSyncResult(
+                    patient_id,
+                    _status(len(fetched), len(wanted), errors),
+                    rows,
+                    errors,
+                    changes.as_dict(),
+                    statuses,
+                )
+                if record is not None:
+                    record(conn, result)
+                return result
         except wh.WarehouseBusy as exc:
             return PatientSyncResult(
                 patient_id, "failed", {}, [*errors, SyncError("warehouse_busy", str(exc))]
             )
-    status = _status(len(fetched), len(wanted), errors)
-    # A skipped collection is not an error of the sync (the patient chose not to share it): it is said in
-    # `wearable_collection_status`, not in the sync event's errors.
-    statuses = collection_statuses(asked, fetched, [*skipped, *errors])
-    return PatientSyncResult(patient_id, status, rows, errors, changes.as_dict() if fetched else {}, statuses)
+    return PatientSyncResult(patient_id, _status(0, len(wanted), errors), rows, errors, {}, statuses)
 
 
 class RunLog(Protocol):
@@ -452,39 +487,43 @@ def _record(
 ) -> None:
     """Record a patient's result and what it says about the connection, in one transaction."""
     with warehouse.transaction("record a patient's sync result") as conn:
-        ledger.record_patient_result(
+        _record_on(conn, run_id, result, start, end)
+
+
+def _record_on(
+    conn: duckdb.DuckDBPyConnection, run_id: str, result: PatientSyncResult, start: date, end: date
+) -> None:
+    """`_record` inside a transaction the caller holds (the one that landed the patient's rows)."""
+    ledger.record_patient_result(
+        conn,
+        run_id=run_id,
+        patient_id=result.patient_id,
+        status=result.status,
+        start_day=start,
+        end_day=end,
+        rows=result.rows,
+        errors=[e.to_dict() for e in result.errors],
+        documents=result.documents or None,
+    )
+    if not result.rows:
+        # Nothing landed, and the normalized assets may not run at all (a run where every patient
+        # failed is red): the patient's days are explained here, from what the warehouse already held.
+        write_day_status(conn, patient_id=result.patient_id, start=start, end=end, run_id=run_id)
+    if result.collections:
+        wh.replace_collection_status(
             conn,
-            run_id=run_id,
-            patient_id=result.patient_id,
-            status=result.status,
+            result.patient_id,
+            {c: wh.CollectionStatus(status, reason) for c, (status, reason) in result.collections.items()},
             start_day=start,
             end_day=end,
-            rows=result.rows,
-            errors=[e.to_dict() for e in result.errors],
-            documents=result.documents or None,
+            updated_at=datetime.now(UTC),
         )
-        if not result.rows:
-            # Nothing landed, and the normalized assets may not run at all (a run where every patient
-            # failed is red): the patient's days are explained here, from what the warehouse already held.
-            write_day_status(conn, patient_id=result.patient_id, start=start, end=end, run_id=run_id)
-        if result.collections:
-            wh.replace_collection_status(
-                conn,
-                result.patient_id,
-                {
-                    c: wh.CollectionStatus(status, reason)
-                    for c, (status, reason) in result.collections.items()
-                },
-                start_day=start,
-                end_day=end,
-                updated_at=datetime.now(UTC),
-            )
-        if result.status != "failed":
-            wh.mark_synced(conn, result.patient_id, datetime.now(UTC))
-        elif any(e.code == "subscription_expired" for e in result.errors):
-            wh.set_connection_status(
-                conn, result.patient_id, "active", last_error="Oura membership expired (403)"
-            )
+    if result.status != "failed":
+        wh.mark_synced(conn, result.patient_id, datetime.now(UTC))
+    elif any(e.code == "subscription_expired" for e in result.errors):
+        wh.set_connection_status(
+            conn, result.patient_id, "active", last_error="Oura membership expired (403)"
+        )
 
 
 def granted_scopes(warehouse: wh.WarehouseAccess, patients: Sequence[str]) -> dict[str, tuple[str, ...]]:
@@ -511,15 +550,15 @@ def sync_patients(
     refetch: RefetchPolicy = RefetchPolicy(),
     concurrency: Callable[[int], int] | None = None,
 ) -> RunOutcome:
-    """Sync each of `patients` over local days [start, end], a few at a time, and record each one's result.
+    """Sync each of `patients` over local days [start, end], several at a time, and record each one's result.
 
     One patient's failure, even an unexpected exception, is recorded for that patient (`internal_error`, with
     the traceback in `progress`) and never costs the others their sync. `client_for` builds a patient's Oura
     client; `purpose` names the run in the warehouse lock's holder; `refetch` says how often and after what
     cool-down a collection Oura could not serve is fetched again before its patient is called partial.
     `concurrency(cap)` says how many patients to keep in flight (at most `cap` = `max_workers`), asked again
-    as each one finishes, so it can follow the latency seen (`RateBudget.suggested_workers`); without it,
-    `max_workers` patients are in flight.
+    as each one finishes, so it can follow the request cycle seen (`RateBudget.suggested_workers`); without
+    it, `max_workers` patients are in flight.
     """
     collections = list(collections)
     warehouse = warehouse.reporting_waits_to(progress)  # a long wait for the file shows in the run's log
@@ -528,6 +567,12 @@ def sync_patients(
 
     def sync_one(patient_id: str) -> tuple[PatientSyncResult, float, str | None]:
         began = clock.monotonic()
+        recorded: list[PatientSyncResult] = []
+
+        def record(conn: duckdb.DuckDBPyConnection, result: PatientSyncResult) -> None:
+            _record_on(conn, run_id, result, start, end)
+            recorded.append(result)
+
         try:
             result = sync_patient(
                 patient_id=patient_id,
@@ -538,6 +583,7 @@ def sync_patients(
                 collections=collections,
                 purpose=purpose,
                 refetch=refetch,
+                record=record,
                 granted_scopes=scopes.get(patient_id),
             )
             trace = None
@@ -546,15 +592,22 @@ def sync_patients(
                 patient_id, "failed", {}, [SyncError("internal_error", type(exc).__name__)]
             )
             trace = traceback.format_exc()
-        return result, clock.monotonic() - began, trace
+        took = clock.monotonic() - began
+        # Recorded in the patient's own thread, with its rows when it landed any (one hold of the warehouse
+        # lock per patient): recorded by the loop below, every write would hold up the next patient's start
+        # behind the lock, and the run would fall below its rate budget.
+        if not (recorded and recorded[0] is result):
+            _record(warehouse, run_id, result, start, end)
+        return result, took, trace
 
     results: list[PatientSyncResult] = []
     cap = max(1, min(max_workers, len(patients)))
     queue = list(patients)
     in_flight: set[Future[tuple[PatientSyncResult, float, str | None]]] = set()
-    # Patients are fetched a few at a time: a run is bound by Oura's latency and its rate budget, not by us.
-    # Their writes still take turns at the warehouse lock. How many are in flight is asked again as each
-    # one finishes, so it follows the latency the budget sees.
+    # Patients are fetched many at a time: a run is bound by its rate budget, not by Oura's latency or by us.
+    # Their writes (rows, then the result) still take turns at the warehouse lock, in the patients' own
+    # threads. How many are in flight is asked again as each one finishes, so it follows the request cycle
+    # the budget sees.
     with ThreadPoolExecutor(cap, thread_name_prefix="oura-patient") as pool:
         while queue or in_flight:
             target = cap if concurrency is None else max(1, min(cap, concurrency(cap)))
@@ -571,5 +624,4 @@ def sync_patients(
                     f"patient {len(results)} of {len(patients)} ({result.patient_id}): "
                     f"{result.status} ({codes}), {sum(result.rows.values())} rows in {took:.1f}s"
                 )
-                _record(warehouse, run_id, result, start, end)
     return RunOutcome(results)
