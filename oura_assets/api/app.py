@@ -27,6 +27,7 @@ from starlette.routing import Route
 from oura_assets import warehouse as wh
 from oura_assets.api.audit import AuditMiddleware, trail_of, wants_erasure
 from oura_assets.api.auth import AuthUnavailable, JwtVerifier, Unauthorized, verifier_from_settings
+from oura_assets.api.first_data import FirstDataLane
 from oura_assets.api.limits import RequestLimitsMiddleware
 from oura_assets.api.responses import (
     ApiError,
@@ -200,8 +201,12 @@ def create_app(
     oauth_app: OuraOAuthApp | None = None,
     jwt_verifier: JwtVerifier | None = None,
     lock_wait_s: float = API_LOCK_WAIT_S,
+    first_data_inline: bool = False,
 ) -> Starlette:
-    """The connection API. Anything not injected is built from the settings when the app starts."""
+    """The connection API. Anything not injected is built from the settings when the app starts.
+
+    `first_data_inline`: execute new connections' first-data runs in this process (api/first_data.py).
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -214,11 +219,15 @@ def create_app(
             # Someone else holds the lock and created the schema before us; requests wait their turn.
             log.warning("schema check skipped at start-up: %s", exc)
         app.state.verifier = jwt_verifier or verifier_from_settings(resolved)
+        lane = FirstDataLane(store) if first_data_inline else None
+        if lane is not None:
+            lane.warm_up()
         app.state.service = ConnectionService(
             settings=resolved,
             warehouse=store,
             oauth=oauth_app or OuraOAuthApp.from_settings(resolved),
             cipher=TokenCipher(resolved.token_keys),
+            first_data_lane=lane,
         )
         # Grants of callbacks that died with a previous API process (see ConnectionService.recover_grants).
         await run_in_threadpool(app.state.service.recover_grants_quietly)
@@ -226,6 +235,8 @@ def create_app(
         yield
         app.state.service = None
         app.state.verifier = None
+        if lane is not None:
+            await run_in_threadpool(lane.close)
 
     routes = [
         Route(f"{PREFIX}/connect/{{source}}", connect, methods=["POST"]),

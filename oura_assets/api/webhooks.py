@@ -189,6 +189,7 @@ class WebhookReceiver:
                 ),
                 now,
             )
+        wh.signal_sync_queued(self.warehouse.path)
         log.info(
             "webhook %s/%s for patient %s: %s, sync %s for %s..%s",
             event.event_type,

@@ -99,6 +99,11 @@ from oura_assets.warehouse.queries import (
     wearable_data_scores_out_of_range,
     wearable_data_sleep_duration_problems,
 )
+from oura_assets.warehouse.queue_signal import (
+    signal_sync_queued,
+    sync_queue_signal_path,
+    sync_queue_stamp,
+)
 from oura_assets.warehouse.raw import (
     DocumentChanges,
     mirror_raw_documents,
@@ -245,7 +250,10 @@ __all__ = [
     "save_oauth_state",
     "save_tokens",
     "set_connection_status",
+    "signal_sync_queued",
     "sync_errors_in_run",
+    "sync_queue_signal_path",
+    "sync_queue_stamp",
     "sync_results_for_run",
     "unannounced_documents",
     "upsert_connection",

@@ -1,0 +1,142 @@
+"""The first-data lane: a new patient's most recent days synced by a Dagster run the API executes itself.
+
+A patient who has just connected their ring looks for last night's sleep at once. Through the queue, their
+first run waits for the `oura_sync_requests` sensor (the daemon evaluates sensors every 5 s at best), the run
+queue, and a run worker process that starts Python, imports Dagster and loads the code location: 15-25 s on
+an idle 2-core host and over a minute on a busy one (`bench/bench_freshness.py`), for a run whose own work is
+a second or two. So the API, whose process has all of that loaded already, executes that one small run
+itself, in a worker thread, as soon as the callback has answered:
+
+- it is a real run of the `oura_sync` job on the Dagster instance (`DAGSTER_HOME`), executed in process
+  (`execute_in_process`, as `make demo` does): visible in the UI with its logs, asset materializations and
+  checks (blocking raw checks included), tagged `oura_assets/trigger=first_data`, its `wearable_sync` event
+  written by the usual sensor. Dagster stays the orchestrator of record; only the launch is local. It
+  selects the raw and patient-graph assets: the analytics snapshot is left to the 30-day run that follows;
+- it carries the first-data sync request the callback queued (today and the two days before), which the
+  callback reserves (`running`) in the same transaction so the sensor does not launch it a second time;
+  if the run cannot be started the request is released to the queue and the sensor runs it as usual;
+- the 30-day initial sync still goes through the sensor and the run queue, which runs one run per patient
+  at a time (`dagster.yaml`), so it starts once this run has finished.
+
+One run at a time (a single worker thread): a burst of sign-ups queues here rather than running N jobs in the
+API process at once. The lane is on for `oura-assets serve` when `DAGSTER_HOME` names an instance (as under
+`make dev`, and in a deployment where the API shares the Dagster instance) and `OURA_ASSETS_FIRST_DATA_INLINE`
+is not `0`; elsewhere (tests, an API without the instance) first data goes through the sensor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from oura_assets import ledger
+from oura_assets import warehouse as wh
+
+log = logging.getLogger("oura_assets.api")
+
+TRIGGER = "first_data"
+INLINE_VARIABLE = "OURA_ASSETS_FIRST_DATA_INLINE"
+
+
+def lane_enabled(env: Mapping[str, str] | None = None) -> bool:
+    """Whether `oura-assets serve` runs first-data syncs itself: a Dagster instance is configured, not opted out."""
+    env = os.environ if env is None else env
+    return bool(env.get("DAGSTER_HOME")) and env.get(INLINE_VARIABLE, "1").strip().lower() not in {
+        "0",
+        "false",
+        "no",
+    }
+
+
+@dataclass(frozen=True)
+class FirstDataRun:
+    patient_id: str
+    sync_id: str
+    start: date
+    end: date
+
+
+class FirstDataLane:
+    """Executes first-data runs in process, one at a time, on the Dagster instance of `DAGSTER_HOME`."""
+
+    def __init__(self, warehouse: wh.Warehouse) -> None:
+        self.warehouse = warehouse
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="first-data")
+        self._loaded: tuple[Any, Any] | None = None
+        self._load_lock = threading.Lock()
+
+    def warm_up(self) -> Future[Any]:
+        """Import Dagster and load the definitions and instance now, so the first patient does not wait."""
+        return self._pool.submit(self._definitions)
+
+    def submit(self, run: FirstDataRun) -> Future[str | None]:
+        return self._pool.submit(self._run, run)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=False)
+        if self._loaded is not None:
+            self._loaded[1].dispose()
+
+    def _definitions(self) -> tuple[Any, Any]:
+        with self._load_lock:
+            if self._loaded is None:
+                import dagster as dg
+
+                from oura_assets.definitions import defs as load_defs
+
+                self._loaded = (load_defs().resolve_job_def("oura_sync"), dg.DagsterInstance.get())
+            return self._loaded
+
+    def _run(self, run: FirstDataRun) -> str | None:
+        """Execute the run; on a failure to start it, give the request back to the queue. Returns the run id."""
+        from oura_assets.defs.assets import DAILY_STATS_KEY, RAW_KEYS, WEARABLE_DATA_KEY
+        from oura_assets.defs.partitions import PATIENT_TAG, SYNC_IDS_TAG, TRIGGER_TAG, partition_range_tags
+
+        try:
+            job, instance = self._definitions()
+            result = job.execute_in_process(
+                instance=instance,
+                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                # Raw (with its blocking checks) and the patient graph; the analytics snapshot is republished
+                # by the 30-day initial run that follows, seconds later, rather than twice.
+                asset_selection=[*RAW_KEYS.values(), WEARABLE_DATA_KEY, DAILY_STATS_KEY],
+                tags={
+                    **partition_range_tags(run.start, run.end),
+                    PATIENT_TAG: run.patient_id,
+                    SYNC_IDS_TAG: run.sync_id,
+                    TRIGGER_TAG: TRIGGER,
+                },
+                raise_on_error=False,
+            )
+        except Exception as exc:  # the patient still gets their data: through the sensor, later
+            log.error(
+                "first-data run for patient %s could not run in the API (%s); queued for the sensor instead",
+                run.patient_id,
+                type(exc).__name__,
+                exc_info=True,
+            )
+            self._release(run)
+            return None
+        log.info(
+            "first-data run %s for patient %s (%s..%s): %s",
+            result.run_id,
+            run.patient_id,
+            run.start,
+            run.end,
+            "success" if result.success else "failed",
+        )
+        return result.run_id
+
+    def _release(self, run: FirstDataRun) -> None:
+        try:
+            with self.warehouse.transaction("api: release a first-data sync request") as conn:
+                ledger.release_request(conn, run.sync_id)
+            wh.signal_sync_queued(self.warehouse.path)
+        except Exception:
+            log.exception("could not give first-data sync %s back to the queue", run.sync_id)
