@@ -1,14 +1,13 @@
-"""Freshness under `make dev`: how long a new patient waits for their first data, and a webhook for its change.
+"""Freshness under `make dev`: how long a new patient waits for their first data, and a webhook's change.
 
-Both benchmarks start the real development stack, `oura-assets dev` (simulator + connection API + `dagster dev`
-with its daemon), in a throwaway directory on free loopback ports, and drive it only from outside, as a
-patient's app and Oura would:
+Both benchmarks start the real development stack, `oura-assets dev` (simulator + connection API +
+`dagster dev` with its daemon), in a throwaway directory on free loopback ports, and drive it only from
+outside, as a patient's app and Oura would:
 
 - `first_data`: patients connect through the real OAuth flow (connect -> the simulator's consent -> callback);
-  the clock starts when the callback answers and stops when the patient's most recent day (the newest day the
-  simulator serves a daily document for) is queryable in `patient_graph.wearable_data`. The first patient after
-  start-up is measured apart (`cold_s`: the daemon's first sensor tick and the first run's imports), the others
-  are the figure (`first_data_after_callback_s`, their median; target 20 s). Each one is split into where the
+  the clock starts when the callback answers and stops when the patient's most recent day (the newest day
+  the simulator serves a daily document for) is queryable in `patient_graph.wearable_data`. The first patient
+  after start-up is measured apart (`cold_s`: the first run's imports), the others are the figure (`first_data_after_callback_s`, their median; target 20 s). Each one is split into where the
   time went, from Dagster's own run records: callback -> run created (the sensor), created -> started (the
   queue and the run worker's start-up), started -> data (the run's steps).
 - `webhook_freshness`: with the webhook subscriptions ensured (`oura-assets webhooks ensure`) and no schedule
@@ -277,8 +276,8 @@ def _synced_at(stack: DevStack, wanted: list[tuple[str, str, date]]) -> dict[tup
     with stack.warehouse().connect("bench: poll wearable_data") as conn:
         found = conn.execute(
             "SELECT patient_id, metric_type, day, synced_at FROM patient_graph.wearable_data "
-            f"WHERE patient_id IN ({', '.join('?' for _ in patients)})",
-            patients,
+            "WHERE list_contains(?, patient_id)",
+            [patients],
         ).fetchall()
     return {(p, m, d): s for p, m, d, s in found}
 
@@ -338,9 +337,7 @@ def bench_webhook_freshness(size: dict[str, Any], rows: list[list[str]]) -> dict
     latencies.sort()
     p50 = statistics.median(latencies) if latencies else float("nan")
     p95 = (
-        latencies[min(len(latencies) - 1, int(round(0.95 * (len(latencies) - 1))))]
-        if latencies
-        else float("nan")
+        latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))] if latencies else float("nan")
     )
     rows.append(
         ["webhook_freshness", "event -> wearable_data p95 (s)", "nightly (up to 24 h)", f"{p95:.1f}", "-"]

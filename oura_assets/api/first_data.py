@@ -18,6 +18,9 @@ itself, in a worker thread, as soon as the callback has answered:
 - the 30-day initial sync still goes through the sensor and the run queue, which runs one run per patient
   at a time (`dagster.yaml`), so it starts once this run has finished.
 
+A webhook event's targeted sync (a few days of one patient) takes the same lane when the receiver queued a new
+request for it: Oura's event reaches the warehouse in seconds instead of waiting for the sensor and a worker.
+
 One run at a time (a single worker thread): a burst of sign-ups queues here rather than running N jobs in the
 API process at once. The lane is on for `oura-assets serve` when `DAGSTER_HOME` names an instance (as under
 `make dev`, and in a deployment where the API shares the Dagster instance) and `OURA_ASSETS_FIRST_DATA_INLINE`
@@ -45,7 +48,7 @@ INLINE_VARIABLE = "OURA_ASSETS_FIRST_DATA_INLINE"
 
 
 def lane_enabled(env: Mapping[str, str] | None = None) -> bool:
-    """Whether `oura-assets serve` runs first-data syncs itself: a Dagster instance is configured, not opted out."""
+    """Whether `oura-assets serve` runs first-data syncs itself: an instance is configured, not opted out."""
     env = os.environ if env is None else env
     return bool(env.get("DAGSTER_HOME")) and env.get(INLINE_VARIABLE, "1").strip().lower() not in {
         "0",
@@ -60,6 +63,8 @@ class FirstDataRun:
     sync_id: str
     start: date
     end: date
+    trigger: str = TRIGGER
+    """`first_data`, or `webhook` for a webhook event's targeted sync (api/webhooks.py)."""
 
 
 class FirstDataLane:
@@ -94,7 +99,7 @@ class FirstDataLane:
             return self._loaded
 
     def _run(self, run: FirstDataRun) -> str | None:
-        """Execute the run; on a failure to start it, give the request back to the queue. Returns the run id."""
+        """Execute the run; if it cannot start, give the request back to the queue. Returns the run id."""
         from oura_assets.defs.assets import DAILY_STATS_KEY, RAW_KEYS, WEARABLE_DATA_KEY
         from oura_assets.defs.partitions import PATIENT_TAG, SYNC_IDS_TAG, TRIGGER_TAG, partition_range_tags
 
@@ -110,7 +115,7 @@ class FirstDataLane:
                     **partition_range_tags(run.start, run.end),
                     PATIENT_TAG: run.patient_id,
                     SYNC_IDS_TAG: run.sync_id,
-                    TRIGGER_TAG: TRIGGER,
+                    TRIGGER_TAG: run.trigger,
                 },
                 raise_on_error=False,
             )

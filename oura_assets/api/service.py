@@ -41,9 +41,10 @@ log = logging.getLogger("oura_assets.api")
 
 INITIAL_SYNC_DAYS = 30
 FIRST_DATA_DAYS = 3
-"""The first-data sync a new connection queues ahead of its 30-day initial sync: today and the two days before,
-the days a patient looks for first (last night's sleep, today's readiness). A small range is one short run, so
-the patient's most recent day is queryable seconds after the callback; the 30 days follow in their own run."""
+"""The first-data sync a new connection queues ahead of its 30-day initial sync: today and the two days
+before, the days a patient looks for first (last night's sleep, today's readiness). A small range is one
+short run, so the patient's most recent day is queryable seconds after the callback; the 30 days follow in
+their own run."""
 MAX_SYNC_DAYS = 366
 # No Oura ring recorded anything before this: the floor for a sync range whatever OURA_ASSETS_START_DATE says,
 # and what keeps date arithmetic on a caller's dates far from `date.min` (0001-01-01 once answered a 500).

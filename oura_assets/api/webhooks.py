@@ -15,7 +15,8 @@ document. The route:
 - dedupes: an event is keyed by a hash of (event_type, data_type, object_id, event_time, user_id) in
   `patient_graph.webhook_events`; a redelivery is acknowledged and only counted;
 - maps `user_id` to the patient through `wearable_connections.oura_user_id` (active connections only);
-- queues a targeted sync (`ledger.request_sync`; the `oura_sync_requests` sensor turns it into a run), or
+- queues a targeted sync (`ledger.request_sync`; the `oura_sync_requests` sensor turns it into a run, or,
+  where the API runs the fast lane, `api/first_data.py` executes it at once), or
   joins a request of the patient still queued that covers the days, so one phone sync announcing several
   documents costs one run. The day: the stored document's `day` when the warehouse holds it (an update or a
   delete); otherwise the event carries none (Oura sends no `day`), so the days around `event_time`,
@@ -51,6 +52,7 @@ from starlette.routing import Route
 
 from oura_assets import ledger
 from oura_assets import warehouse as wh
+from oura_assets.api.first_data import FirstDataLane, FirstDataRun
 from oura_assets.api.responses import NO_STORE, ApiError, ok
 from oura_assets.clock import as_utc, utc_now
 from oura_assets.config import Settings
@@ -114,6 +116,8 @@ class WebhookReceiver:
     warehouse: wh.Warehouse
     now: Callable[[], datetime] = utc_now
     lock_wait_s: float = WEBHOOK_LOCK_WAIT_S
+    lane: FirstDataLane | None = None
+    """When set, a newly queued targeted sync runs in this process at once (api/first_data.py)."""
 
     def challenge(self, token: str | None, challenge: str | None) -> str:
         expected = self.settings.webhook_verification_token
@@ -143,6 +147,7 @@ class WebhookReceiver:
         """Record the event and queue its sync, in one transaction; see the module docstring."""
         now = as_utc(self.now())
         key = event.key()
+        inline: FirstDataRun | None = None
         with self.warehouse.transaction("api: oura webhook event", timeout_s=self.lock_wait_s) as conn:
             if wh.webhook_event_seen(conn, key):
                 return {"status": "duplicate"}
@@ -173,9 +178,12 @@ class WebhookReceiver:
                 stored = wh.raw_document_day(conn, event.data_type, patient_id, event.object_id)
                 action = QUEUED
             start, end = event_days(event.event_time, stored, now, self.settings.lookback_days)
-            sync_id = wh.queued_request_covering(conn, patient_id, start, end) or ledger.request_sync(
-                conn, patient_id=patient_id, start_day=start, end_day=end
-            )
+            sync_id = wh.queued_request_covering(conn, patient_id, start, end)
+            if sync_id is None:
+                sync_id = ledger.request_sync(conn, patient_id=patient_id, start_day=start, end_day=end)
+                if self.lane is not None:  # this process runs it (api/first_data.py), not the request sensor
+                    ledger.reserve_request(conn, sync_id)
+                    inline = FirstDataRun(patient_id, sync_id, start, end, trigger="webhook")
             wh.record_webhook_event(
                 conn,
                 wh.WebhookEventRecord(
@@ -189,7 +197,10 @@ class WebhookReceiver:
                 ),
                 now,
             )
-        wh.signal_sync_queued(self.warehouse.path)
+        if inline is not None and self.lane is not None:
+            self.lane.submit(inline)
+        else:
+            wh.signal_sync_queued(self.warehouse.path)
         log.info(
             "webhook %s/%s for patient %s: %s, sync %s for %s..%s",
             event.event_type,
@@ -214,7 +225,12 @@ def _receiver(request: Request) -> WebhookReceiver:
         raise ApiError(503, "starting", "the service is starting; try again shortly", {"Retry-After": "1"})
     receiver = getattr(request.app.state, "webhook_receiver", None)
     if receiver is None or receiver.warehouse is not service.warehouse:
-        receiver = WebhookReceiver(settings=service.settings, warehouse=service.warehouse, now=service.now)
+        receiver = WebhookReceiver(
+            settings=service.settings,
+            warehouse=service.warehouse,
+            now=service.now,
+            lane=service.first_data_lane,
+        )
         request.app.state.webhook_receiver = receiver
     return receiver
 

@@ -1,9 +1,9 @@
 """A file beside the warehouse whose modification time says "a sync request was queued".
 
-The `oura_sync_requests` sensor is what turns queued requests into runs, and it ticks every few seconds so a new
-patient or a webhook's sync starts at once. Reading the queue means opening the warehouse, which takes its one
-writer lock (and, encrypted, attaches the file): doing that every few seconds would make every run and API call
-queue behind the sensor. So whoever queues a request touches `<warehouse>.sync-queue` once the request is
+The `oura_sync_requests` sensor is what turns queued requests into runs, and it ticks every few seconds so a
+new patient or a webhook's sync starts at once. Reading the queue means opening the warehouse, which takes its
+one writer lock (and, encrypted, attaches the file): doing that every few seconds would make every run and API
+call queue behind the sensor. So whoever queues a request touches `<warehouse>.sync-queue` once the request is
 committed, and the sensor opens the warehouse only when that stamp moved since its last look (or when its
 periodic safety check is due). The file holds nothing; only its mtime matters. Touching it is best effort: a
 failure costs latency (the sensor's safety check still finds the request), never a request.
