@@ -52,6 +52,7 @@ from starlette.routing import Route
 
 from oura_assets import ledger
 from oura_assets import warehouse as wh
+from oura_assets.api.audit import WEBHOOK_ACTOR, AuditTrail, trail_of
 from oura_assets.api.first_data import FirstDataLane, FirstDataRun
 from oura_assets.api.responses import NO_STORE, ApiError, ok
 from oura_assets.clock import as_utc, utc_now
@@ -143,16 +144,20 @@ class WebhookReceiver:
         if not signature_valid(secret, stamp, body, given):
             raise unauthorized("the signature does not match")
 
-    def receive(self, event: WebhookEvent) -> dict[str, Any]:
-        """Record the event and queue its sync, in one transaction; see the module docstring."""
+    def receive(self, event: WebhookEvent, trail: AuditTrail | None = None) -> dict[str, Any]:
+        """Record the event and queue its sync, in one transaction; see the module docstring.
+
+        `trail`: the request's audit entry, written as the transaction's last write (actor `oura`)."""
         now = as_utc(self.now())
         key = event.key()
         inline: FirstDataRun | None = None
         with self.warehouse.transaction("api: oura webhook event", timeout_s=self.lock_wait_s) as conn:
             if wh.webhook_event_seen(conn, key):
+                _audit(conn, trail, None)
                 return {"status": "duplicate"}
             patient_id = wh.patient_for_oura_user(conn, event.user_id)
             if patient_id is None:
+                _audit(conn, trail, None)
                 log.info(
                     "webhook %s/%s for an Oura user we do not know: ignored",
                     event.event_type,
@@ -170,6 +175,7 @@ class WebhookReceiver:
             )
             if event.data_type not in DOCUMENT_COLLECTIONS:
                 wh.record_webhook_event(conn, record, now)
+                _audit(conn, trail, patient_id)
                 return {"status": IGNORED}
             if event.event_type == "delete":
                 stored = wh.delete_raw_document(conn, event.data_type, patient_id, event.object_id, now)
@@ -197,6 +203,7 @@ class WebhookReceiver:
                 ),
                 now,
             )
+            _audit(conn, trail, patient_id)
         if inline is not None and self.lane is not None:
             self.lane.submit(inline)
         else:
@@ -219,6 +226,12 @@ class WebhookReceiver:
         }
 
 
+def _audit(conn: Any, trail: AuditTrail | None, patient_id: str | None) -> None:
+    if trail is not None:
+        trail.actor, trail.patient_id = WEBHOOK_ACTOR, patient_id
+        trail.record(conn)
+
+
 def _receiver(request: Request) -> WebhookReceiver:
     service = getattr(request.app.state, "service", None)
     if service is None:
@@ -236,6 +249,9 @@ def _receiver(request: Request) -> WebhookReceiver:
 
 
 async def verification(request: Request) -> Response:
+    trail = trail_of(request)
+    if trail is not None:
+        trail.actor = WEBHOOK_ACTOR
     params = request.query_params
     challenge = _receiver(request).challenge(params.get("verification_token"), params.get("challenge"))
     # Oura's own shape, not our envelope: Oura compares the echoed challenge.
@@ -244,6 +260,9 @@ async def verification(request: Request) -> Response:
 
 async def event(request: Request) -> Response:
     receiver = _receiver(request)
+    trail = trail_of(request)
+    if trail is not None:
+        trail.actor = WEBHOOK_ACTOR  # a refused call is audited as a call claiming to be Oura's
     # RequestLimitsMiddleware caps this read (413 past MAX_BODY_BYTES).
     body = await request.body()
     receiver.verify(request.headers, body)
@@ -252,7 +271,7 @@ async def event(request: Request) -> Response:
     except ValidationError:
         # Signed by Oura yet not an event we understand: nothing is stored, and the fields are not echoed.
         raise ApiError(422, "invalid_request", "the body is not an Oura webhook event") from None
-    return ok(await run_in_threadpool(receiver.receive, parsed))
+    return ok(await run_in_threadpool(receiver.receive, parsed, trail))
 
 
 def webhook_routes(prefix: str) -> list[Route]:

@@ -1,0 +1,147 @@
+"""The fast lane: the queue signal that keeps the request sensor cheap, and the API's first-data lane that
+executes a new patient's (or a webhook's) short run in process on the Dagster instance."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from oura_assets import ledger
+from oura_assets import warehouse as wh
+from oura_assets.api.first_data import FirstDataLane, FirstDataRun, lane_enabled
+from oura_assets.config import Settings
+from oura_assets.definitions import defs as load_defs
+from oura_assets.defs.partitions import SYNC_IDS_TAG, TRIGGER_TAG
+from oura_assets.defs.sensors import PRIORITY_TAG, QueueCursor
+from oura_assets_tests.support import query
+
+
+def evaluate_request_sensor(instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
+    definitions = load_defs()
+    sensor = definitions.resolve_sensor_def("oura_sync_requests")
+    with dg.build_sensor_context(
+        instance=instance, resources=definitions.resources, cursor=cursor
+    ) as context:
+        return sensor.evaluate_tick(context)
+
+
+def queue(settings: Settings, patient_id: str, days: int) -> str:
+    today = datetime.now(UTC).date()
+    with wh.Warehouse(settings.warehouse_path).transaction("test: queue") as conn:
+        sync_id = ledger.request_sync(
+            conn, patient_id=patient_id, start_day=today - timedelta(days=days - 1), end_day=today
+        )
+    return sync_id
+
+
+def test_request_sensor_reads_the_queue_only_when_the_signal_moved(
+    pipeline_env: Settings, connect_patient
+) -> None:
+    connect_patient("patient-q")
+    short, long = queue(pipeline_env, "patient-q", 3), queue(pipeline_env, "patient-q", 30)
+    instance = dg.DagsterInstance.ephemeral()
+    stamp = wh.sync_queue_stamp(pipeline_env.warehouse_path)
+    # The signal has not moved since the last look and the periodic check is not due: the queue is not read.
+    quiet = evaluate_request_sensor(instance, QueueCursor(stamp=stamp, checked=time.time()).serialize())
+    assert quiet.run_requests == [] and "did not move" in (quiet.skip_message or "")
+    time.sleep(0.01)
+    wh.signal_sync_queued(pipeline_env.warehouse_path)
+    moved = evaluate_request_sensor(instance, QueueCursor(stamp=stamp, checked=time.time()).serialize())
+    by_key = {r.run_key: r for r in moved.run_requests}
+    assert set(by_key) == {short, long}
+    # The short (first-data or webhook) range goes first in the run queue.
+    assert by_key[short].tags[PRIORITY_TAG] == "1" and by_key[long].tags[PRIORITY_TAG] == "0"
+    assert QueueCursor.parse(moved.cursor).stamp == wh.sync_queue_stamp(pipeline_env.warehouse_path)
+    # A stale cursor (the periodic check due) reads the queue although the signal did not move.
+    due = evaluate_request_sensor(instance, QueueCursor(stamp=moved and QueueCursor.parse(moved.cursor).stamp,
+                                                        checked=time.time() - 3600).serialize())  # fmt: skip
+    assert {r.run_key for r in due.run_requests} == {short, long}
+
+
+def test_lane_is_on_for_serve_only_with_a_dagster_home() -> None:
+    assert not lane_enabled({})
+    assert lane_enabled({"DAGSTER_HOME": "/x"})
+    assert not lane_enabled({"DAGSTER_HOME": "/x", "OURA_ASSETS_FIRST_DATA_INLINE": "0"})
+
+
+@pytest.fixture
+def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "dagster"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    return home
+
+
+def test_first_data_lane_runs_the_reserved_request_as_a_dagster_run(
+    pipeline_env: Settings, connect_patient, dagster_home: Path
+) -> None:
+    connect_patient("patient-f")
+    today = datetime.now(UTC).date()
+    start = today - timedelta(days=2)
+    store = wh.Warehouse(pipeline_env.warehouse_path)
+    with store.transaction("test: first-data request") as conn:
+        sync_id = ledger.request_sync(conn, patient_id="patient-f", start_day=start, end_day=today)
+        ledger.reserve_request(conn, sync_id)
+    lane = FirstDataLane(store)
+    try:
+        instance = dg.DagsterInstance.get()
+        # Reserved: the request sensor leaves it to the lane.
+        assert evaluate_request_sensor(instance, None).run_requests == []
+        run_id = lane.submit(FirstDataRun("patient-f", sync_id, start, today)).result(timeout=120)
+        assert run_id is not None
+        run = instance.get_run_by_id(run_id)
+        assert run is not None and run.status == dg.DagsterRunStatus.SUCCESS
+        assert run.tags[TRIGGER_TAG] == "first_data" and run.tags[SYNC_IDS_TAG] == sync_id
+        # Claimed by the run under its own id; the event sensor closes it and writes the sync event.
+        assert query(pipeline_env, "SELECT status, run_id FROM patient_graph.sync_requests WHERE sync_id = ?",
+                     [sync_id]) == [("running", run_id)]  # fmt: skip
+        definitions = load_defs()
+        with dg.build_sensor_context(instance=instance, resources=definitions.resources) as context:
+            definitions.resolve_sensor_def("wearable_sync_events").evaluate_tick(context)
+        assert query(
+            pipeline_env, "SELECT status FROM patient_graph.sync_requests WHERE sync_id = ?", [sync_id]
+        ) == [("success",)]
+        ((newest, days_outside),) = query(
+            pipeline_env,
+            "SELECT max(day), count(*) FILTER (WHERE day < ?) FROM patient_graph.wearable_data "
+            "WHERE patient_id = 'patient-f'",
+            [start],
+        )
+        assert newest is not None and newest >= start and days_outside == 0
+        # The analytics snapshot is left to the 30-day run that follows.
+        assert not pipeline_env.analytics_path.exists()
+    finally:
+        lane.close()
+
+
+def test_first_data_lane_gives_the_request_back_to_the_queue_when_the_run_cannot_start(
+    pipeline_env: Settings, connect_patient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connect_patient("patient-g")
+    today = datetime.now(UTC).date()
+    store = wh.Warehouse(pipeline_env.warehouse_path)
+    with store.transaction("test: first-data request") as conn:
+        sync_id = ledger.request_sync(conn, patient_id="patient-g", start_day=today, end_day=today)
+        ledger.reserve_request(conn, sync_id)
+    before = wh.sync_queue_stamp(pipeline_env.warehouse_path)
+    lane = FirstDataLane(store)
+
+    def broken() -> None:
+        raise RuntimeError("no Dagster instance here")
+
+    monkeypatch.setattr(lane, "_definitions", broken)
+    try:
+        assert lane.submit(FirstDataRun("patient-g", sync_id, today, today)).result(timeout=30) is None
+    finally:
+        lane.close()
+    assert query(
+        pipeline_env, "SELECT status FROM patient_graph.sync_requests WHERE sync_id = ?", [sync_id]
+    ) == [("queued",)]
+    assert wh.sync_queue_stamp(pipeline_env.warehouse_path) != before
+    requests = evaluate_request_sensor(dg.DagsterInstance.ephemeral(), None).run_requests
+    assert [r.run_key for r in requests] == [sync_id]
