@@ -49,7 +49,7 @@ from oura_assets.simulator.webhooks import document_day
 
 REPO = Path(__file__).resolve().parent.parent
 POLL_S = 0.5
-STARTUP_TIMEOUT_S = 180
+STARTUP_TIMEOUT_S = 360
 FIRST_DATA_TIMEOUT_S = 180
 EVENT_TIMEOUT_S = 240
 TARGET_FIRST_DATA_S = 20.0
@@ -153,6 +153,9 @@ def dev_stack() -> Iterator[DevStack]:
         _wait_http(settings.api_url + "/healthz", deadline, process)
         _wait_http(f"http://127.0.0.1:{dagster_port}/server_info", deadline, process)
         yield DevStack(root, env, load_settings(env), process, dagster_port, log_path)
+    except BaseException:
+        print(f"  oura-assets dev log (tail):\n{log_path.read_text(errors='replace')[-3000:]}", flush=True)
+        raise
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGINT)
