@@ -145,3 +145,83 @@ def test_first_data_lane_gives_the_request_back_to_the_queue_when_the_run_cannot
     assert wh.sync_queue_stamp(pipeline_env.warehouse_path) != before
     requests = evaluate_request_sensor(dg.DagsterInstance.ephemeral(), None).run_requests
     assert [r.run_key for r in requests] == [sync_id]
+
+
+def _lane_receiver(settings: Settings) -> tuple[FirstDataLane, list[FirstDataRun], object]:
+    """A webhook receiver whose lane records the runs it is given instead of executing them."""
+    from oura_assets.api.webhooks import WebhookReceiver
+    from oura_assets.oura.client import OuraClient
+    from oura_assets.oura.oauth import OuraOAuthApp
+    from oura_assets.tokens import PatientTokens, TokenCipher
+
+    store = wh.Warehouse(settings.warehouse_path)
+
+    def client_for(patient_id: str) -> OuraClient:
+        tokens = PatientTokens(
+            patient_id=patient_id,
+            warehouse=store,
+            cipher=TokenCipher(settings.token_keys),
+            oauth_app=OuraOAuthApp.from_settings(settings),
+            lock_dir=settings.lock_dir,
+        )
+        return OuraClient(settings.api_base_url, tokens)
+
+    lane = FirstDataLane(store, client_for)
+    submitted: list[FirstDataRun] = []
+    lane.submit = submitted.append  # type: ignore[method-assign,assignment]
+    return lane, submitted, WebhookReceiver(settings=settings, warehouse=store, lane=lane)
+
+
+def _create_event(patient, object_id: str) -> object:
+    from oura_assets.api.webhooks import WebhookEvent
+    from oura_assets.simulator.data.users import profile
+
+    return WebhookEvent(
+        event_type="create",
+        data_type="daily_activity",
+        object_id=object_id,
+        event_time=datetime.now(UTC),
+        user_id=profile(patient.ring_user).user_id,
+    )
+
+
+def test_webhook_create_is_located_by_a_single_document_fetch_and_narrowed_to_its_day(
+    pipeline_env: Settings, connect_patient
+) -> None:
+    from oura_assets.simulator.data.queries import documents_for_day
+
+    patient = connect_patient("patient-l")
+    now = datetime.now(UTC)
+    doc = next(
+        d for back in range(1, 10) for d in documents_for_day(patient.ring_user, "daily_activity",
+                                                              now.date() - timedelta(days=back), now)
+    )  # fmt: skip
+    lane, submitted, receiver = _lane_receiver(pipeline_env)
+    answer = receiver.receive(_create_event(patient, doc["id"]))
+    assert answer["status"] == "sync_queued" and answer["startDate"] != answer["endDate"]
+    (run,) = submitted
+    assert run.trigger == "webhook" and run.lookup == ("daily_activity", doc["id"])
+    # Reserved for the lane: the sensor does not launch it.
+    assert query(pipeline_env, "SELECT status FROM patient_graph.sync_requests") == [("running",)]
+    located = lane._locate(run)
+    day = datetime.fromisoformat(doc["day"]).date()
+    assert (located.start, located.end) == (day, day)
+    assert query(pipeline_env, "SELECT start_day, end_day FROM patient_graph.sync_requests") == [(day, day)]
+    assert query(pipeline_env, "SELECT action FROM patient_graph.webhook_events") == [(wh.LOOKUP_FOUND,)]
+
+
+def test_webhook_document_that_answers_404_right_after_its_event_falls_back_to_the_days_around_it(
+    pipeline_env: Settings, connect_patient
+) -> None:
+    patient = connect_patient("patient-m")
+    lane, submitted, receiver = _lane_receiver(pipeline_env)
+    # Oura announced a document it does not serve yet: the simulator answers 404 for this id.
+    answer = receiver.receive(_create_event(patient, "00000000-0000-4000-8000-00000000beef"))
+    (run,) = submitted
+    located = lane._locate(run)
+    assert (located.start, located.end) == (run.start, run.end)
+    assert (located.start.isoformat(), located.end.isoformat()) == (answer["startDate"], answer["endDate"])
+    assert query(pipeline_env, "SELECT start_day, end_day FROM patient_graph.sync_requests") == [
+        (run.start, run.end)
+    ]
+    assert query(pipeline_env, "SELECT action FROM patient_graph.webhook_events") == [(wh.LOOKUP_NOT_FOUND,)]

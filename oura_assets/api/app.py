@@ -41,9 +41,10 @@ from oura_assets.api.responses import (
 from oura_assets.api.service import SOURCE, ConnectionService, invalid_request
 from oura_assets.api.webhooks import webhook_routes
 from oura_assets.config import Settings, load_settings
+from oura_assets.oura.client import OuraClient
 from oura_assets.oura.oauth import OuraOAuthApp
 from oura_assets.redaction import install_log_redaction
-from oura_assets.tokens import TokenCipher
+from oura_assets.tokens import PatientTokens, TokenCipher
 
 log = logging.getLogger("oura_assets.api")
 
@@ -219,14 +220,28 @@ def create_app(
             # Someone else holds the lock and created the schema before us; requests wait their turn.
             log.warning("schema check skipped at start-up: %s", exc)
         app.state.verifier = jwt_verifier or verifier_from_settings(resolved)
-        lane = FirstDataLane(store) if first_data_inline else None
+        cipher = TokenCipher(resolved.token_keys)
+        oauth = oauth_app or OuraOAuthApp.from_settings(resolved)
+
+        def client_for(patient_id: str) -> OuraClient:
+            tokens = PatientTokens(
+                patient_id=patient_id,
+                warehouse=store,
+                cipher=cipher,
+                oauth_app=oauth,
+                lock_dir=resolved.lock_dir,
+                journal_dir=resolved.token_journal_dir,
+            )
+            return OuraClient(resolved.api_base_url, tokens)
+
+        lane = FirstDataLane(store, client_for) if first_data_inline else None
         if lane is not None:
             lane.warm_up()
         app.state.service = ConnectionService(
             settings=resolved,
             warehouse=store,
-            oauth=oauth_app or OuraOAuthApp.from_settings(resolved),
-            cipher=TokenCipher(resolved.token_keys),
+            oauth=oauth,
+            cipher=cipher,
             first_data_lane=lane,
         )
         # Grants of callbacks that died with a previous API process (see ConnectionService.recover_grants).

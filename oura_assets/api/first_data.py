@@ -20,6 +20,10 @@ itself, in a worker thread, as soon as the callback has answered:
 
 A webhook event's targeted sync (a few days of one patient) takes the same lane when the receiver queued a new
 request for it: Oura's event reaches the warehouse in seconds instead of waiting for the sensor and a worker.
+When the warehouse does not hold the event's document (a create), the lane first fetches it alone
+(`OuraClient.document`) to learn its day and narrows the request to that day; Oura may answer 404 right after
+the event, and then the run syncs the days around the event instead, recorded on the event
+(`webhook_events.action = 'document_404_range_fallback'`) and in the API's log.
 
 One run at a time (a single worker thread): a burst of sign-ups queues here rather than running N jobs in the
 API process at once. The lane is on for `oura-assets serve` when `DAGSTER_HOME` names an instance (as under
@@ -32,19 +36,28 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import date
+from dataclasses import dataclass, replace
+from datetime import date, timedelta
 from typing import Any
 
 from oura_assets import ledger
 from oura_assets import warehouse as wh
+from oura_assets.oura.client import OuraClient, OuraError
 
 log = logging.getLogger("oura_assets.api")
 
 TRIGGER = "first_data"
 INLINE_VARIABLE = "OURA_ASSETS_FIRST_DATA_INLINE"
+LOOKUP_SLACK = timedelta(days=30)
+
+
+def _day_of(document: dict[str, Any] | None) -> date | None:
+    try:
+        return date.fromisoformat(str(document["day"])) if document else None
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def lane_enabled(env: Mapping[str, str] | None = None) -> bool:
@@ -65,13 +78,19 @@ class FirstDataRun:
     end: date
     trigger: str = TRIGGER
     """`first_data`, or `webhook` for a webhook event's targeted sync (api/webhooks.py)."""
+    lookup: tuple[str, str] | None = None
+    """(collection, document id) of a webhook event whose document the warehouse does not hold: fetched
+    alone first to learn its day, so the run covers that day only (a 404 keeps the days around the event)."""
 
 
 class FirstDataLane:
     """Executes first-data runs in process, one at a time, on the Dagster instance of `DAGSTER_HOME`."""
 
-    def __init__(self, warehouse: wh.Warehouse) -> None:
+    def __init__(
+        self, warehouse: wh.Warehouse, client_for: Callable[[str], OuraClient] | None = None
+    ) -> None:
         self.warehouse = warehouse
+        self.client_for = client_for
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="first-data")
         self._loaded: tuple[Any, Any] | None = None
         self._load_lock = threading.Lock()
@@ -103,6 +122,8 @@ class FirstDataLane:
         from oura_assets.defs.assets import DAILY_STATS_KEY, RAW_KEYS, WEARABLE_DATA_KEY
         from oura_assets.defs.partitions import PATIENT_TAG, SYNC_IDS_TAG, TRIGGER_TAG, partition_range_tags
 
+        if run.lookup is not None and self.client_for is not None:
+            run = self._locate(run)
         try:
             job, instance = self._definitions()
             result = job.execute_in_process(
@@ -137,6 +158,36 @@ class FirstDataLane:
             "success" if result.success else "failed",
         )
         return result.run_id
+
+    def _locate(self, run: FirstDataRun) -> FirstDataRun:
+        """The event's document fetched alone: its day narrows the run; a 404 (Oura announced it before it
+        serves it) keeps the days around the event and is recorded on the event; any other failure too."""
+        assert run.lookup is not None and self.client_for is not None
+        collection, object_id = run.lookup
+        try:
+            with self.client_for(run.patient_id) as client:
+                document = client.document(collection, object_id)
+        except (OuraError, ValueError) as exc:
+            log.warning(
+                "webhook document lookup for patient %s failed (%s)", run.patient_id, type(exc).__name__
+            )
+            return run
+        day = _day_of(document)
+        if day is not None and not run.start - LOOKUP_SLACK <= day <= run.end:
+            day = None  # a day far from the event's: trust the range we planned
+        with self.warehouse.transaction("api: webhook document lookup") as conn:
+            wh.narrow_to_document_day(conn, run.sync_id, object_id, day)
+        if day is None:
+            log.warning(
+                "Oura answered 404 for %s %s right after its event (patient %s): syncing %s..%s instead",
+                collection,
+                object_id,
+                run.patient_id,
+                run.start,
+                run.end,
+            )
+            return run
+        return replace(run, start=day, end=day)
 
     def _release(self, run: FirstDataRun) -> None:
         try:

@@ -189,7 +189,10 @@ class WebhookReceiver:
                 sync_id = ledger.request_sync(conn, patient_id=patient_id, start_day=start, end_day=end)
                 if self.lane is not None:  # this process runs it (api/first_data.py), not the request sensor
                     ledger.reserve_request(conn, sync_id)
-                    inline = FirstDataRun(patient_id, sync_id, start, end, trigger="webhook")
+                    lookup = (
+                        (event.data_type, event.object_id) if stored is None and action == QUEUED else None
+                    )
+                    inline = FirstDataRun(patient_id, sync_id, start, end, trigger="webhook", lookup=lookup)
             wh.record_webhook_event(
                 conn,
                 wh.WebhookEventRecord(

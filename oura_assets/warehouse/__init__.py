@@ -135,9 +135,12 @@ from oura_assets.warehouse.runs import (
 from oura_assets.warehouse.schema import AUDIT_LOG, TABLES, Column, Table
 from oura_assets.warehouse.waits import WaitLog
 from oura_assets.warehouse.webhooks import (
+    LOOKUP_FOUND,
+    LOOKUP_NOT_FOUND,
     WebhookCoverage,
     WebhookEventRecord,
     delete_raw_document,
+    narrow_to_document_day,
     patient_for_oura_user,
     queued_request_covering,
     raw_document_day,
@@ -155,6 +158,8 @@ __all__ = [
     "DEFAULT_RETRY_AFTER_S",
     "DOCUMENT_COLLECTIONS",
     "EVENT_TYPES",
+    "LOOKUP_FOUND",
+    "LOOKUP_NOT_FOUND",
     "MAX_OFFENDERS",
     "OPERATOR",
     "PREVIEW_COLUMNS",
@@ -218,6 +223,7 @@ __all__ = [
     "mark_sync_request",
     "mark_synced",
     "mirror_raw_documents",
+    "narrow_to_document_day",
     "open_database",
     "patient_for_oura_user",
     "patient_tables",

@@ -162,3 +162,26 @@ def unannounced_documents(conn: duckdb.DuckDBPyConnection, since: datetime) -> W
         ).fetchone() or (0, 0)
         changed[collection], unannounced[collection] = int(total), int(missing)
     return WebhookCoverage(int(events), changed, unannounced)
+
+
+LOOKUP_FOUND = "document_found"
+LOOKUP_NOT_FOUND = "document_404_range_fallback"
+
+
+def narrow_to_document_day(
+    conn: duckdb.DuckDBPyConnection, sync_id: str, object_id: str, day: date | None
+) -> None:
+    """Record what the single-document fetch of an event's document found: its `day` (the event's sync
+    request is narrowed to that day, before any run claimed it), or nothing (None: Oura answered 404, the
+    request keeps the days around the event). The event's `action` says which, for the record."""
+    if day is not None:
+        conn.execute(
+            "UPDATE patient_graph.sync_requests SET start_day = ?, end_day = ? WHERE sync_id = ? "
+            "AND started_at IS NOT NULL AND run_id IS NULL",
+            [to_day(day), to_day(day), sync_id],
+        )
+    conn.execute(
+        "UPDATE patient_graph.webhook_events SET action = ?, start_day = coalesce(?, start_day), "
+        "end_day = coalesce(?, end_day) WHERE sync_id = ? AND object_id = ?",
+        [LOOKUP_FOUND if day is not None else LOOKUP_NOT_FOUND, day, day, sync_id, object_id],
+    )
