@@ -235,7 +235,7 @@ def time_first_data(stack: DevStack, patient_id: str, ring_user: str) -> dict[st
 
 def bench_first_data(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]:
     """Callback -> the patient's most recent day in `wearable_data`, under `oura-assets dev`."""
-    patients = int(size.get("fresh_patients", 3))
+    patients = int(size.get("fresh_patients", 2 if _quick(size) else 4))
     with dev_stack() as stack:
         cold = time_first_data(stack, "fresh-cold", "fresh-ring-cold")
         print(f"  first patient after start-up: {cold}", flush=True)
@@ -287,7 +287,7 @@ def _synced_at(stack: DevStack, wanted: list[tuple[str, str, date]]) -> dict[tup
 
 def bench_webhook_freshness(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]:
     """Simulated data changes -> Oura's signed webhook -> the API -> a run -> `wearable_data`."""
-    wanted_events = int(size.get("webhook_events", 20))
+    wanted_events = int(size.get("webhook_events", 12 if _quick(size) else 20))
     patients = {f"hook-{i}": f"hook-ring-{i}" for i in range(int(size.get("webhook_patients", 2)))}
     with dev_stack() as stack:
         ensured = stack.cli("webhooks", "ensure")
@@ -355,6 +355,11 @@ def bench_webhook_freshness(size: dict[str, Any], rows: list[list[str]]) -> dict
         "latencies_s": [round(x, 2) for x in latencies],
         "results": {"webhook_to_warehouse_p50_s": round(p50, 2), "webhook_to_warehouse_p95_s": round(p95, 2)},
     }
+
+
+def _quick(size: dict[str, Any]) -> bool:
+    """run.py's sizes: quick runs 2 patients where full runs 5."""
+    return int(size.get("patients", 5)) < 5
 
 
 def _user_id(ring_user: str) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 
 import harness
 import polars as pl
+from bench_freshness import bench_first_data, bench_webhook_freshness
 
 from oura_assets import normalize
 from oura_assets import warehouse as wh
@@ -719,6 +720,8 @@ BENCHMARKS: dict[str, Callable[[dict[str, Any], list[list[str]]], dict[str, Any]
     "faults": bench_faults,
     "nightly": bench_nightly,
     "encryption": bench_encryption,
+    "first_data": bench_first_data,
+    "webhook_freshness": bench_webhook_freshness,
 }
 
 
