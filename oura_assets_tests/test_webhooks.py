@@ -595,3 +595,29 @@ def test_nightly_run_reports_unannounced_documents_in_its_metadata(
     assert unannounced["daily_activity"] >= 1
     assert unannounced == metadata["webhook_changed_documents"].data  # no webhook announced any of them
     assert metadata["webhooks_configured"].value is False and metadata["webhooks_quiet"].value is False
+
+
+def test_events_join_a_short_queued_sync_but_not_a_queued_30_day_one(
+    receiver: Receiver, connect_patient
+) -> None:
+    patient = connect_patient("patient-w16")
+    readiness, sleep = a_document(patient.ring_user, "daily_readiness"), a_document(patient.ring_user)
+    day = date.fromisoformat(readiness["day"])
+    store = wh.Warehouse(receiver.settings.warehouse_path)
+    with store.transaction("test: stored documents and a queued initial sync") as conn:
+        for collection, doc in (("daily_readiness", readiness), ("daily_sleep", sleep)):
+            doc_day = date.fromisoformat(doc["day"])
+            wh.replace_raw_documents(
+                conn, collection, patient.patient_id, doc_day, doc_day, [doc], datetime.now(UTC)
+            )
+        initial = wh.create_sync_request(
+            conn,
+            patient_id=patient.patient_id,
+            start_day=day - timedelta(days=20),
+            end_day=day + timedelta(days=5),
+        )
+    first = receiver.post(event_for(patient, readiness, "update", "daily_readiness")).json()["data"]
+    assert first["syncId"] != initial and first["startDate"] == first["endDate"] == day.isoformat()
+    if sleep["day"] == readiness["day"]:  # the same day's other document joins the short request
+        second = receiver.post(event_for(patient, sleep, "update")).json()["data"]
+        assert second["syncId"] == first["syncId"]

@@ -115,16 +115,20 @@ def record_webhook_event(
 
 
 def queued_request_covering(
-    conn: duckdb.DuckDBPyConnection, patient_id: str, start_day: date, end_day: date
+    conn: duckdb.DuckDBPyConnection, patient_id: str, start_day: date, end_day: date, max_days: int = 14
 ) -> str | None:
-    """A sync request of the patient still `queued` (no run has claimed it) whose days cover [start, end].
+    """A sync request of the patient still `queued` (no run has claimed it) whose days cover [start, end],
+    and span at most `max_days`.
 
-    A phone sync announces several documents at once (sleep, daily sleep, readiness): they join one run.
+    A phone sync announces several documents at once (sleep, daily sleep, readiness): they join one run. A
+    long request (a new patient's 30-day initial sync, a backfill) is not joined: it may wait in the run queue
+    behind the patient's other runs and take minutes, and the event is worth a short run of its own.
     """
     row = conn.execute(
         "SELECT sync_id FROM patient_graph.sync_requests WHERE patient_id = ? AND source = ? AND status = ? "
-        "AND start_day <= ? AND end_day >= ? ORDER BY requested_at LIMIT 1",
-        [patient_id, SOURCE, domain.QUEUED, to_day(start_day), to_day(end_day)],
+        "AND start_day <= ? AND end_day >= ? AND date_diff('day', start_day, end_day) < ? "
+        "ORDER BY requested_at LIMIT 1",
+        [patient_id, SOURCE, domain.QUEUED, to_day(start_day), to_day(end_day), max_days],
     ).fetchone()
     return None if row is None else str(row[0])
 
