@@ -19,6 +19,7 @@ demo: $(STAMP)
 	OURA_ASSETS_DEMO=1 $(BIN)/oura-assets demo
 
 test: $(STAMP)
+	sh scripts/ensure-postgres
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
