@@ -176,7 +176,7 @@ class FirstDataLane:
         if day is not None and not run.start - LOOKUP_SLACK <= day <= run.end:
             day = None  # a day far from the event's: trust the range we planned
         with self.warehouse.transaction("api: webhook document lookup") as conn:
-            wh.narrow_to_document_day(conn, run.sync_id, object_id, day)
+            narrowed = wh.narrow_to_document_day(conn, run.sync_id, object_id, day)
         if day is None:
             log.warning(
                 "Oura answered 404 for %s %s right after its event (patient %s): syncing %s..%s instead",
@@ -187,7 +187,7 @@ class FirstDataLane:
                 run.end,
             )
             return run
-        return replace(run, start=day, end=day)
+        return replace(run, start=day, end=day) if narrowed else run
 
     def _release(self, run: FirstDataRun) -> None:
         try:
