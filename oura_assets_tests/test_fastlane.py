@@ -225,3 +225,17 @@ def test_webhook_document_that_answers_404_right_after_its_event_falls_back_to_t
         (run.start, run.end)
     ]
     assert query(pipeline_env, "SELECT action FROM patient_graph.webhook_events") == [(wh.LOOKUP_NOT_FOUND,)]
+
+
+def test_events_join_a_request_the_lane_reserved_and_then_it_is_not_narrowed(
+    pipeline_env: Settings, connect_patient
+) -> None:
+    patient = connect_patient("patient-n")
+    lane, submitted, receiver = _lane_receiver(pipeline_env)
+    first = receiver.receive(_create_event(patient, "00000000-0000-4000-8000-0000000000a1"))
+    second = receiver.receive(_create_event(patient, "00000000-0000-4000-8000-0000000000a2"))
+    # One phone sync, one run: the second event joins the reserved, not yet started request.
+    assert second["syncId"] == first["syncId"] and len(submitted) == 1
+    located = lane._locate(submitted[0])
+    assert (located.start, located.end) == (submitted[0].start, submitted[0].end)
+    assert query(pipeline_env, "SELECT count(*) FROM patient_graph.sync_requests") == [(1,)]
