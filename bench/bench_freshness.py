@@ -259,6 +259,7 @@ def bench_first_data(size: dict[str, Any], rows: list[list[str]]) -> dict[str, A
     )
     return {
         "ok": median <= TARGET_FIRST_DATA_S,
+        "load_avg_1m_end": round(os.getloadavg()[0], 1),
         "target_s": TARGET_FIRST_DATA_S,
         "cold_s": cold["s"],
         "cold": cold,
@@ -348,6 +349,7 @@ def bench_webhook_freshness(size: dict[str, Any], rows: list[list[str]]) -> dict
     )
     return {
         "ok": not pending and len(latencies) >= wanted_events and p95 < TARGET_WEBHOOK_P95_S,
+        "load_avg_1m_end": round(os.getloadavg()[0], 1),
         "target_p95_s": TARGET_WEBHOOK_P95_S,
         "events": len(latencies),
         "never_arrived": len(pending),
