@@ -7,11 +7,12 @@ an idle 2-core host and over a minute on a busy one (`bench/bench_freshness.py`)
 a second or two. So the API, whose process has all of that loaded already, executes that one small run
 itself, in a worker thread, as soon as the callback has answered:
 
-- it is a real run of the `oura_sync` job on the Dagster instance (`DAGSTER_HOME`), executed in process
-  (`execute_in_process`, as `make demo` does): visible in the UI with its logs, asset materializations and
-  checks (blocking raw checks included), tagged `oura_assets/trigger=first_data`, its `wearable_sync` event
-  written by the usual sensor. Dagster stays the orchestrator of record; only the launch is local. It
-  selects the raw and patient-graph assets: the analytics snapshot is left to the 30-day run that follows;
+- it is a real run on the Dagster instance (`DAGSTER_HOME`) of the `oura_sync_fast_lane` job (`defs/jobs.py`:
+  the raw assets with their blocking checks, and the patient graph), executed in process
+  (`execute_in_process`, as `make demo` does): visible in the UI with its logs, materializations and checks,
+  tagged `oura_assets/trigger=first_data`, its `wearable_sync` event written by the usual sensor. Dagster
+  stays the orchestrator of record; only the launch is local. The graph's warning checks and the analytics
+  snapshot are left to the full run that follows over the same days;
 - it carries the first-data sync request the callback queued (today and the two days before), which the
   callback reserves (`running`) in the same transaction so the sensor does not launch it a second time;
   if the run cannot be started the request is released to the queue and the sensor runs it as usual;
@@ -113,13 +114,13 @@ class FirstDataLane:
                 import dagster as dg
 
                 from oura_assets.definitions import defs as load_defs
+                from oura_assets.defs.jobs import FAST_LANE_JOB_NAME
 
-                self._loaded = (load_defs().resolve_job_def("oura_sync"), dg.DagsterInstance.get())
+                self._loaded = (load_defs().resolve_job_def(FAST_LANE_JOB_NAME), dg.DagsterInstance.get())
             return self._loaded
 
     def _run(self, run: FirstDataRun) -> str | None:
         """Execute the run; if it cannot start, give the request back to the queue. Returns the run id."""
-        from oura_assets.defs.assets import DAILY_STATS_KEY, RAW_KEYS, WEARABLE_DATA_KEY
         from oura_assets.defs.partitions import PATIENT_TAG, SYNC_IDS_TAG, TRIGGER_TAG, partition_range_tags
 
         if run.lookup is not None and self.client_for is not None:
@@ -129,9 +130,6 @@ class FirstDataLane:
             result = job.execute_in_process(
                 instance=instance,
                 run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-                # Raw (with its blocking checks) and the patient graph; the analytics snapshot is republished
-                # by the 30-day initial run that follows, seconds later, rather than twice.
-                asset_selection=[*RAW_KEYS.values(), WEARABLE_DATA_KEY, DAILY_STATS_KEY],
                 tags={
                     **partition_range_tags(run.start, run.end),
                     PATIENT_TAG: run.patient_id,

@@ -16,7 +16,7 @@ import dagster as dg
 from oura_assets import ledger
 from oura_assets import warehouse as wh
 from oura_assets.defs.assets import RAW_KEYS
-from oura_assets.defs.jobs import SYNC_JOB_NAME
+from oura_assets.defs.jobs import FAST_LANE_JOB_NAME, SYNC_JOB_NAME
 from oura_assets.defs.partitions import PATIENT_TAG, SYNC_IDS_TAG, TRIGGER_TAG, partition_range_tags
 from oura_assets.defs.resources import WarehouseResource
 
@@ -26,7 +26,7 @@ CURSOR_OVERLAP = timedelta(seconds=5)
 
 
 def _is_sync_run(run: dg.DagsterRun) -> bool:
-    if run.job_name == SYNC_JOB_NAME:
+    if run.job_name in (SYNC_JOB_NAME, FAST_LANE_JOB_NAME):
         return True
     return bool(run.asset_selection and set(run.asset_selection) & set(RAW_KEYS.values()))
 
