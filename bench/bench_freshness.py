@@ -195,7 +195,11 @@ def _runs_for(stack: DevStack, sync_id: str) -> list[Any]:
 
     instance = stack.instance()
     try:
-        records = instance.get_run_records(filters=dg.RunsFilter(job_name="oura_sync"))
+        records = [
+            r
+            for job in ("oura_sync", "oura_sync_fast_lane")
+            for r in instance.get_run_records(filters=dg.RunsFilter(job_name=job))
+        ]
     finally:
         instance.dispose()
     return [r for r in records if sync_id in r.dagster_run.tags.get("oura_assets/sync_ids", "").split(",")]
