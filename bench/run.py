@@ -23,6 +23,7 @@ from typing import Any
 
 import bench_freshness
 import bench_heartrate
+import bench_loading
 import bench_pipeline
 import bench_sync
 import harness
@@ -53,8 +54,8 @@ Benchmark = Callable[[dict[str, Any], list[list[str]]], dict[str, Any]]
 # One line per benchmark. A benchmark may return "results": {results.json key: value}.
 BENCHMARKS: dict[str, Benchmark] = {
     "backfill": bench_pipeline.bench_backfill,
-    "hr_stats": bench_heartrate.bench_hr_stats,
     "hr_write": bench_heartrate.bench_hr_write,
+    **bench_loading.BENCHMARKS,  # hr_stats (supersedes bench_heartrate's), loading, incremental
     "faults": bench_pipeline.bench_faults,
     "encryption": bench_pipeline.bench_encryption,
     "nightly": bench_sync.bench_nightly,
