@@ -7,11 +7,13 @@ tag (API sync requests). One patient's failure is recorded for that patient and 
 """
 
 from collections.abc import Iterator
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import dagster as dg
 
 from oura_assets import rebuild
+from oura_assets.config import load_settings
 from oura_assets.defs.metadata import table_metadata
 from oura_assets.defs.partitions import (
     PATIENT_TAG,
@@ -23,6 +25,7 @@ from oura_assets.defs.partitions import (
 from oura_assets.defs.previews import preview_metadata
 from oura_assets.defs.resources import OuraResource, WarehouseResource
 from oura_assets.sync import RefetchPolicy, RunOutcome, claim_patients, sync_patients
+from oura_assets.webhook_coverage import review_coverage
 
 RAW_GROUP = "oura_raw"
 GRAPH_GROUP = "patient_graph"
@@ -153,6 +156,7 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefini
         start, end = _day_range(context)
         selected = [name for name, key in RAW_KEYS.items() if key in context.selected_asset_keys]
         run_id = context.run.run_id
+        began = datetime.now(UTC)
         patients = claim_patients(
             warehouse, run_id=run_id, patient_id=_run_patient(context), sync_ids=_sync_ids(context)
         )
@@ -183,6 +187,14 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefini
         if outcome.failure:
             # Results and sync events are already recorded; the red run is for us to see.
             raise dg.Failure(description=outcome.failure, metadata=_summary_metadata(outcome, {}))
+        coverage: dict[str, Any] = {}
+        if _run_patient(context) is None:
+            # A pull over everyone (nightly, backfill) audits the webhooks (webhook_coverage.py).
+            report = review_coverage(warehouse, load_settings(), began, datetime.now(UTC))
+            coverage = {
+                k: dg.MetadataValue.json(v) if isinstance(v, dict) else v
+                for k, v in report.metadata().items()
+            }
         for name in selected:
             tables = [f"oura_raw.{c}" for c in RAW_ASSETS[name]]
             preview = preview_metadata(
@@ -190,7 +202,7 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefini
             )
             yield dg.MaterializeResult(
                 asset_key=RAW_KEYS[name],
-                metadata={**_summary_metadata(outcome, outcome.rows(tables)), **preview},
+                metadata={**_summary_metadata(outcome, outcome.rows(tables)), **preview, **coverage},
             )
 
     return oura_raw

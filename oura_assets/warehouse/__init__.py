@@ -108,6 +108,11 @@ from oura_assets.warehouse.queries import (
     wearable_data_scores_out_of_range,
     wearable_data_sleep_duration_problems,
 )
+from oura_assets.warehouse.queue_signal import (
+    signal_sync_queued,
+    sync_queue_signal_path,
+    sync_queue_stamp,
+)
 from oura_assets.warehouse.raw import (
     DocumentChanges,
     mirror_raw_documents,
@@ -140,9 +145,12 @@ from oura_assets.warehouse.runs import (
 from oura_assets.warehouse.schema import AUDIT_LOG, TABLES, Column, Table
 from oura_assets.warehouse.waits import WaitLog
 from oura_assets.warehouse.webhooks import (
+    LOOKUP_FOUND,
+    LOOKUP_NOT_FOUND,
     WebhookCoverage,
     WebhookEventRecord,
     delete_raw_document,
+    narrow_to_document_day,
     patient_for_oura_user,
     queued_request_covering,
     raw_document_day,
@@ -160,6 +168,8 @@ __all__ = [
     "DEFAULT_RETRY_AFTER_S",
     "DOCUMENT_COLLECTIONS",
     "EVENT_TYPES",
+    "LOOKUP_FOUND",
+    "LOOKUP_NOT_FOUND",
     "MAX_OFFENDERS",
     "OPERATOR",
     "PREVIEW_COLUMNS",
@@ -224,6 +234,7 @@ __all__ = [
     "mark_sync_request",
     "mark_synced",
     "mirror_raw_documents",
+    "narrow_to_document_day",
     "open_database",
     "patient_for_oura_user",
     "patient_tables",
@@ -261,8 +272,11 @@ __all__ = [
     "save_oauth_state",
     "save_tokens",
     "set_connection_status",
+    "signal_sync_queued",
     "spans_out_of_order",
     "sync_errors_in_run",
+    "sync_queue_signal_path",
+    "sync_queue_stamp",
     "sync_results_for_run",
     "unannounced_documents",
     "upsert_connection",
