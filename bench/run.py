@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import bench_freshness
 import bench_heartrate
 import bench_loading
 import bench_pipeline
@@ -62,6 +63,8 @@ BENCHMARKS: dict[str, Benchmark] = {
     "two_runs": bench_sync.bench_two_runs,
     "economy": bench_sync.bench_economy,
     "newcomer": bench_sync.bench_newcomer,
+    "first_data": bench_freshness.bench_first_data,
+    "webhook_freshness": bench_freshness.bench_webhook_freshness,
     "ducklake": bench_ducklake,
 }
 

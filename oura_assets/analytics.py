@@ -103,6 +103,13 @@ SELECT
     s.total_calories AS total_kcal,
     (m.activity->>'equivalentWalkingDistance')::DOUBLE AS walking_distance_m,
     (m.readiness->>'temperatureDeviation')::DOUBLE AS temperature_deviation_c,
+    s.spo2_average_pct,
+    s.breathing_disturbance_index,
+    s.stress_high_seconds::DOUBLE / 60 AS stress_high_min,
+    s.recovery_high_seconds::DOUBLE / 60 AS recovery_high_min,
+    s.stress_day_summary,
+    s.resilience_level,
+    s.vascular_age_years,
     s.utc_offset_minutes
 FROM keys AS k
 LEFT JOIN patient_graph.patient_wearable_daily_stats AS s USING (patient_id, source, day)

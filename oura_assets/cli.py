@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import date
 from pathlib import Path
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 
 from oura_assets.config import (
     ConfigError,
+    Settings,
     demo_warehouse_key_path,
     load_settings,
     parse_warehouse_key,
@@ -149,6 +151,30 @@ def _backfill(args: argparse.Namespace) -> int:
     os.execve(dagster, command, env)  # noqa: S606 (a fixed command; the run becomes this process)
 
 
+def _subscribe_when_up(settings: Settings, wait_s: float = 120.0) -> None:
+    """`oura-assets webhooks ensure` for `make dev`, as soon as the API and the simulator answer."""
+    import httpx
+
+    from oura_assets.oura.webhooks import WebhookApiError, ensure_from_settings
+
+    deadline = time.monotonic() + wait_s
+    last = "the API did not answer"
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(settings.api_url + "/healthz", timeout=2).status_code == 200:
+                report = ensure_from_settings(settings)
+                print(
+                    f"webhook subscriptions: {len(report.created)} created, {len(report.renewed)} renewed, "
+                    f"{len(report.kept)} kept",
+                    flush=True,
+                )
+                return
+        except (httpx.HTTPError, WebhookApiError, ConfigError) as exc:
+            last = str(exc)
+        time.sleep(1)
+    print(f"webhook subscriptions not ensured ({last}); run: oura-assets webhooks ensure", flush=True)
+
+
 def _dev(args: argparse.Namespace) -> int:
     """Simulator, connection API and `dagster dev` (UI + daemon) together, until Ctrl-C."""
     env = _dagster_env(demo=True)
@@ -181,6 +207,9 @@ def _dev(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     children = [subprocess.Popen(command, env=env) for command in commands]
     print(f"Dagster UI http://127.0.0.1:{args.port}  connection API {settings.api_url}", flush=True)
+    if settings.demo:
+        # Webhooks work out of the box: once the API answers (the simulator verifies the callback), subscribe.
+        threading.Thread(target=_subscribe_when_up, args=(settings,), daemon=True).start()
     try:
         while all(child.poll() is None for child in children):
             time.sleep(0.5)

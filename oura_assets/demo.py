@@ -260,7 +260,8 @@ def run_demo(root: Path | None = None, days: int = DEMO_DAYS) -> int:
         sync_ids = []
         for n, patient_id in enumerate(DEMO_PATIENTS, start=1):
             connected = connect_patient(api_url, patient_id, f"{patient_id}-ring", settings)
-            sync_ids.append(connected.get("syncId", ""))
+            # The one 30-day run carries both of the callback's requests: its initial and first-data syncs.
+            sync_ids += [connected.get("syncId", ""), connected.get("firstDataSyncId", "")]
             print(f"connected {patient_id} ({n} of {len(DEMO_PATIENTS)}): status {connected['status']}")
         print(
             f"materializing {start}..{end} for {len(DEMO_PATIENTS)} patients as one Dagster run ...",

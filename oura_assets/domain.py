@@ -11,7 +11,16 @@ from __future__ import annotations
 SOURCE = "oura"
 """The only wearable source this project writes: the `source` column of every patient-graph table."""
 
-DOCUMENT_COLLECTIONS = ("daily_readiness", "daily_sleep", "sleep", "daily_activity")
+CORE_COLLECTIONS = ("daily_readiness", "daily_sleep", "sleep", "daily_activity")
+"""The collections a day's completeness is judged by (`wearable_day_status`); `wearable_data` is built from
+them."""
+
+WORKOUT = "workout"
+SESSION = "session"
+WELLNESS_COLLECTIONS = ("daily_spo2", "daily_stress", "daily_resilience", "daily_cardiovascular_age")
+"""Daily summaries whose headline figures are columns of `patient_wearable_daily_stats`."""
+
+DOCUMENT_COLLECTIONS = (*CORE_COLLECTIONS, WORKOUT, SESSION, *WELLNESS_COLLECTIONS)
 """Oura collections of documents keyed by `id` and dated by `day`; each has an `oura_raw` table."""
 
 HEARTRATE = "heartrate"
@@ -19,6 +28,44 @@ HEARTRATE = "heartrate"
 
 RAW_COLLECTIONS = (*DOCUMENT_COLLECTIONS, HEARTRATE)
 """Every collection we ingest, in fetch order: one `oura_raw` table each."""
+
+COLLECTION_SCOPES = {
+    **dict.fromkeys(CORE_COLLECTIONS, "daily"),
+    WORKOUT: "workout",
+    SESSION: "session",
+    "daily_spo2": "spo2Daily",
+    "daily_stress": "daily",
+    "daily_resilience": "daily",
+    "daily_cardiovascular_age": "daily",
+    HEARTRATE: "heartrate",
+}
+"""The OAuth scope Oura requires for each collection we ingest [spec: scopes `daily heartrate workout session
+spo2Daily`]. A patient who did not grant one gets Oura's 403 on that collection alone."""
+
+COLLECTION_SYNCED = "synced"
+COLLECTION_SCOPE_MISSING = "scope_missing"
+COLLECTION_SUBSCRIPTION_EXPIRED = "subscription_expired"
+COLLECTION_FORBIDDEN = "forbidden"
+COLLECTION_ERROR = "error"
+COLLECTION_STATUSES = (
+    COLLECTION_SYNCED,
+    COLLECTION_SCOPE_MISSING,
+    COLLECTION_SUBSCRIPTION_EXPIRED,
+    COLLECTION_FORBIDDEN,
+    COLLECTION_ERROR,
+)
+"""`wearable_collection_status.status`: whether a patient's collection synced in their latest run, and if not,
+why: the patient did not grant its scope, their Oura membership expired (every collection answered 403),
+Oura refused it for another reason (403 on a granted scope), or the fetch failed."""
+
+
+def missing_scope(collection: str, granted: tuple[str, ...] | None) -> str | None:
+    """The scope `collection` needs that `granted` lacks; None when it has it or the grant is unknown."""
+    scope = COLLECTION_SCOPES.get(collection)
+    if scope is None or granted is None:
+        return None
+    return None if scope in granted else scope
+
 
 ACTIVE = "active"
 RECONNECT_REQUIRED = "reconnect_required"

@@ -38,6 +38,17 @@ def reject_request(conn: duckdb.DuckDBPyConnection, sync_id: str, *, code: str) 
     return wh.mark_sync_request(conn, sync_id, domain.FAILED, result={"errors": [{"code": code}]})
 
 
+def reserve_request(conn: duckdb.DuckDBPyConnection, sync_id: str) -> bool:
+    """Mark a request `running` before any run exists, so the request sensor leaves it to the caller that
+    executes its run itself (the API's first-data lane); that run claims it under its own id."""
+    return wh.mark_sync_request(conn, sync_id, domain.RUNNING)
+
+
+def release_request(conn: duckdb.DuckDBPyConnection, sync_id: str) -> bool:
+    """Give a reserved request whose run could not start back to the queue (the sensor launches it)."""
+    return wh.mark_sync_request(conn, sync_id, domain.QUEUED)
+
+
 def claim_requests(conn: duckdb.DuckDBPyConnection, sync_ids: Iterable[str], *, run_id: str) -> None:
     """Mark the requests a run carries out `running`, under that run's id."""
     for sync_id in sync_ids:

@@ -18,7 +18,7 @@ import duckdb
 from oura_assets import ledger, normalize
 from oura_assets import warehouse as wh
 from oura_assets.day_status_writer import write_day_status
-from oura_assets.domain import HEARTRATE
+from oura_assets.domain import HEARTRATE, SESSION, WORKOUT
 from oura_assets.retention import keep_pruned_heart_rate
 from oura_assets.sync import FETCH_FAILURE_CODES, RunLog, SyncError, heartrate_window
 
@@ -182,9 +182,38 @@ def write_daily_stats(
     if horizon is not None:
         stored = wh.daily_heart_rate_figures(conn, patient_id, start, end)
         hr_stats = keep_pruned_heart_rate(hr_stats, stored, offsets, days, horizon)
-    wearable = _wearable_rows(patient_id, _in_window(nearby, start, end))
-    rows = normalize.daily_stats_rows(patient_id, wearable, hr_stats, offsets)
+    in_window = _in_window(nearby, start, end)
+    wearable = _wearable_rows(patient_id, in_window)
+    wellness = normalize.daily_wellness(in_window)
+    rows = normalize.daily_stats_rows(patient_id, wearable, hr_stats, offsets, wellness)
     return wh.replace_daily_stats(conn, patient_id, start, end, rows, datetime.now(UTC))
+
+
+def write_workouts(
+    conn: duckdb.DuckDBPyConnection,
+    patient_id: str,
+    start: date,
+    end: date,
+    nearby: dict[str, list[dict]],
+    failed: frozenset[str] = frozenset(),
+) -> int:
+    """Rebuild the patient's `wearable_workouts` for [start, end]: one row per workout document."""
+    # A workout fetch that failed (or was skipped) left its raw rows as they were: rebuilt from those.
+    rows = normalize.workout_rows(patient_id, _in_window(nearby, start, end)[WORKOUT])
+    return wh.replace_workouts(conn, patient_id, start, end, rows, datetime.now(UTC))
+
+
+def write_sessions(
+    conn: duckdb.DuckDBPyConnection,
+    patient_id: str,
+    start: date,
+    end: date,
+    nearby: dict[str, list[dict]],
+    failed: frozenset[str] = frozenset(),
+) -> int:
+    """Rebuild the patient's `wearable_sessions` for [start, end]: one row per session document."""
+    rows = normalize.session_rows(patient_id, _in_window(nearby, start, end)[SESSION])
+    return wh.replace_sessions(conn, patient_id, start, end, rows, datetime.now(UTC))
 
 
 def rebuild_per_patient(

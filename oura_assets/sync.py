@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import duckdb
 import pyarrow as pa
 
-from oura_assets import ledger
+from oura_assets import domain, ledger
 from oura_assets import warehouse as wh
 from oura_assets.day_status_writer import write_day_status
 from oura_assets.domain import RAW_COLLECTIONS
@@ -47,7 +47,9 @@ ALL_COLLECTIONS = RAW_COLLECTIONS
 
 # Patient-side failures: the patient (or their Oura account) must act, not us. They leave the run green and
 # surface in the connection's status, the sync event and the asset checks.
-PATIENT_SIDE_CODES = frozenset({"reconnect_required", "subscription_expired", "forbidden"})
+PATIENT_SIDE_CODES = frozenset({"reconnect_required", "subscription_expired", "forbidden", "scope_missing"})
+# A collection the patient did not grant the scope for is skipped, by the patient's choice: recorded in
+# `wearable_collection_status`, not as an error, and the patient's sync is `success` without it.
 # Oura could not answer (5xx, timeouts, dropped connections, 429 beyond the wait): worth another pass after a
 # cool-down, and, when it survives every pass, Oura's outage rather than anything the patient did.
 OURA_UNAVAILABLE_CODES = frozenset({"oura_unavailable", "rate_limited"})
@@ -76,6 +78,9 @@ class PatientSyncResult:
     errors: list[SyncError] = field(default_factory=list)
     documents: dict[str, int] = field(default_factory=dict)
     """Documents fetched, by what they were to the warehouse: new, changed, unchanged, deleted."""
+    collections: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Each collection asked for: (status, reason), `domain.COLLECTION_STATUSES`; empty when nothing could be
+    asked (reconnect required)."""
 
     @property
     def patient_side(self) -> bool:
@@ -151,8 +156,9 @@ def screen_samples(samples: list[Any]) -> tuple[list[dict[str, Any]], list[SyncE
 
 def _classify(error: OuraError, collection: str) -> SyncError:
     if isinstance(error, OuraForbidden):
-        # Oura answers 403 both for a missing scope and for an expired membership [spec]; one collection
-        # forbidden is a scope the patient did not grant, all of them is the membership.
+        # Oura answers 403 both for a missing scope and for an expired membership [spec]. A scope the
+        # connection lacks is never asked for (`scope_missing`); of the rest, every collection forbidden is
+        # the membership (`sync_patient`), one alone is that collection refused (`forbidden`).
         return SyncError("forbidden", error.message, collection)
     if isinstance(error, OuraUnauthorized):
         return SyncError("unauthorized", error.message, collection)
@@ -193,9 +199,64 @@ def _fetch(
 
 
 def _status(fetched: int, wanted: int, errors: Sequence[SyncError]) -> str:
+    """`wanted` and `errors` leave out the collections skipped for a scope the patient did not grant."""
     if fetched == 0:
-        return "failed"
+        return "failed" if wanted or errors else "success"
     return "success" if fetched == wanted and not errors else "partial"
+
+
+def _scope_missing(collection: str, scope: str) -> SyncError:
+    return SyncError(
+        "scope_missing",
+        f"{collection} skipped: it needs the Oura `{scope}` scope, which this patient's connection was not "
+        "granted (not requested, or unticked on Oura's consent page); the patient can grant it by "
+        "reconnecting",
+        collection,
+    )
+
+
+def _forbidden_with_scope(error: SyncError, scope: str | None) -> SyncError:
+    """A 403 on one collection whose scope the connection holds: Oura's other 403 [spec]."""
+    why = (
+        f"although the connection holds its `{scope}` scope (withdrawn at Oura since, or a feature the "
+        "patient's Oura membership does not include)"
+        if scope
+        else "(scope or membership)"
+    )
+    return SyncError(
+        "forbidden", f"Oura refused {error.collection} (403) {why}: {error.message}", error.collection
+    )
+
+
+def collection_statuses(
+    wanted: Sequence[str], fetched: Iterable[str], errors: Sequence[SyncError]
+) -> dict[str, tuple[str, str]]:
+    """Each wanted collection's status and reason for `wearable_collection_status`, from the sync's errors."""
+    by_collection: dict[str, SyncError] = {}
+    expired = next((e for e in errors if e.code == "subscription_expired"), None)
+    for error in errors:
+        if error.collection and error.code != "rejected_document":
+            by_collection.setdefault(error.collection, error)
+    statuses: dict[str, tuple[str, str]] = {}
+    landed = set(fetched)
+    for collection in wanted:
+        error = by_collection.get(collection)
+        if collection in landed:
+            statuses[collection] = (domain.COLLECTION_SYNCED, "fetched for the run's days")
+        elif expired is not None:
+            statuses[collection] = (
+                domain.COLLECTION_SUBSCRIPTION_EXPIRED,
+                f"not fetched: every collection answered 403, the patient's Oura membership has expired "
+                f"({expired.message})",
+            )
+        elif error is not None and error.code == "scope_missing":
+            statuses[collection] = (domain.COLLECTION_SCOPE_MISSING, error.message)
+        elif error is not None and error.code == "forbidden":
+            statuses[collection] = (domain.COLLECTION_FORBIDDEN, error.message)
+        else:
+            reason = f"{error.code}: {error.message}" if error is not None else "not fetched"
+            statuses[collection] = (domain.COLLECTION_ERROR, reason)
+    return statuses
 
 
 def sync_patient(
@@ -209,6 +270,7 @@ def sync_patient(
     purpose: str = "sync",
     refetch: RefetchPolicy = RefetchPolicy(),
     record: Callable[[duckdb.DuckDBPyConnection, PatientSyncResult], None] | None = None,
+    granted_scopes: tuple[str, ...] | None = None,
 ) -> PatientSyncResult:
     """Fetch `collections` for local days [start, end] and replace the patient's raw window with them.
 
@@ -217,8 +279,21 @@ def sync_patient(
     when given, is called inside the transaction that lands the rows, so the rows and what is recorded about
     them commit together, in one hold of the warehouse lock instead of two; it is not called when nothing
     was landed.
+
+    A collection whose scope is not among `granted_scopes` (the connection's; None: unknown) is not asked
+    for: Oura would answer 403 [spec]. It is skipped with the reason (`scope_missing`, in the result's
+    `collections`), and the patient's sync can still succeed. Oura answers 403 both for a scope not granted
+    and for an expired membership [spec]: every collection refused is the membership
+    (`subscription_expired`); one refused while others answer, its scope granted, is `forbidden` for that
+    collection alone. Neither fails the patient while something landed.
     """
-    wanted = [c for c in ALL_COLLECTIONS if c in set(collections)]
+    asked = [c for c in ALL_COLLECTIONS if c in set(collections)]
+    skipped = [
+        _scope_missing(c, scope)
+        for c in asked
+        if (scope := domain.missing_scope(c, granted_scopes)) is not None
+    ]
+    wanted = [c for c in asked if c not in {e.collection for e in skipped}]
     fetched: dict[str, list[dict[str, Any]] | pa.Table] = {}
     failures: dict[str, tuple[SyncError, OuraError]] = {}
     notes: list[SyncError] = []
@@ -263,6 +338,16 @@ def sync_patient(
     forbidden = [e for e in errors if e.code == "forbidden"]
     if wanted and len(forbidden) == len(wanted):
         errors = [SyncError("subscription_expired", forbidden[0].message)]
+    else:
+        errors = [
+            _forbidden_with_scope(e, domain.COLLECTION_SCOPES.get(e.collection or ""))
+            if e.code == "forbidden"
+            else e
+            for e in errors
+        ]
+    # A skipped collection is not an error of the sync (the patient chose not to share it): it is said in
+    # `wearable_collection_status`, not in the sync event's errors.
+    statuses = collection_statuses(asked, fetched, [*skipped, *errors])
 
     rows: dict[str, int] = {}
     changes = wh.DocumentChanges()
@@ -290,6 +375,7 @@ def sync_patient(
                         rows,
                         errors,
                         changes.as_dict(),
+                        statuses,
                     )
                     if record is not None:
                         record(conn, landed)
@@ -299,7 +385,7 @@ def sync_patient(
             return PatientSyncResult(
                 patient_id, "failed", {}, [*errors, SyncError("warehouse_busy", str(exc))]
             )
-    return PatientSyncResult(patient_id, _status(0, len(wanted), errors), rows, errors, {})
+    return PatientSyncResult(patient_id, _status(0, len(wanted), errors), rows, errors, {}, statuses)
 
 
 class RunLog(Protocol):
@@ -428,12 +514,30 @@ def _record_on(
         # Nothing landed, and the normalized assets may not run at all (a run where every patient
         # failed is red): the patient's days are explained here, from what the warehouse already held.
         write_day_status(conn, patient_id=result.patient_id, start=start, end=end, run_id=run_id)
+    if result.collections:
+        wh.replace_collection_status(
+            conn,
+            result.patient_id,
+            {c: wh.CollectionStatus(status, reason) for c, (status, reason) in result.collections.items()},
+            start_day=start,
+            end_day=end,
+            updated_at=datetime.now(UTC),
+        )
     if result.status != "failed":
         wh.mark_synced(conn, result.patient_id, datetime.now(UTC))
-    elif result.errors and result.errors[0].code == "subscription_expired":
+    elif any(e.code == "subscription_expired" for e in result.errors):
         wh.set_connection_status(
             conn, result.patient_id, "active", last_error="Oura membership expired (403)"
         )
+
+
+def granted_scopes(warehouse: wh.WarehouseAccess, patients: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """The scopes each patient's connection holds (from Oura's token answer), for those whose are known."""
+    if not patients:
+        return {}
+    with warehouse.connect("read granted scopes") as conn:
+        connections = [wh.get_connection(conn, patient_id) for patient_id in patients]
+    return {c.patient_id: c.scopes for c in connections if c is not None and c.scopes}
 
 
 def sync_patients(
@@ -464,6 +568,7 @@ def sync_patients(
     collections = list(collections)
     warehouse = warehouse.reporting_waits_to(progress)  # a long wait for the file shows in the run's log
     progress.info(f"syncing {len(patients)} patient(s), days {start}..{end}, collections {collections}")
+    scopes = granted_scopes(warehouse, patients)
 
     def sync_one(patient_id: str) -> tuple[PatientSyncResult, float, str | None]:
         began = clock.monotonic()
@@ -484,6 +589,7 @@ def sync_patients(
                 purpose=purpose,
                 refetch=refetch,
                 record=record,
+                granted_scopes=scopes.get(patient_id),
             )
             trace = None
         except Exception as exc:  # one patient's bug must not cost the others their sync

@@ -169,17 +169,21 @@ def connect_patient(
     *,
     expires_at: datetime | None = None,
     learn_oura_user_id: bool = True,
+    scopes: Sequence[str] | None = None,
 ) -> ConnectedPatient:
     """Connect a patient as the API callback does: the OAuth code flow against the simulator, then the granted
     pair stored encrypted with `store_granted_tokens`.
 
     `expires_at` stores another expiry than Oura's (an access token already expired, say). With
     `learn_oura_user_id` the patient's Oura user id is then read from Oura with the new token and stored, as
-    the first sync does; without it Oura is asked nothing more.
+    the first sync does; without it Oura is asked nothing more. `scopes` asks for other scopes than the
+    connect flow's (`config.OAUTH_SCOPES`).
     """
     ring_user = ring_user or f"{patient_id}-ring"
     store = wh.Warehouse.from_settings(settings)
     oauth = OuraOAuthApp.from_settings(settings)
+    if scopes is not None:
+        oauth.scopes = tuple(scopes)
     cipher = TokenCipher(settings.token_keys)
     tokens = oauth.exchange_code(authorize_code(oauth, ring_user))
     stored = tokens if expires_at is None else dataclasses.replace(tokens, expires_at=expires_at)

@@ -16,6 +16,7 @@ import pytest
 
 from oura_assets import analytics
 from oura_assets import warehouse as wh
+from oura_assets.config import OAUTH_SCOPES
 from oura_assets.definitions import defs as load_defs
 from oura_assets_tests import support
 
@@ -40,7 +41,13 @@ def test_run_publishes_snapshot_with_views_and_without_secrets(
     pipeline_env, connect_patient, warehouse_backend
 ):
     settings = pipeline_env
-    patients = [connect_patient("patient-a"), connect_patient("patient-b")]
+    # Every collection is granted (`spo2Daily` too, which the connect flow does not ask for), so every asset
+    # below has rows to show.
+    every_scope = (*OAUTH_SCOPES, "spo2Daily")
+    patients = [
+        connect_patient("patient-a", scopes=every_scope),
+        connect_patient("patient-b", scopes=every_scope),
+    ]
     definitions, instance, run_id = run_sync()
     snapshot = settings.analytics_path
 

@@ -185,11 +185,17 @@ def test_callback_connects_stores_encrypted_tokens_records_event_and_queues_30_d
     assert [e[0] for e in events] == ["wearable_connected"]
     assert json.loads(events[0][1])["ouraUserId"] == oura_user_id
 
+    # The 30-day initial sync, and queued ahead of it the first-data sync of the three most recent days.
     requests = query(
         api.settings,
-        "SELECT sync_id, patient_id, start_day, end_day, status FROM patient_graph.sync_requests",
+        "SELECT sync_id, patient_id, start_day, end_day, status FROM patient_graph.sync_requests "
+        "ORDER BY requested_at",
     )
-    assert requests == [(data["syncId"], "patient-a", today() - timedelta(days=29), today(), "queued")]
+    assert requests == [
+        (data["firstDataSyncId"], "patient-a", today() - timedelta(days=2), today(), "queued"),
+        (data["syncId"], "patient-a", today() - timedelta(days=29), today(), "queued"),
+    ]
+    assert api.settings.warehouse_path.with_name(api.settings.warehouse_path.name + ".sync-queue").exists()
 
 
 def test_callback_replayed_state_is_invalid_state(api: ApiHarness) -> None:

@@ -49,7 +49,7 @@ def _columns_on_disk(path: Path) -> dict[str, list[tuple[str, bool]]]:
 def test_every_asset_names_its_table_and_its_column_schema_matches_the_table_on_disk(definitions, tmp_path):
     on_disk = _columns_on_disk(tmp_path / "warehouse.duckdb")
     metadata = _asset_metadata(definitions)
-    assert len(metadata) == 6
+    assert len(metadata) == 14
     for asset, entries in metadata.items():
         table = entries[TABLE_NAME_KEY]
         schema = entries[COLUMN_SCHEMA_KEY]
@@ -68,8 +68,21 @@ def test_asset_table_names_follow_the_asset_keys(definitions):
         "oura_raw/sleep": "oura_raw.sleep",
         "oura_raw/daily_activity": "oura_raw.daily_activity",
         "oura_raw/heartrate": "oura_raw.heartrate",
+        **{
+            f"oura_raw/{c}": f"oura_raw.{c}"
+            for c in (
+                "workout",
+                "session",
+                "daily_spo2",
+                "daily_stress",
+                "daily_resilience",
+                "daily_cardiovascular_age",
+            )
+        },
         "patient_graph/wearable_data": "patient_graph.wearable_data",
         "patient_graph/patient_wearable_daily_stats": "patient_graph.patient_wearable_daily_stats",
+        "patient_graph/wearable_workouts": "patient_graph.wearable_workouts",
+        "patient_graph/wearable_sessions": "patient_graph.wearable_sessions",
     }
     assert metadata["oura_raw/sleep"]["tables"] == ["oura_raw.sleep", "oura_raw.daily_sleep"]
 

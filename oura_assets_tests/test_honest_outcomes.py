@@ -163,6 +163,12 @@ def test_partial_oura_outage_tags_the_run_partial_and_fails_the_availability_che
         "daily_readiness": True,
         "sleep": True,
         "daily_activity": True,
+        "workout": True,
+        "session": True,
+        "daily_spo2": True,
+        "daily_stress": True,
+        "daily_resilience": True,
+        "daily_cardiovascular_age": True,
         "heartrate": False,
     }
     failing = checks[("heartrate", "oura_available")]

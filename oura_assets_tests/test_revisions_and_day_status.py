@@ -17,7 +17,7 @@ from oura_assets.rebuild import rebuild_per_patient, write_daily_stats, write_we
 from oura_assets.simulator.data import plan
 from oura_assets.sync import RunOutcome, sync_patients
 from oura_assets.tokens import PatientTokens, TokenCipher
-from oura_assets.warehouse.schema import SCHEMA_VERSION_TABLE, TABLES
+from oura_assets.warehouse.schema import SCHEMA_VERSION_TABLE, TABLES, WELLNESS_COLUMNS
 
 # The simulated user `rev-ring` wears the ring on 2024-06-11, and Oura revises that day at 17:01 UTC on the
 # 12th (readiness 92 -> 89); the ring stayed off on the 10th.
@@ -187,10 +187,20 @@ def test_an_older_file_is_migrated_and_its_documents_backfilled_as_first_version
         conn.execute("INSERT INTO main.schema_version VALUES (1, 'initial', now())")
         for schema in ("patient_graph", "oura_raw"):
             conn.execute(f"CREATE SCHEMA {schema}")
+        # Tables and columns later migrations add (6: the newer collections, wellness daily-stats columns).
+        later = {
+            "oura_raw.document_revisions",
+            "patient_graph.wearable_day_status",
+            *(f"oura_raw.{c}" for c in (domain.WORKOUT, domain.SESSION, *domain.WELLNESS_COLLECTIONS)),
+            "patient_graph.wearable_workouts",
+            "patient_graph.wearable_sessions",
+            "patient_graph.wearable_collection_status",
+        }
+        later_columns = {"first_seen_at", "last_changed_at", "revision", *(c.name for c in WELLNESS_COLUMNS)}
         for table in TABLES.values():
-            if table.name in ("oura_raw.document_revisions", "patient_graph.wearable_day_status"):
+            if table.name in later:
                 continue
-            old = [c for c in table.columns if c.name not in ("first_seen_at", "last_changed_at", "revision")]
+            old = [c for c in table.columns if c.name not in later_columns]
             if table.name == "patient_graph.sync_results":
                 old = [c for c in old if c.name != "documents"]
             columns = ", ".join(f"{c.name} {c.type}{'' if c.nullable else ' NOT NULL'}" for c in old)
@@ -226,3 +236,13 @@ def test_an_older_file_is_migrated_and_its_documents_backfilled_as_first_version
         assert changes == wh.DocumentChanges(changed=1)
         assert conn.execute("SELECT revision FROM oura_raw.daily_readiness").fetchall() == [(1,)]
         assert conn.execute("SELECT max(version) FROM main.schema_version").fetchone() == (wh.SCHEMA_VERSION,)
+        # Migration 6: the newer collections' raw tables (with revision columns) and daily-stats columns.
+        assert conn.execute("SELECT revision FROM oura_raw.workout").fetchall() == []
+        assert (
+            conn.execute(
+                "SELECT spo2_average_pct, resilience_level FROM patient_graph.patient_wearable_daily_stats"
+            ).fetchall()
+            == []
+        )
+        statuses = conn.execute("SELECT count(*) FROM patient_graph.wearable_collection_status").fetchone()
+        assert statuses == (0,)

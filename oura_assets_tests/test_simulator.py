@@ -724,7 +724,12 @@ def test_faults_clock_and_stats_over_http(server, http):
         server.url + "/_sim/faults", json={"latency_ms": 5, "users": {"x": {"forbidden": True}}}
     ).json()
     assert body["latency_ms"] == 5 and body["users"] == {
-        "x": {"forbidden": True, "refresh_reject": False, "expire_access_tokens": False}
+        "x": {
+            "forbidden": True,
+            "refresh_reject": False,
+            "expire_access_tokens": False,
+            "withhold_scopes": [],
+        }
     }
     assert http.post(server.url + "/_sim/faults", json={"error_rate": 0.1}).json()["latency_ms"] == 5
     assert http.post(server.url + "/_sim/faults", json={"bogus": 1}).status_code == 400

@@ -34,8 +34,6 @@ ROUTE_SCHEMAS = {
     "daily_activity": "PublicDailyActivity",
     "workout": "PublicWorkout",
     "session": "PublicSession",
-}
-EMPTY_ROUTES = {
     "tag": "TagModel",
     "enhanced_tag": "EnhancedTagModel",
     "daily_spo2": "PublicDailySpO2",
@@ -46,6 +44,18 @@ EMPTY_ROUTES = {
     "sleep_time": "PublicSleepTime",
     "rest_mode_period": "PublicRestModePeriod",
     "ring_configuration": "PublicRingConfiguration",
+}
+# How far back each route is listed: far enough that every kind of document shows up, short enough to stay
+# fast (jsonschema is slow on daily_activity's 1440 `met` items).
+LONG_WINDOW = {
+    "sleep",
+    "workout",
+    "session",
+    "daily_stress",
+    "rest_mode_period",
+    "tag",
+    "enhanced_tag",
+    "vO2_max",
 }
 META = {
     "type": "object",
@@ -183,33 +193,130 @@ def test_every_document_route_answers_in_the_spec_shape(server, checker):
     users = [f"schema-user-{i}" for i in range(4)]
     seen_in_progress = seen_meta = 0
     kinds: set[str] = set()
+    served: dict[str, int] = dict.fromkeys(ROUTE_SCHEMAS, 0)
+    values: dict[str, set[Any]] = {"workout": set(), "session": set(), "daily_resilience": set()}
     with httpx.Client(timeout=10) as http:
         for user in users:
             token = server.control.issue_tokens(user)["access_token"]
             for route, schema in ROUTE_SCHEMAS.items():
                 url = f"{server.url}/v2/usercollection/{route}"
-                # Sleep over two months so every period type shows up; the rest over two weeks keeps this fast
-                # (jsonschema is slow on daily_activity's 1440 `met` items).
-                start = "2024-04-20" if route in ("sleep", "workout", "session") else "2024-06-06"
+                start = "2024-01-10" if route in LONG_WINDOW else "2024-06-06"
                 for body in pages(http, url, token, {"start_date": start, "end_date": "2024-06-21"}):
                     checker.validate(body, f"MultiDocumentResponse_{schema}_")
+                    served[route] += len(body["data"])
                     for doc in body["data"]:
                         seen_meta += "meta" in doc
                         if route == "sleep":
                             kinds.add(doc["type"])
                             seen_in_progress += doc["bedtime_end"] is None
+                        if route in values:
+                            values[route].add(doc.get("activity") or doc.get("type") or doc.get("level"))
                 if body["data"]:
                     single = http.get(
                         f"{url}/{body['data'][0]['id']}", headers={"Authorization": f"Bearer {token}"}
                     )
+                    assert single.status_code == 200, (route, single.text)
                     checker.validate(single.json(), schema)
-            for route, schema in EMPTY_ROUTES.items():
-                body = http.get(
-                    f"{server.url}/v2/usercollection/{route}", headers={"Authorization": f"Bearer {token}"}
-                ).json()
-                checker.validate(body, f"MultiDocumentResponse_{schema}_")
+                    assert single.json() == body["data"][0]
     assert kinds == {"long_sleep", "sleep", "late_nap", "rest", "deleted"}
     assert seen_meta > 0
+    # No route is an empty stub: each served documents for these users.
+    assert not [route for route, count in served.items() if count == 0], served
+    assert {"walking", "running"} <= values["workout"]
+    assert "nap" in values["session"] and "meditation" in values["session"]
+    assert len(values["daily_resilience"]) >= 2
+
+
+def test_new_collections_are_missing_on_days_not_worn_and_follow_the_day(server):
+    """SpO2 and cardiovascular age come with a synced night, stress with a worn day; none on unworn days."""
+    name = "schema-days"
+    days = [date(2024, 3, 1) + timedelta(days=n) for n in range(90)]
+    plans = {day: simdata.plan(name, day) for day in days}
+    by_day = {
+        collection: {doc["day"] for doc in simdata.documents(name, collection, days, CLOCK)}
+        for collection in ("daily_spo2", "daily_stress", "daily_resilience", "daily_cardiovascular_age")
+    }
+    not_worn = {d.isoformat() for d, p in plans.items() if not p.worn}
+    nights = {d.isoformat() for d, p in plans.items() if p.worn and p.main_period is not None}
+    worn_by_day = {d.isoformat() for d, p in plans.items() if p.worn and p.activity_visible_at is not None}
+    assert not_worn, "the window should hold a day not worn"
+    for collection, found in by_day.items():
+        assert found, collection
+        assert not found & not_worn, collection
+    assert by_day["daily_spo2"] == nights == by_day["daily_cardiovascular_age"]
+    assert by_day["daily_stress"] == worn_by_day
+    assert by_day["daily_resilience"] == nights & worn_by_day
+
+
+def test_daily_stress_is_revised_with_the_day(server):
+    name, day = next(
+        (n, date(2024, 5, 10))
+        for n in (f"schema-revised-{i}" for i in range(200))
+        if simdata.plan(n, date(2024, 5, 10)).revised_at is not None
+        and simdata.plan(n, date(2024, 5, 10)).activity_visible_at is not None
+    )
+    plan = simdata.plan(name, day)
+    assert plan.revised_at is not None
+    before = simdata.documents(name, "daily_stress", [day], plan.revised_at - timedelta(seconds=1))
+    after = simdata.documents(name, "daily_stress", [day], plan.revised_at + timedelta(hours=48))
+    assert [d["id"] for d in before] == [d["id"] for d in after]
+    assert before[0]["stress_high"] != after[0]["stress_high"]
+
+
+def test_fields_keeps_the_named_fields_and_the_always_returned_ones(server, checker):
+    token = server.control.issue_tokens("schema-user-0")["access_token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    window = {"start_date": "2024-06-06", "end_date": "2024-06-21"}
+    with httpx.Client(timeout=10) as http:
+        for route, wanted in (
+            ("daily_readiness", {"score"}),
+            ("workout", {"activity", "calories"}),
+            ("daily_spo2", {"spo2_percentage"}),
+            ("daily_stress", {"stress_high", "recovery_high"}),
+            ("session", {"type"}),
+        ):
+            url = f"{server.url}/v2/usercollection/{route}"
+            full = http.get(url, params=window, headers=auth).json()["data"]
+            narrow = http.get(url, params={**window, "fields": ",".join(wanted)}, headers=auth).json()["data"]
+            assert full and len(narrow) == len(full), route
+            for whole, part in zip(full, narrow, strict=True):
+                assert set(part) == {"id", "day", *wanted}, (route, set(part))
+                assert all(part[key] == whole[key] for key in part)
+        # A route the spec says does not support field selection answers every field.
+        url = f"{server.url}/v2/usercollection/daily_resilience"
+        body = http.get(url, params={**window, "fields": "level"}, headers=auth).json()
+        checker.validate(body, "MultiDocumentResponse_DailyResilienceModel_")
+        rows = http.get(
+            f"{server.url}/v2/usercollection/heartrate",
+            params={
+                "start_datetime": "2024-06-10T00:00:00+00:00",
+                "end_datetime": "2024-06-10T06:00:00+00:00",
+                "fields": "bpm",
+            },
+            headers=auth,
+        ).json()["data"]
+        assert rows and all(set(row) == {"bpm", "timestamp"} for row in rows)
+
+
+def test_ring_configuration_ignores_dates_and_a_withheld_scope_answers_403(server, checker):
+    with httpx.Client(timeout=10) as http:
+        token = server.control.issue_tokens("schema-user-1")["access_token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        url = f"{server.url}/v2/usercollection/ring_configuration"
+        rings = http.get(url, headers=auth).json()
+        checker.validate(rings, "MultiDocumentResponse_PublicRingConfiguration_")
+        assert rings["data"]
+        assert http.get(url, params={"start_date": "2024-06-20"}, headers=auth).json() == rings
+        server.control.set_faults(users={"schema-user-1": {"withhold_scopes": ["workout"]}})
+        try:
+            forbidden = http.get(f"{server.url}/v2/usercollection/workout", headers=auth)
+            allowed = http.get(f"{server.url}/v2/usercollection/session", headers=auth)
+        finally:
+            server.control.reset()
+    assert forbidden.status_code == 403
+    checker.validate(forbidden.json(), schema=PROBLEM)
+    assert "workout" in forbidden.json()["detail"]
+    assert allowed.status_code == 200
 
 
 def test_in_progress_sleep_matches_the_spec_but_for_bedtime_end(server, checker):

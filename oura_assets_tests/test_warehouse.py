@@ -63,6 +63,12 @@ CONTRACT_COLUMNS: dict[str, dict[str, str]] = {
         "average_hrv": "DOUBLE",
         "hr_avg": "DOUBLE",
         "updated_at": TZ,
+        "spo2_average_pct": "DOUBLE",
+        "breathing_disturbance_index": "INTEGER",
+        "stress_high_seconds": "INTEGER",
+        "recovery_high_seconds": "INTEGER",
+        "resilience_level": "VARCHAR",
+        "vascular_age_years": "INTEGER",
     },
     "patient_graph.patient_events": {
         "event_id": "VARCHAR",
@@ -191,6 +197,40 @@ CONTRACT_COLUMNS: dict[str, dict[str, str]] = {
         "rows_deleted": "BIGINT",
         "applied_at": TZ,
     },
+    # CONTRACT §5: one row per Oura document, start and end in UTC, type / activity and the figures.
+    "patient_graph.wearable_workouts": {
+        "patient_id": "VARCHAR",
+        "source": "VARCHAR",
+        "id": "VARCHAR",
+        "day": "DATE",
+        "start_at": TZ,
+        "end_at": TZ,
+        "activity": "VARCHAR",
+        "intensity": "VARCHAR",
+        "calories_kcal": "DOUBLE",
+        "distance_m": "DOUBLE",
+        "synced_at": TZ,
+    },
+    "patient_graph.wearable_sessions": {
+        "patient_id": "VARCHAR",
+        "source": "VARCHAR",
+        "id": "VARCHAR",
+        "day": "DATE",
+        "start_at": TZ,
+        "end_at": TZ,
+        "session_type": "VARCHAR",
+        "hr_avg_bpm": "DOUBLE",
+        "hrv_avg_ms": "DOUBLE",
+        "synced_at": TZ,
+    },
+    "patient_graph.wearable_collection_status": {
+        "patient_id": "VARCHAR",
+        "source": "VARCHAR",
+        "collection": "VARCHAR",
+        "status": "VARCHAR",
+        "reason": "VARCHAR",
+        "updated_at": TZ,
+    },
 }
 
 PRIMARY_KEYS = {
@@ -208,6 +248,9 @@ PRIMARY_KEYS = {
     "patient_graph.audit_log": ["audit_id"],
     "patient_graph.retention_horizons": ["table_name"],
     "patient_graph.webhook_events": ["event_key"],
+    "patient_graph.wearable_workouts": ["patient_id", "source", "id"],
+    "patient_graph.wearable_sessions": ["patient_id", "source", "id"],
+    "patient_graph.wearable_collection_status": ["patient_id", "source", "collection"],
 }
 
 

@@ -285,9 +285,9 @@ def client_for(simulator: SimulatorServer) -> WebhookClient:
 def test_ensure_creates_one_subscription_per_event_and_data_type_then_keeps_them(receiver: Receiver) -> None:
     with client_for(receiver.simulator) as client:
         first = ensure_subscriptions(client, receiver.settings.webhook_callback_url, TOKEN)
-        assert len(first.created) == len(EVENT_TYPES) * len(WEBHOOK_DATA_TYPES) == 12
+        assert len(first.created) == len(EVENT_TYPES) * len(WEBHOOK_DATA_TYPES) == 30
         second = ensure_subscriptions(client, receiver.settings.webhook_callback_url, TOKEN)
-        assert second.created == [] and second.renewed == [] and len(second.kept) == 12
+        assert second.created == [] and second.renewed == [] and len(second.kept) == 30
         listed = client.list()
     assert {(s.event_type, s.data_type) for s in listed} == {
         (e, d) for e in EVENT_TYPES for d in WEBHOOK_DATA_TYPES
@@ -306,9 +306,9 @@ def test_ensure_renews_subscriptions_close_to_expiry_and_recreates_deleted_ones(
         # The simulator's subscriptions live 30 days: renewing those within 31 days renews all of them.
         later = datetime.now(UTC) + timedelta(hours=1)
         report = ensure_subscriptions(client, callback, TOKEN, renew_within=timedelta(days=31), now=later)
-        assert len(report.created) == 1 and len(report.renewed) == 11
+        assert len(report.created) == 1 and len(report.renewed) == 29
         after = {s.id: s.expiration_time for s in client.list()}
-    assert len(after) == 12
+    assert len(after) == 30
     assert all(after[i] >= before[i] for i in before if i != victim)
 
 
@@ -401,14 +401,14 @@ def test_cli_webhooks_ensure_list_delete(
 
     webhook_env(receiver, monkeypatch)
     assert main(["webhooks", "ensure"]) == 0
-    assert len(json.loads(capsys.readouterr().out)["created"]) == 12
+    assert len(json.loads(capsys.readouterr().out)["created"]) == 30
     assert main(["webhooks", "list"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert len(listed) == 12 and TEST_CLIENT_SECRET not in json.dumps(listed)
+    assert len(listed) == 30 and TEST_CLIENT_SECRET not in json.dumps(listed)
     assert main(["webhooks", "delete", listed[0]["id"]]) == 0
     capsys.readouterr()
     with client_for(receiver.simulator) as client:
-        assert len(client.list()) == 11
+        assert len(client.list()) == 29
     assert main(["webhooks", "delete", "--all"]) == 0
     with client_for(receiver.simulator) as client:
         assert client.list() == []
@@ -432,11 +432,11 @@ def test_daily_job_creates_then_renews_the_subscriptions(
     webhook_env(receiver, monkeypatch)
     first = webhook_subscriptions_job.execute_in_process()
     assert first.success
-    assert len(first.output_for_node("ensure_webhook_subscriptions")["created"]) == 12
+    assert len(first.output_for_node("ensure_webhook_subscriptions")["created"]) == 30
     config = {"ops": {"ensure_webhook_subscriptions": {"config": {"renew_within_days": 31}}}}
     second = webhook_subscriptions_job.execute_in_process(run_config=config)
     report = second.output_for_node("ensure_webhook_subscriptions")
-    assert report["created"] == [] and len(report["renewed"]) == 12
+    assert report["created"] == [] and len(report["renewed"]) == 30
 
 
 def test_daily_job_without_webhook_configuration_succeeds_and_says_so(
@@ -491,9 +491,144 @@ def test_silent_webhooks_check_counts_documents_no_event_announced(
         "daily_sleep": 0,
         "sleep": 0,
         "daily_activity": 1,
+        **dict.fromkeys(
+            (
+                "workout",
+                "session",
+                "daily_spo2",
+                "daily_stress",
+                "daily_resilience",
+                "daily_cardiovascular_age",
+            ),
+            0,
+        ),
     }
     assert result.metadata["webhook_events"].value == 1
     monkeypatch.delenv("OURA_WEBHOOK_VERIFICATION_TOKEN")
     assert webhooks_announced_changes(
         WarehouseResource(database=str(receiver.settings.warehouse_path))
     ).passed
+
+
+def test_webhook_calls_are_audited_as_ouras_with_the_patient_they_map_to(
+    receiver: Receiver, connect_patient
+) -> None:
+    patient = connect_patient("patient-w12")
+    event = event_for(patient, a_document(patient.ring_user))
+    assert receiver.post(event).status_code == 200
+    assert receiver.post(event, secret="not-the-client-secret").status_code == 401
+    assert httpx.get(receiver.url, params={"verification_token": TOKEN, "challenge": "c"}).status_code == 200
+    rows = query(
+        receiver.settings,
+        "SELECT action, actor, patient_id, outcome, status_code FROM patient_graph.audit_log "
+        "WHERE action LIKE 'webhook%' ORDER BY occurred_at",
+    )
+    assert rows == [
+        ("webhook_event", "oura", "patient-w12", "ok", 200),
+        ("webhook_event", "oura", None, "unauthorized", 401),
+        ("webhook_verification", "oura", None, "ok", 200),
+    ]
+
+
+def test_simulator_changes_can_be_redelivered_out_of_order(receiver: Receiver, connect_patient) -> None:
+    patient = connect_patient("patient-w13")
+    with client_for(receiver.simulator) as client:
+        ensure_subscriptions(client, receiver.settings.webhook_callback_url, TOKEN)
+    after = datetime.now(UTC)
+    answer = httpx.post(
+        receiver.simulator.url + "/_sim/webhooks/changes",
+        json={
+            "users": [patient.ring_user],
+            "before": (after - timedelta(days=2)).isoformat(),
+            "after": after.isoformat(),
+            "redeliver": 1,
+            "out_of_order": True,
+        },
+        timeout=60,
+    ).json()
+    events = answer["events"]
+    assert events and len(answer["deliveries"]) == 2 * len(events)
+    first_copy = [d["object_id"] for d in answer["deliveries"] if d["copy"] == 0]
+    assert first_copy == [e["object_id"] for e in reversed(events)]
+    assert query(
+        receiver.settings, "SELECT count(*), sum(redeliveries) FROM patient_graph.webhook_events"
+    ) == [(len(events), len(events))]
+
+
+def test_pull_that_finds_only_unannounced_changes_recreates_quiet_subscriptions(
+    receiver: Receiver, connect_patient
+) -> None:
+    from oura_assets.webhook_coverage import review_coverage
+
+    patient = connect_patient("patient-w14")
+    callback = receiver.settings.webhook_callback_url
+    with client_for(receiver.simulator) as client:
+        ensure_subscriptions(client, callback, TOKEN)
+        before = {s.id for s in client.list()}
+    store = wh.Warehouse(receiver.settings.warehouse_path)
+    began = datetime.now(UTC) - timedelta(seconds=1)
+    doc = a_document(patient.ring_user, "daily_activity")
+    day = date.fromisoformat(doc["day"])
+    with store.transaction("test: a pulled document") as conn:
+        wh.replace_raw_documents(
+            conn, "daily_activity", patient.patient_id, day, day, [doc], datetime.now(UTC)
+        )
+    report = review_coverage(store, receiver.settings, began, datetime.now(UTC))
+    assert report.unannounced["daily_activity"] == 1 and report.events_recent == 0
+    assert report.quiet and len(report.recreated) == 12 and report.error is None
+    with client_for(receiver.simulator) as client:
+        after = {s.id for s in client.list()}
+    assert len(after) == 12 and not (after & before)
+    # Once an event has arrived within the day, the same finding is a gap, not silence: nothing is re-created.
+    assert receiver.post(event_for(patient, a_document(patient.ring_user, "daily_sleep"))).status_code == 200
+    again = review_coverage(store, receiver.settings, began, datetime.now(UTC))
+    assert again.unannounced["daily_activity"] == 1 and again.events_recent == 1
+    assert not again.quiet and again.recreated == []
+
+
+def test_nightly_run_reports_unannounced_documents_in_its_metadata(
+    pipeline_env: Settings, connect_patient
+) -> None:
+    from oura_assets.defs.assets import RAW_KEYS
+    from oura_assets_tests.support import run_sync
+
+    connect_patient("patient-w15")
+    end = datetime.now(UTC).date() - timedelta(days=1)
+    result = run_sync(end - timedelta(days=3), end)
+    assert result.success
+    materializations = [
+        m
+        for m in result.asset_materializations_for_node("oura_raw")
+        if m.asset_key == RAW_KEYS["daily_activity"]
+    ]
+    metadata = materializations[0].metadata
+    unannounced = metadata["webhook_unannounced_documents"].data
+    assert unannounced["daily_activity"] >= 1
+    assert unannounced == metadata["webhook_changed_documents"].data  # no webhook announced any of them
+    assert metadata["webhooks_configured"].value is False and metadata["webhooks_quiet"].value is False
+
+
+def test_events_join_a_short_queued_sync_but_not_a_queued_30_day_one(
+    receiver: Receiver, connect_patient
+) -> None:
+    patient = connect_patient("patient-w16")
+    readiness, sleep = a_document(patient.ring_user, "daily_readiness"), a_document(patient.ring_user)
+    day = date.fromisoformat(readiness["day"])
+    store = wh.Warehouse(receiver.settings.warehouse_path)
+    with store.transaction("test: stored documents and a queued initial sync") as conn:
+        for collection, doc in (("daily_readiness", readiness), ("daily_sleep", sleep)):
+            doc_day = date.fromisoformat(doc["day"])
+            wh.replace_raw_documents(
+                conn, collection, patient.patient_id, doc_day, doc_day, [doc], datetime.now(UTC)
+            )
+        initial = wh.create_sync_request(
+            conn,
+            patient_id=patient.patient_id,
+            start_day=day - timedelta(days=20),
+            end_day=day + timedelta(days=5),
+        )
+    first = receiver.post(event_for(patient, readiness, "update", "daily_readiness")).json()["data"]
+    assert first["syncId"] != initial and first["startDate"] == first["endDate"] == day.isoformat()
+    if sleep["day"] == readiness["day"]:  # the same day's other document joins the short request
+        second = receiver.post(event_for(patient, sleep, "update")).json()["data"]
+        assert second["syncId"] == first["syncId"]

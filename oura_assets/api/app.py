@@ -27,6 +27,7 @@ from starlette.routing import Route
 from oura_assets import warehouse as wh
 from oura_assets.api.audit import AuditMiddleware, trail_of, wants_erasure
 from oura_assets.api.auth import AuthUnavailable, JwtVerifier, Unauthorized, verifier_from_settings
+from oura_assets.api.first_data import FirstDataLane
 from oura_assets.api.limits import RequestLimitsMiddleware
 from oura_assets.api.responses import (
     ApiError,
@@ -40,9 +41,10 @@ from oura_assets.api.responses import (
 from oura_assets.api.service import SOURCE, ConnectionService, invalid_request
 from oura_assets.api.webhooks import webhook_routes
 from oura_assets.config import Settings, load_settings
+from oura_assets.oura.client import OuraClient
 from oura_assets.oura.oauth import OuraOAuthApp
 from oura_assets.redaction import install_log_redaction
-from oura_assets.tokens import TokenCipher
+from oura_assets.tokens import PatientTokens, TokenCipher
 
 log = logging.getLogger("oura_assets.api")
 
@@ -200,8 +202,12 @@ def create_app(
     oauth_app: OuraOAuthApp | None = None,
     jwt_verifier: JwtVerifier | None = None,
     lock_wait_s: float = API_LOCK_WAIT_S,
+    first_data_inline: bool = False,
 ) -> Starlette:
-    """The connection API. Anything not injected is built from the settings when the app starts."""
+    """The connection API. Anything not injected is built from the settings when the app starts.
+
+    `first_data_inline`: execute new connections' first-data runs in this process (api/first_data.py).
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -214,11 +220,29 @@ def create_app(
             # Someone else holds the lock and created the schema before us; requests wait their turn.
             log.warning("schema check skipped at start-up: %s", exc)
         app.state.verifier = jwt_verifier or verifier_from_settings(resolved)
+        cipher = TokenCipher(resolved.token_keys)
+        oauth = oauth_app or OuraOAuthApp.from_settings(resolved)
+
+        def client_for(patient_id: str) -> OuraClient:
+            tokens = PatientTokens(
+                patient_id=patient_id,
+                warehouse=store,
+                cipher=cipher,
+                oauth_app=oauth,
+                lock_dir=resolved.lock_dir,
+                journal_dir=resolved.token_journal_dir,
+            )
+            return OuraClient(resolved.api_base_url, tokens)
+
+        lane = FirstDataLane(store, client_for) if first_data_inline else None
+        if lane is not None:
+            lane.warm_up()
         app.state.service = ConnectionService(
             settings=resolved,
             warehouse=store,
-            oauth=oauth_app or OuraOAuthApp.from_settings(resolved),
-            cipher=TokenCipher(resolved.token_keys),
+            oauth=oauth,
+            cipher=cipher,
+            first_data_lane=lane,
         )
         # Grants of callbacks that died with a previous API process (see ConnectionService.recover_grants).
         await run_in_threadpool(app.state.service.recover_grants_quietly)
@@ -226,6 +250,8 @@ def create_app(
         yield
         app.state.service = None
         app.state.verifier = None
+        if lane is not None:
+            await run_in_threadpool(lane.close)
 
     routes = [
         Route(f"{PREFIX}/connect/{{source}}", connect, methods=["POST"]),

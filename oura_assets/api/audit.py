@@ -49,7 +49,11 @@ _ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = (
     ("GET", re.compile(rf"{PREFIX}/sync/[^/]+"), "sync_status"),
     ("GET", re.compile(rf"{PREFIX}/connections"), "connections"),
     ("DELETE", re.compile(rf"{PREFIX}/connections/[^/]+"), "disconnect"),
+    # Oura's calls (api/webhooks.py): the actor is `oura`, the patient the one the event's user id maps to.
+    ("GET", re.compile(rf"{PREFIX}/webhooks/oura"), "webhook_verification"),
+    ("POST", re.compile(rf"{PREFIX}/webhooks/oura"), "webhook_event"),
 )
+WEBHOOK_ACTOR = "oura"
 ERASE_VALUES = {"true": True, "1": True, "false": False, "0": False}
 
 

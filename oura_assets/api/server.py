@@ -13,6 +13,7 @@ from typing import Any
 import uvicorn
 
 from oura_assets.api.app import REQUIRED_SETTINGS, create_app
+from oura_assets.api.first_data import lane_enabled
 from oura_assets.api.limits import UVICORN_LIMITS
 from oura_assets.api.logs import uvicorn_log_config
 from oura_assets.config import Settings, load_settings
@@ -27,7 +28,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     """
     settings = load_settings(require=REQUIRED_SETTINGS)
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, first_data_inline=lane_enabled()),
         host=host,
         port=port,
         log_config=uvicorn_log_config(),

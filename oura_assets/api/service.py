@@ -25,6 +25,7 @@ from typing import Any
 from oura_assets import ledger
 from oura_assets import warehouse as wh
 from oura_assets.api.audit import AuditTrail
+from oura_assets.api.first_data import FirstDataLane, FirstDataRun
 from oura_assets.api.responses import ApiError
 from oura_assets.api.state import STATE_TTL, new_state, state_hash, well_formed
 from oura_assets.clock import as_utc, utc_now
@@ -39,6 +40,11 @@ from oura_assets.tokens import TokenCipher, store_granted_tokens
 log = logging.getLogger("oura_assets.api")
 
 INITIAL_SYNC_DAYS = 30
+FIRST_DATA_DAYS = 3
+"""The first-data sync a new connection queues ahead of its 30-day initial sync: today and the two days
+before, the days a patient looks for first (last night's sleep, today's readiness). A small range is one
+short run, so the patient's most recent day is queryable seconds after the callback; the 30 days follow in
+their own run."""
 MAX_SYNC_DAYS = 366
 # No Oura ring recorded anything before this: the floor for a sync range whatever OURA_ASSETS_START_DATE says,
 # and what keeps date arithmetic on a caller's dates far from `date.min` (0001-01-01 once answered a 500).
@@ -110,6 +116,8 @@ class ConnectionService:
     cipher: TokenCipher
     now: Callable[[], datetime] = utc_now
     grants: GrantJournal = field(default=None)  # type: ignore[assignment]  # set in __post_init__
+    first_data_lane: FirstDataLane | None = None
+    """When set, a new connection's first-data run is executed by this process (api/first_data.py)."""
 
     def __post_init__(self) -> None:
         if self.grants is None:
@@ -194,7 +202,9 @@ class ConnectionService:
             journaled = self._journal_grant(entry)
             oura_user_id = self._oura_user_id(patient_id, tokens)
             try:
-                sync_id, start, today = self._store_grant(entry, oura_user_id, audit)
+                sync_id, first_sync_id, start, today = self._store_grant(
+                    entry, oura_user_id, audit, reserve_first_data=self.first_data_lane is not None
+                )
             except Exception:
                 # The code is spent and the tokens cannot be stored: give the grant back rather than orphan
                 # it; a grant Oura would not take back is revoked again by the next recovery.
@@ -204,8 +214,16 @@ class ConnectionService:
                     self._journal_grant(replace(entry, disposition="revoke"))
                 raise
             self.grants.journal.remove(entry.name)
+        first_start = max(start, today - timedelta(days=FIRST_DATA_DAYS - 1))
+        if self.first_data_lane is not None:
+            self.first_data_lane.submit(FirstDataRun(patient_id, first_sync_id, first_start, today))
         log.info(
-            "patient %s connected Oura; initial sync %s queued for %s..%s", patient_id, sync_id, start, today
+            "patient %s connected Oura; first-data sync %s and initial sync %s queued for %s..%s",
+            patient_id,
+            first_sync_id,
+            sync_id,
+            start,
+            today,
         )
         return {
             "status": "active",
@@ -214,6 +232,7 @@ class ConnectionService:
             "syncId": sync_id,
             "startDate": start.isoformat(),
             "endDate": today.isoformat(),
+            "firstDataSyncId": first_sync_id,
         }
 
     def _journal_grant(self, entry: GrantEntry) -> bool:
@@ -226,9 +245,15 @@ class ConnectionService:
         return True
 
     def _store_grant(
-        self, entry: GrantEntry, oura_user_id: str | None, audit: AuditTrail | None = None
-    ) -> tuple[str, date, date]:
-        """Store the grant, record `wearable_connected` and queue the initial sync, in one transaction."""
+        self,
+        entry: GrantEntry,
+        oura_user_id: str | None,
+        audit: AuditTrail | None = None,
+        *,
+        reserve_first_data: bool = False,
+    ) -> tuple[str, str, date, date]:
+        """Store the grant, record `wearable_connected` and queue the first-data and initial syncs, in one
+        transaction: (initial sync id, first-data sync id, initial start, today)."""
         assert entry.patient_id is not None
         patient_id, tokens = entry.patient_id, entry.tokens
         today = self.today()
@@ -256,9 +281,18 @@ class ConnectionService:
                         "reconnect": previous is not None,
                     },
                 )
+                # The most recent days first, in their own short run (the run queue runs one run per patient at a
+                # time, this one first: `dagster.yaml`); the 30 days, re-reading those days too, right after.
+                first_start = max(start, today - timedelta(days=FIRST_DATA_DAYS - 1))
+                first_sync_id = ledger.request_sync(
+                    conn, patient_id=patient_id, start_day=first_start, end_day=today
+                )
+                if reserve_first_data:  # this process runs it (api/first_data.py), not the request sensor
+                    ledger.reserve_request(conn, first_sync_id)
                 sync_id = ledger.request_sync(conn, patient_id=patient_id, start_day=start, end_day=today)
                 _audit(audit, conn)
-        return sync_id, start, today
+        wh.signal_sync_queued(self.warehouse.path)
+        return sync_id, first_sync_id, start, today
 
     def recover_grants(self) -> dict[str, int]:
         """Settle the grants of callbacks that died between the code exchange and the warehouse write.
@@ -308,7 +342,7 @@ class ConnectionService:
                 return "stored"
             if connected_at is None or connected_at < entry.granted_at:
                 oura_user_id = self._oura_user_id(entry.patient_id, entry.tokens)
-                sync_id, _, _ = self._store_grant(entry, oura_user_id)
+                sync_id, _, _, _ = self._store_grant(entry, oura_user_id)
                 log.warning(
                     "stored patient %s's Oura grant left by an interrupted callback; sync %s queued",
                     entry.patient_id,
@@ -355,6 +389,7 @@ class ConnectionService:
                     raise not_connected()
                 sync_id = ledger.request_sync(conn, patient_id=patient_id, start_day=start, end_day=end)
                 _audit(audit, conn, 202)
+        wh.signal_sync_queued(self.warehouse.path)
         log.info("patient %s queued sync %s for %s..%s", patient_id, sync_id, start, end)
         return {
             "syncId": sync_id,

@@ -15,7 +15,8 @@ document. The route:
 - dedupes: an event is keyed by a hash of (event_type, data_type, object_id, event_time, user_id) in
   `patient_graph.webhook_events`; a redelivery is acknowledged and only counted;
 - maps `user_id` to the patient through `wearable_connections.oura_user_id` (active connections only);
-- queues a targeted sync (`ledger.request_sync`; the `oura_sync_requests` sensor turns it into a run), or
+- queues a targeted sync (`ledger.request_sync`; the `oura_sync_requests` sensor turns it into a run, or,
+  where the API runs the fast lane, `api/first_data.py` executes it at once), or
   joins a request of the patient still queued that covers the days, so one phone sync announcing several
   documents costs one run. The day: the stored document's `day` when the warehouse holds it (an update or a
   delete); otherwise the event carries none (Oura sends no `day`), so the days around `event_time`,
@@ -51,6 +52,8 @@ from starlette.routing import Route
 
 from oura_assets import ledger
 from oura_assets import warehouse as wh
+from oura_assets.api.audit import WEBHOOK_ACTOR, AuditTrail, trail_of
+from oura_assets.api.first_data import FirstDataLane, FirstDataRun
 from oura_assets.api.responses import NO_STORE, ApiError, ok
 from oura_assets.clock import as_utc, utc_now
 from oura_assets.config import Settings
@@ -114,6 +117,8 @@ class WebhookReceiver:
     warehouse: wh.Warehouse
     now: Callable[[], datetime] = utc_now
     lock_wait_s: float = WEBHOOK_LOCK_WAIT_S
+    lane: FirstDataLane | None = None
+    """When set, a newly queued targeted sync runs in this process at once (api/first_data.py)."""
 
     def challenge(self, token: str | None, challenge: str | None) -> str:
         expected = self.settings.webhook_verification_token
@@ -139,63 +144,73 @@ class WebhookReceiver:
         if not signature_valid(secret, stamp, body, given):
             raise unauthorized("the signature does not match")
 
-    def receive(self, event: WebhookEvent) -> dict[str, Any]:
-        """Record the event and queue its sync, in one transaction; see the module docstring."""
+    def receive(self, event: WebhookEvent, trail: AuditTrail | None = None) -> dict[str, Any]:
+        """Record the event and queue its sync, in one transaction; see the module docstring.
+
+        `trail`: the request's audit entry, written as the transaction's last write (actor `oura`)."""
         now = as_utc(self.now())
         key = event.key()
-        answer: dict[str, Any] = {}
-        for attempt in self.warehouse.attempts("api: oura webhook event", timeout_s=self.lock_wait_s):
-            with attempt as conn:
-                # Answered after the loop, never from inside it: a try that lost a DuckLake conflict at
-                # COMMIT runs again (`Warehouse.attempts`).
-                answer = self._land(conn, event, key, now)
-        return answer
-
-    def _land(self, conn: Any, event: WebhookEvent, key: str, now: datetime) -> dict[str, Any]:
-        """`receive`'s transaction: record the event, queue (or join) its sync; the answer to give."""
-        if wh.webhook_event_seen(conn, key):
-            return {"status": "duplicate"}
-        patient_id = wh.patient_for_oura_user(conn, event.user_id)
-        if patient_id is None:
-            log.info(
-                "webhook %s/%s for an Oura user we do not know: ignored", event.event_type, event.data_type
+        inline: FirstDataRun | None = None
+        with self.warehouse.transaction("api: oura webhook event", timeout_s=self.lock_wait_s) as conn:
+            if wh.webhook_event_seen(conn, key):
+                _audit(conn, trail, None)
+                return {"status": "duplicate"}
+            patient_id = wh.patient_for_oura_user(conn, event.user_id)
+            if patient_id is None:
+                _audit(conn, trail, None)
+                log.info(
+                    "webhook %s/%s for an Oura user we do not know: ignored",
+                    event.event_type,
+                    event.data_type,
+                )
+                return {"status": "unknown_user"}
+            record = wh.WebhookEventRecord(
+                event_key=key,
+                patient_id=patient_id,
+                event_type=event.event_type,
+                data_type=event.data_type,
+                object_id=event.object_id,
+                event_time=event.event_time,
+                action=IGNORED,
             )
-            return {"status": "unknown_user"}
-        record = wh.WebhookEventRecord(
-            event_key=key,
-            patient_id=patient_id,
-            event_type=event.event_type,
-            data_type=event.data_type,
-            object_id=event.object_id,
-            event_time=event.event_time,
-            action=IGNORED,
-        )
-        if event.data_type not in DOCUMENT_COLLECTIONS:
-            wh.record_webhook_event(conn, record, now)
-            return {"status": IGNORED}
-        if event.event_type == "delete":
-            stored = wh.delete_raw_document(conn, event.data_type, patient_id, event.object_id, now)
-            action = DELETED
+            if event.data_type not in DOCUMENT_COLLECTIONS:
+                wh.record_webhook_event(conn, record, now)
+                _audit(conn, trail, patient_id)
+                return {"status": IGNORED}
+            if event.event_type == "delete":
+                stored = wh.delete_raw_document(conn, event.data_type, patient_id, event.object_id, now)
+                action = DELETED
+            else:
+                stored = wh.raw_document_day(conn, event.data_type, patient_id, event.object_id)
+                action = QUEUED
+            start, end = event_days(event.event_time, stored, now, self.settings.lookback_days)
+            sync_id = wh.queued_request_covering(conn, patient_id, start, end)
+            if sync_id is None:
+                sync_id = ledger.request_sync(conn, patient_id=patient_id, start_day=start, end_day=end)
+                if self.lane is not None:  # this process runs it (api/first_data.py), not the request sensor
+                    ledger.reserve_request(conn, sync_id)
+                    lookup = (
+                        (event.data_type, event.object_id) if stored is None and action == QUEUED else None
+                    )
+                    inline = FirstDataRun(patient_id, sync_id, start, end, trigger="webhook", lookup=lookup)
+            wh.record_webhook_event(
+                conn,
+                wh.WebhookEventRecord(
+                    **{
+                        **record.__dict__,
+                        "action": action,
+                        "start_day": start,
+                        "end_day": end,
+                        "sync_id": sync_id,
+                    }
+                ),
+                now,
+            )
+            _audit(conn, trail, patient_id)
+        if inline is not None and self.lane is not None:
+            self.lane.submit(inline)
         else:
-            stored = wh.raw_document_day(conn, event.data_type, patient_id, event.object_id)
-            action = QUEUED
-        start, end = event_days(event.event_time, stored, now, self.settings.lookback_days)
-        sync_id = wh.queued_request_covering(conn, patient_id, start, end) or ledger.request_sync(
-            conn, patient_id=patient_id, start_day=start, end_day=end
-        )
-        wh.record_webhook_event(
-            conn,
-            wh.WebhookEventRecord(
-                **{
-                    **record.__dict__,
-                    "action": action,
-                    "start_day": start,
-                    "end_day": end,
-                    "sync_id": sync_id,
-                }
-            ),
-            now,
-        )
+            wh.signal_sync_queued(self.warehouse.path)
         log.info(
             "webhook %s/%s for patient %s: %s, sync %s for %s..%s",
             event.event_type,
@@ -214,18 +229,32 @@ class WebhookReceiver:
         }
 
 
+def _audit(conn: Any, trail: AuditTrail | None, patient_id: str | None) -> None:
+    if trail is not None:
+        trail.actor, trail.patient_id = WEBHOOK_ACTOR, patient_id
+        trail.record(conn)
+
+
 def _receiver(request: Request) -> WebhookReceiver:
     service = getattr(request.app.state, "service", None)
     if service is None:
         raise ApiError(503, "starting", "the service is starting; try again shortly", {"Retry-After": "1"})
     receiver = getattr(request.app.state, "webhook_receiver", None)
     if receiver is None or receiver.warehouse is not service.warehouse:
-        receiver = WebhookReceiver(settings=service.settings, warehouse=service.warehouse, now=service.now)
+        receiver = WebhookReceiver(
+            settings=service.settings,
+            warehouse=service.warehouse,
+            now=service.now,
+            lane=service.first_data_lane,
+        )
         request.app.state.webhook_receiver = receiver
     return receiver
 
 
 async def verification(request: Request) -> Response:
+    trail = trail_of(request)
+    if trail is not None:
+        trail.actor = WEBHOOK_ACTOR
     params = request.query_params
     challenge = _receiver(request).challenge(params.get("verification_token"), params.get("challenge"))
     # Oura's own shape, not our envelope: Oura compares the echoed challenge.
@@ -234,6 +263,9 @@ async def verification(request: Request) -> Response:
 
 async def event(request: Request) -> Response:
     receiver = _receiver(request)
+    trail = trail_of(request)
+    if trail is not None:
+        trail.actor = WEBHOOK_ACTOR  # a refused call is audited as a call claiming to be Oura's
     # RequestLimitsMiddleware caps this read (413 past MAX_BODY_BYTES).
     body = await request.body()
     receiver.verify(request.headers, body)
@@ -242,7 +274,7 @@ async def event(request: Request) -> Response:
     except ValidationError:
         # Signed by Oura yet not an event we understand: nothing is stored, and the fields are not echoed.
         raise ApiError(422, "invalid_request", "the body is not an Oura webhook event") from None
-    return ok(await run_in_threadpool(receiver.receive, parsed))
+    return ok(await run_in_threadpool(receiver.receive, parsed, trail))
 
 
 def webhook_routes(prefix: str) -> list[Route]:

@@ -12,7 +12,7 @@ from pydantic import Field
 from oura_assets import analytics
 from oura_assets import warehouse as wh
 from oura_assets.config import load_settings
-from oura_assets.defs.assets import DAILY_STATS_KEY, WEARABLE_DATA_KEY
+from oura_assets.defs.assets import DAILY_STATS_KEY, SESSIONS_KEY, WEARABLE_DATA_KEY, WORKOUTS_KEY
 from oura_assets.defs.previews import markdown_table
 from oura_assets.defs.resources import WarehouseResource
 
@@ -45,7 +45,7 @@ def _snapshot_metadata(report: analytics.SnapshotReport) -> dict[str, dg.Metadat
 def build_analytics_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     @dg.asset(
         key=SNAPSHOT_KEY,
-        deps=[WEARABLE_DATA_KEY, DAILY_STATS_KEY],
+        deps=[WEARABLE_DATA_KEY, DAILY_STATS_KEY, WORKOUTS_KEY, SESSIONS_KEY],
         partitions_def=partitions_def,
         backfill_policy=dg.BackfillPolicy.single_run(),
         group_name=ANALYTICS_GROUP,

@@ -7,11 +7,13 @@ tag (API sync requests). One patient's failure is recorded for that patient and 
 """
 
 from collections.abc import Iterator
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import dagster as dg
 
 from oura_assets import rebuild
+from oura_assets.config import load_settings
 from oura_assets.defs.metadata import table_metadata
 from oura_assets.defs.partitions import (
     PATIENT_TAG,
@@ -23,6 +25,7 @@ from oura_assets.defs.partitions import (
 from oura_assets.defs.previews import preview_metadata
 from oura_assets.defs.resources import OuraResource, WarehouseResource
 from oura_assets.sync import RefetchPolicy, RunOutcome, claim_patients, sync_patients
+from oura_assets.webhook_coverage import review_coverage
 
 RAW_GROUP = "oura_raw"
 GRAPH_GROUP = "patient_graph"
@@ -32,11 +35,20 @@ RAW_ASSETS: dict[str, tuple[str, ...]] = {
     "daily_readiness": ("daily_readiness",),
     "sleep": ("daily_sleep", "sleep"),
     "daily_activity": ("daily_activity",),
+    "workout": ("workout",),
+    "session": ("session",),
+    "daily_spo2": ("daily_spo2",),
+    "daily_stress": ("daily_stress",),
+    "daily_resilience": ("daily_resilience",),
+    "daily_cardiovascular_age": ("daily_cardiovascular_age",),
     "heartrate": ("heartrate",),
 }
 RAW_KEYS = {name: dg.AssetKey([RAW_GROUP, name]) for name in RAW_ASSETS}
 WEARABLE_DATA_KEY = dg.AssetKey([GRAPH_GROUP, "wearable_data"])
 DAILY_STATS_KEY = dg.AssetKey([GRAPH_GROUP, "patient_wearable_daily_stats"])
+WORKOUTS_KEY = dg.AssetKey([GRAPH_GROUP, "wearable_workouts"])
+SESSIONS_KEY = dg.AssetKey([GRAPH_GROUP, "wearable_sessions"])
+WELLNESS_RAW = ("daily_spo2", "daily_stress", "daily_resilience", "daily_cardiovascular_age")
 
 RAW_DESCRIPTIONS = {
     "daily_readiness": "Oura's daily readiness documents exactly as Oura sent them "
@@ -48,6 +60,22 @@ RAW_DESCRIPTIONS = {
     "The normalized tables use only the day's main period; split nights and naps are only here.",
     "daily_activity": "Oura's daily activity documents as Oura sent them (`oura_raw.daily_activity`). Oura's "
     "activity day runs from 4 a.m. to 4 a.m. local time.",
+    "workout": "Oura's workout documents as Oura sent them (`oura_raw.workout`, one per workout: activity, "
+    "intensity, kcal, metres, local start and end). Needs the patient's `workout` scope; without it the "
+    "collection is skipped (see `patient_graph.wearable_collection_status`). Normalized in "
+    "`patient_graph.wearable_workouts`.",
+    "session": "Oura's session documents as Oura sent them (`oura_raw.session`: breathing, meditation, nap "
+    "Moments … with 5-second heart-rate and HRV series). Needs the `session` scope. Normalized in "
+    "`patient_graph.wearable_sessions`.",
+    "daily_spo2": "Oura's nightly SpO2 summaries (`oura_raw.daily_spo2`: average SpO2 % and breathing "
+    "disturbance index). Needs the `spo2Daily` scope, which the connect flow's scope list does not request; "
+    "without it the collection is skipped. Its figures are columns of the daily stats.",
+    "daily_stress": "Oura's daily stress summaries (`oura_raw.daily_stress`: seconds in the high-stress and "
+    "high-recovery zones). Synced in the background and revised with the day's scores.",
+    "daily_resilience": "Oura's daily resilience documents (`oura_raw.daily_resilience`: level and its "
+    "contributors).",
+    "daily_cardiovascular_age": "Oura's daily cardiovascular age predictions "
+    "(`oura_raw.daily_cardiovascular_age`: vascular age in years, pulse wave velocity in m/s).",
     "heartrate": "Every heart-rate sample Oura holds for the patients (`oura_raw.heartrate`, one row per "
     "patient, instant and sample source; bpm). Fetched a day "
     "beyond each end of the range so local days are whole.",
@@ -128,6 +156,7 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefini
         start, end = _day_range(context)
         selected = [name for name, key in RAW_KEYS.items() if key in context.selected_asset_keys]
         run_id = context.run.run_id
+        began = datetime.now(UTC)
         patients = claim_patients(
             warehouse, run_id=run_id, patient_id=_run_patient(context), sync_ids=_sync_ids(context)
         )
@@ -158,6 +187,14 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefini
         if outcome.failure:
             # Results and sync events are already recorded; the red run is for us to see.
             raise dg.Failure(description=outcome.failure, metadata=_summary_metadata(outcome, {}))
+        coverage: dict[str, Any] = {}
+        if _run_patient(context) is None:
+            # A pull over everyone (nightly, backfill) audits the webhooks (webhook_coverage.py).
+            report = review_coverage(warehouse, load_settings(), began, datetime.now(UTC))
+            coverage = {
+                k: dg.MetadataValue.json(v) if isinstance(v, dict) else v
+                for k, v in report.metadata().items()
+            }
         for name in selected:
             tables = [f"oura_raw.{c}" for c in RAW_ASSETS[name]]
             preview = preview_metadata(
@@ -165,7 +202,7 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefini
             )
             yield dg.MaterializeResult(
                 asset_key=RAW_KEYS[name],
-                metadata={**_summary_metadata(outcome, outcome.rows(tables)), **preview},
+                metadata={**_summary_metadata(outcome, outcome.rows(tables)), **preview, **coverage},
             )
 
     return oura_raw
@@ -238,7 +275,7 @@ def build_graph_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
 
     @dg.asset(
         key=DAILY_STATS_KEY,
-        deps=[WEARABLE_DATA_KEY, RAW_KEYS["heartrate"]],
+        deps=[WEARABLE_DATA_KEY, RAW_KEYS["heartrate"], *(RAW_KEYS[name] for name in WELLNESS_RAW)],
         partitions_def=partitions_def,
         backfill_policy=dg.BackfillPolicy.single_run(),
         group_name=GRAPH_GROUP,
@@ -252,10 +289,11 @@ def build_graph_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
 
         Scores (1-100), total sleep (seconds, main sleep period), steps, calories (kcal), average HRV (ms),
         resting heart rate (bpm, the main period's lowest) and the day's heart-rate min / max / mean / sample
-        count (bpm, at full precision). Heart rate covers the patient's local calendar day: UTC plus the
-        offset on that day's Oura documents, else the nearest known offset, else UTC; a repeated sample
-        counts once. The same step writes `patient_graph.wearable_day_status`: every day of the range,
-        complete or why not.
+        count (bpm, at full precision), the night's SpO2 average (%) and breathing disturbance index, seconds
+        of high stress and high recovery, the resilience level and the vascular age (years). Heart rate
+        covers the patient's local calendar day: UTC plus the offset on that day's Oura documents, else the
+        nearest known offset, else UTC; a repeated sample counts once. The same step writes
+        `patient_graph.wearable_day_status`: every day of the range, complete or why not.
         """
         return _rebuild(
             context,
@@ -266,4 +304,44 @@ def build_graph_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
             day_status=True,
         )
 
-    return [wearable_data, patient_wearable_daily_stats]
+    @dg.asset(
+        key=WORKOUTS_KEY,
+        deps=[RAW_KEYS["workout"]],
+        partitions_def=partitions_def,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        group_name=GRAPH_GROUP,
+        kinds={"duckdb"},
+        metadata=table_metadata("patient_graph.wearable_workouts"),
+    )
+    def wearable_workouts(
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource
+    ) -> dg.MaterializeResult:
+        """Every Oura workout: one row per (patient, workout id), several on a day when the patient did more.
+
+        `start_at` / `end_at` in UTC (Oura gives local times), `day` the patient's local day, `activity`
+        (walking, running, …), `intensity` (easy, moderate, hard), `calories_kcal`, `distance_m` (null for
+        activities without one) and how Oura learned of it (`workout_source`). Rebuilt from
+        `oura_raw.workout` without calling Oura.
+        """
+        return _rebuild(context, warehouse, "patient_graph.wearable_workouts", rebuild.write_workouts)
+
+    @dg.asset(
+        key=SESSIONS_KEY,
+        deps=[RAW_KEYS["session"]],
+        partitions_def=partitions_def,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        group_name=GRAPH_GROUP,
+        kinds={"duckdb"},
+        metadata=table_metadata("patient_graph.wearable_sessions"),
+    )
+    def wearable_sessions(
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource
+    ) -> dg.MaterializeResult:
+        """Every Oura session (a Moment: breathing, meditation, nap, …): one row per (patient, session id).
+
+        `start_at` / `end_at` in UTC, `session_type`, `mood`, and the heart rate (bpm: mean, min, max) and
+        HRV (ms, mean) over the session's non-null 5-second samples. Rebuilt from `oura_raw.session`.
+        """
+        return _rebuild(context, warehouse, "patient_graph.wearable_sessions", rebuild.write_sessions)
+
+    return [wearable_data, patient_wearable_daily_stats, wearable_workouts, wearable_sessions]

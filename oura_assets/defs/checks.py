@@ -11,7 +11,14 @@ import dagster as dg
 
 from oura_assets import warehouse as wh
 from oura_assets.clock import utc_now
-from oura_assets.defs.assets import DAILY_STATS_KEY, RAW_ASSETS, RAW_KEYS, WEARABLE_DATA_KEY
+from oura_assets.defs.assets import (
+    DAILY_STATS_KEY,
+    RAW_ASSETS,
+    RAW_KEYS,
+    SESSIONS_KEY,
+    WEARABLE_DATA_KEY,
+    WORKOUTS_KEY,
+)
 from oura_assets.defs.resources import WarehouseResource
 from oura_assets.normalize import METRIC_KEYS
 from oura_assets.sync import OURA_UNAVAILABLE_CODES
@@ -176,6 +183,30 @@ raw_daily_readiness_unique_keys = _raw_unique_keys("daily_readiness")
 raw_sleep_unique_keys = _raw_unique_keys("sleep")
 raw_daily_activity_unique_keys = _raw_unique_keys("daily_activity")
 raw_heartrate_unique_keys = _raw_unique_keys("heartrate")
+raw_workout_unique_keys = _raw_unique_keys("workout")
+raw_session_unique_keys = _raw_unique_keys("session")
+raw_daily_spo2_unique_keys = _raw_unique_keys("daily_spo2")
+raw_daily_stress_unique_keys = _raw_unique_keys("daily_stress")
+raw_daily_resilience_unique_keys = _raw_unique_keys("daily_resilience")
+raw_daily_cardiovascular_age_unique_keys = _raw_unique_keys("daily_cardiovascular_age")
+
+
+def _spans_in_order(key: dg.AssetKey, table: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        name="spans_in_order",
+        asset=key,
+        description=f"Every `{table}` row ends after it starts, lasts at most a day, and its `day` is "
+        "within a day of its UTC start (a wrong offset would move it).",
+    )
+    def _check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        with warehouse.connect(f"check: spans of {table}") as conn:
+            return _offenders_result(wh.spans_out_of_order(conn, table), dg.AssetCheckSeverity.WARN)
+
+    return _check
+
+
+workouts_spans_in_order = _spans_in_order(WORKOUTS_KEY, "patient_graph.wearable_workouts")
+sessions_spans_in_order = _spans_in_order(SESSIONS_KEY, "patient_graph.wearable_sessions")
 raw_daily_readiness_scores = _raw_scores("daily_readiness", "daily_readiness")
 raw_daily_sleep_scores = _raw_scores("sleep", "daily_sleep")
 raw_daily_activity_scores = _raw_scores("daily_activity", "daily_activity")

@@ -6,6 +6,7 @@ and never rewrites a sync request that is closed.
 """
 
 import json
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -15,7 +16,7 @@ import dagster as dg
 from oura_assets import ledger
 from oura_assets import warehouse as wh
 from oura_assets.defs.assets import RAW_KEYS
-from oura_assets.defs.jobs import SYNC_JOB_NAME
+from oura_assets.defs.jobs import FAST_LANE_JOB_NAME, SYNC_JOB_NAME
 from oura_assets.defs.partitions import PATIENT_TAG, SYNC_IDS_TAG, TRIGGER_TAG, partition_range_tags
 from oura_assets.defs.resources import WarehouseResource
 
@@ -25,7 +26,7 @@ CURSOR_OVERLAP = timedelta(seconds=5)
 
 
 def _is_sync_run(run: dg.DagsterRun) -> bool:
-    if run.job_name == SYNC_JOB_NAME:
+    if run.job_name in (SYNC_JOB_NAME, FAST_LANE_JOB_NAME):
         return True
     return bool(run.asset_selection and set(run.asset_selection) & set(RAW_KEYS.values()))
 
@@ -144,19 +145,60 @@ def build_event_sensor() -> dg.SensorDefinition:
     return wearable_sync_events
 
 
+SYNC_QUEUE_FULL_CHECK = timedelta(seconds=60)
+"""How often `oura_sync_requests` reads the queue although the queue signal did not move (a request queued by
+a process that could not touch the signal, or by hand)."""
+SHORT_SYNC_DAYS = 7
+PRIORITY_TAG = "dagster/priority"
+
+
+@dataclass(frozen=True)
+class QueueCursor:
+    """The queue signal's stamp the sensor last acted on, and when it last read the queue."""
+
+    stamp: int = 0
+    checked: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str | None) -> "QueueCursor":
+        try:
+            data = json.loads(text or "{}")
+            return cls(stamp=int(data.get("stamp", 0)), checked=float(data.get("checked", 0.0)))
+        except (ValueError, TypeError, AttributeError):
+            return cls()
+
+    def serialize(self) -> str:
+        return json.dumps({"stamp": self.stamp, "checked": self.checked})
+
+    def due(self, stamp: int, now: float) -> bool:
+        """Whether the queue must be read: the signal moved, or the periodic check is due."""
+        return stamp != self.stamp or now - self.checked >= SYNC_QUEUE_FULL_CHECK.total_seconds()
+
+
 def build_sync_request_sensor(first_day: date) -> dg.SensorDefinition:
+    # The daemon evaluates sensors at most every 5 s whatever the interval (dagster's sensor loop), so 1 s
+    # means "every loop": a queued request waits 2.5 s on average for its run. A tick whose queue signal did
+    # not move never opens the warehouse (see warehouse/queue_signal.py).
     @dg.sensor(
         name="oura_sync_requests",
         job_name=SYNC_JOB_NAME,
-        minimum_interval_seconds=10,
+        minimum_interval_seconds=1,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Turns sync requests queued by the connection API into one run per request.",
+        description="Turns sync requests queued by the connection API and webhooks into one run per request.",
     )
     def oura_sync_requests(
         context: dg.SensorEvaluationContext, warehouse: WarehouseResource
     ) -> Iterator[dg.RunRequest | dg.SkipReason]:
+        cursor = QueueCursor.parse(context.cursor)
+        now = time.time()
+        # The stamp is read before the queue: a request queued after this read moves it again.
+        stamp = wh.sync_queue_stamp(warehouse.database)
+        if not cursor.due(stamp, now):
+            yield dg.SkipReason("the sync queue signal did not move")
+            return
         with warehouse.connect("sensor: read queued sync requests") as conn:
             queued = wh.queued_sync_requests(conn, limit=50)
+        context.update_cursor(QueueCursor(stamp=stamp, checked=now).serialize())
         if not queued:
             yield dg.SkipReason("no queued sync requests")
             return
@@ -168,6 +210,9 @@ def build_sync_request_sensor(first_day: date) -> dg.SensorDefinition:
                     with attempt as conn:
                         ledger.reject_request(conn, request.sync_id, code="empty_range")
                 continue
+            # A short range (a new patient's first data, a webhook's day) goes before long ones in the run
+            # queue; the queue runs one run per patient at a time (dagster.yaml), oldest first.
+            short = (end - start).days + 1 <= SHORT_SYNC_DAYS
             yield dg.RunRequest(
                 run_key=request.sync_id,
                 tags={
@@ -175,6 +220,7 @@ def build_sync_request_sensor(first_day: date) -> dg.SensorDefinition:
                     PATIENT_TAG: request.patient_id,
                     SYNC_IDS_TAG: request.sync_id,
                     TRIGGER_TAG: "api",
+                    PRIORITY_TAG: "1" if short else "0",
                 },
             )
 

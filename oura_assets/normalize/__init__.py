@@ -13,9 +13,11 @@ one malformed document never blocks a patient's other days. Unknown extra fields
 fields are fine: Oura adds fields between exports and omits some (OURA-NOTES.md, "Unknown extra fields").
 
 The parts live in modules named for what they are about (`documents`, `sleep`, `heart_rate`, `rows`,
-`timestamps`, `validation`, `errors`); callers import from `oura_assets.normalize`, which re-exports them.
+`activities` (workouts and sessions), `wellness` (SpO2, stress, resilience, vascular age), `timestamps`,
+`validation`, `errors`); callers import from `oura_assets.normalize`, which re-exports them.
 """
 
+from oura_assets.normalize.activities import SessionRow, WorkoutRow, session_rows, workout_rows
 from oura_assets.normalize.documents import (
     ACTIVITY_CONTRIBUTORS,
     ACTIVITY_FIELDS,
@@ -31,6 +33,7 @@ from oura_assets.normalize.rows import DailyStatsRow, WearableRow, daily_stats_r
 from oura_assets.normalize.sleep import IGNORED_SLEEP_TYPES, hrv_metrics, main_sleep_period, sleep_metrics
 from oura_assets.normalize.timestamps import to_utc_z
 from oura_assets.normalize.validation import validate_document
+from oura_assets.normalize.wellness import DailyWellness, daily_wellness
 
 __all__ = [
     "ACTIVITY_CONTRIBUTORS",
@@ -40,19 +43,25 @@ __all__ = [
     "READINESS_CONTRIBUTORS",
     "SLEEP_PERIOD_FIELDS",
     "DailyStatsRow",
+    "DailyWellness",
     "HeartRateDayStats",
     "NormalizationError",
+    "SessionRow",
     "WearableRow",
+    "WorkoutRow",
     "activity_metrics",
     "daily_stats_rows",
+    "daily_wellness",
     "day_offsets",
     "heart_rate_day_stats",
     "hrv_metrics",
     "main_sleep_period",
     "offset_for",
     "readiness_metrics",
+    "session_rows",
     "sleep_metrics",
     "to_utc_z",
     "validate_document",
     "wearable_rows",
+    "workout_rows",
 ]

@@ -15,6 +15,7 @@ from oura_assets.domain import SOURCE
 from oura_assets.normalize.documents import _by_day, _one_per_day, activity_metrics, readiness_metrics
 from oura_assets.normalize.heart_rate import HeartRateDayStats, offset_for
 from oura_assets.normalize.sleep import hrv_metrics, main_sleep_period, sleep_metrics
+from oura_assets.normalize.wellness import DailyWellness
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,13 @@ class DailyStatsRow:
     hr_avg: float | None
     hr_samples: int
     utc_offset_minutes: int
+    spo2_average_pct: float | None = None
+    breathing_disturbance_index: int | None = None
+    stress_high_seconds: int | None = None
+    recovery_high_seconds: int | None = None
+    stress_day_summary: str | None = None
+    resilience_level: str | None = None
+    vascular_age_years: int | None = None
 
 
 def wearable_rows(
@@ -96,19 +104,24 @@ def daily_stats_rows(
     wearable_rows: Iterable[WearableRow],
     hr_stats: Mapping[date, HeartRateDayStats],
     offsets: Mapping[date, timedelta],
+    wellness: Mapping[date, DailyWellness] | None = None,
 ) -> list[DailyStatsRow]:
-    """One row per day with any wearable row or heart-rate samples, read from the `wearable_data` rows.
+    """One row per day with any wearable row, heart-rate samples or wellness figure.
 
-    Scores, sleep, steps, calories and HRV come from the rows' metrics (so the two tables agree by
-    construction); heart rate from `hr_stats`. A day without samples has hr_samples 0 and null hr_*.
+    Scores, sleep, steps, calories and HRV come from the `wearable_data` rows' metrics (so the two tables
+    agree by construction); heart rate from `hr_stats`; SpO2, stress, resilience and vascular age from
+    `wellness` (`normalize.wellness.daily_wellness`). A day without samples has hr_samples 0 and null hr_*.
     `utc_offset_minutes` is the offset its local day was cut with. Sorted by day.
     """
+    wellness = wellness or {}
     metrics: dict[date, dict[str, dict[str, Any]]] = {}
     for row in wearable_rows:
         if row.patient_id != patient_id:
             raise ValueError(f"wearable row for patient {row.patient_id!r} passed with {patient_id!r}")
         metrics.setdefault(row.day, {})[row.metric_type] = row.metrics
-    days = sorted(metrics.keys() | {day for day, stats in hr_stats.items() if stats.hr_samples > 0})
+    days = sorted(
+        metrics.keys() | {day for day, stats in hr_stats.items() if stats.hr_samples > 0} | wellness.keys()
+    )
 
     out: list[DailyStatsRow] = []
     for day in days:
@@ -136,6 +149,7 @@ def daily_stats_rows(
                 hr_avg=hr.hr_avg if hr else None,
                 hr_samples=hr.hr_samples if hr else 0,
                 utc_offset_minutes=int(offset.total_seconds() // 60),
+                **vars(wellness.get(day, DailyWellness())),
             )
         )
     return out

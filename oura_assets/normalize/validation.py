@@ -5,10 +5,12 @@ Upstream code keeps only documents that pass, so one malformed document never bl
 
 from __future__ import annotations
 
-from oura_assets.domain import RAW_COLLECTIONS
+from oura_assets.domain import RAW_COLLECTIONS, SESSION, WORKOUT
+from oura_assets.normalize.activities import session_row, workout_row
 from oura_assets.normalize.documents import _Doc, activity_metrics, readiness_metrics
 from oura_assets.normalize.errors import NormalizationError
 from oura_assets.normalize.sleep import _period_rank, hrv_metrics, sleep_metrics
+from oura_assets.normalize.wellness import FIGURES
 
 
 def validate_document(collection: str, doc: object) -> str | None:
@@ -32,7 +34,13 @@ def validate_document(collection: str, doc: object) -> str | None:
                 return "missing 'bpm'"
             return None
         d.day()
-        if collection != "sleep":
+        if collection == WORKOUT:
+            workout_row("", d.doc)
+        elif collection == SESSION:
+            session_row("", d.doc)
+        elif collection in FIGURES:
+            FIGURES[collection](d.doc)
+        elif collection != "sleep":
             d.timestamp("timestamp")
         if collection == "daily_readiness":
             readiness_metrics(d.doc)

@@ -41,6 +41,7 @@ HEARTRATE_MAX_WINDOW = timedelta(days=30)
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
 _COLLECTION_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_DOCUMENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _FRACTION = re.compile(r"\.(\d+)")
 
 
@@ -253,6 +254,25 @@ class OuraClient:
         """The patient's `personal_info` document (its `id` is readable with any scope [spec])."""
         path = f"{USERCOLLECTION}/personal_info"
         body = self._get_json(path, {}, _WaitBudget(self._retry.wait_budget_s))
+        if not isinstance(body, dict):
+            raise OuraPayloadError(f"GET {path} answered {type(body).__name__}, not a JSON object")
+        return body
+
+    def document(self, collection: str, document_id: str) -> dict[str, Any] | None:
+        """One document by id (`GET /v2/usercollection/{collection}/{document_id}`), or None when Oura answers
+        404: right after its webhook event a document may not be served yet (integrators report 404s for
+        ids that an event had just announced), so the caller falls back on the day's range fetch."""
+        if not _COLLECTION_NAME.match(collection) or collection in {"heartrate", "personal_info"}:
+            raise ValueError(f"{collection!r} is not a document collection")
+        if not _DOCUMENT_ID.match(document_id):
+            raise ValueError("not an Oura document id")
+        path = f"{USERCOLLECTION}/{collection}/{document_id}"
+        try:
+            body = self._get_json(path, {}, _WaitBudget(self._retry.wait_budget_s))
+        except OuraError as exc:
+            if exc.status == 404:
+                return None
+            raise
         if not isinstance(body, dict):
             raise OuraPayloadError(f"GET {path} answered {type(body).__name__}, not a JSON object")
         return body

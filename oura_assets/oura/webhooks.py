@@ -263,3 +263,21 @@ def ensure_from_settings(settings: Settings, renew_within: timedelta = DEFAULT_R
     token = verification_token(settings)
     with client_from_settings(settings) as client:
         return ensure_subscriptions(client, settings.webhook_callback_url, token, renew_within=renew_within)
+
+
+def recreate_subscriptions(
+    client: WebhookClient, callback_url: str, verification_token: str, *, now: datetime | None = None
+) -> EnsureReport:
+    """Delete every subscription to `callback_url` and create the set again (subscriptions that went quiet:
+    `webhook_coverage.py`). Subscriptions to other callbacks are left alone."""
+    for subscription in client.list():
+        if subscription.callback_url == callback_url:
+            client.delete(subscription.id)
+    return ensure_subscriptions(client, callback_url, verification_token, now=now)
+
+
+def recreate_from_settings(settings: Settings) -> EnsureReport:
+    """`recreate_subscriptions` for the configured callback and token."""
+    token = verification_token(settings)
+    with client_from_settings(settings) as client:
+        return recreate_subscriptions(client, settings.webhook_callback_url, token)

@@ -16,7 +16,13 @@ the default is the strictest, so a client that copes here copes with Oura (see
   offset arrives as a space and answers 422;
 - `next_token` is opaque, signed, and bound to the user, the route and the resolved window; replayed with
   other parameters it answers 400. It also pins the data clock of the first page, so a listing is one
-  consistent snapshot even while days sync underneath it.
+  consistent snapshot even while days sync underneath it;
+- `fields` (comma-separated) keeps only those fields of each document, beside the ones always returned (`id`
+  and the document's day; `timestamp` on heart rate) [spec]; unknown names are ignored. `tag`,
+  `enhanced_tag` and `daily_resilience` do not support it and answer every field [spec];
+- `ring_configuration` takes no dates [spec]: every ring the user has set up, whatever is asked;
+- 403: a collection outside the scopes the user granted answers Oura's 403, as does every route of a user
+  whose membership has expired (the `forbidden` user fault); the detail says which.
 """
 
 from __future__ import annotations
@@ -51,7 +57,6 @@ COLLECTION_SCOPES = {
     "daily_activity": "daily",
     "workout": "workout",
     "session": "session",
-    # Routes in the spec this simulator serves empty, so a client that asks is not met with a 404.
     "tag": "tag",
     "enhanced_tag": "tag",
     "daily_spo2": "spo2Daily",
@@ -63,6 +68,12 @@ COLLECTION_SCOPES = {
     "rest_mode_period": "daily",
     "ring_configuration": "",
 }
+# Routes whose `fields` parameter is "N/A. This route does not support field selection yet" [spec].
+NO_FIELD_SELECTION = frozenset({"tag", "enhanced_tag", "daily_resilience"})
+# Returned whatever `fields` asks for: what a client keys and dates a document by [spec: "in addition to the
+# always returned fields"; the spec does not list them, these are the ones no client can do without].
+ALWAYS_RETURNED = ("id", "day", "start_day")
+HEARTRATE_ALWAYS_RETURNED = ("timestamp",)
 HEARTRATE_MAX_RANGE = timedelta(days=30)
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 # pydantic (a Dagster dependency) is what Oura's FastAPI validates query parameters with, so its datetime
@@ -94,6 +105,22 @@ def _parse_date_or_datetime(name: str, raw: str) -> date | datetime:
     raise ValidationProblem(
         name, "Input should be a valid date or datetime (YYYY-MM-DD or ISO 8601 date-time)", "date_type", raw
     )
+
+
+def _selected_fields(request: Request) -> frozenset[str] | None:
+    """The names in `fields`, or None when the request asks for every field."""
+    raw = request.query_params.get("fields")
+    if raw is None or not raw.strip():
+        return None
+    return frozenset(name.strip() for name in raw.split(",") if name.strip())
+
+
+def select_fields(items: list[Any], fields: frozenset[str] | None, always: tuple[str, ...]) -> list[Any]:
+    """Copies of `items` with only `fields` and the always-returned ones (cached documents stay untouched)."""
+    if fields is None:
+        return items
+    keep = fields | set(always)
+    return [{k: v for k, v in item.items() if k in keep} for item in items]
 
 
 def _parse_datetime(name: str, raw: str) -> datetime | None:
@@ -176,6 +203,7 @@ class UserCollectionApi:
                 403, "The user's Oura membership has expired; their data is not available via the API."
             )
         if scope and scope not in principal.scopes:
+            # The patient did not grant this collection's scope (or withdrew it since): only this route fails.
             raise Problem(403, f"The access token lacks the '{scope}' scope needed for this route.")
         return principal
 
@@ -226,17 +254,23 @@ class UserCollectionApi:
         collection = self._collection(request)
         principal = self._principal(request, COLLECTION_SCOPES[collection])
 
+        undated = collection in data.UNDATED_COLLECTIONS
+
         def binding(snapshot: datetime) -> str:
+            if undated:
+                return f"{principal.user}|{collection}"
             start, end = self._window(request, principal.user, snapshot)
             return f"{principal.user}|{collection}|{start.isoformat()}|{end.isoformat()}"
 
         offset, snapshot = self._page_start(request, binding)
-        start, end = self._window(request, principal.user, snapshot)
-        readings = self.state.faults.readings()
-        days = self._days(start, end, collection == "sleep", readings.date_ends)
+        days: list[date] = []
+        if not undated:
+            start, end = self._window(request, principal.user, snapshot)
+            days = self._days(start, end, collection == "sleep", self.state.faults.readings().date_ends)
         docs = data.documents(principal.user, collection, days, snapshot)
+        fields = None if collection in NO_FIELD_SELECTION else _selected_fields(request)
         return self._page(
-            docs, offset, snapshot, binding(snapshot), self.state.config.page_size_for(collection)
+            docs, offset, snapshot, binding(snapshot), self.state.config.page_size_for(collection), fields
         )
 
     def _page_start(self, request: Request, binding: Callable[[datetime], str]) -> tuple[int, datetime]:
@@ -247,8 +281,16 @@ class UserCollectionApi:
         binding(snapshot)  # validates the parameters before anything is served
         return 0, snapshot
 
-    def _page(self, items: list[Any], offset: int, snapshot: datetime, binding: str, size: int) -> Response:
-        page = items[offset : offset + size]
+    def _page(
+        self,
+        items: list[Any],
+        offset: int,
+        snapshot: datetime,
+        binding: str,
+        size: int,
+        fields: frozenset[str] | None = None,
+    ) -> Response:
+        page = select_fields(items[offset : offset + size], fields, ALWAYS_RETURNED)
         more = offset + size < len(items)
         next_token = self.tokens.issue(binding, offset + size, snapshot) if more else None
         style = self.state.faults.readings().timestamps
@@ -296,7 +338,11 @@ class UserCollectionApi:
             samples = samples[-1:]
         size = self.state.config.page_size_for("heartrate")
         readings = self.state.faults.readings()
-        page = [data.heart_rate_row(principal.user, *sample) for sample in samples[offset : offset + size]]
+        page = select_fields(
+            [data.heart_rate_row(principal.user, *sample) for sample in samples[offset : offset + size]],
+            _selected_fields(request),
+            HEARTRATE_ALWAYS_RETURNED,
+        )
         more = offset + size < len(samples)
         next_token = self.tokens.issue(binding(snapshot), offset + size, snapshot) if more else None
         body: dict[str, Any] = {"data": render(page, readings.timestamps)}

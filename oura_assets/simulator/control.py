@@ -17,7 +17,8 @@ class SimulatorControl:
 
     def set_faults(self, **changes: Any) -> dict[str, Any]:
         """Partial update: `latency_ms`, `error_rate`, `drop_rate`, `rate_limit` ({limit, window_s[, tier]} or
-        None), `users` ({name: {forbidden, refresh_reject, expire_access_tokens}}), `readings`
+        None), `users` ({name: {forbidden, refresh_reject, expire_access_tokens,
+        withhold_scopes: [scope, ...]}}), `readings`
         ({date_ends, last_next_token, timestamps}). Returns the faults now."""
         return self._state.set_faults(**changes)
 

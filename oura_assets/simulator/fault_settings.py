@@ -2,9 +2,9 @@
 
 Transport faults (latency, 5xx, dropped connections) are applied by `faults.FaultInjection`; a rate-limit
 override by `ratelimit.RateLimitWindows`; per-user faults by the grant store (`refresh_reject`,
-`expire_access_tokens`) and the data routes (`forbidden`). The `readings` (how the data routes read Oura's
-ambiguities, `readings.py`) sit here too, so one `POST /_sim/faults` sets them and `DELETE` restores the
-configured ones.
+`expire_access_tokens`, `withhold_scopes`) and the data routes (`forbidden`, `withhold_scopes`). The
+`readings` (how the data routes read Oura's ambiguities, `readings.py`) sit here too, so one
+`POST /_sim/faults` sets them and `DELETE` restores the configured ones.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 from oura_assets.simulator.config import RateLimit
 from oura_assets.simulator.readings import Readings
 
-USER_FAULTS = ("forbidden", "refresh_reject", "expire_access_tokens")
+USER_FAULTS = ("forbidden", "refresh_reject", "expire_access_tokens", "withhold_scopes")
 
 
 @dataclass
@@ -27,12 +27,16 @@ class UserFaults:
     refresh_reject: bool = False
     # Tokens with a serial at or below this cutoff count as expired; None when the knob is off.
     expire_cutoff: int | None = None
+    # Scopes the user does not grant: unticked on Oura's consent page (a new grant leaves them out) and, for
+    # grants already made, withdrawn since (their routes answer 403 as Oura does for a scope not granted).
+    withhold_scopes: tuple[str, ...] = ()
 
-    def as_dict(self) -> dict[str, bool]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "forbidden": self.forbidden,
             "refresh_reject": self.refresh_reject,
             "expire_access_tokens": self.expire_cutoff is not None,
+            "withhold_scopes": list(self.withhold_scopes),
         }
 
 
@@ -139,6 +143,11 @@ class FaultSettings:
             current.refresh_reject = bool(flags["refresh_reject"])
         if "expire_access_tokens" in flags:
             current.expire_cutoff = token_serial if flags["expire_access_tokens"] else None
+        if "withhold_scopes" in flags:
+            scopes = flags["withhold_scopes"] or []
+            if not isinstance(scopes, list) or not all(isinstance(scope, str) for scope in scopes):
+                raise ValueError(f"withhold_scopes must be a list of scope names, got {scopes!r}")
+            current.withhold_scopes = tuple(dict.fromkeys(scopes))
 
     def reset(self) -> dict[str, Any]:
         """Every fault off and the configured readings back (the dice keep rolling where they were)."""

@@ -111,6 +111,10 @@ class GrantStore:
 
     def issue_code(self, client_id: str, redirect_uri: str, user: str, scopes: tuple[str, ...]) -> str:
         code = secrets.token_urlsafe(24)
+        # Oura's consent page lets the user untick scopes: the grant (and the token answer's `scope`) holds
+        # only those left ticked.
+        withheld = self._faults.user(user).withhold_scopes
+        scopes = tuple(scope for scope in scopes if scope not in withheld)
         with self._lock:
             self._codes[digest(code)] = AuthCode(
                 client_id, redirect_uri, user, scopes, self._clock.wall() + self._config.code_ttl_s
@@ -233,4 +237,6 @@ class GrantStore:
             cutoff = self._faults.user(grant.user).expire_cutoff
             if cutoff is not None and entry.serial <= cutoff:
                 raise TokenRejected("The access token has expired.")
-            return Principal(grant.user, grant.client_id, grant.scopes, key)
+            withheld = self._faults.user(grant.user).withhold_scopes
+            scopes = tuple(scope for scope in grant.scopes if scope not in withheld)
+            return Principal(grant.user, grant.client_id, scopes, key)

@@ -14,7 +14,8 @@
   documents of that day as served now), and can send every event `redeliver` more times and in
   `out_of_order` (reversed) order, as Oura does when it retries. `POST /_sim/webhooks/changes {users,
   before, after}` sends create/update/delete events for what changed between two data-clock instants (a
-  new day synced, a revised document, a period that disappeared).
+  new day synced, a revised document, a period that disappeared), with the same `redeliver` and
+  `out_of_order` knobs.
 The simulator does not model which users granted which client: every subscription receives every user's
 events. Deliveries are recorded (`GET /_sim/webhooks`).
 """
@@ -324,7 +325,12 @@ class WebhookHub:
             raise Problem(400, "users (a list of names), before and after (with offsets) please")
         types = body.get("data_types") or ["daily_readiness", "daily_sleep", "sleep", "daily_activity"]
         events = [e for user in users for t in types for e in self.changes(str(user), t, start, end)]
-        results = await run_in_threadpool(self.deliver, events)
+        results = await run_in_threadpool(
+            self.deliver,
+            events,
+            redeliver=max(0, min(int(body.get("redeliver", 0)), 10)),
+            out_of_order=bool(body.get("out_of_order")),
+        )
         return JSONResponse({"events": events, "deliveries": results})
 
     async def status(self, request: Request) -> Response:

@@ -17,6 +17,8 @@ and values always travel as parameters. The modules, by what they own:
 - `staging`: bulk rows staged as JSON and mirrored into a window.
 - `raw`, `normalized`: the `oura_raw` tables (with document revisions), `wearable_data` and the daily stats.
 - `day_status`: `wearable_day_status`, why each synced patient-day has the data it has.
+- `activities`: `wearable_workouts` and `wearable_sessions`, one row per Oura document.
+- `collection_status`: `wearable_collection_status`, whether each patient's collection synced and why not.
 - `connections`, `runs`, `oauth_states`: connections and tokens; sync requests, results and events; states.
 - `queries`: the named queries behind the asset checks.
 - `audit`: the append-only audit log; `erasure`: a patient erased from every table, the file compacted;
@@ -33,6 +35,7 @@ from oura_assets.domain import (
     SYNC_REQUEST_STATUSES,
     SYNC_RESULT_STATUSES,
 )
+from oura_assets.warehouse.activities import replace_sessions, replace_workouts
 from oura_assets.warehouse.audit import (
     ANONYMOUS,
     OPERATOR,
@@ -40,6 +43,11 @@ from oura_assets.warehouse.audit import (
     erasure_pending_compaction,
     read_audit_log,
     record_audit,
+)
+from oura_assets.warehouse.collection_status import (
+    CollectionStatus,
+    read_collection_status,
+    replace_collection_status,
 )
 from oura_assets.warehouse.connections import (
     ConnectionRecord,
@@ -114,11 +122,17 @@ from oura_assets.warehouse.queries import (
     raw_heartrate_out_of_range,
     raw_scores_out_of_range,
     raw_sleep_period_problems,
+    spans_out_of_order,
     sync_errors_in_run,
     wearable_data_bedtimes_out_of_order,
     wearable_data_key_shapes,
     wearable_data_scores_out_of_range,
     wearable_data_sleep_duration_problems,
+)
+from oura_assets.warehouse.queue_signal import (
+    signal_sync_queued,
+    sync_queue_signal_path,
+    sync_queue_stamp,
 )
 from oura_assets.warehouse.raw import (
     DocumentChanges,
@@ -152,9 +166,12 @@ from oura_assets.warehouse.runs import (
 from oura_assets.warehouse.schema import AUDIT_LOG, TABLES, Column, Table
 from oura_assets.warehouse.waits import WaitLog
 from oura_assets.warehouse.webhooks import (
+    LOOKUP_FOUND,
+    LOOKUP_NOT_FOUND,
     WebhookCoverage,
     WebhookEventRecord,
     delete_raw_document,
+    narrow_to_document_day,
     patient_for_oura_user,
     queued_request_covering,
     raw_document_day,
@@ -175,6 +192,8 @@ __all__ = [
     "DOCUMENT_COLLECTIONS",
     "EVENT_TYPES",
     "KEEP_SNAPSHOTS",
+    "LOOKUP_FOUND",
+    "LOOKUP_NOT_FOUND",
     "MAX_OFFENDERS",
     "OPERATOR",
     "PREVIEW_COLUMNS",
@@ -189,6 +208,7 @@ __all__ = [
     "SYNC_RESULT_STATUSES",
     "TABLES",
     "AuditEntry",
+    "CollectionStatus",
     "Column",
     "Compaction",
     "ConnectionAttention",
@@ -253,6 +273,7 @@ __all__ = [
     "mark_synced",
     "migrate_to_lake",
     "mirror_raw_documents",
+    "narrow_to_document_day",
     "open_database",
     "patient_for_oura_user",
     "patient_tables",
@@ -267,6 +288,7 @@ __all__ = [
     "raw_scores_out_of_range",
     "raw_sleep_period_problems",
     "read_audit_log",
+    "read_collection_status",
     "read_daily_heart_rate",
     "read_day_status",
     "read_raw_documents",
@@ -276,17 +298,24 @@ __all__ = [
     "record_sync_result",
     "record_webhook_event",
     "rekey",
+    "replace_collection_status",
     "replace_daily_stats",
     "replace_day_status",
     "replace_raw_documents",
     "replace_raw_heartrate",
     "replace_raw_heartrate_columns",
+    "replace_sessions",
     "replace_wearable_data",
+    "replace_workouts",
     "retention_horizon",
     "save_oauth_state",
     "save_tokens",
     "set_connection_status",
+    "signal_sync_queued",
+    "spans_out_of_order",
     "sync_errors_in_run",
+    "sync_queue_signal_path",
+    "sync_queue_stamp",
     "sync_results_for_run",
     "unannounced_documents",
     "upsert_connection",

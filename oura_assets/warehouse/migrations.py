@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 import duckdb
 
-from oura_assets.domain import DOCUMENT_COLLECTIONS
+from oura_assets.domain import CORE_COLLECTIONS, SESSION, WELLNESS_COLLECTIONS, WORKOUT
 from oura_assets.warehouse.dialect import GUARDS_DDL, seed_guards_sql
 from oura_assets.warehouse.lake import is_conflict, is_lake_connection
 from oura_assets.warehouse.schema import (
@@ -25,6 +25,10 @@ from oura_assets.warehouse.schema import (
     SCHEMA_VERSION_TABLE,
     SCHEMAS,
     TABLES,
+    WEARABLE_COLLECTION_STATUS,
+    WEARABLE_SESSIONS,
+    WEARABLE_WORKOUTS,
+    WELLNESS_COLUMNS,
 )
 
 logger = logging.getLogger(__name__)
@@ -32,6 +36,8 @@ logger = logging.getLogger(__name__)
 # Migration 1 creates the tables as `schema.TABLES` describes them today. A later change to a table keeps
 # that description current (so fresh files and the UI see it) and adds a migration that brings a file at
 # an older version to it (ALTER TABLE … ADD COLUMN IF NOT EXISTS, which is a no-op on a fresh file).
+# Migrations 2 and 3 touch the raw tables that existed then (`CORE_COLLECTIONS`): the ones migration 6 adds
+# are created with those columns.
 #
 # Each migration's statements are a function of the backend (`lake`: a DuckLake), so one numbered history
 # serves both: a DuckLake gets the same tables without PRIMARY KEY (it has none, `dialect.py` keeps keys
@@ -52,14 +58,14 @@ def _revisions(lake: bool) -> tuple[str, ...]:
         # history before this migration is unknown, so revision 0 (no content change seen yet).
         *(
             f"ALTER TABLE oura_raw.{c} ADD COLUMN IF NOT EXISTS {column.name} {column.type}"
-            for c in DOCUMENT_COLLECTIONS
+            for c in CORE_COLLECTIONS
             for column in REVISION_COLUMNS
         ),
         *(
             f"UPDATE oura_raw.{c} SET first_seen_at = coalesce(first_seen_at, fetched_at), "  # noqa: S608
             "last_changed_at = coalesce(last_changed_at, fetched_at), revision = coalesce(revision, 0) "
             "WHERE first_seen_at IS NULL OR last_changed_at IS NULL OR revision IS NULL"
-            for c in DOCUMENT_COLLECTIONS
+            for c in CORE_COLLECTIONS
         ),
         "ALTER TABLE patient_graph.sync_results ADD COLUMN IF NOT EXISTS documents JSON",
         TABLES["oura_raw.document_revisions"].ddl(keys=not lake),
@@ -76,7 +82,7 @@ def _revisions_not_null(lake: bool) -> tuple[str, ...]:
         return ()
     return tuple(
         f"ALTER TABLE oura_raw.{c} ALTER COLUMN {column.name} SET NOT NULL"
-        for c in DOCUMENT_COLLECTIONS
+        for c in CORE_COLLECTIONS
         for column in REVISION_COLUMNS
     )
 
@@ -99,6 +105,23 @@ _MIGRATIONS: tuple[tuple[int, str, Statements], ...] = (
         5,
         "patient_graph.webhook_events: Oura webhook events accepted, for deduplicating redeliveries",
         lambda lake: (TABLES["patient_graph.webhook_events"].ddl(keys=not lake),),
+    ),
+    (
+        6,
+        "workouts, sessions and the daily SpO2, stress, resilience and cardiovascular-age summaries: "
+        "their raw tables, wearable_workouts, wearable_sessions, wearable_collection_status, daily-stats "
+        "columns",
+        lambda lake: (
+            *(TABLES[f"oura_raw.{c}"].ddl(keys=not lake) for c in (WORKOUT, SESSION, *WELLNESS_COLLECTIONS)),
+            WEARABLE_WORKOUTS.ddl(keys=not lake),
+            WEARABLE_SESSIONS.ddl(keys=not lake),
+            WEARABLE_COLLECTION_STATUS.ddl(keys=not lake),
+            *(
+                f"ALTER TABLE patient_graph.patient_wearable_daily_stats ADD COLUMN IF NOT EXISTS "
+                f"{column.name} {column.type}"
+                for column in WELLNESS_COLUMNS
+            ),
+        ),
     ),
 )
 SCHEMA_VERSION = _MIGRATIONS[-1][0]

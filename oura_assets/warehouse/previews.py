@@ -38,6 +38,42 @@ PREVIEW_COLUMNS: dict[str, tuple[tuple[str, ...], str]] = {
         "day",
     ),
     "oura_raw.heartrate": (("patient_id", "timestamp", "source", "bpm"), "timestamp"),
+    "oura_raw.workout": (
+        ("patient_id", "day", "document->>'activity' AS activity", "document->>'calories' AS kcal"),
+        "day",
+    ),
+    "oura_raw.session": (("patient_id", "day", "document->>'type' AS type"), "day"),
+    "oura_raw.daily_spo2": (
+        (
+            "patient_id",
+            "day",
+            "document->'spo2_percentage'->>'average' AS spo2_avg",
+            "document->>'breathing_disturbance_index' AS bdi",
+        ),
+        "day",
+    ),
+    "oura_raw.daily_stress": (
+        (
+            "patient_id",
+            "day",
+            "document->>'stress_high' AS stress_s",
+            "document->>'recovery_high' AS recovery_s",
+        ),
+        "day",
+    ),
+    "oura_raw.daily_resilience": (("patient_id", "day", "document->>'level' AS level"), "day"),
+    "oura_raw.daily_cardiovascular_age": (
+        ("patient_id", "day", "document->>'vascular_age' AS vascular_age"),
+        "day",
+    ),
+    "patient_graph.wearable_workouts": (
+        ("patient_id", "day", "start_at", "activity", "intensity", "calories_kcal", "distance_m"),
+        "day",
+    ),
+    "patient_graph.wearable_sessions": (
+        ("patient_id", "day", "start_at", "session_type", "hr_avg_bpm", "hrv_avg_ms"),
+        "day",
+    ),
     "patient_graph.wearable_data": (("patient_id", "metric_type", "day", "metrics"), "day"),
     "patient_graph.wearable_day_status": (("patient_id", "day", "status", "reason"), "day"),
     "patient_graph.patient_wearable_daily_stats": (

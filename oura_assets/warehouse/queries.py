@@ -336,6 +336,23 @@ def wearable_data_bedtimes_out_of_order(conn: duckdb.DuckDBPyConnection) -> Offe
 DAY_STATUS_TABLE = "patient_graph.wearable_day_status"
 
 
+def spans_out_of_order(conn: duckdb.DuckDBPyConnection, table: str) -> Offenders:
+    """`wearable_workouts` / `wearable_sessions` rows that end before they start or last over a day, or whose
+    `day` is more than a day from their UTC start (a local day read with the wrong offset)."""
+    if table not in ("patient_graph.wearable_workouts", "patient_graph.wearable_sessions"):
+        raise ValueError(f"{table!r} holds no spans")
+    return _offenders(
+        conn,
+        f"""
+        SELECT patient_id, day, id, strftime(start_at, '%Y-%m-%dT%H:%M:%SZ') || ' .. '
+               || strftime(end_at, '%Y-%m-%dT%H:%M:%SZ')
+        FROM {table}
+        WHERE end_at < start_at OR end_at - start_at > INTERVAL 24 HOURS
+           OR abs(datediff('day', day, (start_at AT TIME ZONE 'UTC')::DATE)) > 1
+        """,  # noqa: S608 (table checked above)
+    )
+
+
 def days_without_data_or_status(conn: duckdb.DuckDBPyConnection, day: date) -> Offenders | None:
     """Active connections with neither a `wearable_data` row nor a day status for `day`.
 

@@ -136,16 +136,21 @@ def record_webhook_event(
 
 
 def queued_request_covering(
-    conn: duckdb.DuckDBPyConnection, patient_id: str, start_day: date, end_day: date
+    conn: duckdb.DuckDBPyConnection, patient_id: str, start_day: date, end_day: date, max_days: int = 14
 ) -> str | None:
-    """A sync request of the patient still `queued` (no run has claimed it) whose days cover [start, end].
+    """A sync request of the patient that no run has claimed yet (`queued`, or reserved by the API's fast lane
+    and not started: `running` without a run id) whose days cover [start, end], and span at most `max_days`.
 
-    A phone sync announces several documents at once (sleep, daily sleep, readiness): they join one run.
+    A phone sync announces several documents at once (sleep, daily sleep, readiness): they join one run. A
+    long request (a new patient's 30-day initial sync, a backfill) is not joined: it may wait in the run queue
+    behind the patient's other runs and take minutes, and the event is worth a short run of its own.
     """
     row = conn.execute(
-        "SELECT sync_id FROM patient_graph.sync_requests WHERE patient_id = ? AND source = ? AND status = ? "
-        "AND start_day <= ? AND end_day >= ? ORDER BY requested_at LIMIT 1",
-        [patient_id, SOURCE, domain.QUEUED, to_day(start_day), to_day(end_day)],
+        "SELECT sync_id FROM patient_graph.sync_requests WHERE patient_id = ? AND source = ? "
+        "AND (status = ? OR (status = ? AND run_id IS NULL)) "
+        "AND start_day <= ? AND end_day >= ? AND date_diff('day', start_day, end_day) < ? "
+        "ORDER BY requested_at LIMIT 1",
+        [patient_id, SOURCE, domain.QUEUED, domain.RUNNING, to_day(start_day), to_day(end_day), max_days],
     ).fetchone()
     return None if row is None else str(row[0])
 
@@ -183,3 +188,36 @@ def unannounced_documents(conn: duckdb.DuckDBPyConnection, since: datetime) -> W
         ).fetchone() or (0, 0)
         changed[collection], unannounced[collection] = int(total), int(missing)
     return WebhookCoverage(int(events), changed, unannounced)
+
+
+LOOKUP_FOUND = "document_found"
+LOOKUP_NOT_FOUND = "document_404_range_fallback"
+
+
+def narrow_to_document_day(
+    conn: duckdb.DuckDBPyConnection, sync_id: str, object_id: str, day: date | None
+) -> bool:
+    """Record what the single-document fetch of an event's document found: its `day`, or nothing (None:
+    Oura answered 404). The event's `action` says which, for the record. Returns whether the event's sync
+    request was narrowed to that day: only while no run has claimed it and no other event has joined it
+    (otherwise it keeps the days that cover them all)."""
+    conn.execute(
+        "UPDATE patient_graph.webhook_events SET action = ? WHERE sync_id = ? AND object_id = ?",
+        [LOOKUP_FOUND if day is not None else LOOKUP_NOT_FOUND, sync_id, object_id],
+    )
+    (events,) = conn.execute(
+        "SELECT count(*) FROM patient_graph.webhook_events WHERE sync_id = ?", [sync_id]
+    ).fetchone() or (0,)
+    if day is None or events > 1:
+        return False
+    narrowed = conn.execute(
+        "UPDATE patient_graph.sync_requests SET start_day = ?, end_day = ? WHERE sync_id = ? "
+        "AND started_at IS NOT NULL AND run_id IS NULL RETURNING sync_id",
+        [to_day(day), to_day(day), sync_id],
+    ).fetchone()
+    if narrowed is not None:
+        conn.execute(
+            "UPDATE patient_graph.webhook_events SET start_day = ?, end_day = ? WHERE sync_id = ?",
+            [to_day(day), to_day(day), sync_id],
+        )
+    return narrowed is not None

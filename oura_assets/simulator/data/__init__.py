@@ -29,6 +29,11 @@ and value, and any date can be asked for in any order. The model, which clients 
   unknown extra `meta` object then show `version: 2` and the new `updated_at`.
 - Heart rate: awake samples about every 5 minutes at odd seconds (not on a grid), sleep periods' own
   5-minute series from their start, bursts every few seconds during workouts (source `workout`).
+- More collections (each from dice of its own, so adding them changed none of the above): some days add a
+  second, autodetected walk (`workout`) or a `nap` Moment over an afternoon nap (`session`); SpO2,
+  cardiovascular age and the bedtime recommendation come with a synced night, stress with a worn day
+  (revised with the day), resilience with both, VO2 max now and then; rings, rest mode and tags are in
+  `account` (see `wellness` and `account`).
 - Unknown extra fields: some documents carry `meta {updated_at, version}`, some heart-rate rows a
   `producer_timestamp`; heart-rate timestamps come as `+00:00` or `.000Z` (other forms are a reading of
   the API, `../readings.py`).
@@ -37,14 +42,19 @@ Documents are built lazily per (user, day, collection) and kept in bounded cache
 them), so a year of every collection takes a fraction of a second and 30 days of heart rate milliseconds.
 
 Modules: `seeds` (stable hashes), `users` (profiles, zones, personal info), `days` (a day's plan), `identity`
-(document ids and `meta`), `daily`, `sleep` and `workouts` (the documents), `queries` (documents by day or id
-as of `now`), `heartrate` (samples and rows).
+(document ids and `meta`), `daily`, `sleep`, `workouts`, `wellness` and `account` (the documents), `queries`
+(documents by day or id as of `now`), `heartrate` (samples and rows).
 """
 
 from oura_assets.simulator.data.days import DayPlan, Period, Span, plan
 from oura_assets.simulator.data.heartrate import HeartRateDay, heart_rate, heart_rate_day, heart_rate_row
 from oura_assets.simulator.data.identity import document_id
-from oura_assets.simulator.data.queries import documents, documents_for_day, find_document
+from oura_assets.simulator.data.queries import (
+    UNDATED_COLLECTIONS,
+    documents,
+    documents_for_day,
+    find_document,
+)
 from oura_assets.simulator.data.users import (
     ZONES,
     Document,
@@ -56,6 +66,7 @@ from oura_assets.simulator.data.users import (
 )
 
 __all__ = [
+    "UNDATED_COLLECTIONS",
     "ZONES",
     "DayPlan",
     "Document",

@@ -1,0 +1,94 @@
+"""`wearable_workouts` and `wearable_sessions`: one row per Oura document, a patient's day window replaced.
+
+Rows come from `normalize` (`WorkoutRow`, `SessionRow`) or as mappings with the tables' columns; each is
+checked to belong to the patient being written. The window is by Oura `day`, like every normalized table, so
+re-running a range leaves the same rows and a workout Oura deleted disappears with its day's rebuild.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date, datetime
+from typing import Any
+
+import duckdb
+
+from oura_assets.domain import SOURCE
+from oura_assets.warehouse.schema import TABLES, Table
+from oura_assets.warehouse.staging import mirror, stage
+from oura_assets.warehouse.values import day_window, get_field, to_day, utc
+
+_KEY = ("patient_id", "source", "id")
+
+
+def _replace(
+    conn: duckdb.DuckDBPyConnection,
+    table: Table,
+    patient_id: str,
+    start_day: date,
+    end_day: date,
+    rows: Iterable[object],
+    synced_at: datetime,
+) -> int:
+    columns = {c.name: c.type for c in table.columns if c.name not in ("patient_id", "source", "synced_at")}
+    records = []
+    for row in rows:
+        found = get_field(row, "patient_id", patient_id)
+        if found != patient_id or get_field(row, "source", SOURCE) != SOURCE:
+            raise ValueError(
+                f"{table.name}: row for patient {found!r} given while writing patient {patient_id!r}"
+            )
+        record: dict[str, Any] = {name: get_field(row, name, None) for name in columns}
+        if not record["id"]:
+            raise ValueError(f"{table.name}: a row needs an `id`, got {record!r:.200}")
+        record["day"] = to_day(record["day"])
+        for name in ("start_at", "end_at"):
+            record[name] = utc(record[name])
+        records.append(record)
+    select = ", ".join(f"CAST(value->>'{name}' AS {type_}) AS {name}" for name, type_ in columns.items())
+    staging = f"_staged_{table.name.split('.')[1]}"
+    stage(
+        conn,
+        staging,
+        f"?::VARCHAR AS patient_id, ?::VARCHAR AS source, {select}, ?::TIMESTAMPTZ AS synced_at",
+        records,
+        [patient_id, SOURCE, utc(synced_at)],
+        last_per=["id"],
+    )
+    start, end = day_window(start_day, end_day)
+    return mirror(
+        conn,
+        table.name,
+        staging,
+        _KEY,
+        "patient_id = ? AND source = ? AND day BETWEEN ? AND ?",
+        [patient_id, SOURCE, start, end],
+    )
+
+
+def replace_workouts(
+    conn: duckdb.DuckDBPyConnection,
+    patient_id: str,
+    start_day: date,
+    end_day: date,
+    rows: Iterable[object],
+    synced_at: datetime,
+) -> int:
+    """Make the patient's `wearable_workouts` for days [start_day, end_day] exactly `rows`; returns rows."""
+    return _replace(
+        conn, TABLES["patient_graph.wearable_workouts"], patient_id, start_day, end_day, rows, synced_at
+    )
+
+
+def replace_sessions(
+    conn: duckdb.DuckDBPyConnection,
+    patient_id: str,
+    start_day: date,
+    end_day: date,
+    rows: Iterable[object],
+    synced_at: datetime,
+) -> int:
+    """Make the patient's `wearable_sessions` for days [start_day, end_day] exactly `rows`; returns rows."""
+    return _replace(
+        conn, TABLES["patient_graph.wearable_sessions"], patient_id, start_day, end_day, rows, synced_at
+    )
