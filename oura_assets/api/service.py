@@ -281,8 +281,9 @@ class ConnectionService:
                         "reconnect": previous is not None,
                     },
                 )
-                # The most recent days first, in their own short run (the run queue runs one run per patient at a
-                # time, this one first: `dagster.yaml`); the 30 days, re-reading those days too, right after.
+                # The most recent days first, in their own short run (the run queue runs one run per patient
+                # at a time, this one first: `dagster.yaml`); the 30 days, re-reading those days too, right
+                # after.
                 first_start = max(start, today - timedelta(days=FIRST_DATA_DAYS - 1))
                 first_sync_id = ledger.request_sync(
                     conn, patient_id=patient_id, start_day=first_start, end_day=today

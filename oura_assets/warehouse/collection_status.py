@@ -15,6 +15,7 @@ from typing import NamedTuple
 import duckdb
 
 from oura_assets.domain import COLLECTION_STATUSES, SOURCE
+from oura_assets.warehouse.dialect import replace_row
 from oura_assets.warehouse.values import utc
 
 
@@ -38,12 +39,14 @@ def replace_collection_status(
         if status not in COLLECTION_STATUSES:
             raise ValueError(f"unknown collection status {status!r}; expected one of {COLLECTION_STATUSES}")
         rows.append([patient_id, SOURCE, collection, status, reason, start_day, end_day, utc(updated_at)])
-    if rows:
-        conn.executemany(
-            "INSERT OR REPLACE INTO patient_graph.wearable_collection_status "
-            "(patient_id, source, collection, status, reason, start_day, end_day, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
+    columns = ("patient_id", "source", "collection", "status", "reason", "start_day", "end_day", "updated_at")
+    for row in rows:  # keyed on both backends (a DuckLake has no primary key for INSERT OR REPLACE)
+        replace_row(
+            conn,
+            "patient_graph.wearable_collection_status",
+            columns,
+            row,
+            key=("patient_id", "source", "collection"),
         )
     return len(rows)
 

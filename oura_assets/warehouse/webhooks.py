@@ -210,14 +210,15 @@ def narrow_to_document_day(
     ).fetchone() or (0,)
     if day is None or events > 1:
         return False
-    narrowed = conn.execute(
+    narrowed = updated(  # a count, not RETURNING: DuckLake has none for UPDATE
+        conn,
         "UPDATE patient_graph.sync_requests SET start_day = ?, end_day = ? WHERE sync_id = ? "
-        "AND started_at IS NOT NULL AND run_id IS NULL RETURNING sync_id",
+        "AND started_at IS NOT NULL AND run_id IS NULL",
         [to_day(day), to_day(day), sync_id],
-    ).fetchone()
-    if narrowed is not None:
+    )
+    if narrowed:
         conn.execute(
             "UPDATE patient_graph.webhook_events SET start_day = ?, end_day = ? WHERE sync_id = ?",
             [to_day(day), to_day(day), sync_id],
         )
-    return narrowed is not None
+    return narrowed > 0
