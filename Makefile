@@ -22,6 +22,7 @@ demo: $(STAMP)
 # sharing a module-scoped fixture on one worker, the rest go one by one, slow ones first (conftest.py).
 TEST_WORKERS ?= 2
 test: $(STAMP)
+	sh scripts/ensure-postgres
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup

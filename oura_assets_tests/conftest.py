@@ -17,6 +17,7 @@ from hypothesis import settings as hypothesis_settings
 from oura_assets import warehouse as wh
 from oura_assets.config import Settings, load_settings
 from oura_assets.simulator import ClientRegistration, SimulatorConfig, SimulatorServer
+from oura_assets_tests import postgres_server as postgres
 from oura_assets_tests import support
 from oura_assets_tests.support import ConnectedPatient
 
@@ -123,3 +124,11 @@ def connect_patient(pipeline_env: Settings) -> Callable[..., ConnectedPatient]:
         return support.connect_patient(pipeline_env, patient_id, ring_user, **options)
 
     return connect
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[postgres.PostgresServer]:
+    """A real PostgreSQL cluster on 127.0.0.1 for this test session (one per xdist worker); tests make their
+    own databases in it (`postgres_server.create_database(...)`)."""
+    with postgres.running_postgres() as server:
+        yield server
