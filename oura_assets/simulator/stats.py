@@ -1,8 +1,13 @@
-"""What `/_sim/stats` reports: request counts by route and status, and named event counters."""
+"""What `/_sim/stats` reports: request counts by route and status, named event counters, and a timeline.
+
+The timeline counts the Oura data requests (`/v2/...`) answered in each wall-clock second, by status, so a
+benchmark can read the rate a client sustained and when its 429s came, as Oura would have seen them.
+"""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -27,11 +32,15 @@ class RequestStats:
         self._lock = threading.Lock()
         self._requests: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self._counters: Counter[str] = Counter()
+        self._timeline: defaultdict[int, Counter[str]] = defaultdict(Counter)
 
     def record(self, route: str, status: int | str) -> None:
         """One answered request (`status` may be "dropped")."""
+        second = int(time.time())
         with self._lock:
             self._requests[route][str(status)] += 1
+            if route.startswith("GET /v2/"):
+                self._timeline[second][str(status)] += 1
 
     def count(self, name: str) -> None:
         with self._lock:
@@ -45,9 +54,14 @@ class RequestStats:
                 },
                 "total_requests": sum(sum(c.values()) for c in self._requests.values()),
                 **{name: self._counters[name] for name in COUNTERS},
+                "timeline": {
+                    str(second): dict(sorted(counts.items()))
+                    for second, counts in sorted(self._timeline.items())
+                },
             }
 
     def reset(self) -> None:
         with self._lock:
             self._requests.clear()
             self._counters.clear()
+            self._timeline.clear()
