@@ -18,11 +18,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	OURA_ASSETS_DEMO=1 $(BIN)/oura-assets demo
 
+# Two pytest-xdist workers (CI has 2 cores; TEST_WORKERS=0 runs in this process): `loadgroup` keeps the tests
+# sharing a module-scoped fixture on one worker, the rest go one by one, slow ones first (conftest.py).
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	sh scripts/ensure-postgres
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .

@@ -28,6 +28,57 @@ from oura_assets_tests.support import ConnectedPatient
 hypothesis_settings.register_profile("oura_assets", deadline=None)
 hypothesis_settings.load_profile("oura_assets")
 
+
+# Tests whose processes race each other for the warehouse, the token journal or the Oura budget under real
+# deadlines (a lock wait, an API's 503 after a few seconds, a daemon's poll): under xdist they run one after
+# another in one group, never two of them at once, so a CI machine's two cores are never shared by two such
+# races. Named by file and function (every parametrization); a name that no longer matches only loses this.
+PROCESS_RACES = frozenset(
+    {
+        "test_analytics.py::test_snapshot_held_open_by_another_process_never_delays_a_run",
+        "test_api_server.py::test_api_writes_while_another_process_holds_and_writes_the_warehouse",
+        "test_concurrency.py::test_api_hammered_from_threads_while_a_run_materializes",
+        "test_concurrency.py::test_a_lock_held_too_long_names_its_holder_to_the_api_log_and_the_failed_run",
+        "test_concurrency.py::test_sensors_evaluated_by_another_process_while_a_run_writes",
+        "test_rate_budget.py::test_two_processes_share_one_budget_under_a_tight_limit_with_few_429s",
+        "test_rate_budget.py::test_a_new_patients_sync_lands_while_a_backfill_in_another_process_keeps_going",
+        "test_run_kill.py::test_killed_run_leaves_no_process_and_is_marked_failed",
+        "test_token_journal.py::test_fault_kill_9_after_oura_rotated_the_pair_keeps_the_connection",
+        "test_token_journal.py::test_fault_api_killed_between_code_exchange_and_store_recovers_the_grant_at_start",
+        "test_tokens.py::test_processes_refreshing_the_same_patient_spend_the_refresh_token_once",
+        "test_tokens.py::test_sim_processes_refreshing_the_same_patient_spend_the_refresh_token_once",
+        "test_ui_backfill.py::test_range_backfill_launched_from_the_ui_runs_once_and_records_sync_events",
+        "test_warehouse.py::test_many_writer_processes_lose_no_write",
+        "test_warehouse.py::test_a_back_to_back_writer_process_does_not_starve_a_waiting_request",
+        "test_warehouse.py::test_a_process_whose_threads_queue_back_to_back_does_not_starve_another_process",
+        "test_warehouse.py::test_waiter_gets_the_warehouse_once_the_other_process_lets_go",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Order and group the tests for `make test`'s two xdist workers (`-n 2 --dist loadgroup`).
+
+    Tests marked `slow` (each a long wait on child processes or a long run) go first, so the short ones fill
+    in around them and the two workers finish together instead of one of them starting a 60 s test last.
+    The `PROCESS_RACES` share one xdist group (one worker, one at a time). A test that uses a module-scoped
+    fixture (one expensive setup shared read-only by its module) is grouped with the rest of its module on
+    one worker, so that setup runs once, not once per worker. Without xdist the group marks are inert and the
+    order is still a valid one: no test depends on another having run.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise
+    for item in items:
+        function = getattr(item, "originalname", item.name)
+        if f"{item.path.name}::{function}" in PROCESS_RACES:
+            item.add_marker(pytest.mark.xdist_group("process-races"))
+            continue
+        # `_fixtureinfo` is pytest's (private, long-stable) record of the fixtures a test item resolves.
+        info = getattr(item, "_fixtureinfo", None)
+        definitions = info.name2fixturedefs.values() if info is not None else ()
+        if any(defs and defs[-1].scope in ("module", "package") for defs in definitions):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
 TEST_CLIENT_ID = "test-client"
 TEST_CLIENT_SECRET = "test-client-secret-0123456789"
 TEST_REDIRECT_URI = "http://127.0.0.1:9/api/patient-graph/wearables/callback/oura"

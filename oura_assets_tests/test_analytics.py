@@ -146,6 +146,7 @@ def timed_run() -> float:
     return time.monotonic() - started
 
 
+@pytest.mark.slow
 def test_snapshot_held_open_by_another_process_never_delays_a_run(pipeline_env, connect_patient):
     snapshot = pipeline_env.analytics_path
     connect_patient("patient-a")
@@ -203,6 +204,7 @@ def test_leftover_of_a_killed_publication_is_removed(pipeline_env, tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_erasure_rewrites_the_snapshot_without_the_patient_and_without_the_warehouse_lock(
     pipeline_env, connect_patient
 ):

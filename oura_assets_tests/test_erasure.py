@@ -190,6 +190,7 @@ def connect_and_sync_two(api: ApiHarness) -> None:
         ][0]
 
 
+@pytest.mark.slow
 def test_erase_through_the_api_leaves_nothing_of_the_patient_in_any_table_or_file(
     api: ApiHarness, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

@@ -116,6 +116,7 @@ def test_materialized_range_lands_every_table(pipeline_env, connect_patient, war
     assert synced == [(3,)]
 
 
+@pytest.mark.slow
 def test_materializing_twice_leaves_tables_identical(pipeline_env, connect_patient, warehouse_backend):
     connect_patient("patient-a")
     connect_patient("patient-b")
@@ -127,6 +128,7 @@ def test_materializing_twice_leaves_tables_identical(pipeline_env, connect_patie
     assert duplicate_keys(pipeline_env) == {}
 
 
+@pytest.mark.slow
 def test_days_not_worn_have_no_rows(pipeline_env, connect_patient):
     connect_patient("patient-a")
     sync_and_record(date(2024, 3, 1), date(2024, 5, 31))
@@ -297,6 +299,7 @@ def test_bad_raw_document_is_left_out_and_reported_while_the_rest_lands(pipeline
     ]
 
 
+@pytest.mark.slow
 def test_patients_fetched_concurrently_land_exactly_what_one_at_a_time_does(
     pipeline_env, connect_patient, simulator
 ):

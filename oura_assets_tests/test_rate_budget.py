@@ -137,6 +137,7 @@ def _report(process: subprocess.Popen, out: Path) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_budget_under_a_tight_limit_with_few_429s(
     pipeline_env, connect_patient, simulator, tmp_path
 ):
@@ -171,6 +172,7 @@ def _sent(stamps: Path) -> list[float]:
     )
 
 
+@pytest.mark.slow
 def test_a_new_patients_sync_lands_while_a_backfill_in_another_process_keeps_going(
     pipeline_env, connect_patient, simulator, tmp_path
 ):

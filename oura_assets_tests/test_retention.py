@@ -127,6 +127,7 @@ def test_housekeeping_without_retention_reports_retention_off_and_deletes_nothin
     assert query(pipeline_env, "SELECT count(*) FROM oura_raw.heartrate")[0][0] == before > 0
 
 
+@pytest.mark.slow
 def test_retention_drops_old_samples_and_the_rebuild_keeps_their_daily_figures(
     pipeline_env: Settings, connect_patient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

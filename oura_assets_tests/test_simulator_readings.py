@@ -103,6 +103,7 @@ READINGS = [
 ]
 
 
+@pytest.mark.slow
 def test_every_reading_lands_the_same_tables(pipeline_env, connect_patient, simulator):
     users = ring_users()
     for n, user in enumerate(users):
@@ -128,6 +129,7 @@ def test_every_reading_lands_the_same_tables(pipeline_env, connect_patient, simu
     simulator.control.reset()
 
 
+@pytest.mark.slow
 def test_realism_lands_activity_without_sleep_sleep_without_activity_and_dense_heart_rate(
     pipeline_env, connect_patient
 ):

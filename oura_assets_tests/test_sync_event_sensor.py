@@ -84,6 +84,7 @@ def warehouse_opens(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     yield opened
 
 
+@pytest.mark.slow
 def test_event_sensor_records_a_finished_run_once_however_often_it_ticks(
     runs, connect_patient, warehouse_opens
 ):
@@ -127,6 +128,7 @@ def test_event_sensor_records_a_finished_run_once_however_often_it_ticks(
     assert len(runs.sync_events()) == 2
 
 
+@pytest.mark.slow
 def test_event_sensor_tick_with_nothing_new_completes_while_the_warehouse_is_locked(runs, connect_patient):
     connect_patient("patient-a")
     sync_id = runs.requested_sync("patient-a")

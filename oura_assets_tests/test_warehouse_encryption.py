@@ -58,6 +58,7 @@ def visible(data: bytes, wanted: set[bytes]) -> set[bytes]:
     return {needle for needle in wanted if needle in data}
 
 
+@pytest.mark.slow
 def test_encrypted_warehouse_file_and_wal_hold_no_patient_data_and_the_key_is_never_logged(
     encrypted_env: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -167,6 +168,7 @@ def test_the_wheel_extension_is_found_for_this_duckdb():
     assert wheel is not None and f"v{duckdb.__version__}" in str(wheel)
 
 
+@pytest.mark.slow
 def test_rekey_rotates_the_key_and_keeps_every_row(encrypted_env: Settings):
     support.connect_patient(encrypted_env, "patient-rekey")
     result = support.run_sync(START, END)

@@ -575,10 +575,10 @@ def test_pull_that_finds_only_unannounced_changes_recreates_quiet_subscriptions(
         )
     report = review_coverage(store, receiver.settings, began, datetime.now(UTC))
     assert report.unannounced["daily_activity"] == 1 and report.events_recent == 0
-    assert report.quiet and len(report.recreated) == 12 and report.error is None
+    assert report.quiet and len(report.recreated) == 30 and report.error is None
     with client_for(receiver.simulator) as client:
         after = {s.id for s in client.list()}
-    assert len(after) == 12 and not (after & before)
+    assert len(after) == 30 and not (after & before)
     # Once an event has arrived within the day, the same finding is a gap, not silence: nothing is re-created.
     assert receiver.post(event_for(patient, a_document(patient.ring_user, "daily_sleep"))).status_code == 200
     again = review_coverage(store, receiver.settings, began, datetime.now(UTC))
