@@ -169,7 +169,8 @@ class Warehouse:
         self.lake: LakeLocation | None = None
         if is_lake(path):
             self.lake = path if isinstance(path, LakeLocation) else lake_location(str(path), lake_data_path)
-            path = Path(".")  # no file: nothing of ours locks or opens it
+            # No file: nothing of ours locks or opens it; the path names the lake (the sync-queue stamp).
+            path = Path(str(self.lake))
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s
         self._key = key

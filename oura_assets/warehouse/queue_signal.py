@@ -11,14 +11,22 @@ failure costs latency (the sensor's safety check still finds the request), never
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 
 def sync_queue_signal_path(warehouse_path: str | Path) -> Path:
+    text = str(warehouse_path)
+    if text.startswith("ducklake:"):
+        # A DuckLake has no file to sit beside: the stamp goes to this host's temp folder, named by the lake
+        # (the sensor and an API on the same host meet there; elsewhere the periodic check does the job).
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"oura-assets-lake-{digest}.sync-queue"
     return Path(f"{warehouse_path}.sync-queue")
 
 
