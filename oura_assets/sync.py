@@ -34,6 +34,7 @@ from oura_assets.oura.client import (
     OuraUnavailable,
     parse_instant,
 )
+from oura_assets.shards import Shard, select
 from oura_assets.tokens import ReconnectRequired
 
 log = logging.getLogger(__name__)
@@ -354,12 +355,17 @@ class RunOutcome:
 
 
 def claim_patients(
-    warehouse: wh.WarehouseAccess, *, run_id: str, patient_id: str | None = None, sync_ids: Sequence[str] = ()
+    warehouse: wh.WarehouseAccess,
+    *,
+    run_id: str,
+    patient_id: str | None = None,
+    sync_ids: Sequence[str] = (),
+    shard: Shard | None = None,
 ) -> list[str]:
-    """The patients a run syncs (every active connection, or the one named), marking its sync requests
-    `running` in the same transaction."""
+    """The patients a run syncs (every active connection, or the one named; of those, only the ones in
+    `shard` for a sharded run), marking its sync requests `running` in the same transaction."""
     with warehouse.transaction("list patients for a sync run") as conn:
-        patients = [c.patient_id for c in wh.list_active_connections(conn, patient_id)]
+        patients = select((c.patient_id for c in wh.list_active_connections(conn, patient_id)), shard)
         ledger.claim_requests(conn, sync_ids, run_id=run_id)
     return patients
 
