@@ -258,8 +258,9 @@ def budgeted_sync(
     max_workers: int = 16,
     stamps: Path | None = None,
 ) -> dict[str, Any]:
-    """`sync_patients` as a run does it: every client paced by the application's host-wide `RateBudget`
-    (under `settings.lock_dir`), patients in flight following the latency seen. Returns what happened:
+    """`sync_patients` as a run does it: every client paced by the application's shared `RateBudget` (under
+    `settings.lock_dir`, or in PostgreSQL with OURA_ASSETS_RATE_BUDGET), patients in flight following the
+    latency seen. Returns what happened:
     requests sent, 429s received, each patient's status, when each request went (also line by line to
     `stamps`, when given)."""
     from oura_assets.oura.client import RetryPolicy
@@ -269,7 +270,7 @@ def budgeted_sync(
     store = wh.Warehouse(settings.warehouse_path)
     oauth = OuraOAuthApp.from_settings(settings)
     cipher = TokenCipher(settings.token_keys)
-    with RateBudget.for_application(settings.lock_dir, settings.client_id or "") as budget:
+    with RateBudget.from_settings(settings) as budget:
         stamped = StampedBudget(budget, stamps)
 
         def client_for(patient_id: str) -> OuraClient:

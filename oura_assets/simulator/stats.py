@@ -1,10 +1,15 @@
-"""What `/_sim/stats` reports: request counts by route and status, and named event counters."""
+"""What `/_sim/stats` reports: request counts by route and status, and named event counters; in-process,
+also when each API request was answered (`answered`), so a test can see the rate Oura saw."""
 
 from __future__ import annotations
 
 import threading
-from collections import Counter, defaultdict
+import time
+from collections import Counter, defaultdict, deque
 from typing import Any
+
+# The answer times kept for `answered` (the newest ones): enough for any test or benchmark run.
+ANSWERED_KEPT = 100_000
 
 # The counters `/_sim/stats` always shows, zero or not.
 COUNTERS = (
@@ -27,11 +32,19 @@ class RequestStats:
         self._lock = threading.Lock()
         self._requests: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self._counters: Counter[str] = Counter()
+        self._answered: deque[tuple[float, str, str]] = deque(maxlen=ANSWERED_KEPT)
 
     def record(self, route: str, status: int | str) -> None:
         """One answered request (`status` may be "dropped")."""
         with self._lock:
             self._requests[route][str(status)] += 1
+            self._answered.append((time.time(), route, str(status)))
+
+    def answered(self, route_prefix: str = "GET /v2/") -> list[tuple[float, str]]:
+        """(epoch seconds, status) of each answered request whose route starts with `route_prefix` (by
+        default Oura's data API, which the application limit counts), oldest first."""
+        with self._lock:
+            return [(at, status) for at, route, status in self._answered if route.startswith(route_prefix)]
 
     def count(self, name: str) -> None:
         with self._lock:
@@ -51,3 +64,4 @@ class RequestStats:
         with self._lock:
             self._requests.clear()
             self._counters.clear()
+            self._answered.clear()
