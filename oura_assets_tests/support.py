@@ -304,3 +304,25 @@ def budgeted_sync(
             "statuses": {r.patient_id: r.status for r in outcome.results},
             "sent_at": stamped.sent_at,
         }
+
+
+def peak_in_window(times: Sequence[float], window_s: float) -> int:
+    """The most of `times` (epoch seconds) inside any window of `window_s`: what a sliding-window limit
+    would count at its worst moment (Oura's fixed windows alone could see twice their limit across a
+    boundary, so a fixed-window count would say nothing about pacing)."""
+    ordered = sorted(times)
+    best, low = 0, 0
+    for high, at in enumerate(ordered):
+        while ordered[low] <= at - window_s:
+            low += 1
+        best = max(best, high - low + 1)
+    return best
+
+
+def shares_while_all_active(turns: Sequence[Sequence[float]]) -> list[float]:
+    """Each party's fraction of the turns taken while every party was taking turns (from the last one's
+    first turn to the first one's last): 1/n each when a shared budget is fair."""
+    begin, end = max(min(t) for t in turns), min(max(t) for t in turns)
+    counts = [sum(begin <= at <= end for at in t) for t in turns]
+    total = sum(counts)
+    return [count / total if total else 0.0 for count in counts]
