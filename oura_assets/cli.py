@@ -167,6 +167,12 @@ def _backfill(args: argparse.Namespace) -> int:
         return 2
     dagster = str(Path(sys.executable).parent / "dagster")
     if len(shards) > 1:
+        # Create the instance's storage here, once: N fresh run processes creating a SQLite instance's
+        # tables at the same moment fail with "table run_tags already exists".
+        import dagster as dg
+
+        with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+            instance.get_runs(limit=1)
         children = []
         try:
             for shard in shards:

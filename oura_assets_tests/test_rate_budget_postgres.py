@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -20,12 +19,9 @@ from oura_assets_tests.support import peak_in_window, shares_while_all_active
 
 
 @pytest.fixture
-def budget_dsn(postgres_server, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh database for the budget, named in OURA_ASSETS_RATE_BUDGET as a deployment does."""
-    dsn = postgres_server.create_database(f"budget_{uuid.uuid4().hex[:12]}")
-    monkeypatch.setenv("OURA_ASSETS_RATE_BUDGET", f"postgres:{dsn}")
+def budget_dsn(postgres_budget: str, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("OURA_CLIENT_ID", "client-a")
-    return dsn
+    return postgres_budget
 
 
 def _budget(dsn: str, client: str = "client-a", **pacing) -> RateBudget:
