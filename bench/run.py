@@ -26,6 +26,7 @@ from typing import Any
 
 import harness
 import polars as pl
+from bench_shards import bench_shards
 
 from oura_assets import normalize
 from oura_assets import warehouse as wh
@@ -719,6 +720,7 @@ BENCHMARKS: dict[str, Callable[[dict[str, Any], list[list[str]]], dict[str, Any]
     "faults": bench_faults,
     "nightly": bench_nightly,
     "encryption": bench_encryption,
+    "shards": bench_shards,
 }
 
 
