@@ -125,6 +125,7 @@ def _arm(name: str, parts: list[list[str]], budget: str | None) -> dict[str, Any
         "requests": len(ok),
         "rate_limited": sum(status == "429" for _, status in answered),
         "requests_per_s": per_s,
+        "sending_s": span,
         "fraction_of_limit": per_s / (LIMIT["limit"] / LIMIT["window_s"]),
         "peak_in_any_window": support.peak_in_window(ok, LIMIT["window_s"]),
         "shares_while_all_active": support.shares_while_all_active([r["sent_at"] for r in reports])
@@ -134,6 +135,10 @@ def _arm(name: str, parts: list[list[str]], budget: str | None) -> dict[str, Any
         "synced_by": [sorted(s) for s in statuses],
         "snapshot": snapshot,
     }
+
+
+def _s(seconds: float) -> str:
+    return f"{seconds:.1f} s"
 
 
 def _balanced_patients(count: int) -> list[str]:
@@ -170,6 +175,10 @@ def bench_shards(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]:
     rows += [
         [label, "throughput, fraction of the limit", f"{single['fraction_of_limit']:.2f}",
          f"{sharded['fraction_of_limit']:.2f}", "1 process vs 3 shards"],
+        [label, "time sending to Oura (first to last answer)", _s(single["sending_s"]),
+         _s(sharded["sending_s"]), ""],
+        [label, "wall time (processes started to all exited)", _s(single["wall_s"]), _s(sharded["wall_s"]),
+         "includes start-up and warehouse writes"],
         [label, "429s", str(single["rate_limited"]), str(sharded["rate_limited"]), ""],
         [label, "most requests in any 1 s", str(single["peak_in_any_window"]),
          str(sharded["peak_in_any_window"]), f"limit {LIMIT['limit']}"],
@@ -198,6 +207,8 @@ def bench_shards(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]:
             "shards_peak_in_any_window": sharded["peak_in_any_window"],
             "shard_shares_while_all_active": shares,
             "shards_wall_s": sharded["wall_s"],
+            "shards_sending_s": sharded["sending_s"],
+            "single_sending_s": single["sending_s"],
             "single_wall_s": single["wall_s"],
         },
         "ok": identical and each_once and within,
