@@ -16,10 +16,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.fernet import Fernet
 
 from oura_assets.private_files import write_private
+
+if TYPE_CHECKING:
+    from oura_assets.warehouse.lake import LakeLocation
 
 REAL_API_BASE_URL = "https://api.ouraring.com"
 REAL_AUTHORIZE_URL = "https://cloud.ouraring.com/oauth/authorize"
@@ -55,7 +59,9 @@ class ConfigError(RuntimeError):
 class Settings:
     demo: bool
     data_dir: Path
-    warehouse_path: Path
+    warehouse_path: Path | LakeLocation
+    """`OURA_ASSETS_WAREHOUSE`: the DuckDB file, or a DuckLake (with `OURA_ASSETS_LAKE_DATA_PATH`); either
+    is what `warehouse.Warehouse` takes."""
     client_id: str | None
     client_secret: str | None = field(repr=False)
     redirect_uri: str | None
@@ -230,6 +236,17 @@ def _parse_token_keys(raw: str) -> tuple[str, ...]:
     return keys
 
 
+def _warehouse_location(env: Mapping[str, str]) -> Path | LakeLocation:
+    """`OURA_ASSETS_WAREHOUSE`: a DuckDB file (resolved), or a DuckLake with `OURA_ASSETS_LAKE_DATA_PATH`."""
+    # Imported here: the warehouse package imports this module (ConfigError) when it loads.
+    from oura_assets.warehouse.lake import DATA_PATH_VARIABLE, is_lake, lake_location
+
+    value = _env(env, "OURA_ASSETS_WAREHOUSE") or "data/warehouse.duckdb"
+    if is_lake(value):
+        return lake_location(value, _env(env, DATA_PATH_VARIABLE))
+    return Path(value).expanduser().resolve()
+
+
 def load_settings(
     env: Mapping[str, str] | None = None,
     require: Iterable[str] = (),
@@ -242,9 +259,9 @@ def load_settings(
     env = os.environ if env is None else env
     demo = _env(env, "OURA_ASSETS_DEMO") in {"1", "true", "yes"}
 
-    warehouse_path = Path(_env(env, "OURA_ASSETS_WAREHOUSE") or "data/warehouse.duckdb").expanduser()
-    warehouse_path = warehouse_path.resolve()
-    data_dir = Path(_env(env, "OURA_ASSETS_DATA_DIR") or warehouse_path.parent).resolve()
+    warehouse_path = _warehouse_location(env)
+    default_data_dir = warehouse_path.parent if isinstance(warehouse_path, Path) else Path("data")
+    data_dir = Path(_env(env, "OURA_ASSETS_DATA_DIR") or default_data_dir).resolve()
 
     if not demo:
         for component in require:

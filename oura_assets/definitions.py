@@ -47,7 +47,10 @@ def defs() -> dg.Definitions:
         # single-run backfill whose patients already run on threads, so nothing is lost.
         executor=dg.in_process_executor,
         resources={
-            "warehouse": WarehouseResource(database=str(settings.warehouse_path)),
+            "warehouse": WarehouseResource(
+                database=str(settings.warehouse_path),
+                lake_data_path=getattr(settings.warehouse_path, "data_path", None),
+            ),
             "oura": OuraResource(),
             "analytics_store": AnalyticsResource(path=str(settings.analytics_path)),
         },

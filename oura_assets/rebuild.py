@@ -217,22 +217,23 @@ def rebuild_per_patient(
     patients = patients_to_normalize(warehouse, start, end, patient_id, run_id, shard)
     total = 0
     for n, patient in enumerate(patients, start=1):
-        with warehouse.transaction(f"{purpose}: write {table}") as conn:
-            nearby, rejected = read_daily_documents(conn, patient, start, end, margin)
-            report_rejected(conn, run_id, patient, rejected, progress)
-            failed = fetch_failures(conn, run_id, patient)
-            if failed:
-                progress.warning(
-                    f"patient {patient}: {', '.join(sorted(failed))} could not be fetched in this run; "
-                    f"{table} keeps what earlier runs landed for them"
-                )
-            written = write(conn, patient, start, end, nearby, failed)
-            rows = {table: written}
-            if day_status:
-                rows[DAY_STATUS_TABLE] = write_day_status(
-                    conn, patient_id=patient, start=start, end=end, run_id=run_id, nearby=nearby
-                )
-            ledger.add_rows(conn, run_id=run_id, patient_id=patient, rows=rows)
+        for attempt in warehouse.attempts(f"{purpose}: write {table}"):
+            with attempt as conn:
+                nearby, rejected = read_daily_documents(conn, patient, start, end, margin)
+                report_rejected(conn, run_id, patient, rejected, progress)
+                failed = fetch_failures(conn, run_id, patient)
+                if failed:
+                    progress.warning(
+                        f"patient {patient}: {', '.join(sorted(failed))} could not be fetched in this run; "
+                        f"{table} keeps what earlier runs landed for them"
+                    )
+                written = write(conn, patient, start, end, nearby, failed)
+                rows = {table: written}
+                if day_status:
+                    rows[DAY_STATUS_TABLE] = write_day_status(
+                        conn, patient_id=patient, start=start, end=end, run_id=run_id, nearby=nearby
+                    )
+                ledger.add_rows(conn, run_id=run_id, patient_id=patient, rows=rows)
         total += written
         if len(patients) > 20 and n % 20 == 0:
             progress.info(f"patient {n} of {len(patients)} ({patient}): {written} rows")

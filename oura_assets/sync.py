@@ -247,19 +247,21 @@ def sync_patient(
     if fetched:
         fetched_at = datetime.now(UTC)
         try:
-            with warehouse.transaction(f"{purpose}: raw documents for one patient") as conn:
-                for collection, documents in fetched.items():
-                    if collection == "heartrate":
-                        low, high = heartrate_window(start, end)
-                        rows[f"oura_raw.{collection}"] = wh.replace_raw_heartrate(
-                            conn, patient_id, low, high, documents, fetched_at
-                        )
-                    else:
-                        written = wh.mirror_raw_documents(
-                            conn, collection, patient_id, start, end, documents, fetched_at
-                        )
-                        rows[f"oura_raw.{collection}"] = written.written
-                        changes += written
+            for attempt in warehouse.attempts(f"{purpose}: raw documents for one patient"):
+                with attempt as conn:
+                    rows, changes = {}, wh.DocumentChanges()  # a try after a conflict starts over
+                    for collection, documents in fetched.items():
+                        if collection == "heartrate":
+                            low, high = heartrate_window(start, end)
+                            rows[f"oura_raw.{collection}"] = wh.replace_raw_heartrate(
+                                conn, patient_id, low, high, documents, fetched_at
+                            )
+                        else:
+                            written = wh.mirror_raw_documents(
+                                conn, collection, patient_id, start, end, documents, fetched_at
+                            )
+                            rows[f"oura_raw.{collection}"] = written.written
+                            changes += written
         except wh.WarehouseBusy as exc:
             return PatientSyncResult(
                 patient_id, "failed", {}, [*errors, SyncError("warehouse_busy", str(exc))]
@@ -364,9 +366,11 @@ def claim_patients(
 ) -> list[str]:
     """The patients a run syncs (every active connection, or the one named; of those, only the ones in
     `shard` for a sharded run), marking its sync requests `running` in the same transaction."""
-    with warehouse.transaction("list patients for a sync run") as conn:
-        patients = select((c.patient_id for c in wh.list_active_connections(conn, patient_id)), shard)
-        ledger.claim_requests(conn, sync_ids, run_id=run_id)
+    for attempt in warehouse.attempts("list patients for a sync run"):
+        with attempt as conn:
+            active = (c.patient_id for c in wh.list_active_connections(conn, patient_id))
+            patients = select(active, shard)
+            ledger.claim_requests(conn, sync_ids, run_id=run_id)
     return patients
 
 
@@ -374,28 +378,29 @@ def _record(
     warehouse: wh.WarehouseAccess, run_id: str, result: PatientSyncResult, start: date, end: date
 ) -> None:
     """Record a patient's result and what it says about the connection, in one transaction."""
-    with warehouse.transaction("record a patient's sync result") as conn:
-        ledger.record_patient_result(
-            conn,
-            run_id=run_id,
-            patient_id=result.patient_id,
-            status=result.status,
-            start_day=start,
-            end_day=end,
-            rows=result.rows,
-            errors=[e.to_dict() for e in result.errors],
-            documents=result.documents or None,
-        )
-        if not result.rows:
-            # Nothing landed, and the normalized assets may not run at all (a run where every patient
-            # failed is red): the patient's days are explained here, from what the warehouse already held.
-            write_day_status(conn, patient_id=result.patient_id, start=start, end=end, run_id=run_id)
-        if result.status != "failed":
-            wh.mark_synced(conn, result.patient_id, datetime.now(UTC))
-        elif result.errors and result.errors[0].code == "subscription_expired":
-            wh.set_connection_status(
-                conn, result.patient_id, "active", last_error="Oura membership expired (403)"
+    for attempt in warehouse.attempts("record a patient's sync result"):
+        with attempt as conn:
+            ledger.record_patient_result(
+                conn,
+                run_id=run_id,
+                patient_id=result.patient_id,
+                status=result.status,
+                start_day=start,
+                end_day=end,
+                rows=result.rows,
+                errors=[e.to_dict() for e in result.errors],
+                documents=result.documents or None,
             )
+            if not result.rows:
+                # Nothing landed, and the normalized assets may not run at all (a run where every patient
+                # failed is red): the patient's days are explained here, from what the warehouse already held.
+                write_day_status(conn, patient_id=result.patient_id, start=start, end=end, run_id=run_id)
+            if result.status != "failed":
+                wh.mark_synced(conn, result.patient_id, datetime.now(UTC))
+            elif result.errors and result.errors[0].code == "subscription_expired":
+                wh.set_connection_status(
+                    conn, result.patient_id, "active", last_error="Oura membership expired (403)"
+                )
 
 
 def sync_patients(

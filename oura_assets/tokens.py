@@ -283,16 +283,19 @@ class PatientTokens:
         self._reconnect_required = message
         self._cached = None
         try:
-            with self._warehouse.transaction("tokens: reconnect required") as conn:
-                wh.set_connection_status(conn, self.patient_id, domain.RECONNECT_REQUIRED, last_error=message)
-                wh.record_event(
-                    conn,
-                    patient_id=self.patient_id,
-                    event_type=RECONNECT_EVENT,
-                    payload={"source": domain.SOURCE, "reason": "refresh_rejected", "message": message},
-                    # One event per refused token, however many processes hit the refusal.
-                    event_id=f"{RECONNECT_EVENT}:{self.patient_id}:{spent[:16]}",
-                )
+            for attempt in self._warehouse.attempts("tokens: reconnect required"):
+                with attempt as conn:
+                    wh.set_connection_status(
+                        conn, self.patient_id, domain.RECONNECT_REQUIRED, last_error=message
+                    )
+                    wh.record_event(
+                        conn,
+                        patient_id=self.patient_id,
+                        event_type=RECONNECT_EVENT,
+                        payload={"source": domain.SOURCE, "reason": "refresh_rejected", "message": message},
+                        # One event per refused token, however many processes hit the refusal.
+                        event_id=f"{RECONNECT_EVENT}:{self.patient_id}:{spent[:16]}",
+                    )
         except Exception as exc:
             log.error(
                 "could not mark patient %s's Oura connection reconnect_required (%s)",
@@ -321,8 +324,9 @@ class PatientTokens:
         patient reconnected meanwhile and their new connection wins; if they disconnected, the refresh must
         not bring the connection back (`ReconnectRequired`).
         """
-        with self._warehouse.transaction("tokens: store refreshed pair") as conn:
-            current = self._swap(conn, pair, replaces)
+        for attempt in self._warehouse.attempts("tokens: store refreshed pair"):
+            with attempt as conn:
+                current = self._swap(conn, pair, replaces)
         # Committed: the warehouse holds the current pair, the journal entry has done its job.
         self._journal.remove(self._journal_name)
         return current

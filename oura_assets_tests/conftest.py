@@ -6,6 +6,8 @@ The connection API's helpers (keys, hand-built JWTs, a JWKS server, an API harne
 
 from __future__ import annotations
 
+import itertools
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,9 +45,38 @@ def simulator() -> Iterator[SimulatorServer]:
         yield server
 
 
+@pytest.fixture(params=["duckdb", "ducklake"])
+def warehouse_backend(request: pytest.FixtureRequest) -> str:
+    """Run the requesting test on both warehouse backends: a DuckDB file and a DuckLake (PostgreSQL catalog,
+    local data folder). A test asks for it by naming it; `pipeline_env` then points at that backend."""
+    return str(request.param)
+
+
+_LAKES = itertools.count()
+
+
 @pytest.fixture
-def pipeline_env(tmp_path: Path, simulator: SimulatorServer, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """Environment as a real deployment sets it, pointed at the simulator and a throwaway warehouse."""
+def lake_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """`OURA_ASSETS_WAREHOUSE` / `OURA_ASSETS_LAKE_DATA_PATH` of a new, empty DuckLake (its own catalog
+    database in the session's PostgreSQL server, a data folder under `tmp_path`)."""
+    server: postgres.PostgresServer = request.getfixturevalue("postgres_server")
+    dsn = server.create_database(f"lake_{os.getpid()}_{next(_LAKES)}")
+    return {
+        "OURA_ASSETS_WAREHOUSE": f"ducklake:postgres:{dsn}",
+        "OURA_ASSETS_LAKE_DATA_PATH": str(tmp_path / "lake-data"),
+        "OURA_ASSETS_DATA_DIR": str(tmp_path),
+    }
+
+
+@pytest.fixture
+def pipeline_env(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    simulator: SimulatorServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Settings:
+    """Environment as a real deployment sets it, pointed at the simulator and a throwaway warehouse (a
+    DuckLake when the test also asks for `warehouse_backend` and gets "ducklake")."""
     env = {
         "OURA_CLIENT_ID": TEST_CLIENT_ID,
         "OURA_CLIENT_SECRET": TEST_CLIENT_SECRET,
@@ -58,6 +89,11 @@ def pipeline_env(tmp_path: Path, simulator: SimulatorServer, monkeypatch: pytest
         "OURA_ASSETS_WAREHOUSE": str(tmp_path / "warehouse.duckdb"),
         "OURA_ASSETS_START_DATE": "2024-01-01",
     }
+    if (
+        "warehouse_backend" in request.fixturenames
+        and request.getfixturevalue("warehouse_backend") == "ducklake"
+    ):
+        env.update(request.getfixturevalue("lake_env"))
     monkeypatch.delenv("OURA_ASSETS_DEMO", raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)

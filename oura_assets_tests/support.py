@@ -56,7 +56,10 @@ def _connection(where: Where, purpose: str) -> Iterator[duckdb.DuckDBPyConnectio
     if isinstance(where, duckdb.DuckDBPyConnection):
         yield where
         return
-    store = wh.Warehouse.from_settings(where) if isinstance(where, Settings) else wh.Warehouse(Path(where))
+    if isinstance(where, Settings):
+        store = wh.Warehouse.from_settings(where)
+    else:
+        store = wh.Warehouse(where if wh.is_lake(where) else Path(where))
     with store.connect(purpose) as conn:
         yield conn
 
@@ -72,7 +75,8 @@ def _tables(conn: duckdb.DuckDBPyConnection) -> list[str]:
         f"{schema}.{table}"
         for schema, table in conn.execute(
             "SELECT table_schema, table_name FROM information_schema.tables "
-            "WHERE table_schema IN ('patient_graph', 'oura_raw') ORDER BY ALL"
+            "WHERE table_schema IN ('patient_graph', 'oura_raw') AND table_catalog = current_database() "
+            "ORDER BY ALL"
         ).fetchall()
         if f"{schema}.{table}" not in BOOKKEEPING
     ]
@@ -84,7 +88,8 @@ def _table_rows(conn: duckdb.DuckDBPyConnection, table: str, drop: Collection[st
         c
         for (c,) in conn.execute(
             "SELECT column_name FROM information_schema.columns "
-            "WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
+            "WHERE table_schema = ? AND table_name = ? AND table_catalog = current_database() "
+            "ORDER BY ordinal_position",
             [schema, name],
         ).fetchall()
         if c not in drop
@@ -110,6 +115,23 @@ def snapshot(
     with _connection(where, "test: snapshot") as conn:
         names = _tables(conn) if tables is None else list(tables)
         return {table: _table_rows(conn, table, drop) for table in names}
+
+
+def duplicate_keys(where: Where) -> dict[str, int]:
+    """Rows beyond the first per primary key (`schema.TABLES`), by table, for the tables that have any.
+
+    A DuckDB file enforces the keys itself; a DuckLake has none, so this is what shows the writers kept them.
+    """
+    found = {}
+    with _connection(where, "test: duplicate keys") as conn:
+        for name, table in wh.TABLES.items():
+            key = ", ".join(table.primary_key)
+            (extra,) = conn.execute(
+                f"SELECT count(*) - count(DISTINCT ({key})) FROM {name}"  # noqa: S608 (schema constants)
+            ).fetchone()
+            if extra:
+                found[name] = int(extra)
+    return found
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from oura_assets.defs.partitions import PATIENT_TAG, SYNC_IDS_TAG
 from oura_assets.defs.schedules import nightly_range
 from oura_assets.defs.sensors import build_event_sensor
 from oura_assets.normalize import METRIC_KEYS
-from oura_assets_tests.support import VOLATILE, failures, query, run_sync, snapshot
+from oura_assets_tests.support import VOLATILE, duplicate_keys, failures, query, run_sync, snapshot
 
 START, END = date(2024, 6, 10), date(2024, 6, 16)
 
@@ -53,7 +53,7 @@ def test_definitions_load_with_assets_schedule_and_sensors(pipeline_env):
     assert raw.backfill_policy == dg.BackfillPolicy.single_run()
 
 
-def test_materialized_range_lands_every_table(pipeline_env, connect_patient):
+def test_materialized_range_lands_every_table(pipeline_env, connect_patient, warehouse_backend):
     settings = pipeline_env
     for n in range(3):
         connect_patient(f"patient-{n}")
@@ -116,7 +116,7 @@ def test_materialized_range_lands_every_table(pipeline_env, connect_patient):
     assert synced == [(3,)]
 
 
-def test_materializing_twice_leaves_tables_identical(pipeline_env, connect_patient):
+def test_materializing_twice_leaves_tables_identical(pipeline_env, connect_patient, warehouse_backend):
     connect_patient("patient-a")
     connect_patient("patient-b")
     sync_and_record()
@@ -124,6 +124,7 @@ def test_materializing_twice_leaves_tables_identical(pipeline_env, connect_patie
     sync_and_record()
     assert snapshot(pipeline_env) == first
     assert sum(len(rows) for rows in first.values()) > 100
+    assert duplicate_keys(pipeline_env) == {}
 
 
 def test_days_not_worn_have_no_rows(pipeline_env, connect_patient):

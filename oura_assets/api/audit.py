@@ -189,8 +189,9 @@ class AuditMiddleware:
             wait = min(wait, BUSY_AUDIT_WAIT_S)
 
         def write() -> None:
-            with service.warehouse.transaction("api: audit entry", wait) as conn:
-                wh.record_audit(conn, entry)
+            for attempt in service.warehouse.attempts("api: audit entry", wait):
+                with attempt as conn:
+                    wh.record_audit(conn, entry)
 
         try:
             await run_in_threadpool(write)

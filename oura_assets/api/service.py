@@ -123,13 +123,14 @@ class ConnectionService:
         state = new_state()
         now = self.now()
         expires_at = now + STATE_TTL
-        with self.warehouse.transaction("api: save oauth state") as conn:
-            # Expired states are dead weight (consume refuses them), so each connect clears them out, in the
-            # transaction that saves the new one. Cheap and bounded: since every connect purges, only the
-            # states that expired since the previous connect are left to delete.
-            purged = wh.purge_oauth_states(conn, now)
-            wh.save_oauth_state(conn, state_hash(state), patient_id, expires_at)
-            _audit(audit, conn)
+        for attempt in self.warehouse.attempts("api: save oauth state"):
+            with attempt as conn:
+                # Expired states are dead weight (consume refuses them), so each connect clears them out, in
+                # the transaction that saves the new one. Cheap and bounded: since every connect purges, only
+                # the states that expired since the previous connect are left to delete.
+                purged = wh.purge_oauth_states(conn, now)
+                wh.save_oauth_state(conn, state_hash(state), patient_id, expires_at)
+                _audit(audit, conn)
         if purged:
             log.debug("purged %d expired OAuth states", purged)
         return {"authUrl": self.oauth.authorization_url(state), "expiresAt": _iso(expires_at)}
@@ -138,8 +139,9 @@ class ConnectionService:
         if not well_formed(state):
             return None
         assert state is not None
-        with self.warehouse.transaction("api: consume oauth state") as conn:
-            return wh.consume_oauth_state(conn, state_hash(state), self.now())
+        for attempt in self.warehouse.attempts("api: consume oauth state"):
+            with attempt as conn:
+                return wh.consume_oauth_state(conn, state_hash(state), self.now())
 
     def complete_callback(
         self, code: str | None, state: str | None, error: str | None, audit: AuditTrail | None = None
@@ -229,30 +231,31 @@ class ConnectionService:
         patient_id, tokens = entry.patient_id, entry.tokens
         today = self.today()
         start = today - timedelta(days=INITIAL_SYNC_DAYS - 1)
-        with self.warehouse.transaction("api: store oura connection", timeout_s=GRANT_STORE_WAIT_S) as conn:
-            previous = wh.get_connection(conn, patient_id)
-            store_granted_tokens(
-                conn,
-                patient_id,
-                tokens,
-                self.cipher,
-                oura_user_id=oura_user_id,
-                connected_at=entry.granted_at,
-            )
-            wh.record_event(
-                conn,
-                patient_id=patient_id,
-                event_type="wearable_connected",
-                event_id=f"wearable_connected:{patient_id}:{uuid.uuid4().hex}",
-                payload={
-                    "source": SOURCE,
-                    "ouraUserId": oura_user_id,
-                    "scopes": list(tokens.scopes),
-                    "reconnect": previous is not None,
-                },
-            )
-            sync_id = ledger.request_sync(conn, patient_id=patient_id, start_day=start, end_day=today)
-            _audit(audit, conn)
+        for attempt in self.warehouse.attempts("api: store oura connection", timeout_s=GRANT_STORE_WAIT_S):
+            with attempt as conn:
+                previous = wh.get_connection(conn, patient_id)
+                store_granted_tokens(
+                    conn,
+                    patient_id,
+                    tokens,
+                    self.cipher,
+                    oura_user_id=oura_user_id,
+                    connected_at=entry.granted_at,
+                )
+                wh.record_event(
+                    conn,
+                    patient_id=patient_id,
+                    event_type="wearable_connected",
+                    event_id=f"wearable_connected:{patient_id}:{uuid.uuid4().hex}",
+                    payload={
+                        "source": SOURCE,
+                        "ouraUserId": oura_user_id,
+                        "scopes": list(tokens.scopes),
+                        "reconnect": previous is not None,
+                    },
+                )
+                sync_id = ledger.request_sync(conn, patient_id=patient_id, start_day=start, end_day=today)
+                _audit(audit, conn)
         return sync_id, start, today
 
     def recover_grants(self) -> dict[str, int]:
@@ -343,12 +346,13 @@ class ConnectionService:
         self, patient_id: str, start: date | None, end: date | None, audit: AuditTrail | None = None
     ) -> dict[str, Any]:
         start, end = sync_range(start, end, today=self.today(), first=self.settings.start_date)
-        with self.warehouse.transaction("api: queue sync request") as conn:
-            connection = wh.get_connection(conn, patient_id)
-            if connection is None or connection.status != "active":
-                raise not_connected()
-            sync_id = ledger.request_sync(conn, patient_id=patient_id, start_day=start, end_day=end)
-            _audit(audit, conn, 202)
+        for attempt in self.warehouse.attempts("api: queue sync request"):
+            with attempt as conn:
+                connection = wh.get_connection(conn, patient_id)
+                if connection is None or connection.status != "active":
+                    raise not_connected()
+                sync_id = ledger.request_sync(conn, patient_id=patient_id, start_day=start, end_day=end)
+                _audit(audit, conn, 202)
         log.info("patient %s queued sync %s for %s..%s", patient_id, sync_id, start, end)
         return {
             "syncId": sync_id,
@@ -402,20 +406,22 @@ class ConnectionService:
         if connection is None or connection.status == "disconnected":
             raise not_connected("no Oura connection to disconnect")
         revoked = self._revoke_stored(patient_id, connection.access_token_enc)
-        with self.warehouse.transaction("api: disconnect oura") as conn:
-            # Whatever is stored now is what gets deleted; a refresh (or a reconnect) may have replaced the
-            # pair while Oura answered the revoke, and those tokens must not outlive the disconnect at Oura.
-            current = wh.get_connection(conn, patient_id)
-            replaced = current is not None and current.access_token_enc != connection.access_token_enc
-            wh.delete_tokens(conn, patient_id)  # also sets the status to `disconnected`
-            wh.record_event(
-                conn,
-                patient_id=patient_id,
-                event_type="wearable_disconnected",
-                event_id=f"wearable_disconnected:{patient_id}:{uuid.uuid4().hex}",
-                payload={"source": SOURCE, "revoked": revoked, "replacedDuringDisconnect": replaced},
-            )
-            _audit(audit, conn)
+        for attempt in self.warehouse.attempts("api: disconnect oura"):
+            with attempt as conn:
+                # Whatever is stored now is what gets deleted; a refresh (or a reconnect) may have replaced
+                # the pair while Oura answered the revoke, and those tokens must not outlive the disconnect
+                # at Oura.
+                current = wh.get_connection(conn, patient_id)
+                replaced = current is not None and current.access_token_enc != connection.access_token_enc
+                wh.delete_tokens(conn, patient_id)  # also sets the status to `disconnected`
+                wh.record_event(
+                    conn,
+                    patient_id=patient_id,
+                    event_type="wearable_disconnected",
+                    event_id=f"wearable_disconnected:{patient_id}:{uuid.uuid4().hex}",
+                    payload={"source": SOURCE, "revoked": revoked, "replacedDuringDisconnect": replaced},
+                )
+                _audit(audit, conn)
         if replaced and current is not None:
             again = self._revoke_stored(patient_id, current.access_token_enc)
             log.info(

@@ -41,7 +41,14 @@ class WarehouseResource(dg.ConfigurableResource):
     resource itself to the plain code (sync, rebuild, tokens): one way in.
     """
 
-    database: str = Field(description="Path of the DuckDB file (`OURA_ASSETS_WAREHOUSE`).")
+    database: str = Field(
+        description="Path of the DuckDB file, or `ducklake:postgres:<DSN>` for a DuckLake "
+        "(`OURA_ASSETS_WAREHOUSE`)."
+    )
+    lake_data_path: str | None = Field(
+        default=None,
+        description="A DuckLake's data path: a folder or object storage (`OURA_ASSETS_LAKE_DATA_PATH`).",
+    )
     lock_timeout_s: float = Field(
         default=120.0,
         description="How long a block waits for the warehouse lock before `WarehouseBusy` (seconds).",
@@ -59,6 +66,12 @@ class WarehouseResource(dg.ConfigurableResource):
         """`connect` inside BEGIN / COMMIT: all of the block's writes land, or none do."""
         return self._warehouse().transaction(purpose, timeout_s)
 
+    def attempts(
+        self, purpose: str, timeout_s: float | None = None
+    ) -> Iterator[AbstractContextManager[duckdb.DuckDBPyConnection]]:
+        """Tries of one transaction block, run again after a DuckLake conflict (`Warehouse.attempts`)."""
+        return self._warehouse().attempts(purpose, timeout_s)
+
     def reporting_waits_to(self, log: wh.WaitLog) -> wh.Warehouse:
         """The warehouse, reporting waits over its slow-wait threshold to `log` (a run's `context.log`)."""
         return self._warehouse().reporting_waits_to(log)
@@ -67,7 +80,9 @@ class WarehouseResource(dg.ConfigurableResource):
         # Cheap to build: the lock state lives per file and process inside `warehouse.lock`. The key
         # (OURA_ASSETS_WAREHOUSE_KEY) is a secret: read with the settings, never resource config.
         key = load_settings(require=()).warehouse_key
-        return wh.Warehouse(self.database, lock_timeout_s=self.lock_timeout_s, key=key)
+        return wh.Warehouse(
+            self.database, lock_timeout_s=self.lock_timeout_s, key=key, lake_data_path=self.lake_data_path
+        )
 
 
 @dataclass

@@ -71,8 +71,9 @@ def record_run_outcome(store: wh.WarehouseAccess, run: dg.DagsterRun) -> int | N
     Returns the number of events written (0 for runs that synced nobody), or None when the ledger had
     recorded the run before (then nothing is written).
     """
-    with store.transaction(f"sensor: record outcome of run {run.run_id[:8]}") as conn:
-        return ledger.record_run_outcome(conn, finished_run(run))
+    for attempt in store.attempts(f"sensor: record outcome of run {run.run_id[:8]}"):
+        with attempt as conn:
+            return ledger.record_run_outcome(conn, finished_run(run))
 
 
 @dataclass(frozen=True)
@@ -175,8 +176,9 @@ def build_sync_request_sensor(first_day: date) -> dg.SensorDefinition:
         for request in queued:
             start, end = max(request.start_day, first_day), min(request.end_day, last_day)
             if end < start:
-                with warehouse.transaction("sensor: reject an empty sync request") as conn:
-                    ledger.reject_request(conn, request.sync_id, code="empty_range")
+                for attempt in warehouse.attempts("sensor: reject an empty sync request"):
+                    with attempt as conn:
+                        ledger.reject_request(conn, request.sync_id, code="empty_range")
                 continue
             yield dg.RunRequest(
                 run_key=request.sync_id,

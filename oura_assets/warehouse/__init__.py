@@ -7,8 +7,11 @@ Tables are the public contract: writes are idempotent (primary keys, a window re
 and values always travel as parameters. The modules, by what they own:
 
 - `lock`: the cross-process writer lock and `WarehouseBusy`, which names the holder.
-- `database`: `Warehouse`, opening DuckDB under that lock (`connect` / `transaction`); `WarehouseAccess`,
-  the shape callers take (a `Warehouse` or the Dagster resource).
+- `database`: `Warehouse`, opening DuckDB under that lock (`connect` / `transaction`, and `attempts` for
+  writers that may run beside others); `WarehouseAccess`, the shape callers take (a `Warehouse` or the
+  Dagster resource).
+- `lake`, `dialect`: the DuckLake backend (catalog in PostgreSQL, no writer lock, optimistic commits) and the
+  keyed writes that keep their guarantees on both backends.
 - `encryption`, `rekey`: the encrypted file (`OURA_ASSETS_WAREHOUSE_KEY`), `open_database`, key rotation.
 - `schema`: every table described once as data (`TABLES`); `migrations` creates them from it.
 - `staging`: bulk rows staged as JSON and mirrored into a window.
@@ -49,7 +52,7 @@ from oura_assets.warehouse.connections import (
     set_connection_status,
     upsert_connection,
 )
-from oura_assets.warehouse.database import Warehouse, WarehouseAccess
+from oura_assets.warehouse.database import CONFLICT_ATTEMPTS, Warehouse, WarehouseAccess, WarehouseConflict
 from oura_assets.warehouse.day_status import read_day_status, replace_day_status
 from oura_assets.warehouse.encryption import (
     NotEncrypted,
@@ -59,6 +62,16 @@ from oura_assets.warehouse.encryption import (
     open_database,
 )
 from oura_assets.warehouse.erasure import Compaction, compact, erase_patient_rows, patient_tables
+from oura_assets.warehouse.lake import (
+    DATA_PATH_VARIABLE,
+    LakeError,
+    LakeLocation,
+    attach_lake,
+    is_lake,
+    is_lake_connection,
+    lake_location,
+    load_extensions,
+)
 from oura_assets.warehouse.lock import DEFAULT_RETRY_AFTER_S, WarehouseBusy, WarehouseHolder
 from oura_assets.warehouse.migrations import SCHEMA_VERSION
 from oura_assets.warehouse.migrations import _migrate as _migrate
@@ -145,7 +158,9 @@ __all__ = [
     "ANONYMOUS",
     "AUDIT_LOG",
     "BPM_RANGE",
+    "CONFLICT_ATTEMPTS",
     "CONNECTION_STATUSES",
+    "DATA_PATH_VARIABLE",
     "DAY_STATUS_TABLE",
     "DEFAULT_RETRY_AFTER_S",
     "DOCUMENT_COLLECTIONS",
@@ -170,6 +185,8 @@ __all__ = [
     "ConnectionRecord",
     "DailyHeartRate",
     "DocumentChanges",
+    "LakeError",
+    "LakeLocation",
     "MetricKeyShape",
     "NotEncrypted",
     "Offender",
@@ -185,12 +202,14 @@ __all__ = [
     "Warehouse",
     "WarehouseAccess",
     "WarehouseBusy",
+    "WarehouseConflict",
     "WarehouseHolder",
     "WarehouseKeyError",
     "WebhookCoverage",
     "WebhookEventRecord",
     "add_sync_result_rows",
     "attach",
+    "attach_lake",
     "compact",
     "connections_needing_attention",
     "consume_oauth_state",
@@ -208,8 +227,12 @@ __all__ = [
     "get_connection",
     "get_sync_request",
     "is_encrypted",
+    "is_lake",
+    "is_lake_connection",
+    "lake_location",
     "list_active_connections",
     "list_connections",
+    "load_extensions",
     "mark_sync_request",
     "mark_synced",
     "mirror_raw_documents",

@@ -15,6 +15,7 @@ import duckdb
 
 from oura_assets import domain
 from oura_assets.domain import SOURCE
+from oura_assets.warehouse.dialect import guard, updated
 from oura_assets.warehouse.values import record_columns, record_values, utc
 
 
@@ -37,6 +38,7 @@ class ConnectionRecord:
 
 
 _CONNECTION_COLUMNS = record_columns(ConnectionRecord)
+_TABLE = "patient_graph.wearable_connections"
 
 
 def _connection(row: Sequence[Any]) -> ConnectionRecord:
@@ -60,21 +62,35 @@ def upsert_connection(
 
     The tokens must already be encrypted (tokens.py). A reconnect without an Oura user id keeps the known one.
     """
-    conn.execute(
+    now = datetime.now(UTC)
+    guard(conn, _TABLE)
+    # UPDATE, else INSERT: the same on a DuckDB file and a DuckLake (no key there for ON CONFLICT); the
+    # table's write guard makes two concurrent first connects of one patient conflict on a lake.
+    changed = updated(
+        conn,
         f"""
-        INSERT INTO patient_graph.wearable_connections ({_CONNECTION_COLUMNS})
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?)
-        ON CONFLICT (patient_id, source) DO UPDATE SET
-            status = excluded.status,
-            oura_user_id = coalesce(excluded.oura_user_id, wearable_connections.oura_user_id),
-            scopes = excluded.scopes,
-            access_token_enc = excluded.access_token_enc,
-            refresh_token_enc = excluded.refresh_token_enc,
-            expires_at = excluded.expires_at,
-            connected_at = excluded.connected_at,
-            last_error = NULL,
-            updated_at = excluded.updated_at
-        """,  # noqa: S608 (column list is a constant)
+        UPDATE {_TABLE} SET
+            status = ?, oura_user_id = coalesce(?, oura_user_id), scopes = ?, access_token_enc = ?,
+            refresh_token_enc = ?, expires_at = ?, connected_at = ?, last_error = NULL, updated_at = ?
+        WHERE patient_id = ? AND source = ?
+        """,  # noqa: S608 (a constant table name)
+        [
+            domain.ACTIVE,
+            oura_user_id,
+            list(scopes),
+            access_token_enc,
+            refresh_token_enc,
+            utc(expires_at),
+            utc(connected_at),
+            now,
+            patient_id,
+            SOURCE,
+        ],
+    )
+    if changed:
+        return
+    conn.execute(
+        f"INSERT INTO {_TABLE} ({_CONNECTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?)",  # noqa: S608
         [
             patient_id,
             SOURCE,
@@ -85,7 +101,7 @@ def upsert_connection(
             refresh_token_enc,
             utc(expires_at),
             utc(connected_at),
-            datetime.now(UTC),
+            now,
         ],
     )
 
@@ -168,30 +184,39 @@ def set_connection_status(
 ) -> bool:
     """Set the connection's status and last error (None clears it). Returns whether the connection exists."""
     domain.check_connection_status(status)
-    row = conn.execute(
-        "UPDATE patient_graph.wearable_connections SET status = ?, last_error = ?, updated_at = ? "
-        "WHERE patient_id = ? AND source = ? RETURNING patient_id",
-        [status, last_error, datetime.now(UTC), patient_id, SOURCE],
-    ).fetchone()
-    return row is not None
+    return (
+        updated(
+            conn,
+            "UPDATE patient_graph.wearable_connections SET status = ?, last_error = ?, updated_at = ? "
+            "WHERE patient_id = ? AND source = ?",
+            [status, last_error, datetime.now(UTC), patient_id, SOURCE],
+        )
+        > 0
+    )
 
 
 def mark_synced(conn: duckdb.DuckDBPyConnection, patient_id: str, at: datetime) -> bool:
     """Record a sync that landed data: `last_synced_at` moves to `at` and the last error is cleared."""
-    row = conn.execute(
-        "UPDATE patient_graph.wearable_connections SET last_synced_at = ?, last_error = NULL, updated_at = ? "
-        "WHERE patient_id = ? AND source = ? RETURNING patient_id",
-        [utc(at), datetime.now(UTC), patient_id, SOURCE],
-    ).fetchone()
-    return row is not None
+    return (
+        updated(
+            conn,
+            "UPDATE patient_graph.wearable_connections SET last_synced_at = ?, last_error = NULL, "
+            "updated_at = ? WHERE patient_id = ? AND source = ?",
+            [utc(at), datetime.now(UTC), patient_id, SOURCE],
+        )
+        > 0
+    )
 
 
 def delete_tokens(conn: duckdb.DuckDBPyConnection, patient_id: str) -> bool:
     """Disconnect: forget both tokens and mark the connection `disconnected`. Returns whether it existed."""
-    row = conn.execute(
-        "UPDATE patient_graph.wearable_connections SET access_token_enc = NULL, refresh_token_enc = NULL, "
-        "expires_at = NULL, status = ?, updated_at = ? "
-        "WHERE patient_id = ? AND source = ? RETURNING patient_id",
-        [domain.DISCONNECTED, datetime.now(UTC), patient_id, SOURCE],
-    ).fetchone()
-    return row is not None
+    return (
+        updated(
+            conn,
+            "UPDATE patient_graph.wearable_connections SET access_token_enc = NULL, "
+            "refresh_token_enc = NULL, expires_at = NULL, status = ?, updated_at = ? "
+            "WHERE patient_id = ? AND source = ?",
+            [domain.DISCONNECTED, datetime.now(UTC), patient_id, SOURCE],
+        )
+        > 0
+    )

@@ -7,23 +7,31 @@ whoever queues behind us is told about that program, not about us) and in `Wareh
 out. A wait past `slow_wait_s` is logged while it lasts (`waits.WaitWatch`). With a key
 (`OURA_ASSETS_WAREHOUSE_KEY`) the file is an encrypted DuckDB database, attached through
 `encryption.open_encrypted`; queries read the same either way.
+
+The other backend is a DuckLake (`lake.py`): a `LakeLocation` instead of a path. Then there is no file and no
+writer lock: connections are cursors of the process's lake instance, and a transaction that loses a write
+conflict to another writer fails at COMMIT with `WarehouseConflict`. `attempts` is how writers that may run
+concurrently (runs, shards, sensors, the API) write: their block is run again after a conflict, a bounded
+number of times. On a DuckDB file it runs the block once, under the lock, as `transaction` does.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import re
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import duckdb
 
 from oura_assets.warehouse.encryption import attach, close_encrypted, connect_plain, open_encrypted
-from oura_assets.warehouse.lock import Wait, WarehouseHolder, WriterLock
+from oura_assets.warehouse.lake import LakeLocation, is_conflict, is_lake, lake_cursor, lake_location
+from oura_assets.warehouse.lock import Wait, WarehouseBusy, WarehouseHolder, WriterLock
 from oura_assets.warehouse.migrations import ensure_schema_on
 from oura_assets.warehouse.waits import SLOW_WAIT_S, WaitLog, WaitWatch, seconds
 
@@ -36,6 +44,36 @@ logger = logging.getLogger(__name__)
 # (PID 4242). See also https://duckdb.org/docs/current/connect/concurrency'
 _DUCKDB_LOCK_ERROR = "could not set lock on file"
 _DUCKDB_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<pid>\d+)\)")
+
+CONFLICT_ATTEMPTS = 8
+"""How often `attempts` runs a block that keeps losing DuckLake write conflicts before `WarehouseConflict`:
+with the jittered backoff below (0.05 s doubling to 2 s) that is about 6 s of other writers winning."""
+_CONFLICT_PAUSE_S = (0.05, 2.0)
+
+
+class WarehouseConflict(WarehouseBusy):
+    """A DuckLake transaction lost to concurrent writers (optimistic concurrency) as often as it may try.
+
+    A `WarehouseBusy`, so callers that already answer "busy, retry later" (the API's 503 with Retry-After, a
+    patient's `warehouse_busy` error in a run) do the same for it."""
+
+    def __init__(self, location: str, purpose: str, attempts: int, waited_s: float, cause: str = ""):
+        self.purpose = purpose
+        self.attempts = attempts
+        self.cause = cause
+        RuntimeError.__init__(
+            self,
+            f"warehouse {location}: {purpose} lost a write conflict to concurrent writers {attempts} "
+            f"time(s) and gave up after {seconds(waited_s)} (DuckLake: {cause or 'transaction conflict'}); "
+            "retry later",
+        )
+        self.path = location
+        self.holder = None
+        self.waited_s = waited_s
+        self.retry_after_s = 1.0
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.purpose, self.attempts, self.waited_s, self.cause))
 
 
 class WarehouseAccess(Protocol):
@@ -50,7 +88,42 @@ class WarehouseAccess(Protocol):
         self, purpose: str, timeout_s: float | None = None
     ) -> AbstractContextManager[duckdb.DuckDBPyConnection]: ...
 
+    def attempts(
+        self, purpose: str, timeout_s: float | None = None
+    ) -> Iterator[AbstractContextManager[duckdb.DuckDBPyConnection]]: ...
+
     def reporting_waits_to(self, log: WaitLog) -> WarehouseAccess: ...
+
+
+class _Attempt:
+    """One try of a transaction block (`Warehouse.attempts`): swallows a conflict unless it is the last."""
+
+    def __init__(self, warehouse: Warehouse, purpose: str, timeout_s: float | None, last: bool):
+        self._warehouse, self._purpose, self._timeout_s, self._last = warehouse, purpose, timeout_s, last
+        self._block: AbstractContextManager[duckdb.DuckDBPyConnection] | None = None
+        self.conflict: WarehouseConflict | None = None
+        self.done = False
+
+    def __enter__(self) -> duckdb.DuckDBPyConnection:
+        self._block = self._warehouse.transaction(self._purpose, self._timeout_s)
+        return self._block.__enter__()
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        assert self._block is not None
+        try:
+            suppressed = bool(self._block.__exit__(exc_type, exc, tb))
+        except WarehouseConflict as conflict:
+            if self._last:
+                raise
+            self.conflict = conflict
+            return True
+        if exc is None or suppressed:
+            self.done = True
+            return suppressed
+        if isinstance(exc, WarehouseConflict) and not self._last:
+            self.conflict = exc
+            return True
+        return False
 
 
 class Warehouse:
@@ -62,13 +135,20 @@ class Warehouse:
 
     def __init__(
         self,
-        path: Path | str,
+        path: Path | str | LakeLocation,
         lock_timeout_s: float = 60.0,
         *,
         slow_wait_s: float = SLOW_WAIT_S,
         wait_log: WaitLog | None = None,
         key: str | None = None,
+        lake_data_path: str | None = None,
     ):
+        """`path` is the DuckDB file, or a DuckLake: a `LakeLocation`, or `ducklake:postgres:…` with its
+        `lake_data_path`."""
+        self.lake: LakeLocation | None = None
+        if is_lake(path):
+            self.lake = path if isinstance(path, LakeLocation) else lake_location(str(path), lake_data_path)
+            path = Path(".")  # no file: nothing of ours locks or opens it
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s
         self._key = key
@@ -86,17 +166,59 @@ class Warehouse:
     def encrypted(self) -> bool:
         return self._key is not None
 
+    @property
+    def location(self) -> str:
+        """What the warehouse is, for messages: the file, or the lake's catalog (a password shown as ***)."""
+        return str(self.lake) if self.lake is not None else str(self.path)
+
     def __repr__(self) -> str:
         # Never the key: only whether there is one.
         return (
-            f"Warehouse({str(self.path)!r}, lock_timeout_s={self.lock_timeout_s}, encrypted={self.encrypted})"
+            f"Warehouse({self.location!r}, lock_timeout_s={self.lock_timeout_s}, encrypted={self.encrypted})"
         )
 
     def reporting_waits_to(self, log: WaitLog) -> Warehouse:
         """The same warehouse, reporting slow waits to `log` (a run's `context.log`) instead."""
         return Warehouse(
-            self.path, self.lock_timeout_s, slow_wait_s=self.slow_wait_s, wait_log=log, key=self._key
+            self.lake or self.path,
+            self.lock_timeout_s,
+            slow_wait_s=self.slow_wait_s,
+            wait_log=log,
+            key=self._key,
         )
+
+    def attempts(
+        self, purpose: str, timeout_s: float | None = None
+    ) -> Iterator[AbstractContextManager[duckdb.DuckDBPyConnection]]:
+        """Tries of one transaction block, for a writer that may run beside others:
+
+            for attempt in warehouse.attempts("write a patient's rows"):
+                with attempt as conn:
+                    ...  # reads and writes; may run again, so keep side effects inside the transaction
+
+        On a DuckLake, a try that lost a write conflict at COMMIT is rolled back and the block runs again
+        after a jittered pause, up to `CONFLICT_ATTEMPTS` times; then `WarehouseConflict`. On a DuckDB file
+        (one writer at a time, under the lock) there is exactly one try: `transaction`.
+        """
+        started = time.monotonic()
+        tries = CONFLICT_ATTEMPTS if self.lake is not None else 1
+        low, high = _CONFLICT_PAUSE_S
+        for number in range(1, tries + 1):
+            attempt = _Attempt(self, purpose, timeout_s, last=number == tries)
+            yield attempt
+            if attempt.conflict is None:
+                return
+            pause = random.uniform(low, min(high, low * 2**number))
+            logger.info(
+                "warehouse %s: %s lost a write conflict (try %d of %d), running it again in %.2f s",
+                self.location,
+                purpose,
+                number,
+                tries,
+                pause,
+            )
+            time.sleep(pause)
+        raise WarehouseConflict(self.location, purpose, tries, time.monotonic() - started)
 
     @contextlib.contextmanager
     def connect(self, purpose: str, timeout_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -106,6 +228,10 @@ class Warehouse:
         write wearable_data"). Waits up to `timeout_s` (default `lock_timeout_s`) and then raises
         `WarehouseBusy`. A file without the current schema gets it (created or migrated) first.
         """
+        if self.lake is not None:
+            with self._lake_connection() as conn:
+                yield conn
+            return
         timeout = self.lock_timeout_s if timeout_s is None else timeout_s
         watch = WaitWatch(str(self.path), purpose, self.wait_log, self.slow_wait_s)
         with self._lock.hold(purpose, timeout, watch) as wait:
@@ -127,6 +253,7 @@ class Warehouse:
     ) -> Iterator[duckdb.DuckDBPyConnection]:
         """`connect` inside BEGIN / COMMIT: all of the block's writes land, or (on any exception) none do."""
         with self.connect(purpose, timeout_s) as conn:
+            started = time.monotonic()
             conn.execute("BEGIN TRANSACTION")
             try:
                 yield conn
@@ -135,7 +262,28 @@ class Warehouse:
                 with contextlib.suppress(duckdb.Error):
                     conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
+            try:
+                conn.execute("COMMIT")
+            except duckdb.Error as exc:
+                if self.lake is None or not is_conflict(exc):
+                    raise
+                with contextlib.suppress(duckdb.Error):
+                    conn.execute("ROLLBACK")
+                cause = next((line for line in str(exc).splitlines() if "conflict" in line.lower()), "")
+                raise WarehouseConflict(
+                    self.location, purpose, 1, time.monotonic() - started, cause.strip()
+                ) from None
+
+    @contextlib.contextmanager
+    def _lake_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        assert self.lake is not None
+        conn = lake_cursor(self.lake)
+        try:
+            conn.execute("SET TimeZone = 'UTC'")
+            ensure_schema_on(conn)
+            yield conn
+        finally:
+            conn.close()
 
     def ensure_schema(self, timeout_s: float | None = None) -> None:
         """Create or migrate the schema now (every `connect` checks it too, at the cost of one small read)."""
@@ -145,6 +293,8 @@ class Warehouse:
     @contextlib.contextmanager
     def hold(self, purpose: str, timeout_s: float | None = None) -> Iterator[None]:
         """The writer lock alone, without opening the file: for replacing the file itself (`rekey`)."""
+        if self.lake is not None:
+            raise ValueError(f"{self.location} is a DuckLake: it has no file to replace")
         with self._lock.hold(purpose, self.lock_timeout_s if timeout_s is None else timeout_s):
             yield
 

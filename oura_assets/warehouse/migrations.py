@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import duckdb
 
 from oura_assets.domain import DOCUMENT_COLLECTIONS
+from oura_assets.warehouse.dialect import GUARDS_DDL, seed_guards_sql
+from oura_assets.warehouse.lake import is_conflict, is_lake_connection
 from oura_assets.warehouse.schema import (
     AUDIT_LOG,
     RETENTION_HORIZONS,
@@ -27,82 +32,117 @@ logger = logging.getLogger(__name__)
 # Migration 1 creates the tables as `schema.TABLES` describes them today. A later change to a table keeps
 # that description current (so fresh files and the UI see it) and adds a migration that brings a file at
 # an older version to it (ALTER TABLE … ADD COLUMN IF NOT EXISTS, which is a no-op on a fresh file).
-_MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
-    (
-        1,
-        "initial schema: CONTRACT §5 tables and the project's bookkeeping tables",
-        (
-            *(f"CREATE SCHEMA IF NOT EXISTS {schema}" for schema in SCHEMAS),
-            *(table.ddl() for table in TABLES.values()),
+#
+# Each migration's statements are a function of the backend (`lake`: a DuckLake), so one numbered history
+# serves both: a DuckLake gets the same tables without PRIMARY KEY (it has none, `dialect.py` keeps keys
+# unique) and skips what it cannot do and does not need (see migration 3).
+Statements = Callable[[bool], tuple[str, ...]]
+
+
+def _initial(lake: bool) -> tuple[str, ...]:
+    return (
+        *(f"CREATE SCHEMA IF NOT EXISTS {schema}" for schema in SCHEMAS),
+        *(table.ddl(keys=not lake) for table in TABLES.values()),
+    )
+
+
+def _revisions(lake: bool) -> tuple[str, ...]:
+    return (
+        # Documents already stored count as first versions seen when they were last fetched: their
+        # history before this migration is unknown, so revision 0 (no content change seen yet).
+        *(
+            f"ALTER TABLE oura_raw.{c} ADD COLUMN IF NOT EXISTS {column.name} {column.type}"
+            for c in DOCUMENT_COLLECTIONS
+            for column in REVISION_COLUMNS
         ),
-    ),
+        *(
+            f"UPDATE oura_raw.{c} SET first_seen_at = coalesce(first_seen_at, fetched_at), "  # noqa: S608
+            "last_changed_at = coalesce(last_changed_at, fetched_at), revision = coalesce(revision, 0) "
+            "WHERE first_seen_at IS NULL OR last_changed_at IS NULL OR revision IS NULL"
+            for c in DOCUMENT_COLLECTIONS
+        ),
+        "ALTER TABLE patient_graph.sync_results ADD COLUMN IF NOT EXISTS documents JSON",
+        TABLES["oura_raw.document_revisions"].ddl(keys=not lake),
+        TABLES["patient_graph.wearable_day_status"].ddl(keys=not lake),
+    )
+
+
+def _revisions_not_null(lake: bool) -> tuple[str, ...]:
+    # Apart from migration 2: DuckDB cannot add the constraint in the transaction that backfilled the
+    # column ("Cannot create index with outstanding updates"). A DuckLake is never older than migration 1's
+    # tables, which declare these columns NOT NULL already (and DuckLake 1.5.5 refuses SET NOT NULL on a
+    # column without statistics, i.e. an empty table).
+    if lake:
+        return ()
+    return tuple(
+        f"ALTER TABLE oura_raw.{c} ALTER COLUMN {column.name} SET NOT NULL"
+        for c in DOCUMENT_COLLECTIONS
+        for column in REVISION_COLUMNS
+    )
+
+
+_MIGRATIONS: tuple[tuple[int, str, Statements], ...] = (
+    (1, "initial schema: CONTRACT §5 tables and the project's bookkeeping tables", _initial),
     (
         2,
         "document revisions (first_seen_at, last_changed_at, revision; oura_raw.document_revisions), "
         "wearable_day_status, sync_results.documents",
-        (
-            # Documents already stored count as first versions seen when they were last fetched: their
-            # history before this migration is unknown, so revision 0 (no content change seen yet).
-            *(
-                f"ALTER TABLE oura_raw.{c} ADD COLUMN IF NOT EXISTS {column.name} {column.type}"
-                for c in DOCUMENT_COLLECTIONS
-                for column in REVISION_COLUMNS
-            ),
-            *(
-                f"UPDATE oura_raw.{c} SET first_seen_at = coalesce(first_seen_at, fetched_at), "  # noqa: S608
-                "last_changed_at = coalesce(last_changed_at, fetched_at), revision = coalesce(revision, 0) "
-                "WHERE first_seen_at IS NULL OR last_changed_at IS NULL OR revision IS NULL"
-                for c in DOCUMENT_COLLECTIONS
-            ),
-            "ALTER TABLE patient_graph.sync_results ADD COLUMN IF NOT EXISTS documents JSON",
-            TABLES["oura_raw.document_revisions"].ddl(),
-            TABLES["patient_graph.wearable_day_status"].ddl(),
-        ),
+        _revisions,
     ),
-    (
-        3,
-        "raw document revision columns NOT NULL",
-        # Apart from migration 2: DuckDB cannot add the constraint in the transaction that backfilled the
-        # column ("Cannot create index with outstanding updates").
-        tuple(
-            f"ALTER TABLE oura_raw.{c} ALTER COLUMN {column.name} SET NOT NULL"
-            for c in DOCUMENT_COLLECTIONS
-            for column in REVISION_COLUMNS
-        ),
-    ),
+    (3, "raw document revision columns NOT NULL", _revisions_not_null),
     (
         4,
         "health-data duties: the append-only audit log and the raw-data retention horizons",
-        (AUDIT_LOG.ddl(), RETENTION_HORIZONS.ddl()),
+        lambda lake: (AUDIT_LOG.ddl(keys=not lake), RETENTION_HORIZONS.ddl(keys=not lake)),
     ),
     (
         5,
         "patient_graph.webhook_events: Oura webhook events accepted, for deduplicating redeliveries",
-        (TABLES["patient_graph.webhook_events"].ddl(),),
+        lambda lake: (TABLES["patient_graph.webhook_events"].ddl(keys=not lake),),
     ),
 )
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
+_MIGRATION_ATTEMPTS = 5
+"""On a DuckLake, processes starting together may migrate together: one commits, the others conflict (two
+creates of one table) and start over from the version the winner recorded."""
+
 
 def _migrate(conn: duckdb.DuckDBPyConnection) -> None:
     """Apply the migrations newer than the file's `main.schema_version`, each in its own transaction."""
-    conn.execute(SCHEMA_VERSION_TABLE.ddl())
+    lake = is_lake_connection(conn)
+    for attempt in range(1, _MIGRATION_ATTEMPTS + 1):
+        try:
+            _migrate_once(conn, lake)
+            return
+        except duckdb.Error as exc:
+            if not lake or not is_conflict(exc) or attempt == _MIGRATION_ATTEMPTS:
+                raise
+            time.sleep(random.uniform(0.05, 0.2) * attempt)
+
+
+def _migrate_once(conn: duckdb.DuckDBPyConnection, lake: bool) -> None:
+    conn.execute(SCHEMA_VERSION_TABLE.ddl(keys=not lake))
+    if lake:
+        conn.execute(GUARDS_DDL)
     (current,) = conn.execute("SELECT coalesce(max(version), 0) FROM main.schema_version").fetchone() or (0,)
     for version, description, statements in _MIGRATIONS:
         if version <= current:
             continue
         conn.execute("BEGIN TRANSACTION")
         try:
-            for statement in statements:
+            for statement in statements(lake):
                 conn.execute(statement)
+            if lake:
+                conn.execute(seed_guards_sql())
             conn.execute(
                 "INSERT INTO main.schema_version VALUES (?, ?, ?)", [version, description, datetime.now(UTC)]
             )
+            conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(duckdb.Error):
                 conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
         logger.info("warehouse schema migrated to version %d (%s)", version, description)
 
 

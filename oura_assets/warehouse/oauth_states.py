@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import duckdb
 
+from oura_assets.warehouse.dialect import updated
 from oura_assets.warehouse.values import utc
 
 
@@ -30,12 +31,23 @@ def save_oauth_state(
 
 def consume_oauth_state(conn: duckdb.DuckDBPyConnection, state_hash: str, now: datetime) -> str | None:
     """Spend a state: its patient id once, then None; None too for an unknown or expired state."""
+    # SELECT then UPDATE, not UPDATE … RETURNING (DuckLake has none): inside the caller's transaction, and
+    # two callbacks spending one state both update its row, which a DuckDB file serializes and a DuckLake
+    # refuses to commit twice (the loser runs again and finds the state spent).
     row = conn.execute(
-        "UPDATE patient_graph.oauth_states SET used_at = ? "
-        "WHERE state_hash = ? AND used_at IS NULL AND expires_at > ? RETURNING patient_id",
-        [utc(now), state_hash, utc(now)],
+        "SELECT patient_id FROM patient_graph.oauth_states "
+        "WHERE state_hash = ? AND used_at IS NULL AND expires_at > ?",
+        [state_hash, utc(now)],
     ).fetchone()
-    return None if row is None else row[0]
+    if row is None:
+        return None
+    spent = updated(
+        conn,
+        "UPDATE patient_graph.oauth_states SET used_at = ? "
+        "WHERE state_hash = ? AND used_at IS NULL AND expires_at > ?",
+        [utc(now), state_hash, utc(now)],
+    )
+    return row[0] if spent else None
 
 
 def purge_oauth_states(conn: duckdb.DuckDBPyConnection, before: datetime) -> int:

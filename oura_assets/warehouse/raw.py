@@ -25,6 +25,16 @@ if TYPE_CHECKING:  # only an annotation here: DuckDB's `.pl()` imports polars it
     import polars as pl
 
 
+SUPERSEDED = (
+    "SELECT 1 FROM oura_raw.document_revisions h "
+    "WHERE h.collection = ? AND h.patient_id = {alias}.patient_id AND h.id = {alias}.id "
+    "AND h.revision = {revision} AND h.superseded_at = ?"
+)
+"""A version already kept in the history (its key), as a NOT EXISTS subquery: the history is written the same
+way on a DuckDB file and on a DuckLake, which has no key to lean on (`ON CONFLICT` needs one). The raw table's
+own window write conflicts with any concurrent write of the same collection on a lake, so the check holds."""
+
+
 @dataclass(frozen=True)
 class DocumentChanges:
     """What one window write did to a collection's documents, compared with what the table held."""
@@ -134,19 +144,19 @@ def mirror_raw_documents(
         FROM {table} t
         WHERE patient_id = ? AND day BETWEEN ? AND ?
           AND NOT EXISTS (SELECT 1 FROM _staged_compared s WHERE s.id = t.id)
-        ON CONFLICT DO NOTHING
+          AND NOT EXISTS ({SUPERSEDED.format(alias="t", revision="t.revision")})
         """,  # noqa: S608
-        [collection, at, patient_id, start, end],
+        [collection, at, patient_id, start, end, collection, at],
     ).fetchone()
     conn.execute(
-        """
+        f"""
         INSERT INTO oura_raw.document_revisions BY NAME
         SELECT ? AS collection, patient_id, id, old_revision AS revision, old_day AS day,
                old_document AS document, old_fetched_at AS fetched_at, ? AS superseded_at, change
-        FROM _staged_compared WHERE change = 'changed'
-        ON CONFLICT DO NOTHING
-        """,
-        [collection, at],
+        FROM _staged_compared c WHERE change = 'changed'
+          AND NOT EXISTS ({SUPERSEDED.format(alias="c", revision="c.old_revision")})
+        """,  # noqa: S608
+        [collection, at, collection, at],
     )
     counts = dict(conn.execute("SELECT change, count(*) FROM _staged_compared GROUP BY change").fetchall())
     conn.execute(

@@ -13,6 +13,7 @@ from typing import Any
 
 import duckdb
 
+from oura_assets.warehouse.dialect import guard, updated
 from oura_assets.warehouse.normalized import read_daily_heart_rate
 from oura_assets.warehouse.values import utc
 
@@ -25,13 +26,19 @@ def prune_raw_heartrate(conn: duckdb.DuckDBPyConnection, cutoff: datetime, appli
         f"DELETE FROM {RAW_HEARTRATE} WHERE timestamp < ?",  # noqa: S608 (a constant table name)
         [utc(cutoff)],
     ).fetchone() or (0,)
-    conn.execute(
-        "INSERT INTO patient_graph.retention_horizons (table_name, cutoff, rows_deleted, applied_at) "
-        "VALUES (?, ?, ?, ?) ON CONFLICT (table_name) DO UPDATE SET "
-        "cutoff = greatest(retention_horizons.cutoff, excluded.cutoff), "
-        "rows_deleted = excluded.rows_deleted, applied_at = excluded.applied_at",
-        [RAW_HEARTRATE, utc(cutoff), int(deleted), utc(applied_at)],
-    )
+    # UPDATE, else INSERT (no key on a DuckLake for ON CONFLICT), under the table's write guard.
+    guard(conn, "patient_graph.retention_horizons")
+    if not updated(
+        conn,
+        "UPDATE patient_graph.retention_horizons SET cutoff = greatest(cutoff, ?), rows_deleted = ?, "
+        "applied_at = ? WHERE table_name = ?",
+        [utc(cutoff), int(deleted), utc(applied_at), RAW_HEARTRATE],
+    ):
+        conn.execute(
+            "INSERT INTO patient_graph.retention_horizons (table_name, cutoff, rows_deleted, applied_at) "
+            "VALUES (?, ?, ?, ?)",
+            [RAW_HEARTRATE, utc(cutoff), int(deleted), utc(applied_at)],
+        )
     return int(deleted)
 
 

@@ -18,6 +18,7 @@ import duckdb
 
 from oura_assets import domain
 from oura_assets.domain import SOURCE
+from oura_assets.warehouse.dialect import insert_absent, replace_row, updated
 from oura_assets.warehouse.values import dumps, loads, record_columns, record_values, to_day, utc
 
 
@@ -33,13 +34,17 @@ def record_event(
 ) -> str:
     """Append a `patient_events` row and return its id; an `event_id` already recorded is left as it was."""
     domain.check_event_type(event_type)
-    event_id = event_id or str(uuid.uuid4())
-    conn.execute(
-        "INSERT INTO patient_graph.patient_events "
-        "(event_id, patient_id, event_type, source, occurred_at, payload) "
-        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
-        [event_id, patient_id, event_type, source, utc(occurred_at or datetime.now(UTC)), dumps(payload)],
-    )
+    values = [patient_id, event_type, source, utc(occurred_at or datetime.now(UTC)), dumps(payload)]
+    columns = ("event_id", "patient_id", "event_type", "source", "occurred_at", "payload")
+    if event_id is None:
+        # A fresh uuid cannot be there yet: a plain append, which never conflicts with other writers.
+        event_id = str(uuid.uuid4())
+        conn.execute(
+            f"INSERT INTO patient_graph.patient_events ({', '.join(columns)}) VALUES (?, ?, ?, ?, ?, ?)",  # noqa: S608
+            [event_id, *values],
+        )
+        return event_id
+    insert_absent(conn, "patient_graph.patient_events", columns, [event_id, *values], key=("event_id",))
     return event_id
 
 
@@ -117,7 +122,8 @@ def mark_sync_request(
     """
     domain.check_sync_request_status(status)
     now = datetime.now(UTC)
-    row = conn.execute(
+    changed = updated(
+        conn,
         """
         UPDATE patient_graph.sync_requests SET
             status = $status,
@@ -126,7 +132,6 @@ def mark_sync_request(
             started_at = CASE WHEN $running THEN coalesce(started_at, $now) ELSE started_at END,
             finished_at = CASE WHEN $terminal THEN $now ELSE NULL END
         WHERE sync_id = $sync_id
-        RETURNING sync_id
         """,
         {
             "status": status,
@@ -137,8 +142,8 @@ def mark_sync_request(
             "terminal": domain.is_terminal_sync_status(status),
             "sync_id": sync_id,
         },
-    ).fetchone()
-    return row is not None
+    )
+    return changed > 0
 
 
 @dataclass(frozen=True)
@@ -208,9 +213,10 @@ def record_sync_result(
             merged_errors.append(error)
     if previous is not None:
         status = domain.worse_sync_status(status, previous.status)
-    conn.execute(
-        f"INSERT OR REPLACE INTO patient_graph.sync_results ({_SYNC_RESULT_COLUMNS}) "  # noqa: S608
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    replace_row(
+        conn,
+        "patient_graph.sync_results",
+        _SYNC_RESULT_COLUMNS.split(", "),
         [
             run_id,
             patient_id,
@@ -223,6 +229,7 @@ def record_sync_result(
             datetime.now(UTC),
             dumps(dict(documents) if documents is not None else (previous.documents if previous else {})),
         ],
+        key=("run_id", "patient_id"),
     )
     result = _get_sync_result(conn, run_id, patient_id)
     assert result is not None

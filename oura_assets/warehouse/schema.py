@@ -43,10 +43,15 @@ class Table:
                 return column
         raise KeyError(f"{self.name} has no column {name!r}")
 
-    def ddl(self) -> str:
-        """`CREATE TABLE IF NOT EXISTS` for this table, columns in their declared order."""
+    def ddl(self, *, keys: bool = True) -> str:
+        """`CREATE TABLE IF NOT EXISTS` for this table, columns in their declared order.
+
+        `keys=False` leaves out the PRIMARY KEY, for a DuckLake (which has none: the writers keep the key
+        unique themselves, see `dialect.py`).
+        """
         lines = [f"{c.name} {c.type}{'' if c.nullable else ' NOT NULL'}" for c in self.columns]
-        lines.append(f"PRIMARY KEY ({', '.join(self.primary_key)})")
+        if keys:
+            lines.append(f"PRIMARY KEY ({', '.join(self.primary_key)})")
         body = ",\n    ".join(lines)
         return f"CREATE TABLE IF NOT EXISTS {self.name} (\n    {body}\n)"
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import duckdb
 
+from oura_assets.warehouse.dialect import guard
 from oura_assets.warehouse.values import dumps
 
 _STAGE_CHUNK = 50_000
@@ -57,14 +58,24 @@ def mirror(
 ) -> int:
     """Make `table` hold exactly the staged rows inside `window`, and upsert staged rows outside it.
 
-    Equivalent to delete-the-window-then-insert, but rows whose key is staged again are updated in place
-    rather than deleted and re-inserted, which DuckDB's primary-key index handles several times faster.
+    Equivalent to delete-the-window-then-insert. On a DuckDB file, rows whose key is staged again are updated
+    in place (`INSERT OR REPLACE`), which DuckDB's primary-key index handles several times faster. A DuckLake
+    has no keys: there the window and the staged keys are deleted and the staged rows inserted, under the
+    table's write guard (`dialect.guard`), so a concurrent writer of the same table conflicts and runs again.
     """
     match = " AND ".join(f"s.{k} = {table}.{k}" for k in keys)
-    conn.execute(
-        f"DELETE FROM {table} WHERE {window} AND NOT EXISTS (SELECT 1 FROM {staging} s WHERE {match})",  # noqa: S608
-        list(window_params),
-    )
-    (written,) = conn.execute(f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM {staging}").fetchone()  # noqa: S608
+    if guard(conn, table):
+        conn.execute(
+            f"DELETE FROM {table} WHERE ({window}) OR EXISTS (SELECT 1 FROM {staging} s WHERE {match})",  # noqa: S608
+            list(window_params),
+        )
+        (written,) = conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {staging}").fetchone()  # noqa: S608
+    else:
+        conn.execute(
+            f"DELETE FROM {table} WHERE {window} AND NOT EXISTS (SELECT 1 FROM {staging} s WHERE {match})",  # noqa: S608
+            list(window_params),
+        )
+        upsert = f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM {staging}"  # noqa: S608
+        (written,) = conn.execute(upsert).fetchone()
     conn.execute(f"DROP TABLE {staging}")
     return int(written)

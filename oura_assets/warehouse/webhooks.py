@@ -12,6 +12,8 @@ import duckdb
 
 from oura_assets import domain
 from oura_assets.domain import SOURCE, check_document_collection
+from oura_assets.warehouse.dialect import insert_absent, updated
+from oura_assets.warehouse.raw import SUPERSEDED
 from oura_assets.warehouse.values import to_day, utc
 
 
@@ -55,10 +57,10 @@ def delete_raw_document(
         INSERT INTO oura_raw.document_revisions BY NAME
         SELECT ? AS collection, patient_id, id, revision, day, document, fetched_at, ? AS superseded_at,
                'deleted' AS change
-        FROM {table} WHERE patient_id = ? AND id = ?
-        ON CONFLICT DO NOTHING
+        FROM {table} t WHERE patient_id = ? AND id = ?
+          AND NOT EXISTS ({SUPERSEDED.format(alias="t", revision="t.revision")})
         """,  # noqa: S608 (checked constant)
-        [collection, utc(at), patient_id, document_id],
+        [collection, utc(at), patient_id, document_id, collection, utc(at)],
     )
     conn.execute(f"DELETE FROM {table} WHERE patient_id = ? AND id = ?", [patient_id, document_id])  # noqa: S608
     return day
@@ -82,21 +84,38 @@ class WebhookEventRecord:
 
 def webhook_event_seen(conn: duckdb.DuckDBPyConnection, event_key: str) -> bool:
     """Whether the event was accepted before; if so, counts this redelivery."""
-    row = conn.execute(
-        "UPDATE patient_graph.webhook_events SET redeliveries = coalesce(redeliveries, 0) + 1 "
-        "WHERE event_key = ? RETURNING event_key",
-        [event_key],
-    ).fetchone()
-    return row is not None
+    return (
+        updated(
+            conn,
+            "UPDATE patient_graph.webhook_events SET redeliveries = coalesce(redeliveries, 0) + 1 "
+            "WHERE event_key = ?",
+            [event_key],
+        )
+        > 0
+    )
 
 
 def record_webhook_event(
     conn: duckdb.DuckDBPyConnection, event: WebhookEventRecord, received_at: datetime
 ) -> None:
-    conn.execute(
-        "INSERT INTO patient_graph.webhook_events (event_key, patient_id, source, event_type, data_type, "
-        "object_id, event_time, received_at, start_day, end_day, sync_id, action, redeliveries) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (event_key) DO NOTHING",
+    insert_absent(
+        conn,
+        "patient_graph.webhook_events",
+        (
+            "event_key",
+            "patient_id",
+            "source",
+            "event_type",
+            "data_type",
+            "object_id",
+            "event_time",
+            "received_at",
+            "start_day",
+            "end_day",
+            "sync_id",
+            "action",
+            "redeliveries",
+        ),
         [
             event.event_key,
             event.patient_id,
@@ -110,7 +129,9 @@ def record_webhook_event(
             event.end_day,
             event.sync_id,
             event.action,
+            0,
         ],
+        key=("event_key",),
     )
 
 
