@@ -75,10 +75,10 @@ def assert_each_patient_synced_once(where, instance: dg.DagsterInstance, shards:
     assert all(run.status == dg.DagsterRunStatus.SUCCESS for run in runs.values())
     assert sorted(run.tags[SHARD_TAG] for run in runs.values()) == [str(s) for s in Shard.all(shards)]
 
-    results = query(where, "SELECT run_id, patient_id, status FROM patient_graph.sync_results")
-    assert Counter(patient for _, patient, _ in results) == Counter(PATIENTS)  # once each, none skipped
-    for run_id, patient, status in results:
-        assert status == "success", (patient, status)
+    results = query(where, "SELECT run_id, patient_id, status, errors FROM patient_graph.sync_results")
+    assert Counter(patient for _, patient, _, _ in results) == Counter(PATIENTS)  # once each, none skipped
+    for run_id, patient, status, errors in results:
+        assert status == "success", (patient, status, errors)
         assert run_shard(runs[run_id].tags).holds(patient)
 
     record_events(instance)
@@ -89,7 +89,7 @@ def assert_each_patient_synced_once(where, instance: dg.DagsterInstance, shards:
         "WHERE event_type = 'wearable_sync'",
     )
     assert Counter(patient for patient, _, _ in events) == Counter(PATIENTS)
-    assert {(p, r) for p, r, _ in events} == {(p, r) for r, p, _ in results}
+    assert {(p, r) for p, r, _ in events} == {(p, r) for r, p, _, _ in results}
     assert {s for _, _, s in events} == {"success"}
 
     # At once: each run started before any of them ended.
