@@ -163,7 +163,6 @@ def test_three_concurrent_shard_runs_on_ducklake_land_exactly_the_tables_one_run
     wh.Warehouse.from_settings(lake).ensure_schema()
     for patient in PATIENTS:
         connect_patient(lake, patient)  # the same ring users: the same data at Oura
-    simulator.control.set_faults(rate_limit=LIMIT)
 
     home = run_shards_at_once(tmp_path)
 
