@@ -7,7 +7,8 @@ but with the default run launcher it cannot ask whether a `STARTED` run's worker
 server) stayed `STARTED` forever. Every Dagster event records the pid of the process that wrote it, and the
 run worker writes `RUN_START` itself, so that event names the worker; this sensor, evaluated by the daemon,
 fails every `STARTED` run whose worker is no longer alive. It assumes runs execute on the daemon's host, as
-`make dev` and the README's deployment do.
+`make dev` and deploy/docker-compose.yaml do; under a launcher that reports on its workers itself (the
+K8sRunLauncher) it stands aside for Dagster's run monitoring.
 """
 
 import os
@@ -58,7 +59,15 @@ def run_worker(instance: dg.DagsterInstance, run_id: str) -> tuple[int, float] |
 
 
 def fail_runs_without_worker(instance: dg.DagsterInstance) -> list[str]:
-    """Mark failed every `STARTED` run whose worker process is gone; returns their run ids."""
+    """Mark failed every `STARTED` run whose worker process is gone; returns their run ids.
+
+    Only with a launcher that starts runs on this host and cannot report on them (the default launcher):
+    one that can (the K8sRunLauncher of deploy/helm/values.yaml asks Kubernetes about the run's Job) leaves
+    it to Dagster's run monitoring, and there a worker's pid belongs to another pod, so this check would
+    take every live run for dead.
+    """
+    if instance.run_launcher.supports_check_run_worker_health:
+        return []
     failed = []
     for record in instance.get_run_records(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
         run = record.dagster_run
