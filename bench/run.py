@@ -26,6 +26,7 @@ from typing import Any
 
 import harness
 import polars as pl
+from bench_ducklake import bench_ducklake
 from bench_shards import bench_shards
 
 from oura_assets import normalize
@@ -720,6 +721,7 @@ BENCHMARKS: dict[str, Callable[[dict[str, Any], list[list[str]]], dict[str, Any]
     "faults": bench_faults,
     "nightly": bench_nightly,
     "encryption": bench_encryption,
+    "ducklake": bench_ducklake,
     "shards": bench_shards,
 }
 

@@ -1,6 +1,6 @@
 """The `oura-assets` command: serve the API, mint a development JWT, run the simulator, demo, dev, backfill,
-erase a patient, `warehouse rekey` (encrypt the warehouse, or change its key), and manage Oura webhook
-subscriptions.
+erase a patient, `warehouse rekey` (encrypt the warehouse, or change its key), `warehouse migrate` (copy it
+into a DuckLake), and manage Oura webhook subscriptions.
 
 Settings come from the environment (see README); start-up errors are one clear line on stderr and exit 2.
 """
@@ -267,6 +267,8 @@ def _warehouse_rekey(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     path = settings.warehouse_path
+    if not isinstance(path, Path):
+        raise ConfigError("rekey encrypts a DuckDB file; OURA_ASSETS_WAREHOUSE is a DuckLake")
     if not path.exists():
         raise ConfigError(f"no warehouse at {path} (OURA_ASSETS_WAREHOUSE)")
     encrypted = wh.is_encrypted(path)
@@ -295,6 +297,35 @@ def _warehouse_rekey(args: argparse.Namespace) -> int:
         f"warehouse {path}: {'re-encrypted' if result.was_encrypted else 'encrypted'} with the new key "
         f"({result.tables} tables, {result.rows} rows, {result.seconds:.1f} s); {where}; the next analytics "
         "snapshot is written with it"
+    )
+    return 0
+
+
+def _warehouse_migrate(args: argparse.Namespace) -> int:
+    """Copy the DuckDB warehouse (OURA_ASSETS_WAREHOUSE, with its key) into a DuckLake, checked per table."""
+    from oura_assets import warehouse as wh
+
+    settings = load_settings()
+    source = settings.warehouse_path
+    if not isinstance(source, Path):
+        raise ConfigError(
+            "OURA_ASSETS_WAREHOUSE is already a DuckLake: point it at the DuckDB file to migrate"
+        )
+    if not source.exists():
+        raise ConfigError(f"no warehouse at {source} (OURA_ASSETS_WAREHOUSE)")
+    target = wh.lake_location(args.to, args.data_path or os.environ.get(wh.DATA_PATH_VARIABLE))
+    try:
+        done = wh.migrate_to_lake(
+            wh.Warehouse.from_settings(settings), target, replace=args.replace, timeout_s=args.wait
+        )
+    except (wh.WarehouseBusy, wh.MigrationRefused) as exc:
+        print(f"oura-assets warehouse migrate: {exc}", file=sys.stderr)
+        return 3
+    verb = "copied into" if done.copied else "already in"
+    print(
+        f"warehouse {source}: {done.rows} rows of {len(done.tables)} tables {verb} {target} (data path "
+        f"{target.data_path}), row counts and checksums equal per table ({done.seconds:.1f} s). Point every "
+        f"process at it: OURA_ASSETS_WAREHOUSE='{target}' {wh.DATA_PATH_VARIABLE}='{target.data_path}'"
     )
     return 0
 
@@ -394,7 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=3000, help="Dagster UI port")
     dev.set_defaults(func=_dev)
 
-    warehouse = sub.add_parser("warehouse", help="operate on the warehouse file")
+    warehouse = sub.add_parser(
+        "warehouse", help="operate on the warehouse: rekey the file, migrate to DuckLake"
+    )
     warehouse_sub = warehouse.add_subparsers(dest="warehouse_command", required=True)
     rekey = warehouse_sub.add_parser(
         "rekey",
@@ -406,6 +439,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rekey.add_argument("--wait", type=float, default=300.0, help="seconds to wait for the writer lock")
     rekey.set_defaults(func=_warehouse_rekey)
+    migrate = warehouse_sub.add_parser(
+        "migrate",
+        help="copy the DuckDB warehouse (plain or encrypted) into a DuckLake, checked per table; refuses a "
+        "target holding other rows unless --replace",
+    )
+    migrate.add_argument("--to", required=True, help="the lake's catalog: ducklake:postgres:<libpq DSN>")
+    migrate.add_argument("--data-path", help="the lake's data path (default: OURA_ASSETS_LAKE_DATA_PATH)")
+    migrate.add_argument("--replace", action="store_true", help="overwrite the rows a non-empty lake holds")
+    migrate.add_argument("--wait", type=float, default=300.0, help="seconds to wait for the writer lock")
+    migrate.set_defaults(func=_warehouse_migrate)
     return parser
 
 

@@ -12,6 +12,7 @@ from oura_assets.defs.analytics import AnalyticsResource, build_analytics_assets
 from oura_assets.defs.assets import build_graph_assets, build_raw_assets
 from oura_assets.defs.housekeeping import housekeeping_job, housekeeping_schedule
 from oura_assets.defs.jobs import sync_job
+from oura_assets.defs.lake import lake_maintenance_job, lake_maintenance_schedule
 from oura_assets.defs.partitions import daily_partitions
 from oura_assets.defs.resources import OuraResource, WarehouseResource
 from oura_assets.defs.schedules import build_nightly_schedule
@@ -31,10 +32,11 @@ def defs() -> dg.Definitions:
             *build_analytics_assets(partitions),
         ],
         asset_checks=dg.load_asset_checks_from_modules([checks, webhooks]),
-        jobs=[sync_job, housekeeping_job, webhook_subscriptions_job],
+        jobs=[sync_job, housekeeping_job, webhook_subscriptions_job, lake_maintenance_job],
         schedules=[
             build_nightly_schedule(settings.start_date),
             housekeeping_schedule,
+            lake_maintenance_schedule,
             renew_webhook_subscriptions,
         ],
         sensors=[

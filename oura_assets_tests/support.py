@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 # Where a helper reads from: the settings of a test environment, the warehouse file itself, or a connection
 # a caller already holds (inside its own transaction).
-Where = Settings | Path | str | duckdb.DuckDBPyConnection
+Where = Settings | Path | str | wh.LakeLocation | wh.Warehouse | duckdb.DuckDBPyConnection
 
 # Columns that record when something happened, not what: left out when tables are compared.
 VOLATILE = frozenset(
@@ -56,7 +56,9 @@ def _connection(where: Where, purpose: str) -> Iterator[duckdb.DuckDBPyConnectio
     if isinstance(where, duckdb.DuckDBPyConnection):
         yield where
         return
-    if isinstance(where, Settings):
+    if isinstance(where, wh.Warehouse):
+        store = where
+    elif isinstance(where, Settings):
         store = wh.Warehouse.from_settings(where)
     else:
         store = wh.Warehouse(where if wh.is_lake(where) else Path(where))

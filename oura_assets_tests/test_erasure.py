@@ -249,7 +249,7 @@ def _erase_entries(settings: Settings) -> list[wh.AuditEntry]:
         return wh.read_audit_log(conn, action="erase")
 
 
-def test_erasing_twice_answers_success_with_nothing_removed(api: ApiHarness) -> None:
+def test_erasing_twice_answers_success_with_nothing_removed(api: ApiHarness, warehouse_backend: str) -> None:
     api.connect(ERASED)
     first = api.call("DELETE", f"{W}/connections/oura", ERASED, params={"erase": "true"})
     second = api.call("DELETE", f"{W}/connections/oura", ERASED, params={"erase": "true"})

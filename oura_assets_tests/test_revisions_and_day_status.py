@@ -67,7 +67,7 @@ def test_simulated_plan_has_the_revision_this_file_relies_on():
 
 
 def test_revised_score_reaches_wearable_data_and_the_old_version_stays_in_history(
-    pipeline_env, connect_patient, simulator
+    pipeline_env, connect_patient, simulator, warehouse_backend
 ):
     connect_patient("rev", RING)
     simulator.control.set_clock(BEFORE_REVISION, frozen=True)
@@ -122,7 +122,9 @@ def test_revised_score_reaches_wearable_data_and_the_old_version_stays_in_histor
     assert documents["run-3"]["unchanged"] > 0
 
 
-def test_every_synced_day_gets_a_status_with_a_reason(pipeline_env, connect_patient, simulator):
+def test_every_synced_day_gets_a_status_with_a_reason(
+    pipeline_env, connect_patient, simulator, warehouse_backend
+):
     connect_patient("rev", RING)
     simulator.control.set_clock(AFTER_REVISION, frozen=True)
     run(pipeline_env, ["rev"], "run-1")

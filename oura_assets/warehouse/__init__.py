@@ -72,6 +72,14 @@ from oura_assets.warehouse.lake import (
     lake_location,
     load_extensions,
 )
+from oura_assets.warehouse.lake_maintenance import (
+    KEEP_SNAPSHOTS,
+    LakeFiles,
+    LakeMaintenance,
+    lake_files,
+    maintain_lake,
+)
+from oura_assets.warehouse.lake_migrate import Migration, MigrationRefused, migrate_to_lake
 from oura_assets.warehouse.lock import DEFAULT_RETRY_AFTER_S, WarehouseBusy, WarehouseHolder
 from oura_assets.warehouse.migrations import SCHEMA_VERSION
 from oura_assets.warehouse.migrations import _migrate as _migrate
@@ -165,6 +173,7 @@ __all__ = [
     "DEFAULT_RETRY_AFTER_S",
     "DOCUMENT_COLLECTIONS",
     "EVENT_TYPES",
+    "KEEP_SNAPSHOTS",
     "MAX_OFFENDERS",
     "OPERATOR",
     "PREVIEW_COLUMNS",
@@ -186,8 +195,12 @@ __all__ = [
     "DailyHeartRate",
     "DocumentChanges",
     "LakeError",
+    "LakeFiles",
     "LakeLocation",
+    "LakeMaintenance",
     "MetricKeyShape",
+    "Migration",
+    "MigrationRefused",
     "NotEncrypted",
     "Offender",
     "Offenders",
@@ -229,12 +242,15 @@ __all__ = [
     "is_encrypted",
     "is_lake",
     "is_lake_connection",
+    "lake_files",
     "lake_location",
     "list_active_connections",
     "list_connections",
     "load_extensions",
+    "maintain_lake",
     "mark_sync_request",
     "mark_synced",
+    "migrate_to_lake",
     "mirror_raw_documents",
     "open_database",
     "patient_for_oura_user",

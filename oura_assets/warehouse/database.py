@@ -45,9 +45,11 @@ logger = logging.getLogger(__name__)
 _DUCKDB_LOCK_ERROR = "could not set lock on file"
 _DUCKDB_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<pid>\d+)\)")
 
-CONFLICT_ATTEMPTS = 8
-"""How often `attempts` runs a block that keeps losing DuckLake write conflicts before `WarehouseConflict`:
-with the jittered backoff below (0.05 s doubling to 2 s) that is about 6 s of other writers winning."""
+CONFLICT_ATTEMPTS = 40
+"""At most this many tries of a block that keeps losing DuckLake write conflicts, and at most the block's
+wait (`timeout_s`, else `lock_timeout_s`, as for the DuckDB file's lock) in all; then `WarehouseConflict`.
+DuckLake 1.5.5 conflicts per table, so every concurrent writer of a table (three shard runs) collides with
+the others: the jittered backoff (0.05 s doubling to 2 s) lets the losers spread out and take turns."""
 _CONFLICT_PAUSE_S = (0.05, 2.0)
 
 
@@ -98,8 +100,17 @@ class WarehouseAccess(Protocol):
 class _Attempt:
     """One try of a transaction block (`Warehouse.attempts`): swallows a conflict unless it is the last."""
 
-    def __init__(self, warehouse: Warehouse, purpose: str, timeout_s: float | None, last: bool):
+    def __init__(
+        self,
+        warehouse: Warehouse,
+        purpose: str,
+        timeout_s: float | None,
+        number: int,
+        last: bool,
+        started: float,
+    ):
         self._warehouse, self._purpose, self._timeout_s, self._last = warehouse, purpose, timeout_s, last
+        self._number, self._started = number, started
         self._block: AbstractContextManager[duckdb.DuckDBPyConnection] | None = None
         self.conflict: WarehouseConflict | None = None
         self.done = False
@@ -114,7 +125,10 @@ class _Attempt:
             suppressed = bool(self._block.__exit__(exc_type, exc, tb))
         except WarehouseConflict as conflict:
             if self._last:
-                raise
+                waited = time.monotonic() - self._started
+                raise WarehouseConflict(
+                    conflict.path, self._purpose, self._number, waited, conflict.cause
+                ) from None
             self.conflict = conflict
             return True
         if exc is None or suppressed:
@@ -202,13 +216,15 @@ class Warehouse:
         """
         started = time.monotonic()
         tries = CONFLICT_ATTEMPTS if self.lake is not None else 1
+        deadline = started + (self.lock_timeout_s if timeout_s is None else timeout_s)
         low, high = _CONFLICT_PAUSE_S
         for number in range(1, tries + 1):
-            attempt = _Attempt(self, purpose, timeout_s, last=number == tries)
+            pause = random.uniform(low, min(high, low * 2**number))
+            last = number == tries or time.monotonic() + pause >= deadline
+            attempt = _Attempt(self, purpose, timeout_s, number, last=last, started=started)
             yield attempt
             if attempt.conflict is None:
                 return
-            pause = random.uniform(low, min(high, low * 2**number))
             logger.info(
                 "warehouse %s: %s lost a write conflict (try %d of %d), running it again in %.2f s",
                 self.location,
@@ -218,7 +234,7 @@ class Warehouse:
                 pause,
             )
             time.sleep(pause)
-        raise WarehouseConflict(self.location, purpose, tries, time.monotonic() - started)
+        raise AssertionError("unreachable: the last try raises its conflict")
 
     @contextlib.contextmanager
     def connect(self, purpose: str, timeout_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:

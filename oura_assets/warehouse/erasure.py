@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,7 @@ import duckdb
 
 from oura_assets.private_files import fsync_directory
 from oura_assets.warehouse.audit import AuditEntry, record_audit
+from oura_assets.warehouse.lake_maintenance import maintain_lake
 from oura_assets.warehouse.schema import AUDIT_LOG, TABLES
 
 if TYPE_CHECKING:
@@ -91,6 +93,8 @@ def compact(
     deleted rows (an erased patient's, pruned samples) leave the disk with it. The file keeps its mode.
     `audit` (action `compact`) is appended before the copy, so no erasure can slip in between the two.
     """
+    if warehouse.lake is not None:
+        return _compact_lake(warehouse, audit)
     path = warehouse.path.expanduser().resolve()
     fresh = path.with_name(f".{path.name}.compact")
     wal = Path(f"{path}.wal")
@@ -122,3 +126,18 @@ def compact(
     after = path.stat().st_size
     log.info("warehouse %s compacted: %d -> %d bytes", warehouse.path, before, after)
     return Compaction(before, after)
+
+
+def _compact_lake(warehouse: Warehouse, audit: AuditEntry | None) -> Compaction:
+    """A DuckLake's version of the rewrite: deleted rows live on in older snapshots and their files (and in
+    delete files beside live ones), so every snapshot but the current one is expired, files heavy with deletes
+    are rewritten and every file nobody references is deleted now (`lake_maintenance.maintain_lake`)."""
+    if audit is not None:
+        for attempt in warehouse.attempts("compact the lake: audit"):
+            with attempt as conn:
+                record_audit(conn, audit)
+    done = maintain_lake(warehouse, keep_snapshots=timedelta(0))
+    log.info(
+        "lake %s compacted: %d -> %d bytes", warehouse.location, done.before.data_bytes, done.after.data_bytes
+    )
+    return Compaction(done.before.data_bytes, done.after.data_bytes)
