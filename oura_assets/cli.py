@@ -158,7 +158,10 @@ def _backfill(args: argparse.Namespace) -> int:
         print("oura-assets backfill: the end day is before the start day", file=sys.stderr)
         return 2
     try:
-        shards = [Shard.parse(args.shard)] if args.shard else Shard.all(args.shards) if args.shards else []
+        if args.shard is not None:
+            shards = [Shard.parse(args.shard)]
+        else:
+            shards = Shard.all(args.shards) if args.shards is not None else []
     except ValueError as exc:
         print(f"oura-assets backfill: {exc}", file=sys.stderr)
         return 2

@@ -61,6 +61,8 @@ class Shard:
     @classmethod
     def all(cls, count: int) -> list[Shard]:
         """The `count` shards that together hold every patient once."""
+        if not 1 <= count <= MAX_SHARDS:
+            raise ValueError(f"a shard count is between 1 and {MAX_SHARDS}, got {count}")
         return [cls(number, count) for number in range(1, count + 1)]
 
     def holds(self, patient_id: str) -> bool:

@@ -3,6 +3,8 @@ and recorded outcome touching only its own patients (the concurrent runs are in 
 
 from __future__ import annotations
 
+import argparse
+import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from oura_assets import ledger
+from oura_assets import cli, ledger
 from oura_assets import warehouse as wh
 from oura_assets.config import ConfigError, load_settings
 from oura_assets.definitions import defs as load_defs
@@ -163,3 +165,19 @@ def test_a_run_with_a_malformed_shard_tag_syncs_nobody_and_is_recorded_for_nobod
     assert query(
         pipeline_env, "SELECT count(*) FROM patient_graph.patient_events WHERE event_type = 'wearable_sync'"
     ) == [(0,)]
+
+
+def test_the_backfill_command_starts_each_shard_as_a_tagged_run_of_the_range(capsys):
+    args = argparse.Namespace(start=date(2024, 6, 10), end=date(2024, 6, 16))
+    command = cli._shard_run_command("dagster", args, "2/3")
+    assert command[:7] == ["dagster", "job", "execute", "-m", "oura_assets.definitions", "-j", "oura_sync"]
+    assert json.loads(command[command.index("--tags") + 1]) == {
+        "dagster/asset_partition_range_start": "2024-06-10",
+        "dagster/asset_partition_range_end": "2024-06-16",
+        SHARD_TAG: "2/3",
+        "oura_assets/trigger": "backfill",
+    }
+    # A shard count or shard that names no shards is refused before anything runs (0 would mean "all").
+    for flags in (["--shards", "0"], ["--shards", "65"], ["--shard", "3/2"]):
+        assert cli.main(["backfill", "2024-06-10", "2024-06-16", *flags]) == 2
+        assert "oura-assets backfill:" in capsys.readouterr().err
