@@ -48,6 +48,7 @@ import math
 import sqlite3
 import threading
 import time
+from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,21 +133,21 @@ class BudgetStore(StateStore):
     """Where a budget's shared row lives: GCRA's one number (through pyrate-limiter's `check`), the limit
     learned from Oura, and the pause a 429 asked for. `check` reads the store's own clock."""
 
+    @abstractmethod
     def row(self) -> tuple[int, int | None, float | None, float | None, float]:
         """(tat_us, learned_limit, learned_window_s, learned_at, paused_until)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def learn(self, limit: int, window_s: float, at: float) -> None:
         """Record the limit Oura announced, for every process."""
-        raise NotImplementedError
 
+    @abstractmethod
     def confirm_learned(self, at: float) -> None:
         """Oura repeated the learned limit: it is fresh again."""
-        raise NotImplementedError
 
+    @abstractmethod
     def pause(self, seconds: float) -> None:
         """Nobody sends for `seconds` from now (by the store's clock), unless a longer pause holds already."""
-        raise NotImplementedError
 
 
 class _SQLiteState(BudgetStore):
