@@ -195,6 +195,11 @@ def _copy_tables(
     major, minor = (int(part) for part in duckdb.__version__.split(".")[:2])
     options = {"STORAGE_VERSION": STORAGE_VERSION} if (major, minor) >= (1, 5) else {}
     attach(conn, target, _ATTACHED, key, options=options)
+    # On a DuckLake nothing holds writers off while the tables are copied: one transaction reads them all from
+    # one snapshot (on a DuckDB file the writer lock does that), committed before the DETACH.
+    consistent = source is None and wh.is_lake_connection(conn)
+    if consistent:
+        conn.execute("BEGIN TRANSACTION")
     try:
         tables = _published_tables(conn, source)
         prefix = f"{source}." if source else ""
@@ -213,8 +218,14 @@ def _copy_tables(
             counts[table] = conn.execute(
                 f"SELECT count(*) FROM {_ATTACHED}.{schema}.{_quote(name)}"  # noqa: S608
             ).fetchone()[0]
+        if consistent:
+            conn.execute("COMMIT")
+            consistent = False
         return counts
     finally:
+        if consistent:
+            with contextlib.suppress(duckdb.Error):
+                conn.execute("ROLLBACK")
         conn.execute(f"DETACH {_ATTACHED}")
 
 

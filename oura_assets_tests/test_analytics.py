@@ -36,7 +36,9 @@ def read(path: Path, sql: str) -> list[tuple]:
         return conn.execute(sql).fetchall()
 
 
-def test_run_publishes_snapshot_with_views_and_without_secrets(pipeline_env, connect_patient):
+def test_run_publishes_snapshot_with_views_and_without_secrets(
+    pipeline_env, connect_patient, warehouse_backend
+):
     settings = pipeline_env
     patients = [connect_patient("patient-a"), connect_patient("patient-b")]
     definitions, instance, run_id = run_sync()

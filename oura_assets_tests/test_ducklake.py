@@ -298,3 +298,31 @@ def test_erasure_and_compaction_leave_the_patient_in_no_snapshot_file_or_catalog
     assert postgres_server.psql("SELECT count(*) FROM ducklake_data_file", dbname) == postgres_server.psql(
         "SELECT count(*) FROM ducklake_data_file WHERE end_snapshot IS NULL", dbname
     )
+
+
+def test_lake_maintenance_job_reports_the_files_it_merged(lake, lake_env, monkeypatch):
+    import dagster as dg
+
+    from oura_assets.definitions import defs as load_defs
+
+    _fill(lake, 2)
+    for name, value in lake_env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("OURA_ASSETS_DEMO", raising=False)
+    definitions = load_defs()
+    schedule = definitions.resolve_schedule_def("lake_maintenance_daily")
+    assert (
+        schedule.cron_schedule == "0 5 * * *" and schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    )
+    result = definitions.resolve_job_def("lake_maintenance").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral()
+    )
+    assert result.success
+    (materialization,) = [
+        event.step_output_data.metadata
+        for event in result.all_node_events
+        if event.event_type_value == "STEP_OUTPUT" and event.step_output_data.metadata
+    ]
+    assert materialization["inlined_rows_flushed"].value > 0
+    assert materialization["files_after"].value > 0
+    assert query(lake.lake, "SELECT count(*) FROM patient_graph.wearable_data") == [(14,)]

@@ -30,7 +30,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import duckdb
 
 from oura_assets.warehouse.encryption import attach, close_encrypted, connect_plain, open_encrypted
-from oura_assets.warehouse.lake import LakeLocation, is_conflict, is_lake, lake_cursor, lake_location
+from oura_assets.warehouse.lake import (
+    LakeLocation,
+    is_conflict,
+    is_lake,
+    lake_cursor,
+    lake_location,
+    process_writer,
+)
 from oura_assets.warehouse.lock import Wait, WarehouseBusy, WarehouseHolder, WriterLock
 from oura_assets.warehouse.migrations import ensure_schema_on
 from oura_assets.warehouse.waits import SLOW_WAIT_S, WaitLog, WaitWatch, seconds
@@ -267,8 +274,14 @@ class Warehouse:
     def transaction(
         self, purpose: str, timeout_s: float | None = None
     ) -> Iterator[duckdb.DuckDBPyConnection]:
-        """`connect` inside BEGIN / COMMIT: all of the block's writes land, or (on any exception) none do."""
-        with self.connect(purpose, timeout_s) as conn:
+        """`connect` inside BEGIN / COMMIT: all of the block's writes land, or (on any exception) none do.
+
+        On a DuckLake the threads of one process take turns (`lake.process_writer`): conflicts between
+        processes and hosts are settled by DuckLake at COMMIT, but threads of one run (patients fetched four
+        at a time) writing the same tables would only make each other start over.
+        """
+        turn = self._lake_turn(purpose, timeout_s) if self.lake is not None else contextlib.nullcontext()
+        with turn, self.connect(purpose, timeout_s) as conn:
             started = time.monotonic()
             conn.execute("BEGIN TRANSACTION")
             try:
@@ -289,6 +302,19 @@ class Warehouse:
                 raise WarehouseConflict(
                     self.location, purpose, 1, time.monotonic() - started, cause.strip()
                 ) from None
+
+    @contextlib.contextmanager
+    def _lake_turn(self, purpose: str, timeout_s: float | None) -> Iterator[None]:
+        assert self.lake is not None
+        wait = self.lock_timeout_s if timeout_s is None else timeout_s
+        started = time.monotonic()
+        writer = process_writer(self.lake)
+        if not writer.acquire(timeout=max(wait, 0.0)):
+            raise WarehouseBusy(self.location, None, time.monotonic() - started)
+        try:
+            yield
+        finally:
+            writer.release()
 
     @contextlib.contextmanager
     def _lake_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -219,6 +219,15 @@ class _LakeHost:
 
 
 _HOST = _LakeHost()
+_WRITERS: dict[LakeLocation, threading.RLock] = {}
+_WRITERS_LOCK = threading.Lock()
+
+
+def process_writer(location: LakeLocation) -> threading.RLock:
+    """The lock the threads of this process take turns on to write the lake (reentrant: a transaction may
+    open another in the same thread). Not across processes: there DuckLake's optimistic commits decide."""
+    with _WRITERS_LOCK:
+        return _WRITERS.setdefault(location, threading.RLock())
 
 
 def lake_cursor(location: LakeLocation) -> duckdb.DuckDBPyConnection:
