@@ -41,14 +41,16 @@ START_DATE = "2024-01-01"
 _CLEARED = ("OURA_ASSETS_DEMO", "OURA_ASSETS_DATA_DIR", "DAGSTER_HOME")
 
 
-def start_simulator(seed: int = 0) -> SimulatorServer:
+def start_simulator(seed: int = 0, **config_overrides: Any) -> SimulatorServer:
     """A fresh simulator on 127.0.0.1 (free port) with the bench client and a frozen data clock.
 
-    `seed` seeds the fault dice only; the data depends on user names and days alone.
+    `seed` seeds the fault dice only; the data depends on user names and days alone. `config_overrides` are
+    further `SimulatorConfig` fields (its rate limits, say).
     """
     config = SimulatorConfig(
         clients={CLIENT_ID: ClientRegistration(secret=CLIENT_SECRET, redirect_uris=(REDIRECT_URI,))},
         seed=seed,
+        **config_overrides,
     )
     server = SimulatorServer(config, host="127.0.0.1").start()
     server.control.set_clock(DATA_NOW, frozen=True)

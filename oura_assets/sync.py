@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Protocol
 
+import duckdb
+
 from oura_assets import ledger
 from oura_assets import warehouse as wh
 from oura_assets.day_status_writer import write_day_status
@@ -190,11 +192,15 @@ def sync_patient(
     collections: Iterable[str] = ALL_COLLECTIONS,
     purpose: str = "sync",
     refetch: RefetchPolicy = RefetchPolicy(),
+    record: Callable[[duckdb.DuckDBPyConnection, PatientSyncResult], None] | None = None,
 ) -> PatientSyncResult:
     """Fetch `collections` for local days [start, end] and replace the patient's raw window with them.
 
     A collection Oura could not serve is fetched again in later passes (`refetch`) before it counts as
-    failed; a collection that failed keeps what earlier runs landed in its raw table.
+    failed; a collection that failed keeps what earlier runs landed in its raw table. `record(conn, result)`,
+    when given, is called inside the transaction that lands the rows, so the rows and what is recorded about
+    them commit together, in one hold of the warehouse lock instead of two; it is not called when nothing
+    was landed.
     """
     wanted = [c for c in ALL_COLLECTIONS if c in set(collections)]
     fetched: dict[str, list[dict[str, Any]]] = {}
@@ -262,12 +268,22 @@ def sync_patient(
                             )
                             rows[f"oura_raw.{collection}"] = written.written
                             changes += written
+                    result = PatientSyncResult(
+                        patient_id,
+                        _status(len(fetched), len(wanted), errors),
+                        rows,
+                        errors,
+                        changes.as_dict(),
+                    )
+                    if record is not None:
+                        record(conn, result)
+            # Returned only once a try committed: `attempts` raises when the last one lost its conflict too.
+            return result
         except wh.WarehouseBusy as exc:
             return PatientSyncResult(
                 patient_id, "failed", {}, [*errors, SyncError("warehouse_busy", str(exc))]
             )
-    status = _status(len(fetched), len(wanted), errors)
-    return PatientSyncResult(patient_id, status, rows, errors, changes.as_dict() if fetched else {})
+    return PatientSyncResult(patient_id, _status(0, len(wanted), errors), rows, errors, {})
 
 
 class RunLog(Protocol):
@@ -380,27 +396,34 @@ def _record(
     """Record a patient's result and what it says about the connection, in one transaction."""
     for attempt in warehouse.attempts("record a patient's sync result"):
         with attempt as conn:
-            ledger.record_patient_result(
-                conn,
-                run_id=run_id,
-                patient_id=result.patient_id,
-                status=result.status,
-                start_day=start,
-                end_day=end,
-                rows=result.rows,
-                errors=[e.to_dict() for e in result.errors],
-                documents=result.documents or None,
-            )
-            if not result.rows:
-                # Nothing landed, and the normalized assets may not run at all (a run where every patient
-                # failed is red): the patient's days are explained here, from what the warehouse already held.
-                write_day_status(conn, patient_id=result.patient_id, start=start, end=end, run_id=run_id)
-            if result.status != "failed":
-                wh.mark_synced(conn, result.patient_id, datetime.now(UTC))
-            elif result.errors and result.errors[0].code == "subscription_expired":
-                wh.set_connection_status(
-                    conn, result.patient_id, "active", last_error="Oura membership expired (403)"
-                )
+            _record_on(conn, run_id, result, start, end)
+
+
+def _record_on(
+    conn: duckdb.DuckDBPyConnection, run_id: str, result: PatientSyncResult, start: date, end: date
+) -> None:
+    """`_record` inside a transaction the caller holds (the one that landed the patient's rows)."""
+    ledger.record_patient_result(
+        conn,
+        run_id=run_id,
+        patient_id=result.patient_id,
+        status=result.status,
+        start_day=start,
+        end_day=end,
+        rows=result.rows,
+        errors=[e.to_dict() for e in result.errors],
+        documents=result.documents or None,
+    )
+    if not result.rows:
+        # Nothing landed, and the normalized assets may not run at all (a run where every patient
+        # failed is red): the patient's days are explained here, from what the warehouse already held.
+        write_day_status(conn, patient_id=result.patient_id, start=start, end=end, run_id=run_id)
+    if result.status != "failed":
+        wh.mark_synced(conn, result.patient_id, datetime.now(UTC))
+    elif result.errors and result.errors[0].code == "subscription_expired":
+        wh.set_connection_status(
+            conn, result.patient_id, "active", last_error="Oura membership expired (403)"
+        )
 
 
 def sync_patients(
@@ -418,15 +441,15 @@ def sync_patients(
     refetch: RefetchPolicy = RefetchPolicy(),
     concurrency: Callable[[int], int] | None = None,
 ) -> RunOutcome:
-    """Sync each of `patients` over local days [start, end], a few at a time, and record each one's result.
+    """Sync each of `patients` over local days [start, end], several at a time, and record each one's result.
 
     One patient's failure, even an unexpected exception, is recorded for that patient (`internal_error`, with
     the traceback in `progress`) and never costs the others their sync. `client_for` builds a patient's Oura
     client; `purpose` names the run in the warehouse lock's holder; `refetch` says how often and after what
     cool-down a collection Oura could not serve is fetched again before its patient is called partial.
     `concurrency(cap)` says how many patients to keep in flight (at most `cap` = `max_workers`), asked again
-    as each one finishes, so it can follow the latency seen (`RateBudget.suggested_workers`); without it,
-    `max_workers` patients are in flight.
+    as each one finishes, so it can follow the request cycle seen (`RateBudget.suggested_workers`); without
+    it, `max_workers` patients are in flight.
     """
     collections = list(collections)
     warehouse = warehouse.reporting_waits_to(progress)  # a long wait for the file shows in the run's log
@@ -434,6 +457,12 @@ def sync_patients(
 
     def sync_one(patient_id: str) -> tuple[PatientSyncResult, float, str | None]:
         began = clock.monotonic()
+        recorded: list[PatientSyncResult] = []
+
+        def record(conn: duckdb.DuckDBPyConnection, result: PatientSyncResult) -> None:
+            _record_on(conn, run_id, result, start, end)
+            recorded.append(result)
+
         try:
             result = sync_patient(
                 patient_id=patient_id,
@@ -444,6 +473,7 @@ def sync_patients(
                 collections=collections,
                 purpose=purpose,
                 refetch=refetch,
+                record=record,
             )
             trace = None
         except Exception as exc:  # one patient's bug must not cost the others their sync
@@ -451,15 +481,22 @@ def sync_patients(
                 patient_id, "failed", {}, [SyncError("internal_error", type(exc).__name__)]
             )
             trace = traceback.format_exc()
-        return result, clock.monotonic() - began, trace
+        took = clock.monotonic() - began
+        # Recorded in the patient's own thread, with its rows when it landed any (one hold of the warehouse
+        # lock per patient): recorded by the loop below, every write would hold up the next patient's start
+        # behind the lock, and the run would fall below its rate budget.
+        if not (recorded and recorded[0] is result):
+            _record(warehouse, run_id, result, start, end)
+        return result, took, trace
 
     results: list[PatientSyncResult] = []
     cap = max(1, min(max_workers, len(patients)))
     queue = list(patients)
     in_flight: set[Future[tuple[PatientSyncResult, float, str | None]]] = set()
-    # Patients are fetched a few at a time: a run is bound by Oura's latency and its rate budget, not by us.
-    # Their writes still take turns at the warehouse lock. How many are in flight is asked again as each
-    # one finishes, so it follows the latency the budget sees.
+    # Patients are fetched many at a time: a run is bound by its rate budget, not by Oura's latency or by us.
+    # Their writes (rows, then the result) still take turns at the warehouse lock, in the patients' own
+    # threads. How many are in flight is asked again as each one finishes, so it follows the request cycle
+    # the budget sees.
     with ThreadPoolExecutor(cap, thread_name_prefix="oura-patient") as pool:
         while queue or in_flight:
             target = cap if concurrency is None else max(1, min(cap, concurrency(cap)))
@@ -476,5 +513,4 @@ def sync_patients(
                     f"patient {len(results)} of {len(patients)} ({result.patient_id}): "
                     f"{result.status} ({codes}), {sum(result.rows.values())} rows in {took:.1f}s"
                 )
-                _record(warehouse, run_id, result, start, end)
     return RunOutcome(results)

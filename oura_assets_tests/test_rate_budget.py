@@ -79,14 +79,22 @@ def test_a_learned_limit_expires_back_to_the_configured_one(tmp_path):
         assert budget.limit() == (5000, 300.0)
 
 
-def test_workers_follow_rate_times_latency_within_the_cap(tmp_path):
-    with RateBudget(tmp_path / "budget.sqlite", limit=20, window_s=1.0, share=0.9) as budget:
-        budget.observe(200, {}, 0.3)
-        assert budget.suggested_workers(32) == 9  # 18 req/s x 0.3 s x 1.5 = 8.1
-        assert budget.suggested_workers(4) == 4
-        for _ in range(50):
-            budget.observe(200, {}, 0.01)
-        assert budget.suggested_workers(32) == 1
+def test_workers_follow_rate_times_the_request_cycle_each_thread_shows(tmp_path):
+    tick = [100.0]
+    with RateBudget(
+        tmp_path / "budget.sqlite", limit=1000, window_s=1.0, share=0.9, cycle_clock=lambda: tick[0]
+    ) as budget:
+        budget.observe(200, {"X-RateLimit-Limit": "20", "X-RateLimit-Window": "1"}, 0.3)
+        assert budget.rate_per_s == 18
+        budget.acquire()
+        tick[0] += 0.9  # Oura's latency and our own work until this thread asks again
+        budget.acquire()
+        assert budget.suggested_workers(64) == 25  # 18 req/s x 0.9 s x 1.5 = 24.3
+        assert budget.suggested_workers(16) == 16
+        tick[0] += 5.0  # a 429: the wait for its Retry-After is no cycle
+        budget.observe(429, {"Retry-After": "0"}, 0.3)
+        budget.acquire()
+        assert budget.suggested_workers(64) == 25
 
 
 def test_a_429_pauses_the_next_request_of_another_budget(tmp_path):

@@ -900,3 +900,21 @@ def test_the_foreground_simulators_access_log_hides_query_strings(tmp_path):
     assert "/oauth/revoke?<redacted>" in output
     for secret in ("revoke-me-secret", "state-secret", "code-secret"):
         assert secret not in output
+
+
+def test_the_rate_limit_window_rolls_instead_of_resetting_at_a_boundary():
+    # Oura: X-RateLimit-Window is "the rolling window length" [spec]. Fixed windows would let 2 x limit
+    # through around a boundary; a rolling one refuses until the oldest counted request has aged out.
+    from oura_assets.simulator.fault_settings import FaultSettings
+    from oura_assets.simulator.ratelimit import RateLimitWindows
+
+    now = [1000.9]
+    windows = RateLimitWindows(make_config(app_rate_limit=RateLimit(3, 1.0)), FaultSettings(), lambda: now[0])
+    assert [windows.check("app", "token") for _ in range(3)] == [None, None, None]
+    now[0] = 1001.2  # a new fixed window would have started at 1001.0
+    refused = windows.check("app", "token")
+    assert refused is not None and refused.tier == "application" and refused.limit == 3
+    assert refused.retry_after_s == 1 and refused.reset_epoch == 1002
+    now[0] = 1001.95  # the first three have aged out; the refused one was never counted
+    assert [windows.check("app", "token") for _ in range(3)] == [None, None, None]
+    assert windows.check("app", "other-token") is not None  # the application tier counts every token

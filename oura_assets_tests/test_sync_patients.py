@@ -206,3 +206,47 @@ def test_every_patient_failing_patient_side_does_not_fail_the_run(pipeline_env, 
 def test_no_patients_is_an_empty_outcome_that_does_not_fail(pipeline_env):
     outcome = run(pipeline_env, [])
     assert outcome.results == [] and outcome.failure is None and recorded(pipeline_env) == {}
+
+
+class CountingWarehouse(wh.Warehouse):
+    """Notes the purpose of every transaction the run opens."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.purposes: list[str] = []
+
+    def reporting_waits_to(self, log):
+        return self
+
+    def transaction(self, purpose, timeout_s=None):
+        self.purposes.append(purpose)
+        return super().transaction(purpose, timeout_s)
+
+
+def test_a_patients_rows_and_its_recorded_result_land_in_one_transaction(pipeline_env, connect_patient):
+    # Every hold of the warehouse lock costs a DuckDB open and close; a run landing rows and result apart
+    # paid two per patient, which on a loaded host bounded a run below its rate budget.
+    patients = ["patient-a", "patient-b"]
+    for patient in patients:
+        connect_patient(patient)
+    store = CountingWarehouse(pipeline_env.warehouse_path)
+    oauth, cipher = OuraOAuthApp.from_settings(pipeline_env), TokenCipher(pipeline_env.token_keys)
+    outcome = sync_patients(
+        patients=patients,
+        client_for=lambda p: OuraClient(
+            pipeline_env.api_base_url,
+            PatientTokens(
+                patient_id=p, warehouse=store, cipher=cipher, oauth_app=oauth, lock_dir=pipeline_env.lock_dir
+            ),
+        ),
+        warehouse=store,
+        start=START,
+        end=END,
+        run_id=RUN_ID,
+        purpose="test run",
+    )
+    assert [r.status for r in outcome.results] == ["success", "success"]
+    landing = [p for p in store.purposes if not p.startswith("tokens:")]  # token reads are the tokens' own
+    assert landing == ["test run: raw documents for one patient"] * 2
+    assert recorded(pipeline_env) == {p: ("success", []) for p in patients}
+    assert connections(pipeline_env) == {p: ("active", None, True) for p in patients}

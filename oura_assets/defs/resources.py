@@ -142,9 +142,12 @@ class OuraResource(dg.ConfigurableResource):
         description="Fraction of the limit to pace at (0-1]: the rest absorbs jitter in arrival times, so "
         "429s happen only while the limit is being learned.",
     )
+    # Within the cap, a run keeps rate x request cycle x 1.5 patients in flight (Little's law; the cycle is
+    # Oura's latency plus our own work per request, measured: oura/concurrency.py). 32 covers a cycle of up
+    # to ~1.2 s at Oura's documented 5,000 per 5 minutes.
     max_concurrent_patients: int = Field(
-        default=16,
-        description="Most patients fetched at once in a run; within it, rate x observed latency x 1.5.",
+        default=32,
+        description="Most patients fetched at once in a run; within it, rate x observed request cycle x 1.5.",
     )
     refetch_passes: int = Field(
         default=2,

@@ -23,8 +23,9 @@ the budget lives in one small SQLite file per application under the lock directo
   with a burst of 15 per fresh budget file); measured, `test_pipeline.py` spends 17 s summed over its 480
   requests' waits (threads wait in parallel), not measurable in its wall time (204 s vs main's 267 s on a
   loaded 2-core host). Not pacing until a 429 would be faster only by going over the limit first.
-- Concurrency follows latency: `suggested_workers` is how many patients must be in flight to keep the paced
-  rate busy at the latency seen (rate x latency x 1.5, capped), instead of a fixed count.
+- Concurrency follows the cycle seen: `suggested_workers` is how many patients must be in flight to keep the
+  paced rate busy (Little's law over each request's cycle: Oura's latency plus our own work until the
+  patient's next request; `concurrency.InFlightTarget`), instead of a fixed count.
 
 Where the budget lives: on one host, the SQLite file above. Runs on several hosts (shards of a night, see
 `shards.py`) share one budget in PostgreSQL instead, `OURA_ASSETS_RATE_BUDGET=postgres:<dsn>`: the same row,
@@ -57,6 +58,8 @@ from typing import TYPE_CHECKING, Any
 from pyrate_limiter import GCRA, Limiter, Rate, StateBucket, StateStore, WallClock
 from pyrate_limiter.abstracts.algorithm import Decision
 
+from oura_assets.oura.concurrency import InFlightTarget
+
 if TYPE_CHECKING:
     from oura_assets.config import Settings
 
@@ -64,8 +67,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LIMIT = 5000
 DEFAULT_WINDOW_S = 300.0
-# Latency assumed before any answer was timed: about what real Oura answers in.
-INITIAL_LATENCY_S = 0.3
 # A learned limit is trusted this long; then the configured one applies until Oura says otherwise again
 # (a raised limit is picked up without anyone editing config).
 LEARNED_TTL_S = 86_400.0
@@ -253,7 +254,7 @@ class RateBudget:
     module docstring): the SQLite file at `path`, or `store` (PostgreSQL, for many hosts).
 
     `limit` per `window_s` is what to assume until Oura's headers say otherwise; requests are paced at
-    `share` of the limit in force. `max_workers` caps `suggested_workers`.
+    `share` of the limit in force. `cycle_clock` times request cycles (injectable for tests).
     """
 
     def __init__(
@@ -265,6 +266,7 @@ class RateBudget:
         window_s: float = DEFAULT_WINDOW_S,
         share: float = 0.9,
         clock: Callable[[], float] = time.time,
+        cycle_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if limit < 1 or window_s <= 0 or not 0 < share <= 1:
             raise ValueError(
@@ -282,8 +284,9 @@ class RateBudget:
         # buffer_ms=0: GCRA's wait is exact; pyrate-limiter's default 50 ms would slow every turn.
         self._limiter = Limiter(self._bucket, buffer_ms=0)
         self._turns = _TurnQueue()
-        self._latency_lock = threading.Lock()
-        self._latency_s: float | None = None
+        self._cycle_clock = cycle_clock
+        self._in_flight = InFlightTarget()
+        self._thread = threading.local()  # when this thread's last request went
         self.requests = 0
         self.rate_limited = 0
 
@@ -336,20 +339,28 @@ class RateBudget:
         return max(1, math.floor(limit * self._share)) / window_s
 
     def acquire(self) -> None:
-        """Block until this request may go: its turn in this process, then room in the shared budget."""
+        """Block until this request may go: its turn in this process, then room in the shared budget.
+
+        The time since this thread's previous request went is one request cycle (`InFlightTarget`).
+        """
+        went_at = getattr(self._thread, "went_at", None)
+        if went_at is not None:
+            self._in_flight.observe(self._cycle_clock() - went_at)
         with self._turns:
             limit = self.limit()
             if limit != self._paced_for:
                 self._bucket.rates = [self._rate(*limit)]
                 self._paced_for = limit
             self._limiter.try_acquire("oura", blocking=True)
+        self._thread.went_at = self._cycle_clock()
         self.requests += 1
 
     def observe(self, status: int, headers: Mapping[str, str], seconds: float) -> None:
-        """Learn from one answer: its latency, any limit it announced, and a 429's pause."""
-        with self._latency_lock:
-            previous = self._latency_s
-            self._latency_s = seconds if previous is None else 0.8 * previous + 0.2 * seconds
+        """Learn from one answer: any limit it announced, and a 429's pause.
+
+        `seconds` (the answer's latency) is part of the client's protocol but not needed here: the request
+        cycle that sizes concurrency is timed between a thread's requests (`acquire`), latency included.
+        """
         now = self._clock()
         said = RateLimitHeaders.parse(headers, now=now)
         application = said.tier in (None, "application")
@@ -363,16 +374,16 @@ class RateBudget:
         elif application and said.limit and said.window_s:
             self._state.confirm_learned(now)
         if status == 429:
+            # The wait before the retry is Oura's pause, not part of a request cycle.
+            self._thread.went_at = None
             self.rate_limited += 1
             if application and said.retry_after_s is not None:
                 # Every process waits until Oura's window resets, not only the request that was refused.
                 self._state.pause(said.retry_after_s)
 
     def suggested_workers(self, cap: int) -> int:
-        """Patients to keep in flight so the paced rate stays busy: rate x latency x 1.5, in [1, cap]."""
-        with self._latency_lock:
-            latency = self._latency_s if self._latency_s is not None else INITIAL_LATENCY_S
-        return max(1, min(cap, math.ceil(self.rate_per_s * latency * 1.5)))
+        """Patients to keep in flight so the paced rate stays busy: rate x cycle x headroom, in [1, cap]."""
+        return self._in_flight.target(self.rate_per_s, cap)
 
     def close(self) -> None:
         self._limiter.close()  # closes the bucket and with it the SQLite connection

@@ -1,13 +1,21 @@
-"""Oura's request limits: fixed windows per application (client id) and, optionally, per access token.
+"""Oura's request limits: rolling windows per application (client id) and, optionally, per access token.
 
 The limits come from `SimulatorConfig` (`app_rate_limit`, `token_rate_limit`) unless the `rate_limit`
-fault overrides one tier. Windows are aligned to the epoch on the wall clock, like Oura's.
+fault overrides one tier. Oura documents `X-RateLimit-Window` as "the rolling window length in seconds
+that the ceiling applies to" and `X-RateLimit-Reset` as the moment "the window resets and quota is fully
+restored" [spec, Rate Limit Response Headers], so a request is refused when `limit` requests were already
+let through in the last `window_s` seconds (a sliding log per tier and key): stricter than fixed windows,
+which let a client send up to twice the limit across a window boundary. `Retry-After` is the time until the
+oldest counted request leaves the window (room for one more), `X-RateLimit-Reset` when the newest does.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from oura_assets.simulator.config import RateLimit, SimulatorConfig
@@ -26,13 +34,16 @@ class RateLimited:
 
 
 class RateLimitWindows:
-    """Request counts per (tier, key) in the current window; every method takes the lock."""
+    """The requests let through per (tier, key) within their window; every method takes the lock."""
 
-    def __init__(self, config: SimulatorConfig, faults: FaultSettings) -> None:
+    def __init__(
+        self, config: SimulatorConfig, faults: FaultSettings, clock: Callable[[], float] = time.time
+    ) -> None:
         self._config = config
+        self._clock = clock
         self._faults = faults
         self._lock = threading.Lock()
-        self._windows: dict[tuple[str, str], tuple[int, int]] = {}
+        self._sent: dict[tuple[str, str], deque[float]] = {}
 
     def _limits(self, client_id: str, token_digest: str) -> list[tuple[str, str, RateLimit]]:
         current = self._faults.current()
@@ -46,24 +57,36 @@ class RateLimitWindows:
         return limits
 
     def check(self, client_id: str, token_digest: str) -> RateLimited | None:
-        """Counts a request against the application and access-token windows; the first full one wins."""
+        """Counts a request against the application and access-token windows; the first full one wins.
+
+        A refused request counts against neither (Oura's behaviour here is not documented; not counting it
+        is the lenient reading, and the client's pacing must not depend on it either way).
+        """
         limits = self._limits(client_id, token_digest)
         with self._lock:
-            now = time.time()
+            now = self._clock()
+            logs = []
             for tier, key, limit in limits:
-                window = int(now // limit.window_s)
-                start, count = self._windows.get((tier, key), (window, 0))
-                if start != window:
-                    count = 0
-                if count >= limit.limit:
-                    reset = (window + 1) * limit.window_s
+                sent = self._sent.setdefault((tier, key), deque())
+                while sent and sent[0] <= now - limit.window_s:
+                    sent.popleft()
+                while len(sent) > limit.limit:  # the limit was lowered since these were counted
+                    sent.popleft()
+                if len(sent) >= limit.limit:
+                    oldest, newest = (sent[0], sent[-1]) if sent else (now, now)
                     return RateLimited(
-                        limit.limit, limit.window_s, int(reset), max(1, int(reset - now + 0.999)), tier
+                        limit.limit,
+                        limit.window_s,
+                        math.ceil(newest + limit.window_s),
+                        max(1, math.ceil(oldest + limit.window_s - now)),
+                        tier,
                     )
-                self._windows[(tier, key)] = (window, count + 1)
+                logs.append(sent)
+            for sent in logs:
+                sent.append(now)
             return None
 
     def clear(self) -> None:
         """Every window starts empty (after the limits changed)."""
         with self._lock:
-            self._windows.clear()
+            self._sent.clear()

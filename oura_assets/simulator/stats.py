@@ -1,5 +1,9 @@
-"""What `/_sim/stats` reports: request counts by route and status, and named event counters; in-process,
-also when each API request was answered (`answered`), so a test can see the rate Oura saw."""
+"""What `/_sim/stats` reports: request counts by route and status, named event counters, and a timeline.
+
+The timeline counts the Oura data requests (`/v2/...`) answered in each wall-clock second, by status, so a
+benchmark can read the rate a client sustained and when its 429s came, as Oura would have seen them.
+In-process, `answered` also gives each answer's exact time, for windows that do not start on a second.
+"""
 
 from __future__ import annotations
 
@@ -32,13 +36,18 @@ class RequestStats:
         self._lock = threading.Lock()
         self._requests: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self._counters: Counter[str] = Counter()
+        self._timeline: defaultdict[int, Counter[str]] = defaultdict(Counter)
         self._answered: deque[tuple[float, str, str]] = deque(maxlen=ANSWERED_KEPT)
 
     def record(self, route: str, status: int | str) -> None:
         """One answered request (`status` may be "dropped")."""
+        now = time.time()
+        second = int(now)
         with self._lock:
             self._requests[route][str(status)] += 1
-            self._answered.append((time.time(), route, str(status)))
+            self._answered.append((now, route, str(status)))
+            if route.startswith("GET /v2/"):
+                self._timeline[second][str(status)] += 1
 
     def answered(self, route_prefix: str = "GET /v2/") -> list[tuple[float, str]]:
         """(epoch seconds, status) of each answered request whose route starts with `route_prefix` (by
@@ -58,10 +67,15 @@ class RequestStats:
                 },
                 "total_requests": sum(sum(c.values()) for c in self._requests.values()),
                 **{name: self._counters[name] for name in COUNTERS},
+                "timeline": {
+                    str(second): dict(sorted(counts.items()))
+                    for second, counts in sorted(self._timeline.items())
+                },
             }
 
     def reset(self) -> None:
         with self._lock:
             self._requests.clear()
             self._counters.clear()
+            self._timeline.clear()
             self._answered.clear()
