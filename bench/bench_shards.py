@@ -1,4 +1,4 @@
-"""(g) Shards: one sync process for every patient vs three shard processes at once, against one Oura limit.
+"""Shards: one sync process for every patient vs three shard processes at once, against one Oura limit.
 
 What a shard run spends its time on is its sync step (`sync_patients` through the shared `RateBudget`), so
 each arm runs exactly that, in separate OS processes as shard runs are, through the tests' own worker
@@ -158,7 +158,7 @@ def _balanced_patients(count: int) -> list[str]:
 
 
 def bench_shards(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]:
-    """(g) 1 vs 3 shard processes against one application limit: combined throughput and fairness."""
+    """1 vs 3 shard processes against one application limit: combined throughput and fairness."""
     quick = size.get("patients", 5) < 5  # run.py's quick size has 2 patients, the full one 5
     patients = _balanced_patients(PATIENTS["quick" if quick else "full"])
     shards = [Shard(n, SHARDS).select(patients) for n in range(1, SHARDS + 1)]
@@ -171,7 +171,7 @@ def bench_shards(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]:
     )
     within = all(arm["peak_in_any_window"] <= LIMIT["limit"] for arm in (single, sharded))
     shares = sharded["shares_while_all_active"]
-    label = f"(g) shards: {len(patients)} patients x {(END - START).days + 1} d, {LIMIT['limit']}/s limit"
+    label = f"shards: {len(patients)} patients x {(END - START).days + 1} d, {LIMIT['limit']}/s limit"
     rows += [
         [label, "throughput, fraction of the limit", f"{single['fraction_of_limit']:.2f}",
          f"{sharded['fraction_of_limit']:.2f}", "1 process vs 3 shards"],

@@ -21,12 +21,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import bench_ducklake
 import bench_heartrate
+import bench_loading
 import bench_pipeline
 import bench_shards
 import bench_sync
 import harness
+from bench_ducklake import bench_ducklake
 from common import BENCH_DIR, RESULTS_DIR
 
 SIZES = {
@@ -54,15 +55,15 @@ Benchmark = Callable[[dict[str, Any], list[list[str]]], dict[str, Any]]
 # One line per benchmark. A benchmark may return "results": {results.json key: value}.
 BENCHMARKS: dict[str, Benchmark] = {
     "backfill": bench_pipeline.bench_backfill,
-    "hr_stats": bench_heartrate.bench_hr_stats,
     "hr_write": bench_heartrate.bench_hr_write,
+    **bench_loading.BENCHMARKS,  # hr_stats (supersedes bench_heartrate's), loading, incremental
     "faults": bench_pipeline.bench_faults,
     "encryption": bench_pipeline.bench_encryption,
     "nightly": bench_sync.bench_nightly,
     "two_runs": bench_sync.bench_two_runs,
     "economy": bench_sync.bench_economy,
     "newcomer": bench_sync.bench_newcomer,
-    "ducklake": bench_ducklake.bench_ducklake,
+    "ducklake": bench_ducklake,
     "shards": bench_shards.bench_shards,
 }
 

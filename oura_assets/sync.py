@@ -21,6 +21,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Protocol
 
 import duckdb
+import pyarrow as pa
 
 from oura_assets import ledger
 from oura_assets import warehouse as wh
@@ -36,6 +37,7 @@ from oura_assets.oura.client import (
     OuraUnavailable,
     parse_instant,
 )
+from oura_assets.oura.heartrate_pages import HeartRateColumns
 from oura_assets.shards import Shard, select
 from oura_assets.tokens import ReconnectRequired
 
@@ -164,13 +166,28 @@ def _classify(error: OuraError, collection: str) -> SyncError:
     return SyncError("oura_error", error.message, collection)
 
 
+def screen_columns(columns: HeartRateColumns) -> tuple[pa.Table, list[SyncError]]:
+    """`screen_samples` for samples parsed into columns: the landable ones, and one error for the rest.
+
+    The parse flagged the rejected samples (`landable`); only those few are read back into Python, so
+    their reasons are worded by `_sample_problem`, the rule every sample was screened by before.
+    """
+    landable = columns.landable()
+    rejected = columns.rejected_documents()
+    if not rejected:
+        return landable, []
+    problems = [_sample_problem(sample) or "not landable" for sample in rejected]
+    message = f"{len(problems)} heart-rate sample(s) left out; first: {problems[0]}"
+    return landable, [SyncError("rejected_document", message, "heartrate")]
+
+
 def _fetch(
     client: OuraClient, collection: str, start: date, end: date
-) -> tuple[list[dict[str, Any]], list[SyncError]]:
-    """One collection's documents (or heart-rate samples) for local days [start, end], and what was screened
-    out of them."""
+) -> tuple[list[dict[str, Any]] | pa.Table, list[SyncError]]:
+    """One collection's documents (or heart-rate samples, as columns) for local days [start, end], and what
+    was screened out of them."""
     if collection == "heartrate":
-        return screen_samples(client.heartrate(*heartrate_window(start, end)))
+        return screen_columns(client.heartrate_columns(*heartrate_window(start, end)))
     batch = client.documents(collection, start, end)
     rejected = [SyncError("rejected_document", r.reason, collection) for r in batch.rejected]
     return batch.documents, rejected
@@ -203,7 +220,7 @@ def sync_patient(
     was landed.
     """
     wanted = [c for c in ALL_COLLECTIONS if c in set(collections)]
-    fetched: dict[str, list[dict[str, Any]]] = {}
+    fetched: dict[str, list[dict[str, Any]] | pa.Table] = {}
     failures: dict[str, tuple[SyncError, OuraError]] = {}
     notes: list[SyncError] = []
     pending = wanted
@@ -259,7 +276,7 @@ def sync_patient(
                     for collection, documents in fetched.items():
                         if collection == "heartrate":
                             low, high = heartrate_window(start, end)
-                            rows[f"oura_raw.{collection}"] = wh.replace_raw_heartrate(
+                            rows[f"oura_raw.{collection}"] = wh.replace_raw_heartrate_columns(
                                 conn, patient_id, low, high, documents, fetched_at
                             )
                         else:
@@ -268,7 +285,7 @@ def sync_patient(
                             )
                             rows[f"oura_raw.{collection}"] = written.written
                             changes += written
-                    result = PatientSyncResult(
+                    landed = PatientSyncResult(
                         patient_id,
                         _status(len(fetched), len(wanted), errors),
                         rows,
@@ -276,9 +293,9 @@ def sync_patient(
                         changes.as_dict(),
                     )
                     if record is not None:
-                        record(conn, result)
-            # Returned only once a try committed: `attempts` raises when the last one lost its conflict too.
-            return result
+                        record(conn, landed)
+            # Returned only here, after the loop: a try that lost a DuckLake conflict at COMMIT runs again.
+            return landed
         except wh.WarehouseBusy as exc:
             return PatientSyncResult(
                 patient_id, "failed", {}, [*errors, SyncError("warehouse_busy", str(exc))]

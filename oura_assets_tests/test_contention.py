@@ -194,6 +194,8 @@ def test_sync_patients_reports_its_waits_to_the_run_log(store):
         def heartrate(self, start, end):
             raise RuntimeError("never reached Oura")
 
+        heartrate_columns = heartrate
+
     holder = threading.Thread(target=hold)
     holder.start()
     assert inside.wait(10)

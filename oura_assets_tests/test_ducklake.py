@@ -137,35 +137,50 @@ def test_three_writer_processes_and_a_read_only_analyst_share_one_lake(lake, lak
     assert sum(r["tries"] for r in reports) >= 3 * transactions
 
 
-def test_maintenance_merges_the_small_files_of_many_commits(lake):
+def test_maintenance_merges_the_small_files_of_nightly_window_replacements(lake):
+    """Two "nights" of window replacements per patient: Parquet files with delete files beside them, which
+    DuckLake merges only once they are rewritten without their deleted rows."""
     end = date(2024, 6, 5)
-    for n in range(8):
-        for attempt in lake.attempts("test: a small write"):
-            with attempt as conn:
-                rows = [
-                    {"metric_type": "readiness", "day": date(2024, 6, d), "metrics": {"score": n}}
-                    for d in range(1, 6)
-                ]
-                # More samples than the inlining limit, so each commit writes a Parquet file; the few
-                # wearable_data rows are inlined in the catalog.
-                wh.replace_raw_heartrate(
-                    conn,
-                    f"p{n}",
-                    datetime(2024, 6, 1, tzinfo=UTC),
-                    datetime(2024, 6, 2, tzinfo=UTC),
-                    [
-                        {"timestamp": f"2024-06-01T{h:02d}:{m:02d}:00+00:00", "bpm": 60, "source": "rest"}
-                        for h in range(24)
-                        for m in range(0, 60, 1)
-                    ],
-                    datetime.now(UTC),
-                )
-                wh.replace_wearable_data(conn, f"p{n}", date(2024, 6, 1), end, rows, datetime.now(UTC))
+    patients = 4
+    for night in range(2):
+        for n in range(patients):
+            for attempt in lake.attempts("test: a nightly write"):
+                with attempt as conn:
+                    rows = [
+                        {"metric_type": "readiness", "day": date(2024, 6, d), "metrics": {"score": night}}
+                        for d in range(1, 6)
+                    ]
+                    # More samples than the inlining limit, so each commit writes a Parquet file; the few
+                    # wearable_data rows are inlined in the catalog.
+                    # The first night writes two days, the second replaces the second day only (as a nightly
+                    # lookback re-reads the recent days of a backfill): a delete file beside the first file.
+                    first_day = 1 + night
+                    wh.replace_raw_heartrate(
+                        conn,
+                        f"p{n}",
+                        datetime(2024, 6, first_day, tzinfo=UTC),
+                        datetime(2024, 6, 3, tzinfo=UTC),
+                        [
+                            {
+                                "timestamp": f"2024-06-0{d}T{h:02d}:{m:02d}:00+00:00",
+                                "bpm": 60 + night,
+                                "source": "rest",
+                            }
+                            for d in range(first_day, 3)
+                            for h in range(24)
+                            for m in range(60)
+                        ],
+                        datetime.now(UTC),
+                    )
+                    wh.replace_wearable_data(conn, f"p{n}", date(2024, 6, 1), end, rows, datetime.now(UTC))
     done = wh.maintain_lake(lake)
-    assert done.before.files >= 8 and done.after.files < done.before.files
+    assert done.before.delete_files >= patients and done.before.files >= 2 * patients
+    assert done.after.delete_files == 0 and done.after.files < done.before.files
     assert done.inlined_rows_flushed > 0
-    assert query(lake.lake, "SELECT count(*) FROM oura_raw.heartrate") == [(8 * 24 * 60,)]
-    assert query(lake.lake, "SELECT count(*) FROM patient_graph.wearable_data") == [(8 * 5,)]
+    assert query(lake.lake, "SELECT count(*), min(bpm), max(bpm) FROM oura_raw.heartrate") == [
+        (patients * 2 * 24 * 60, 60, 61)
+    ]
+    assert query(lake.lake, "SELECT count(*) FROM patient_graph.wearable_data") == [(patients * 5,)]
 
 
 def _fill(store: wh.Warehouse, patients: int) -> None:
@@ -326,3 +341,30 @@ def test_lake_maintenance_job_reports_the_files_it_merged(lake, lake_env, monkey
     assert materialization["inlined_rows_flushed"].value > 0
     assert materialization["files_after"].value > 0
     assert query(lake.lake, "SELECT count(*) FROM patient_graph.wearable_data") == [(14,)]
+
+
+def test_no_transaction_try_returns_or_breaks_from_inside_its_block():
+    """`for attempt in warehouse.attempts(...): with attempt as conn: ...` runs the block again after a lost
+    DuckLake conflict, but a `return` (or `break`) inside the block would leave with a commit that failed."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent / "oura_assets"
+    found = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.With) or not any(
+                isinstance(item.context_expr, ast.Name)
+                and item.context_expr.id == "attempt"
+                and item.optional_vars
+                for item in node.items
+            ):
+                continue
+            stack = list(node.body)
+            while stack:
+                inner = stack.pop()
+                if isinstance(inner, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef):
+                    continue
+                if isinstance(inner, ast.Return | ast.Break | ast.Continue):
+                    found.append(f"{path.relative_to(root)}:{inner.lineno}")
+                stack.extend(ast.iter_child_nodes(inner))
+    assert found == []

@@ -22,6 +22,7 @@ from oura_assets.defs.partitions import (
     partition_range_tags,
 )
 from oura_assets.oura.client import DocumentBatch, OuraClient, OuraRateLimited, OuraUnavailable
+from oura_assets.oura.heartrate_pages import HeartRateColumns, columns_of_samples
 from oura_assets.rebuild import keep_earlier_heart_rate, rebuild_per_patient, write_daily_stats
 from oura_assets.simulator import SimulatorServer
 from oura_assets.sync import PatientSyncResult, RefetchPolicy, RunOutcome, SyncError, sync_patient
@@ -97,7 +98,7 @@ def test_oura_outage_for_every_patient_fails_the_run_with_tags(
     for patient in ("patient-a", "patient-b"):
         connect_patient(patient)
     if when == "mid-run":
-        oura_down_from(simulator, "heartrate", 2, monkeypatch)
+        oura_down_from(simulator, "heartrate_columns", 2, monkeypatch)
     else:
         simulator.control.set_faults(error_rate=1.0)
     result, instance = sync_run({**FAST, "max_concurrent_patients": 2})
@@ -131,7 +132,7 @@ def test_partial_oura_outage_tags_the_run_partial_and_fails_the_availability_che
     for patient in ("patient-a", "patient-b"):
         connect_patient(patient)
     # One patient at a time: patient-a lands everything, then Oura goes down during patient-b's heart rate.
-    plain = OuraClient.heartrate
+    plain = OuraClient.heartrate_columns  # the heart-rate fetch the sync makes
     calls = {"heartrate": 0}
 
     def outage_on_second_call(self: OuraClient, *args: Any, **kwargs: Any) -> Any:
@@ -140,7 +141,7 @@ def test_partial_oura_outage_tags_the_run_partial_and_fails_the_availability_che
             simulator.control.set_faults(error_rate=1.0)
         return plain(self, *args, **kwargs)
 
-    monkeypatch.setattr(OuraClient, "heartrate", outage_on_second_call)
+    monkeypatch.setattr(OuraClient, "heartrate_columns", outage_on_second_call)
     result, instance = sync_run({**FAST, "max_concurrent_patients": 1})
 
     assert result.success, failure_messages(result)
@@ -250,6 +251,9 @@ class FlakyClient:
     def heartrate(self, start, end) -> list[dict]:
         self._call("heartrate")
         return [{"timestamp": "2024-06-12T10:00:00+00:00", "bpm": 60, "source": "awake"}]
+
+    def heartrate_columns(self, start, end) -> HeartRateColumns:
+        return columns_of_samples(self.heartrate(start, end), start, end)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from oura_assets.oura.client import (
     OuraUnavailable,
     RejectedDocument,
 )
+from oura_assets.oura.heartrate_pages import HeartRateColumns, columns_of_samples
 from oura_assets.sync import ALL_COLLECTIONS, RefetchPolicy, heartrate_window, screen_samples, sync_patient
 from oura_assets.tokens import ReconnectRequired
 
@@ -55,6 +56,10 @@ class FakeClient:
     def heartrate(self, start: datetime, end: datetime) -> list[dict]:
         self._maybe_fail("heartrate")
         return self.samples
+
+    def heartrate_columns(self, start: datetime, end: datetime) -> HeartRateColumns:
+        # What OuraClient.heartrate_columns makes of the pages: the same parse, windowing and screen flags.
+        return columns_of_samples(self.heartrate(start, end), start, end)
 
 
 @pytest.fixture

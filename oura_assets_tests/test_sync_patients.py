@@ -45,6 +45,8 @@ class BuggyClient:
     def heartrate(self, start, end):
         raise RuntimeError("a bug in our code")
 
+    heartrate_columns = heartrate
+
 
 def run(
     settings: Settings,

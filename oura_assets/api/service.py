@@ -139,9 +139,11 @@ class ConnectionService:
         if not well_formed(state):
             return None
         assert state is not None
+        patient_id = None
         for attempt in self.warehouse.attempts("api: consume oauth state"):
             with attempt as conn:
-                return wh.consume_oauth_state(conn, state_hash(state), self.now())
+                patient_id = wh.consume_oauth_state(conn, state_hash(state), self.now())
+        return patient_id  # after the loop: a try that lost a DuckLake conflict at COMMIT runs again
 
     def complete_callback(
         self, code: str | None, state: str | None, error: str | None, audit: AuditTrail | None = None

@@ -143,53 +143,59 @@ class WebhookReceiver:
         """Record the event and queue its sync, in one transaction; see the module docstring."""
         now = as_utc(self.now())
         key = event.key()
+        answer: dict[str, Any] = {}
         for attempt in self.warehouse.attempts("api: oura webhook event", timeout_s=self.lock_wait_s):
             with attempt as conn:
-                if wh.webhook_event_seen(conn, key):
-                    return {"status": "duplicate"}
-                patient_id = wh.patient_for_oura_user(conn, event.user_id)
-                if patient_id is None:
-                    log.info(
-                        "webhook %s/%s for an Oura user we do not know: ignored",
-                        event.event_type,
-                        event.data_type,
-                    )
-                    return {"status": "unknown_user"}
-                record = wh.WebhookEventRecord(
-                    event_key=key,
-                    patient_id=patient_id,
-                    event_type=event.event_type,
-                    data_type=event.data_type,
-                    object_id=event.object_id,
-                    event_time=event.event_time,
-                    action=IGNORED,
-                )
-                if event.data_type not in DOCUMENT_COLLECTIONS:
-                    wh.record_webhook_event(conn, record, now)
-                    return {"status": IGNORED}
-                if event.event_type == "delete":
-                    stored = wh.delete_raw_document(conn, event.data_type, patient_id, event.object_id, now)
-                    action = DELETED
-                else:
-                    stored = wh.raw_document_day(conn, event.data_type, patient_id, event.object_id)
-                    action = QUEUED
-                start, end = event_days(event.event_time, stored, now, self.settings.lookback_days)
-                sync_id = wh.queued_request_covering(conn, patient_id, start, end) or ledger.request_sync(
-                    conn, patient_id=patient_id, start_day=start, end_day=end
-                )
-                wh.record_webhook_event(
-                    conn,
-                    wh.WebhookEventRecord(
-                        **{
-                            **record.__dict__,
-                            "action": action,
-                            "start_day": start,
-                            "end_day": end,
-                            "sync_id": sync_id,
-                        }
-                    ),
-                    now,
-                )
+                # Answered after the loop, never from inside it: a try that lost a DuckLake conflict at
+                # COMMIT runs again (`Warehouse.attempts`).
+                answer = self._land(conn, event, key, now)
+        return answer
+
+    def _land(self, conn: Any, event: WebhookEvent, key: str, now: datetime) -> dict[str, Any]:
+        """`receive`'s transaction: record the event, queue (or join) its sync; the answer to give."""
+        if wh.webhook_event_seen(conn, key):
+            return {"status": "duplicate"}
+        patient_id = wh.patient_for_oura_user(conn, event.user_id)
+        if patient_id is None:
+            log.info(
+                "webhook %s/%s for an Oura user we do not know: ignored", event.event_type, event.data_type
+            )
+            return {"status": "unknown_user"}
+        record = wh.WebhookEventRecord(
+            event_key=key,
+            patient_id=patient_id,
+            event_type=event.event_type,
+            data_type=event.data_type,
+            object_id=event.object_id,
+            event_time=event.event_time,
+            action=IGNORED,
+        )
+        if event.data_type not in DOCUMENT_COLLECTIONS:
+            wh.record_webhook_event(conn, record, now)
+            return {"status": IGNORED}
+        if event.event_type == "delete":
+            stored = wh.delete_raw_document(conn, event.data_type, patient_id, event.object_id, now)
+            action = DELETED
+        else:
+            stored = wh.raw_document_day(conn, event.data_type, patient_id, event.object_id)
+            action = QUEUED
+        start, end = event_days(event.event_time, stored, now, self.settings.lookback_days)
+        sync_id = wh.queued_request_covering(conn, patient_id, start, end) or ledger.request_sync(
+            conn, patient_id=patient_id, start_day=start, end_day=end
+        )
+        wh.record_webhook_event(
+            conn,
+            wh.WebhookEventRecord(
+                **{
+                    **record.__dict__,
+                    "action": action,
+                    "start_day": start,
+                    "end_day": end,
+                    "sync_id": sync_id,
+                }
+            ),
+            now,
+        )
         log.info(
             "webhook %s/%s for patient %s: %s, sync %s for %s..%s",
             event.event_type,

@@ -71,9 +71,11 @@ def record_run_outcome(store: wh.WarehouseAccess, run: dg.DagsterRun) -> int | N
     Returns the number of events written (0 for runs that synced nobody), or None when the ledger had
     recorded the run before (then nothing is written).
     """
+    outcome = None
     for attempt in store.attempts(f"sensor: record outcome of run {run.run_id[:8]}"):
         with attempt as conn:
-            return ledger.record_run_outcome(conn, finished_run(run))
+            outcome = ledger.record_run_outcome(conn, finished_run(run))
+    return outcome  # after the loop: a try that lost a DuckLake conflict at COMMIT runs again
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ Quirks handled here are listed in `../shared/reference/OURA-NOTES.md`; each is n
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import re
 import time
@@ -23,6 +24,8 @@ import httpx
 import tenacity
 
 from oura_assets.clock import as_utc, utc_now
+from oura_assets.oura import heartrate_pages
+from oura_assets.oura.heartrate_pages import HeartRateColumns
 from oura_assets.oura.rate_budget import RateBudget
 
 log = logging.getLogger(__name__)
@@ -286,32 +289,62 @@ class OuraClient:
         return DocumentBatch(documents=list(by_id.values()), rejected=rejected)
 
     def heartrate(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
-        """Heart-rate samples with `timestamp` in [start, end), oldest first, one per (instant, source)."""
+        """Heart-rate samples with `timestamp` in [start, end), oldest first, one per (instant, source).
+
+        As Python dicts: `heartrate_columns` is what the sync uses.
+        """
+        columns = self.heartrate_columns(start, end)
+        table = columns.table.sort_by([("timestamp", "ascending"), ("source", "ascending")])
+        return [json.loads(document) for document in table.column("document").to_pylist()]
+
+    def heartrate_columns(self, start: datetime, end: datetime) -> HeartRateColumns:
+        """Heart-rate samples with `timestamp` in [start, end), one per (instant, source), as columns.
+
+        The pages stay the bytes Oura sent until DuckDB parses them all at once (`heartrate_pages`).
+        """
         if start.tzinfo is None or end.tzinfo is None:
             raise ValueError("heartrate start and end must be timezone-aware datetimes")
         path = f"{USERCOLLECTION}/heartrate"
         budget = _WaitBudget(self._retry.wait_budget_s)
-        low_utc, high_utc = start.astimezone(UTC), end.astimezone(UTC)
-        samples: dict[tuple[datetime, Any], dict[str, Any]] = {}
-        unreadable = 0
+        pages: list[bytes] = []
         windows = heartrate_windows(start, end)
         for window_start, window_end in windows:
             # Date-only parameters are ignored on this route (hedgertronic/oura-ring #3): full ISO date-times
             # with offset. httpx percent-encodes the offset's `+` as %2B, which Oura requires [spec].
             params = {"start_datetime": window_start.isoformat(), "end_datetime": window_end.isoformat()}
-            for page in self._pages(path, params, budget):
-                for row in page:
-                    instant = parse_instant(row.get("timestamp")) if isinstance(row, dict) else None
-                    if instant is None:
-                        unreadable += 1
-                        continue
-                    if low_utc <= instant < high_utc:
-                        # Boundary samples repeat across windows and pages (open-wearables #889).
-                        samples[(instant, row.get("source"))] = row
-        if unreadable:
-            log.warning("Oura heartrate: skipped %d samples without a readable timestamp", unreadable)
-        log.info("Oura heartrate %s..%s: %d samples over %d windows", start, end, len(samples), len(windows))
-        return [samples[key] for key in sorted(samples, key=lambda k: (k[0], str(k[1])))]
+            pages.extend(self._raw_pages(path, params, budget))
+        # Boundary samples repeat across windows and pages (open-wearables #889): the parse keeps one.
+        try:
+            columns = heartrate_pages.parse_pages(pages, start.astimezone(UTC), end.astimezone(UTC), path)
+        except heartrate_pages.PageError as exc:
+            raise OuraPayloadError(str(exc)) from None
+        if columns.unreadable:
+            log.warning("Oura heartrate: skipped %d samples without a readable timestamp", columns.unreadable)
+        log.info("Oura heartrate %s..%s: %d samples over %d windows", start, end, len(columns), len(windows))
+        return columns
+
+    def _raw_pages(self, path: str, params: Mapping[str, str], budget: _WaitBudget) -> Iterator[bytes]:
+        """Every page's body as Oura sent it, following `next_token` (read from the page's end) to the end."""
+        seen: set[str] = set()
+        next_token: str | None = None
+        while True:
+            query = dict(params)
+            if next_token:
+                query["next_token"] = next_token
+            response = self._get(path, query, budget)
+            body = response.content
+            try:
+                next_token = heartrate_pages.next_token_of(body, path)
+            except heartrate_pages.PageError as exc:
+                raise OuraPayloadError(str(exc), status=response.status_code) from None
+            yield body
+            if not next_token:
+                return
+            if next_token in seen:
+                raise OuraPayloadError(
+                    f"GET {path} repeated a `next_token`; stopped to avoid an endless loop"
+                )
+            seen.add(next_token)
 
     def _pages(self, path: str, params: Mapping[str, str], budget: _WaitBudget) -> Iterator[list[Any]]:
         """Every page's `data`, following `next_token` until it is absent, null or empty."""
@@ -343,6 +376,17 @@ class OuraClient:
             seen.add(next_token)
 
     def _get_json(self, path: str, params: Mapping[str, str], budget: _WaitBudget) -> Any:
+        response = self._get(path, params, budget)
+        try:
+            return response.json()
+        except ValueError:
+            raise OuraPayloadError(
+                f"GET {path} answered {response.status_code} with a body that is not JSON",
+                status=response.status_code,
+            ) from None
+
+    def _get(self, path: str, params: Mapping[str, str], budget: _WaitBudget) -> httpx.Response:
+        """A 2xx answer to GET `path`, refreshing the access token once on a 401."""
         token = self._tokens.get()
         response = self._send(path, params, token, budget)
         if response.status_code == 401:
@@ -353,13 +397,7 @@ class OuraClient:
                 raise OuraUnauthorized(
                     f"Oura answered 401 on GET {path} again after the access token was refreshed", status=401
                 )
-        try:
-            return response.json()
-        except ValueError:
-            raise OuraPayloadError(
-                f"GET {path} answered {response.status_code} with a body that is not JSON",
-                status=response.status_code,
-            ) from None
+        return response
 
     def _send(self, path: str, params: Mapping[str, str], token: str, budget: _WaitBudget) -> httpx.Response:
         """One request with retries; returns a 2xx or 401 response, raises `OuraError` for the rest.

@@ -128,6 +128,7 @@ from oura_assets.warehouse.raw import (
     read_raw_heartrate,
     replace_raw_documents,
     replace_raw_heartrate,
+    replace_raw_heartrate_columns,
 )
 from oura_assets.warehouse.rekey import RekeyResult, rekey
 from oura_assets.warehouse.retention import (
@@ -279,6 +280,7 @@ __all__ = [
     "replace_day_status",
     "replace_raw_documents",
     "replace_raw_heartrate",
+    "replace_raw_heartrate_columns",
     "replace_wearable_data",
     "retention_horizon",
     "save_oauth_state",

@@ -217,6 +217,8 @@ class Warehouse:
                 with attempt as conn:
                     ...  # reads and writes; may run again, so keep side effects inside the transaction
 
+        Never `return` or `break` inside the block (assign, and return after the loop): a try that lost its
+        COMMIT would leave with it (`test_no_transaction_try_returns_or_breaks_from_inside_its_block`).
         On a DuckLake, a try that lost a write conflict at COMMIT is rolled back and the block runs again
         after a jittered pause, up to `CONFLICT_ATTEMPTS` times; then `WarehouseConflict`. On a DuckDB file
         (one writer at a time, under the lock) there is exactly one try: `transaction`.

@@ -16,8 +16,11 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from oura_assets.domain import DOCUMENT_COLLECTIONS, check_document_collection
+from oura_assets.warehouse.dialect import guard
 from oura_assets.warehouse.staging import mirror, stage
 from oura_assets.warehouse.values import day_window, to_day, utc
 
@@ -231,6 +234,65 @@ def replace_raw_heartrate(
     if incomplete:
         conn.execute("DROP TABLE _staged_heartrate")
         raise ValueError(f"heartrate: {incomplete} sample(s) lack a `timestamp` or a `source`")
+    return mirror(
+        conn,
+        "oura_raw.heartrate",
+        "_staged_heartrate",
+        ("patient_id", "timestamp", "source"),
+        "patient_id = ? AND timestamp >= ? AND timestamp < ?",
+        [patient_id, utc(start), utc(end)],
+    )
+
+
+def replace_raw_heartrate_columns(
+    conn: duckdb.DuckDBPyConnection,
+    patient_id: str,
+    start: datetime,
+    end: datetime,
+    samples: pa.Table,
+    fetched_at: datetime,
+) -> int:
+    """`replace_raw_heartrate` for samples already parsed into columns; returns the samples written.
+
+    `samples` has `timestamp` (aware), `source`, `bpm` and `document` (JSON text) with one row per
+    (timestamp, source) (a repeat fails the write), as `oura.heartrate_pages` hands them over: DuckDB
+    reads the Arrow columns as they are, so no sample passes through Python on its way in.
+    """
+    if utc(end) < utc(start):
+        raise ValueError(f"heart-rate window ends ({end}) before it starts ({start})")
+    incomplete = samples.column("timestamp").null_count + samples.column("source").null_count
+    if incomplete:
+        raise ValueError(f"heartrate: {incomplete} sample(s) lack a `timestamp` or a `source`")
+    window = [patient_id, utc(start), utc(end)]
+    (stored,) = conn.execute(
+        "SELECT count(*) FROM oura_raw.heartrate WHERE patient_id = ? AND timestamp >= ? AND timestamp < ?",
+        window,
+    ).fetchone()
+    span = pc.min_max(samples.column("timestamp")).as_py() if samples.num_rows else None
+    inside = span is None or (span["min"] >= utc(start) and span["max"] < utc(end))
+    columns = (
+        "?::VARCHAR AS patient_id, timestamp::TIMESTAMPTZ AS timestamp, source::VARCHAR AS source, "
+        "bpm::INTEGER AS bpm, document::JSON AS document, ?::TIMESTAMPTZ AS fetched_at"
+    )
+    conn.register("_heartrate_columns", samples)
+    try:
+        if not stored and inside:
+            # A window the table holds nothing of (a first sync, a backfill) and samples all inside it:
+            # nothing to mirror and nothing to collide with, so a plain INSERT, without the staging copy and
+            # the primary-key lookups of an upsert. On a DuckLake the table's write guard makes a concurrent
+            # first sync of the same patient conflict, rather than land its samples a second time.
+            guard(conn, "oura_raw.heartrate")
+            (written,) = conn.execute(
+                f"INSERT INTO oura_raw.heartrate BY NAME SELECT {columns} FROM _heartrate_columns",  # noqa: S608
+                [patient_id, utc(fetched_at)],
+            ).fetchone()
+            return int(written)
+        conn.execute(
+            f"CREATE OR REPLACE TEMP TABLE _staged_heartrate AS SELECT {columns} FROM _heartrate_columns",  # noqa: S608
+            [patient_id, utc(fetched_at)],
+        )
+    finally:
+        conn.unregister("_heartrate_columns")
     return mirror(
         conn,
         "oura_raw.heartrate",

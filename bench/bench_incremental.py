@@ -1,0 +1,202 @@
+"""Incremental cost (issue 10): the nightly run over a warehouse holding 1 year of history vs 1 month.
+
+    .venv/bin/python bench/run.py --only incremental [--quick]
+
+The nightly run recomputes only its partition (yesterday plus the lookback), so its cost should not grow with
+the history the warehouse holds. Measured the way the nightly run does it: the `oura_sync` job (raw assets
+from the simulator, the patient graph, the checks, the analytics snapshot) materialized as one ranged run in
+a child process, against a warehouse pre-filled with N patients' history.
+
+Pre-filling N patients x 365 days through the pipeline would take hours, so one template patient's history
+is synced for real (a ranged backfill through the same job, in a child) and its rows, in every table keyed
+by patient, are copied to the other N - 1 patients in SQL. The N patients are connected through the real
+OAuth flow (so the nightly run fetches each from the simulator). Both arms are built the same way and differ
+only in the history's length; the figure is the nightly run's CPU time (the child's, all threads; the
+simulator serves from the parent) and wall time, 1 year over 1 month.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import harness
+
+from oura_assets import warehouse as wh
+from oura_assets_tests import support
+
+NIGHTLY_LAST_DAY = date(2024, 7, 14)  # the day before harness.DATA_NOW: what the nightly schedule asks for
+NIGHTLY_DAYS = 4  # yesterday plus the default 3-day lookback
+SIZES = {
+    "full": {"patients": 1000, "long": 365, "short": 30},
+    "quick": {"patients": 20, "long": 365, "short": 30},
+}
+# Tables a copied patient must not inherit: its own connection (made through OAuth) and what only the
+# template's connecting wrote.
+NOT_COPIED = {"patient_graph.wearable_connections", "patient_graph.patient_events", "patient_graph.audit_log"}
+WORKER_TIMEOUT_S = 3600
+
+
+def _child(spec: dict[str, Any], env: dict[str, str], cwd: Path) -> dict[str, Any]:
+    log = cwd / f"worker-{spec['kind']}-{spec.get('label', '')}.log"
+    with log.open("w") as stderr:
+        answer = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
+            env=harness.child_environ(env),
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            timeout=WORKER_TIMEOUT_S,
+            check=False,
+        )
+    if answer.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+        raise RuntimeError(f"worker {spec} exited {answer.returncode}:\n{tail}")
+    return json.loads(answer.stdout.strip().splitlines()[-1])
+
+
+def _worker_run(spec: dict[str, Any]) -> dict[str, Any]:
+    """One ranged run of the `oura_sync` job over [start, end]: its wall and CPU time."""
+    import logging
+
+    import dagster as dg
+
+    from oura_assets.definitions import defs as load_defs
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    definitions = load_defs()
+    definitions.resolve_job_def(support.SYNC_JOB)
+    instance = dg.DagsterInstance.ephemeral()
+    start, end = date.fromisoformat(spec["start"]), date.fromisoformat(spec["end"])
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    result = support.run_sync(start, end, definitions=definitions, instance=instance)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    if not result.success:
+        raise RuntimeError(f"run {start}..{end} failed: {support.failures(result)[:3]}")
+    steps = {}
+    for event in result.all_events:
+        if event.event_type_value == "STEP_SUCCESS" and event.step_key:
+            steps[event.step_key] = event.event_specific_data.duration_ms / 1000
+    return {"cpu_s": cpu, "wall_s": wall, "step_wall_s": steps, "peak_rss_mb": harness.peak_rss_mb()}
+
+
+def _copy_template(store: wh.Warehouse, template: str, patients: list[str]) -> dict[str, int]:
+    """Copy the template patient's rows of every patient-keyed table to each of `patients`."""
+    copied: dict[str, int] = {}
+    with store.transaction("bench: copy history") as conn:
+        tables = [
+            f"{schema}.{name}"
+            for schema, name in conn.execute(
+                "SELECT table_schema, table_name FROM information_schema.columns "
+                "WHERE column_name = 'patient_id' AND table_catalog = current_database() "
+                "AND table_schema IN ('oura_raw', 'patient_graph') "
+                "AND table_name IN "
+                "(SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE')"
+            ).fetchall()
+        ]
+        for table in tables:
+            if table in NOT_COPIED:
+                continue
+            (written,) = conn.execute(
+                f"INSERT INTO {table} SELECT t.* REPLACE (p.id AS patient_id) "  # noqa: S608 (catalog names)
+                f"FROM {table} t, (SELECT unnest(?::VARCHAR[]) AS id) p WHERE t.patient_id = ?",
+                [patients, template],
+            ).fetchone()
+            copied[table] = int(written)
+    with store.connect("bench: checkpoint") as conn:
+        conn.execute("CHECKPOINT")
+    return copied
+
+
+def _arm(history_days: int, patients: int, workdir: Path) -> dict[str, Any]:
+    """A warehouse with `patients` x `history_days` of history, then the nightly run over it."""
+    warehouse = workdir / f"history-{history_days}.duckdb"
+    server = harness.start_simulator()
+    try:
+        # The year of history starts before harness.START_DATE, the partitions' first day.
+        env = {**harness.pipeline_env(server.url, warehouse), "OURA_ASSETS_START_DATE": "2023-01-01"}
+        ids = [f"bench-patient-{n:04d}" for n in range(patients)]
+        with harness.applied_env(env) as settings:
+            support.connect_patient(settings, ids[0])
+        history_end = NIGHTLY_LAST_DAY - timedelta(days=NIGHTLY_DAYS)
+        history_start = history_end - timedelta(days=history_days - 1)
+        t0 = time.perf_counter()
+        _child(
+            {"kind": "run", "label": f"history-{history_days}", "start": history_start.isoformat(),
+             "end": history_end.isoformat()},
+            env,
+            workdir,
+        )  # fmt: skip
+        backfill_s = time.perf_counter() - t0
+        copied = _copy_template(wh.Warehouse(warehouse), ids[0], ids[1:])
+        with harness.applied_env(env) as settings:
+            for patient_id in ids[1:]:
+                support.connect_patient(settings, patient_id, learn_oura_user_id=False)
+        before_mb = warehouse.stat().st_size / 2**20
+        nightly_start = NIGHTLY_LAST_DAY - timedelta(days=NIGHTLY_DAYS - 1)
+        server.control.reset_stats()
+        run = _child(
+            {"kind": "run", "label": f"nightly-{history_days}", "start": nightly_start.isoformat(),
+             "end": NIGHTLY_LAST_DAY.isoformat()},
+            env,
+            workdir,
+        )  # fmt: skip
+        requests = server.control.stats()["total_requests"]
+    finally:
+        server.stop()
+    print(f"  incremental, {history_days} d of history: nightly run {run['cpu_s']:.1f} s CPU, "
+          f"{run['wall_s']:.1f} s wall", flush=True)  # fmt: skip
+    return {
+        **run,
+        "history_days": history_days,
+        "patients": patients,
+        "template_backfill_s": backfill_s,
+        "rows_copied": copied,
+        "warehouse_mb_before_run": before_mb,
+        "http_requests": requests,
+    }
+
+
+def bench_incremental(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]:
+    """The nightly run for N patients over 1 year of history vs over 1 month."""
+    sizes = SIZES["quick" if size.get("patients", 5) <= 2 else "full"]
+    n = sizes["patients"]
+    with tempfile.TemporaryDirectory(prefix="oura-bench-incr-") as tmp:
+        short = _arm(sizes["short"], n, Path(tmp))
+        long = _arm(sizes["long"], n, Path(tmp))
+    ratio_cpu = long["cpu_s"] / short["cpu_s"]
+    ratio_wall = long["wall_s"] / short["wall_s"]
+    label = f"(h) nightly run, {n} patients x {NIGHTLY_DAYS} d"
+    rows += [
+        [label, f"CPU time: {sizes['short']} d of history / {sizes['long']} d",
+         f"{short['cpu_s']:.1f} s", f"{long['cpu_s']:.1f} s", f"{ratio_cpu:.2f}x"],
+        [label, "wall time", f"{short['wall_s']:.1f} s", f"{long['wall_s']:.1f} s", f"{ratio_wall:.2f}x"],
+        [label, "warehouse before the run / HTTP requests",
+         f"{short['warehouse_mb_before_run']:.0f} MiB / {short['http_requests']}",
+         f"{long['warehouse_mb_before_run']:.0f} MiB / {long['http_requests']}", ""],
+    ]  # fmt: skip
+    return {
+        "what": "the oura_sync job over the nightly range, warehouse pre-filled with 1 month vs 1 year",
+        "params": {**sizes, "nightly_days": NIGHTLY_DAYS, "nightly_last_day": NIGHTLY_LAST_DAY.isoformat()},
+        "baseline": {"name": f"{sizes['short']} days of history", **short},
+        "candidate": {"name": f"{sizes['long']} days of history", **long},
+        "ratios": {"cpu": ratio_cpu, "wall": ratio_wall},
+        "ok": short["http_requests"] == long["http_requests"] and short["http_requests"] > 0,
+        "check": "both nightly runs succeed and ask Oura the same number of requests",
+        "results": {"incremental_cost_ratio_1y_vs_1m": round(ratio_cpu, 3)},
+    }
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        request = json.loads(sys.argv[2])
+        print(json.dumps(_worker_run(request), default=str))
+    else:
+        sys.exit("run through bench/run.py: --only incremental")

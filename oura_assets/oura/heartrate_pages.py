@@ -1,0 +1,225 @@
+"""Heart-rate pages as Oura sent them (JSON bytes), parsed by DuckDB into columns in one statement.
+
+A 90-day heart-rate sync is ~25,000 samples per patient, a nightly run holds hundreds of patients: parsing
+each sample into a Python dict, checking it, re-serializing it and binding it back into DuckDB cost ~20 µs a
+sample, most of a sync's local time. Here the pages stay bytes until DuckDB parses them, screens, windows and
+de-duplicates them in one query, and hands over Arrow columns (timestamp, source, bpm, document) that the
+warehouse inserts as they are (`warehouse.replace_raw_heartrate_columns`). Python touches each page once (for
+its `next_token`, `next_token_of`) and each sample never, except the rare ones the screen rejects, whose
+reasons are worded by the same rule as before (`sync._sample_problem`).
+
+The parse runs on a process-wide in-memory DuckDB (one cursor per call: cursors of one database may be used
+from several threads at once), never on the warehouse, so it happens before the warehouse lock is taken.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+# Oura's pages are `{"data": [...], "next_token": ...}` [spec]; these two read the envelope from its ends
+# without parsing the samples. Given a valid JSON document (DuckDB's parse of every page checks that, and
+# the page fails if not), `_HEAD` can only match a top-level object whose first member is the `data` array,
+# and `_TAIL` only its last member `next_token` (a string cannot hold the unescaped quotes around
+# `next_token` and its value, and the final `}` closes the top-level object). A page of any other shape is
+# parsed in full by Python (`check_envelope`), as every page was before.
+_HEAD = re.compile(rb'\A\s*\{\s*"data"\s*:\s*\[')
+_TAIL = re.compile(rb'[{,]\s*"next_token"\s*:\s*(null|"(?:[^"\\]|\\.)*")\s*}\s*\Z')
+_TAIL_BYTES = 4096
+
+_JSON_TYPE_NAMES = {
+    "ARRAY": "list",
+    "OBJECT": "dict",
+    "VARCHAR": "str",
+    "UBIGINT": "int",
+    "BIGINT": "int",
+    "DOUBLE": "float",
+    "BOOLEAN": "bool",
+    "NULL": "NoneType",
+}
+
+_database: duckdb.DuckDBPyConnection | None = None
+_database_pid: int | None = None
+_database_lock = threading.Lock()
+
+
+class PageError(ValueError):
+    """A page that is not Oura's envelope; `message` is safe to log (it names the route, never a token)."""
+
+
+def _cursor() -> duckdb.DuckDBPyConnection:
+    global _database, _database_pid
+    with _database_lock:
+        # A forked child (a run worker) opens its own: a DuckDB instance is not to be shared across fork.
+        if _database is None or _database_pid != os.getpid():
+            database = duckdb.connect(":memory:")
+            # A timestamp without an offset is read as UTC, as Oura documents for heart rate.
+            database.execute("SET TimeZone = 'UTC'")
+            _database, _database_pid = database, os.getpid()
+        return _database.cursor()
+
+
+def next_token_of(body: bytes, path: str) -> str | None:
+    """The page's `next_token` (None when absent or null); `PageError` when it is not Oura's envelope.
+
+    Most pages are read from their two ends only (`_HEAD`, `_TAIL`); their validity as JSON is checked when
+    DuckDB parses them (`parse_pages`). Any other page is parsed and checked in full here.
+    """
+    if _HEAD.match(body, 0, 64) is not None:
+        tail = body[-_TAIL_BYTES:]
+        match = _TAIL.search(tail)
+        if match is not None:
+            token = match.group(1)
+            return None if token == b"null" else json.loads(token) or None
+        if b'"next_token"' not in body and b"\\u" not in body:
+            # Time series may leave `next_token` out on the last page [spec]: without the key's text (and
+            # without escapes that could spell it) the page has none.
+            return None
+    try:
+        page = json.loads(body)
+    except ValueError:
+        raise PageError(f"GET {path} answered 200 with a body that is not JSON") from None
+    check_envelope(page, path)
+    token = page.get("next_token")
+    if token is not None and not isinstance(token, str):
+        raise PageError(f"GET {path} answered a `next_token` that is not a string")
+    return token or None
+
+
+def check_envelope(page: Any, path: str) -> None:
+    """Raise `PageError` unless `page` is an object with a `data` list [spec]."""
+    if not isinstance(page, dict):
+        raise PageError(f"GET {path} answered {type(page).__name__}, not a JSON object")
+    if "data" not in page:
+        raise PageError(f"GET {path} answered an object without `data`")
+    if not isinstance(page["data"], list):
+        raise PageError(f"GET {path} answered `data` as {type(page['data']).__name__}, not a list")
+
+
+@dataclass(frozen=True)
+class HeartRateColumns:
+    """One patient's heart-rate samples in a window, as columns: one row per (instant, source), by time.
+
+    `table` has `timestamp` (UTC), `source`, `bpm`, `document` (the sample as Oura sent it, JSON text) and
+    `landable` (False for a sample the screen rejects: `source` not a string, `bpm` not a whole number) and
+    `seen` (the order Oura sent the samples in).
+    `unreadable` counts samples left out for having no readable timestamp (or not being an object).
+    """
+
+    table: pa.Table
+    unreadable: int
+    pages: int
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def samples(self) -> list[dict[str, Any]]:
+        """Every sample as the dict Oura sent (slow: for callers that want Python objects, not the sync)."""
+        return [json.loads(document) for document in self.table.column("document").to_pylist()]
+
+    def landable(self) -> pa.Table:
+        """The samples that can land (`landable`), without that column."""
+        return self.table.filter(self.table.column("landable")).drop_columns(["landable", "seen"])
+
+    def rejected_documents(self) -> list[Any]:
+        """The samples the screen rejected, parsed, in the order Oura sent them."""
+        rejected = self.table.filter(pa.compute.invert(self.table.column("landable"))).sort_by("seen")
+        return [json.loads(document) for document in rejected.column("document").to_pylist()]
+
+
+# Pages are a list parameter; each page's `data` elements are unnested with their position, so "the last
+# one seen wins" among repeated samples means the highest (page, position). Each sample's three fields are
+# read with one parse of the sample (`json_extract` with a list of paths); their JSON text tells their type.
+_ROWS = """
+WITH items AS (
+    SELECT page, unnest(items) AS d, generate_subscripts(items, 1) AS pos
+    FROM (SELECT page, json_extract(p, '$.data[*]') AS items FROM unnest($pages) WITH ORDINALITY t(p, page))
+), fields AS (
+    SELECT page, pos, d, json_extract(d, ['$.timestamp', '$.source', '$.bpm']) AS f FROM items
+), read AS (
+    SELECT page, pos, d, f[2]::VARCHAR AS source_json, f[3]::VARCHAR AS bpm_json,
+           CASE WHEN starts_with(f[1]::VARCHAR, '"') THEN TRY_CAST((f[1]->>'$') AS TIMESTAMPTZ) END
+               AS timestamp
+    FROM fields
+), counted AS (
+    SELECT *, count(*) OVER () AS items, count(timestamp) OVER () AS readable FROM read
+)
+SELECT timestamp, source, CASE WHEN landable THEN CAST(bpm_json AS INTEGER) END AS bpm, document, landable,
+       seen, items, readable
+FROM (
+    SELECT (page << 32) + pos AS seen, timestamp, (source_json::JSON->>'$') AS source, bpm_json,
+           d::VARCHAR AS document, items, readable,
+           coalesce(timestamp IS NOT NULL AND starts_with(source_json, '"')
+                    AND isfinite(TRY_CAST(bpm_json AS DOUBLE))
+                    AND TRY_CAST(bpm_json AS DOUBLE) = floor(TRY_CAST(bpm_json AS DOUBLE)),
+                    false) AS landable
+    FROM counted
+    WHERE (timestamp >= $low AND timestamp < $high) OR ($keep_unreadable AND timestamp IS NULL)
+    QUALIFY row_number() OVER (PARTITION BY timestamp, source_json ORDER BY page DESC, pos DESC) = 1
+         OR timestamp IS NULL
+)
+"""
+# Only when no sample is left to carry the counts (`items`, `readable` above).
+_COUNTS = """
+SELECT count(*),
+       count(TRY_CAST((d->>'timestamp') AS TIMESTAMPTZ)) FILTER (json_type(d, '$.timestamp') = 'VARCHAR')
+FROM (SELECT unnest(json_extract(p, '$.data[*]')) AS d FROM unnest($pages) t(p))
+"""
+
+
+def parse_pages(
+    pages: Sequence[bytes], low: datetime, high: datetime, path: str, *, keep_unreadable: bool = False
+) -> HeartRateColumns:
+    """The samples of `pages` with an instant in [low, high), one per (instant, source): the last one wins.
+
+    Samples without a readable timestamp (or that are not objects) are counted in `unreadable` and left out,
+    or with `keep_unreadable` kept as not `landable` (so a screen names them).
+
+    Raises `PageError` for a page that is not JSON (the pages' envelopes were read by `next_token_of`).
+    """
+    texts = [page.decode("utf-8", errors="replace") for page in pages]
+    cursor = _cursor()
+    try:
+        try:
+            table = cursor.execute(
+                _ROWS, {"pages": texts, "low": low, "high": high, "keep_unreadable": keep_unreadable}
+            ).to_arrow_table()
+        except duckdb.InvalidInputException:
+            for number, page in enumerate(pages, 1):  # which page, in the words used for any malformed page
+                try:
+                    json.loads(page)
+                except ValueError:
+                    raise PageError(
+                        f"GET {path} answered 200 with a body that is not JSON (page {number})"
+                    ) from None
+            raise
+        if table.num_rows:
+            items, readable = table.column("items")[0].as_py(), table.column("readable")[0].as_py()
+        else:
+            items, readable = cursor.execute(_COUNTS, {"pages": texts}).fetchone()
+    finally:
+        cursor.close()
+    return HeartRateColumns(
+        table=table.drop_columns(["items", "readable"]),
+        unreadable=int(items) - int(readable),
+        pages=len(pages),
+    )
+
+
+def columns_of_samples(samples: Sequence[Any], low: datetime, high: datetime) -> HeartRateColumns:
+    """Samples already held as Python values (a test's fake client, a replayed export) as one page, parsed.
+
+    The same parse as Oura's pages get, so such samples are windowed, de-duplicated and screened alike;
+    those without a readable timestamp are kept, not `landable`, for the screen to name.
+    """
+    body = json.dumps({"data": list(samples)}, ensure_ascii=False, separators=(",", ":")).encode()
+    return parse_pages([body], low, high, "samples", keep_unreadable=True)

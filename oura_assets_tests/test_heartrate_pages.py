@@ -1,0 +1,156 @@
+"""Heart-rate pages parsed by DuckDB: the envelope read from its ends, the samples windowed, de-duplicated and
+screened in columns, and the columns landing exactly as the row-by-row path lands the same samples."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from oura_assets import warehouse as wh
+from oura_assets.oura.heartrate_pages import PageError, columns_of_samples, next_token_of, parse_pages
+from oura_assets.sync import screen_columns
+from oura_assets_tests.support import table_rows
+
+LOW = datetime(2024, 6, 10, tzinfo=UTC)
+HIGH = LOW + timedelta(days=1)
+PATH = "/v2/usercollection/heartrate"
+
+
+def page(samples: list, **extra) -> bytes:
+    return json.dumps({"data": samples, **extra}).encode()
+
+
+def hr(minute: int, bpm=60, source="awake", stamp: str | None = None) -> dict:
+    moment = LOW + timedelta(minutes=minute)
+    return {"bpm": bpm, "source": source, "timestamp": stamp or moment.isoformat()}
+
+
+@pytest.mark.parametrize(
+    ("body", "token"),
+    [
+        (page([hr(0)], next_token="abc"), "abc"),
+        (page([hr(0)], next_token=None), None),
+        (page([hr(0)]), None),
+        (page([hr(0)], next_token='a"b\\c'), 'a"b\\c'),
+        # Not the common shape: read in full, still right.
+        (json.dumps({"next_token": "first", "data": [hr(0)]}).encode(), "first"),
+        (page([{"note": '", "next_token": "fake"}'}], next_token="real"), "real"),
+        (page([{"note": "next_token"}]), None),
+        (json.dumps({"data": [hr(0)], "next\\u005ftoken": "x"}).encode().replace(b"\\\\", b"\\"), "x"),
+        (b' {"data": [], "meta": {"next_token": "inner"}}', None),
+        (page([], next_token=""), None),
+    ],
+)
+def test_next_token_is_read_from_the_page(body, token):
+    assert next_token_of(body, PATH) == token
+    assert (json.loads(body).get("next_token") or None) == token
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"<html>busy</html>", "not JSON"),
+        (b"[1, 2]", "list, not a JSON object"),
+        (b'{"items": []}', "without `data`"),
+        (b'{"data": {"a": 1}}', "`data` as dict, not a list"),
+        (b'{"data": [], "next_token": 5}', "`next_token` that is not a string"),
+    ],
+)
+def test_a_page_that_is_not_the_envelope_is_refused(body, message):
+    with pytest.raises(PageError, match=message):
+        next_token_of(body, PATH)
+
+
+def test_a_malformed_page_with_a_readable_envelope_fails_the_parse():
+    body = b'{"data": [{"bpm": 60, "source": "awake"},, ], "next_token": null}'
+    assert next_token_of(body, PATH) is None  # read from its ends only
+    with pytest.raises(PageError, match="not JSON"):
+        parse_pages([body], LOW, HIGH, PATH)
+
+
+def test_samples_are_windowed_deduplicated_and_screened():
+    first = page(
+        [
+            hr(0, bpm=70),
+            hr(0, bpm=71, stamp="2024-06-10T00:00:00.000Z"),  # the same instant and source: the later wins
+            hr(0, source="rest"),
+            hr(-1),  # before the window
+            hr(24 * 60),  # the window's end is exclusive
+            hr(5, bpm="fast"),
+            hr(6, source=None),
+            hr(7, bpm=61.0),
+            hr(8, bpm=True),
+            {"bpm": 60, "source": "awake"},  # no timestamp
+            "junk",
+        ],
+        next_token="t",
+    )
+    second = page(
+        [hr(0, bpm=72, stamp="2024-06-10 00:00:00+0000"), hr(9, stamp="2024-06-10T00:09:00.1234567Z")]
+    )
+    columns = parse_pages([first, second], LOW, HIGH, PATH)
+    assert columns.unreadable == 2
+    rows = {
+        (r["timestamp"].minute, r["source"]): (r["bpm"], r["landable"]) for r in columns.table.to_pylist()
+    }
+    assert rows == {
+        (0, "awake"): (72, True),
+        (0, "rest"): (60, True),
+        (5, "awake"): (None, False),
+        (6, None): (None, False),
+        (7, "awake"): (61, True),
+        (8, "awake"): (None, False),
+        (9, "awake"): (60, True),
+    }
+    landable, errors = screen_columns(columns)
+    assert landable.num_rows == 4
+    assert [e.code for e in errors] == ["rejected_document"]
+    assert errors[0].message.startswith("3 heart-rate sample(s) left out; first: ")
+
+
+def test_samples_given_as_values_keep_the_unreadable_for_the_screen():
+    _, errors = screen_columns(columns_of_samples([hr(0), "junk", {"bpm": 1}], LOW, HIGH))
+    assert errors[0].message == "2 heart-rate sample(s) left out; first: a str, not an object"
+
+
+def test_columns_land_exactly_as_the_row_by_row_write(tmp_path: Path):
+    """The same samples through both writers leave byte-identical tables (documents as DuckDB stores them)."""
+    samples = [
+        hr(i, bpm=40 + i % 90, source=("rest", "awake", "sleep")[i % 3], stamp=None) for i in range(0, 600, 5)
+    ]
+    samples += [
+        {**hr(601), "timestamp_unix": 1718000000000, "producer_timestamp": "2024-06-10T10:01:37+00:00"},
+        {**hr(602, stamp="2024-06-10T10:02:00.000Z"), "note": 'é \u2603 \\ " / \n'},
+        {**hr(603), "bpm": 61.0},
+    ]
+    fetched_at = datetime(2024, 7, 1, tzinfo=UTC)
+    tables = []
+    for name in ("rows", "columns"):
+        store = wh.Warehouse(tmp_path / f"{name}.duckdb")
+        store.ensure_schema()
+        with store.transaction("test") as conn:
+            if name == "rows":
+                written = wh.replace_raw_heartrate(conn, "p1", LOW, HIGH, samples, fetched_at)
+            else:
+                landable, _ = screen_columns(parse_pages([page(samples)], LOW, HIGH, PATH))
+                # The first write inserts into an empty window; the second mirrors onto what it holds.
+                wh.replace_raw_heartrate_columns(conn, "p1", LOW, HIGH, landable.slice(0, 50), fetched_at)
+                written = wh.replace_raw_heartrate_columns(conn, "p1", LOW, HIGH, landable, fetched_at)
+        assert written == len(samples)
+        with store.connect("test") as conn:
+            tables.append(
+                conn.execute(
+                    "SELECT patient_id, timestamp, source, bpm, document::VARCHAR, fetched_at "
+                    "FROM oura_raw.heartrate ORDER BY ALL"
+                ).fetchall()
+            )
+        assert table_rows(store.path, "oura_raw.heartrate")
+    assert tables[0] == tables[1]
+
+
+def test_unreadable_samples_are_counted_when_nothing_is_left_in_the_window():
+    columns = parse_pages([page([hr(-5), {"bpm": 60}, "junk"])], LOW, HIGH, PATH)
+    assert (len(columns), columns.unreadable) == (0, 2)
