@@ -25,6 +25,7 @@ import bench_freshness
 import bench_heartrate
 import bench_loading
 import bench_pipeline
+import bench_shards
 import bench_sync
 import harness
 from bench_ducklake import bench_ducklake
@@ -66,6 +67,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "first_data": bench_freshness.bench_first_data,
     "webhook_freshness": bench_freshness.bench_webhook_freshness,
     "ducklake": bench_ducklake,
+    "shards": bench_shards.bench_shards,
 }
 
 # What a `--worker` child runs, by the spec's `kind`.

@@ -133,20 +133,71 @@ def _dagster_env(demo: bool) -> dict[str, str] | None:
     return env
 
 
+def _shard_run_command(dagster: str, args: argparse.Namespace, shard: str) -> list[str]:
+    """`dagster job execute` of the sync job over the range as one run, tagged with its shard: the range tags
+    are what `asset materialize --partition-range` sets, and that command takes no other tags."""
+    import json
+
+    from oura_assets.defs.jobs import SYNC_JOB_NAME
+    from oura_assets.defs.partitions import SHARD_TAG, TRIGGER_TAG, partition_range_tags
+
+    tags = {**partition_range_tags(args.start, args.end), SHARD_TAG: shard, TRIGGER_TAG: "backfill"}
+    command = [dagster, "job", "execute", "-m", "oura_assets.definitions", "-j", SYNC_JOB_NAME]
+    return [*command, "--tags", json.dumps(tags)]
+
+
 def _backfill(args: argparse.Namespace) -> int:
     """`dagster asset materialize` over a day range as one run, recorded in the instance `make dev` shows.
 
-    The run executes in this very process (exec, in-process executor): killing it ends the whole run.
+    The run executes in this very process (exec, in-process executor): killing it ends the whole run. With
+    `--shard i/N` the run syncs one shard's patients (start the other shards elsewhere, e.g. on other hosts);
+    with `--shards N` this command starts all N shard runs side by side as child processes, waits for them
+    and fails if any failed (Ctrl-C stops them all).
     """
+    from oura_assets.shards import Shard
+
     if args.end < args.start:
         print("oura-assets backfill: the end day is before the start day", file=sys.stderr)
+        return 2
+    try:
+        if args.shard is not None:
+            shards = [Shard.parse(args.shard)]
+        else:
+            shards = Shard.all(args.shards) if args.shards is not None else []
+    except ValueError as exc:
+        print(f"oura-assets backfill: {exc}", file=sys.stderr)
         return 2
     env = _dagster_env(demo=False)
     if env is None:
         return 2
     dagster = str(Path(sys.executable).parent / "dagster")
-    command = [dagster, "asset", "materialize", "-m", "oura_assets.definitions", "--select", "*"]
-    command += ["--partition-range", f"{args.start.isoformat()}...{args.end.isoformat()}"]
+    if len(shards) > 1:
+        # Create the instance's storage here, once: N fresh run processes creating a SQLite instance's
+        # tables at the same moment fail with "table run_tags already exists".
+        import dagster as dg
+
+        with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+            instance.get_runs(limit=1)
+        children = []
+        try:
+            for shard in shards:
+                command = _shard_run_command(dagster, args, str(shard))
+                print(f"shard {shard}: {' '.join(command[1:])}", flush=True)
+                children.append(subprocess.Popen(command, env=env))
+            codes = [child.wait() for child in children]
+        finally:
+            for child in children:
+                if child.poll() is None:
+                    child.terminate()
+                    child.wait(timeout=60)
+        for shard, code in zip(shards, codes, strict=True):
+            print(f"shard {shard}: {'ok' if code == 0 else f'FAILED (exit {code})'}", flush=True)
+        return max(codes)
+    if shards:
+        command = _shard_run_command(dagster, args, str(shards[0]))
+    else:
+        command = [dagster, "asset", "materialize", "-m", "oura_assets.definitions", "--select", "*"]
+        command += ["--partition-range", f"{args.start.isoformat()}...{args.end.isoformat()}"]
     print(f"DAGSTER_HOME={env['DAGSTER_HOME']} {' '.join(command[1:])}", flush=True)
     os.execve(dagster, command, env)  # noqa: S606 (a fixed command; the run becomes this process)
 
@@ -370,6 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backfill.add_argument("start", type=date.fromisoformat, help="first day, YYYY-MM-DD")
     backfill.add_argument("end", type=date.fromisoformat, help="last day, YYYY-MM-DD (inclusive)")
+    sharding = backfill.add_mutually_exclusive_group()
+    sharding.add_argument(
+        "--shards", type=int, metavar="N", help="split the patients into N shard runs, run side by side"
+    )
+    sharding.add_argument("--shard", metavar="I/N", help="run only shard I of N (e.g. 2/3)")
     backfill.set_defaults(func=_backfill)
 
     patient = sub.add_parser("patient", help="operator actions on one patient's data")

@@ -36,6 +36,7 @@ DEMO_API_URL = "http://127.0.0.1:8000"
 DEMO_JWT_ISSUER = "oura-assets-demo"
 CALLBACK_PATH = "/api/patient-graph/wearables/callback/oura"
 RETENTION_VARIABLE = "OURA_ASSETS_RAW_HEARTRATE_RETENTION_DAYS"
+RATE_BUDGET_VARIABLE = "OURA_ASSETS_RATE_BUDGET"
 WEBHOOK_PATH = "/api/patient-graph/wearables/webhooks/oura"
 OAUTH_SCOPES = ("email", "personal", "daily", "heartrate", "workout", "session")
 
@@ -85,6 +86,11 @@ class Settings:
     warehouse_key: str | None = field(default=None, repr=False)
     webhook_verification_token: str | None = field(default=None, repr=False)
     """`OURA_WEBHOOK_VERIFICATION_TOKEN`: what Oura echoes when it verifies our webhook callback."""
+    shards: int = 1
+    """`OURA_ASSETS_SHARDS`: how many runs the nightly schedule splits the patients into (shards.py)."""
+    rate_budget: str | None = field(default=None, repr=False)
+    """`OURA_ASSETS_RATE_BUDGET`: where the shared Oura request budget lives; None is the host's SQLite file,
+    `postgres:<libpq DSN or URL>` a PostgreSQL database every host shares (oura/rate_budget_postgres.py)."""
     webhook_callback_url: str = ""
     """`OURA_WEBHOOK_CALLBACK_URL`, default `OURA_ASSETS_API_URL` + the webhook route: the public URL of
     the receiver that subscriptions name (Oura must be able to reach it)."""
@@ -200,6 +206,22 @@ def _parse_int(env: Mapping[str, str], name: str, default: int, minimum: int, ma
     return value
 
 
+def _parse_rate_budget(raw: str | None) -> str | None:
+    """The budget's PostgreSQL connection string, or None for the host's SQLite file. Never quoted back in an
+    error: a DSN may carry a password."""
+    if raw is None or raw == "sqlite":
+        return None
+    if raw.startswith(("postgresql://", "postgres://")):
+        return raw
+    kind, _, dsn = raw.partition(":")
+    if kind == "postgres" and dsn.strip():
+        return dsn.strip()
+    raise ConfigError(
+        f"{RATE_BUDGET_VARIABLE} must be `sqlite` (the default: a file under the data folder's locks/) or "
+        "`postgres:<libpq connection string or postgresql:// URL>`"
+    )
+
+
 def _parse_token_keys(raw: str) -> tuple[str, ...]:
     keys = tuple(k.strip() for k in raw.split(",") if k.strip())
     for position, key in enumerate(keys, start=1):
@@ -293,4 +315,6 @@ def load_settings(
             "OURA_WEBHOOK_VERIFICATION_TOKEN", generated.get("webhook_verification_token"), None
         ),
         webhook_callback_url=_env(env, "OURA_WEBHOOK_CALLBACK_URL") or api_url + WEBHOOK_PATH,
+        shards=_parse_int(env, "OURA_ASSETS_SHARDS", 1, 1, 64),
+        rate_budget=_parse_rate_budget(_env(env, RATE_BUDGET_VARIABLE)),
     )

@@ -23,6 +23,7 @@ import duckdb
 
 from oura_assets import domain
 from oura_assets import warehouse as wh
+from oura_assets.shards import Shard, select
 
 RUN_FAILED = "run_failed"
 """The error code a patient's outcome carries when the run around it did not succeed."""
@@ -125,6 +126,10 @@ class FinishedRun:
     """The one patient the run was for, or None for every active connection."""
     start_day: str | None = None
     end_day: str | None = None
+    shard: Shard | None = None
+    """The shard the run was for (one of N runs that split the patients), or None for all of them."""
+    meant_for_nobody: bool = False
+    """The run named no patient it could sync (a malformed shard tag stops it before it claims any)."""
 
 
 def sync_event_id(run_id: str, patient_id: str) -> str:
@@ -150,7 +155,8 @@ def run_outcomes(conn: duckdb.DuckDBPyConnection, run: FinishedRun) -> dict[str,
 
     A run that did not succeed cannot leave a patient at `success`: their raw data landed but a later step
     (normalization) did not, so it is `partial`. A run that died before it reached anyone fails every
-    patient it was meant for.
+    patient it was meant for: its patient, or the active connections of its shard, or all of them (a shard
+    run never writes an event for another shard's patient, who gets theirs from their own shard's run).
     """
     outcomes: dict[str, dict[str, Any]] = {}
     failure = {"code": RUN_FAILED, "message": f"run ended {run.ended}"}
@@ -168,9 +174,10 @@ def run_outcomes(conn: duckdb.DuckDBPyConnection, run: FinishedRun) -> dict[str,
             "errors": errors,
             "documents": result.documents,
         }
-    if not results and not run.succeeded:
-        for connection in wh.list_active_connections(conn, run.patient_id):
-            outcomes[connection.patient_id] = {
+    if not results and not run.succeeded and not run.meant_for_nobody:
+        active = [c.patient_id for c in wh.list_active_connections(conn, run.patient_id)]
+        for patient_id in select(active, run.shard):
+            outcomes[patient_id] = {
                 "status": domain.FAILED,
                 "startDay": run.start_day,
                 "endDay": run.end_day,

@@ -20,6 +20,7 @@ from oura_assets import warehouse as wh
 from oura_assets.day_status_writer import write_day_status
 from oura_assets.domain import HEARTRATE, SESSION, WORKOUT
 from oura_assets.retention import keep_pruned_heart_rate
+from oura_assets.shards import Shard, select
 from oura_assets.sync import FETCH_FAILURE_CODES, RunLog, SyncError, heartrate_window
 
 log = logging.getLogger(__name__)
@@ -45,18 +46,20 @@ def patients_to_normalize(
     end: date,
     patient_id: str | None = None,
     run_id: str | None = None,
+    shard: Shard | None = None,
 ) -> list[str]:
-    """The run's patient, or everyone with raw data in the window or a sync result in the run.
+    """The run's patient, or everyone with raw data in the window or a sync result in the run (of those,
+    only the ones in `shard` for a sharded run: the other shards' runs rebuild theirs).
 
     Normalizing is a pure function of raw; the run's patients are added so one whose sync landed nothing
     (ring off all week, a broken token) still gets its window rebuilt and its days explained.
     """
     if patient_id:
-        return [patient_id]
+        return select([patient_id], shard)
     with warehouse.connect("list patients with raw data") as conn:
         with_data = wh.patients_with_raw_data(conn, start, end)
         in_run = [r.patient_id for r in wh.sync_results_for_run(conn, run_id)] if run_id else []
-    return sorted({*with_data, *in_run})
+    return select(sorted({*with_data, *in_run}), shard)
 
 
 def read_daily_documents(
@@ -229,16 +232,18 @@ def rebuild_per_patient(
     purpose: str = "rebuild",
     progress: RunLog = log,
     day_status: bool = False,
+    shard: Shard | None = None,
 ) -> RebuildOutcome:
     """Rebuild `table` over days [start, end] from the raw tables, one patient per short transaction.
 
-    Covers `patient_id`, or every patient with raw data in the window or a result in the run. Each patient's
+    Covers `patient_id`, or every patient with raw data in the window or a result in the run, and of those
+    only the patients of `shard` when the run is one shard of several. Each patient's
     daily documents are read once, over the days widened by `margin`; `write` gets them all and picks the
     days itself. With `day_status`, the patient's `wearable_day_status` rows for the window are derived
     from the same documents and written in the same transaction (the last normalized table does this).
     """
     warehouse = warehouse.reporting_waits_to(progress)  # a long wait for the file shows in the run's log
-    patients = patients_to_normalize(warehouse, start, end, patient_id, run_id)
+    patients = patients_to_normalize(warehouse, start, end, patient_id, run_id, shard)
     total = 0
     for n, patient in enumerate(patients, start=1):
         for attempt in warehouse.attempts(f"{purpose}: write {table}"):

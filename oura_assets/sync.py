@@ -38,6 +38,7 @@ from oura_assets.oura.client import (
     parse_instant,
 )
 from oura_assets.oura.heartrate_pages import HeartRateColumns
+from oura_assets.shards import Shard, select
 from oura_assets.tokens import ReconnectRequired
 
 log = logging.getLogger(__name__)
@@ -475,13 +476,19 @@ class RunOutcome:
 
 
 def claim_patients(
-    warehouse: wh.WarehouseAccess, *, run_id: str, patient_id: str | None = None, sync_ids: Sequence[str] = ()
+    warehouse: wh.WarehouseAccess,
+    *,
+    run_id: str,
+    patient_id: str | None = None,
+    sync_ids: Sequence[str] = (),
+    shard: Shard | None = None,
 ) -> list[str]:
-    """The patients a run syncs (every active connection, or the one named), marking its sync requests
-    `running` in the same transaction."""
+    """The patients a run syncs (every active connection, or the one named; of those, only the ones in
+    `shard` for a sharded run), marking its sync requests `running` in the same transaction."""
     for attempt in warehouse.attempts("list patients for a sync run"):
         with attempt as conn:
-            patients = [c.patient_id for c in wh.list_active_connections(conn, patient_id)]
+            active = (c.patient_id for c in wh.list_active_connections(conn, patient_id))
+            patients = select(active, shard)
             ledger.claim_requests(conn, sync_ids, run_id=run_id)
     return patients
 

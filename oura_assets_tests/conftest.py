@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -168,3 +169,12 @@ def postgres_server() -> Iterator[postgres.PostgresServer]:
     own databases in it (`postgres_server.create_database(...)`)."""
     with postgres.running_postgres() as server:
         yield server
+
+
+@pytest.fixture
+def postgres_budget(postgres_server: postgres.PostgresServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The Oura rate budget in a fresh PostgreSQL database, named in OURA_ASSETS_RATE_BUDGET as a deployment
+    on several hosts names it (every process this test starts inherits it); its DSN."""
+    dsn = postgres_server.create_database(f"budget_{uuid.uuid4().hex[:12]}")
+    monkeypatch.setenv("OURA_ASSETS_RATE_BUDGET", f"postgres:{dsn}")
+    return dsn

@@ -286,8 +286,9 @@ def budgeted_sync(
     max_workers: int = 16,
     stamps: Path | None = None,
 ) -> dict[str, Any]:
-    """`sync_patients` as a run does it: every client paced by the application's host-wide `RateBudget`
-    (under `settings.lock_dir`), patients in flight following the latency seen. Returns what happened:
+    """`sync_patients` as a run does it: every client paced by the application's shared `RateBudget` (under
+    `settings.lock_dir`, or in PostgreSQL with OURA_ASSETS_RATE_BUDGET), patients in flight following the
+    latency seen. Returns what happened:
     requests sent, 429s received, each patient's status, when each request went (also line by line to
     `stamps`, when given)."""
     from oura_assets.oura.client import RetryPolicy
@@ -297,7 +298,7 @@ def budgeted_sync(
     store = wh.Warehouse(settings.warehouse_path)
     oauth = OuraOAuthApp.from_settings(settings)
     cipher = TokenCipher(settings.token_keys)
-    with RateBudget.for_application(settings.lock_dir, settings.client_id or "") as budget:
+    with RateBudget.from_settings(settings) as budget:
         stamped = StampedBudget(budget, stamps)
 
         def client_for(patient_id: str) -> OuraClient:
@@ -331,3 +332,25 @@ def budgeted_sync(
             "statuses": {r.patient_id: r.status for r in outcome.results},
             "sent_at": stamped.sent_at,
         }
+
+
+def peak_in_window(times: Sequence[float], window_s: float) -> int:
+    """The most of `times` (epoch seconds) inside any window of `window_s`: what a sliding-window limit
+    would count at its worst moment (Oura's fixed windows alone could see twice their limit across a
+    boundary, so a fixed-window count would say nothing about pacing)."""
+    ordered = sorted(times)
+    best, low = 0, 0
+    for high, at in enumerate(ordered):
+        while ordered[low] <= at - window_s:
+            low += 1
+        best = max(best, high - low + 1)
+    return best
+
+
+def shares_while_all_active(turns: Sequence[Sequence[float]]) -> list[float]:
+    """Each party's fraction of the turns taken while every party was taking turns (from the last one's
+    first turn to the first one's last): 1/n each when a shared budget is fair."""
+    begin, end = max(min(t) for t in turns), min(max(t) for t in turns)
+    counts = [sum(begin <= at <= end for at in t) for t in turns]
+    total = sum(counts)
+    return [count / total if total else 0.0 for count in counts]

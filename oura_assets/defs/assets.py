@@ -3,7 +3,9 @@
 Every asset covers a range of daily partitions in one run (`BackfillPolicy.single_run()`), so a 30-day
 backfill asks Oura for 30 days per patient in a handful of requests rather than 30 runs of one day. A run
 serves every patient with an active connection, or only the one named by the run's `oura_assets/patient_id`
-tag (API sync requests). One patient's failure is recorded for that patient and never stops the others.
+tag (API sync requests), or only those of the shard its `oura_assets/shard` tag names (`i/N`: one of N
+runs that together cover every patient once; see `shards.py`). One patient's failure is recorded for that
+patient and never stops the others.
 """
 
 from collections.abc import Iterator
@@ -21,9 +23,11 @@ from oura_assets.defs.partitions import (
     PATIENTS_OK_TAG,
     PATIENTS_PARTIAL_TAG,
     SYNC_IDS_TAG,
+    run_shard,
 )
 from oura_assets.defs.previews import preview_metadata
 from oura_assets.defs.resources import OuraResource, WarehouseResource
+from oura_assets.shards import Shard
 from oura_assets.sync import RefetchPolicy, RunOutcome, claim_patients, sync_patients
 from oura_assets.webhook_coverage import review_coverage
 
@@ -103,6 +107,15 @@ def _run_patient(context: dg.AssetExecutionContext) -> str | None:
     return context.run.tags.get(PATIENT_TAG)
 
 
+def _run_shard(context: dg.AssetExecutionContext) -> Shard | None:
+    try:
+        return run_shard(context.run.tags)
+    except ValueError as exc:
+        # A hand-made tag that names no shard: syncing everyone instead would sync the other shards'
+        # patients twice tonight, so the run stops before it asks Oura anything.
+        raise dg.Failure(description=str(exc)) from None
+
+
 def _sync_ids(context: dg.AssetExecutionContext) -> list[str]:
     raw = context.run.tags.get(SYNC_IDS_TAG, "")
     return [s for s in raw.split(",") if s]
@@ -157,9 +170,16 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefini
         selected = [name for name, key in RAW_KEYS.items() if key in context.selected_asset_keys]
         run_id = context.run.run_id
         began = datetime.now(UTC)
+        shard = _run_shard(context)
         patients = claim_patients(
-            warehouse, run_id=run_id, patient_id=_run_patient(context), sync_ids=_sync_ids(context)
+            warehouse,
+            run_id=run_id,
+            patient_id=_run_patient(context),
+            sync_ids=_sync_ids(context),
+            shard=shard,
         )
+        if shard is not None:
+            context.log.info(f"shard {shard}: {len(patients)} of the active patients are this run's")
         with oura.session() as session:
             outcome = sync_patients(
                 patients=patients,
@@ -229,6 +249,7 @@ def _rebuild(
         patient_id=_run_patient(context),
         margin=margin,
         day_status=day_status,
+        shard=_run_shard(context),
         purpose=f"dagster run {run_id[:8]}",
         progress=context.log,
     )

@@ -7,15 +7,20 @@ location, not when a test or a tool merely imports the package.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date
 
 import dagster as dg
+
+from oura_assets.shards import Shard
 
 # Dagster's own tags for a ranged run; the public module does not re-export their names.
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 PATIENT_TAG = "oura_assets/patient_id"
+# `i/N`: the run syncs only the patients of shard i of N (oura_assets/shards.py); absent, every patient.
+SHARD_TAG = "oura_assets/shard"
 SYNC_IDS_TAG = "oura_assets/sync_ids"
 # What started the run: `schedule`, `api` or `demo`.
 TRIGGER_TAG = "oura_assets/trigger"
@@ -31,6 +36,17 @@ def daily_partitions(start_date: date) -> dg.DailyPartitionsDefinition:
     # end_offset=1 keeps today's partition: a patient east of UTC is already living "today", and an API sync
     # asks for the last 30 days up to today.
     return dg.DailyPartitionsDefinition(start_date=start_date.isoformat(), timezone="UTC", end_offset=1)
+
+
+def run_shard(tags: Mapping[str, str]) -> Shard | None:
+    """The shard a run's tags name, None when it is not sharded; a malformed tag is a ValueError naming it."""
+    raw = tags.get(SHARD_TAG)
+    if raw is None:
+        return None
+    try:
+        return Shard.parse(raw)
+    except ValueError as exc:
+        raise ValueError(f"run tag {SHARD_TAG}: {exc}") from None
 
 
 def partition_range_tags(start: date, end: date) -> dict[str, str]:

@@ -128,7 +128,8 @@ class OuraResource(dg.ConfigurableResource):
         description="Total time one client call (all its pages) may wait out 429s and retries (seconds).",
     )
     # Oura allows about 5,000 requests per 5 minutes per application [spec]. Every run and process on the
-    # host paces its requests through one shared budget (oura/rate_budget.py), which learns the real limit
+    # host (or, with OURA_ASSETS_RATE_BUDGET=postgres:..., on every host) paces its requests through one
+    # shared budget (oura/rate_budget.py), which learns the real limit
     # from Oura's X-RateLimit-* headers; how many patients are in flight follows the latency it observes.
     rate_limit: int = Field(
         default=5000,
@@ -163,9 +164,9 @@ class OuraResource(dg.ConfigurableResource):
         settings = load_settings(require=("oauth", "tokens"))
         timeout = httpx.Timeout(self.request_timeout_s, connect=min(10.0, self.request_timeout_s))
         limits = httpx.Limits(max_connections=max(10, 2 * self.max_concurrent_patients))
-        budget = RateBudget.for_application(
-            settings.lock_dir,
-            settings.client_id or "",
+        # On this host's SQLite file, or in PostgreSQL for runs on many hosts (OURA_ASSETS_RATE_BUDGET).
+        budget = RateBudget.from_settings(
+            settings,
             limit=self.rate_limit,
             window_s=self.rate_limit_window_s,
             share=self.rate_limit_share,

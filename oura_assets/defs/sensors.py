@@ -17,7 +17,13 @@ from oura_assets import ledger
 from oura_assets import warehouse as wh
 from oura_assets.defs.assets import RAW_KEYS
 from oura_assets.defs.jobs import FAST_LANE_JOB_NAME, SYNC_JOB_NAME
-from oura_assets.defs.partitions import PATIENT_TAG, SYNC_IDS_TAG, TRIGGER_TAG, partition_range_tags
+from oura_assets.defs.partitions import (
+    PATIENT_TAG,
+    SYNC_IDS_TAG,
+    TRIGGER_TAG,
+    partition_range_tags,
+    run_shard,
+)
 from oura_assets.defs.resources import WarehouseResource
 
 FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
@@ -39,8 +45,14 @@ def _run_range(run: dg.DagsterRun) -> tuple[str | None, str | None]:
 
 
 def finished_run(run: dg.DagsterRun) -> ledger.FinishedRun:
-    """The ledger's view of a finished Dagster run: how it ended, its sync requests, its patient and days."""
+    """The ledger's view of a finished Dagster run: how it ended, its sync requests, its patient, shard and
+    days."""
     start, end = _run_range(run)
+    try:
+        shard, malformed = run_shard(run.tags), False
+    except ValueError:
+        # The raw asset refuses such a run before it claims anyone (see assets._run_shard): it was nobody's.
+        shard, malformed = None, True
     return ledger.FinishedRun(
         run_id=run.run_id,
         succeeded=run.status == dg.DagsterRunStatus.SUCCESS,
@@ -49,6 +61,8 @@ def finished_run(run: dg.DagsterRun) -> ledger.FinishedRun:
         patient_id=run.tags.get(PATIENT_TAG),
         start_day=start,
         end_day=end,
+        shard=shard,
+        meant_for_nobody=malformed,
     )
 
 

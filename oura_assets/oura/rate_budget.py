@@ -27,6 +27,11 @@ the budget lives in one small SQLite file per application under the lock directo
   paced rate busy (Little's law over each request's cycle: Oura's latency plus our own work until the
   patient's next request; `concurrency.InFlightTarget`), instead of a fixed count.
 
+Where the budget lives: on one host, the SQLite file above. Runs on several hosts (shards of a night, see
+`shards.py`) share one budget in PostgreSQL instead, `OURA_ASSETS_RATE_BUDGET=postgres:<dsn>`: the same row,
+in `rate_budget_postgres.py`. Either store holds the same four things and `RateBudget` does not know which
+one it talks to; fairness between shards is fairness between processes (one turn per process, below).
+
 Written by hand, and why: pyrate-limiter 4.5 ships GCRA's state only in memory, in a `multiprocessing`
 Manager (which needs a common parent process; our runs are independent processes) or in Redis, so
 `_SQLiteState` keeps it in SQLite (one row, `BEGIN IMMEDIATE`), next to the learned limit and the pause that
@@ -44,14 +49,19 @@ import math
 import sqlite3
 import threading
 import time
+from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pyrate_limiter import GCRA, Limiter, Rate, StateBucket, StateStore, WallClock
 from pyrate_limiter.abstracts.algorithm import Decision
 
 from oura_assets.oura.concurrency import InFlightTarget
+
+if TYPE_CHECKING:
+    from oura_assets.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +83,14 @@ CREATE TABLE IF NOT EXISTS budget (
 """
 
 
+def application_key(client_id: str) -> str:
+    """How a budget names its Oura application: a hash of the client id (not a secret, but not needed)."""
+    return hashlib.sha256(client_id.encode()).hexdigest()[:16]
+
+
 def budget_path(lock_dir: Path, client_id: str) -> Path:
     """The budget file of one Oura application; its name carries no secret (a hash of the client id)."""
-    digest = hashlib.sha256(client_id.encode()).hexdigest()[:16]
-    return Path(lock_dir) / f"oura-rate-{digest}.sqlite"
+    return Path(lock_dir) / f"oura-rate-{application_key(client_id)}.sqlite"
 
 
 @dataclass(frozen=True)
@@ -116,7 +130,28 @@ class RateLimitHeaders:
         )
 
 
-class _SQLiteState(StateStore):
+class BudgetStore(StateStore):
+    """Where a budget's shared row lives: GCRA's one number (through pyrate-limiter's `check`), the limit
+    learned from Oura, and the pause a 429 asked for. `check` reads the store's own clock."""
+
+    @abstractmethod
+    def row(self) -> tuple[int, int | None, float | None, float | None, float]:
+        """(tat_us, learned_limit, learned_window_s, learned_at, paused_until)."""
+
+    @abstractmethod
+    def learn(self, limit: int, window_s: float, at: float) -> None:
+        """Record the limit Oura announced, for every process."""
+
+    @abstractmethod
+    def confirm_learned(self, at: float) -> None:
+        """Oura repeated the learned limit: it is fresh again."""
+
+    @abstractmethod
+    def pause(self, seconds: float) -> None:
+        """Nobody sends for `seconds` from now (by the store's clock), unless a longer pause holds already."""
+
+
+class _SQLiteState(BudgetStore):
     """GCRA's one number in a SQLite row every process on the host reads and writes atomically.
 
     The row also holds the pause a 429 asked for: while it lasts, `check` refuses with the time left, so the
@@ -140,9 +175,21 @@ class _SQLiteState(StateStore):
                 "SELECT tat_us, learned_limit, learned_window_s, learned_at, paused_until FROM budget"
             ).fetchone()
 
-    def update(self, sql: str, params: tuple[object, ...]) -> None:
+    def _update(self, sql: str, params: tuple[object, ...]) -> None:
         with self._lock:
             self._conn.execute(sql, params)
+
+    def learn(self, limit: int, window_s: float, at: float) -> None:
+        self._update(
+            "UPDATE budget SET learned_limit = ?, learned_window_s = ?, learned_at = ?", (limit, window_s, at)
+        )
+
+    def confirm_learned(self, at: float) -> None:
+        self._update("UPDATE budget SET learned_at = ?", (at,))
+
+    def pause(self, seconds: float) -> None:
+        until = self.default_clock.now() / 1000 + seconds
+        self._update("UPDATE budget SET paused_until = max(paused_until, ?)", (until,))
 
     def check(self, algorithm, rates, now, weight):
         # The clock is read here, not taken from the caller: pyrate-limiter's blocking loop advances a
@@ -174,7 +221,7 @@ class _SQLiteState(StateStore):
         return (self.row()[0],)
 
     def reset(self) -> None:
-        self.update("UPDATE budget SET tat_us = 0, paused_until = 0", ())
+        self._update("UPDATE budget SET tat_us = 0, paused_until = 0", ())
 
     def close(self) -> None:
         with self._lock:
@@ -203,7 +250,8 @@ class _TurnQueue:
 
 
 class RateBudget:
-    """The host-wide request budget of one Oura application (see the module docstring).
+    """The request budget of one Oura application, shared by every process using the same store (see the
+    module docstring): the SQLite file at `path`, or `store` (PostgreSQL, for many hosts).
 
     `limit` per `window_s` is what to assume until Oura's headers say otherwise; requests are paced at
     `share` of the limit in force. `cycle_clock` times request cycles (injectable for tests).
@@ -211,8 +259,9 @@ class RateBudget:
 
     def __init__(
         self,
-        path: Path,
+        path: Path | None = None,
         *,
+        store: BudgetStore | None = None,
         limit: int = DEFAULT_LIMIT,
         window_s: float = DEFAULT_WINDOW_S,
         share: float = 0.9,
@@ -223,11 +272,13 @@ class RateBudget:
             raise ValueError(
                 f"rate budget needs limit >= 1, window_s > 0, 0 < share <= 1: {limit}, {window_s}"
             )
-        self.path = Path(path)
+        if (path is None) == (store is None):
+            raise ValueError("a rate budget needs either a SQLite path or a store, not both")
+        self.path = Path(path) if path is not None else None
         self._configured = (limit, window_s)
         self._share = share
         self._clock = clock
-        self._state = _SQLiteState(self.path)
+        self._state: BudgetStore = store if store is not None else _SQLiteState(Path(path))
         self._paced_for = (limit, window_s)
         self._bucket = StateBucket([self._rate(limit, window_s)], algorithm=GCRA(), store=self._state)
         # buffer_ms=0: GCRA's wait is exact; pyrate-limiter's default 50 ms would slow every turn.
@@ -245,11 +296,27 @@ class RateBudget:
         lock_dir: Path,
         client_id: str,
         *,
+        postgres: str | None = None,
         limit: int = DEFAULT_LIMIT,
         window_s: float = DEFAULT_WINDOW_S,
         share: float = 0.9,
     ) -> RateBudget:
+        """The application's budget: in the PostgreSQL database `postgres` (a libpq DSN or URL) when given,
+        shared by every host that names it, else in the host's SQLite file under `lock_dir`."""
+        if postgres is not None:
+            from oura_assets.oura.rate_budget_postgres import PostgresBudgetState
+
+            store = PostgresBudgetState(postgres, application=application_key(client_id))
+            return cls(store=store, limit=limit, window_s=window_s, share=share)
         return cls(budget_path(lock_dir, client_id), limit=limit, window_s=window_s, share=share)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **pacing: Any) -> RateBudget:
+        """The configured application's budget where `OURA_ASSETS_RATE_BUDGET` puts it (`pacing`: `limit`,
+        `window_s`, `share`)."""
+        return cls.for_application(
+            settings.lock_dir, settings.client_id or "", postgres=settings.rate_budget, **pacing
+        )
 
     def _rate(self, limit: int, window_s: float) -> Rate:
         paced = max(1, math.floor(limit * self._share))
@@ -303,21 +370,16 @@ class RateBudget:
                 said.limit,
                 said.window_s,
             )
-            self._state.update(
-                "UPDATE budget SET learned_limit = ?, learned_window_s = ?, learned_at = ?",
-                (said.limit, said.window_s, now),
-            )
+            self._state.learn(said.limit, said.window_s, now)
         elif application and said.limit and said.window_s:
-            self._state.update("UPDATE budget SET learned_at = ?", (now,))
+            self._state.confirm_learned(now)
         if status == 429:
             # The wait before the retry is Oura's pause, not part of a request cycle.
             self._thread.went_at = None
             self.rate_limited += 1
             if application and said.retry_after_s is not None:
                 # Every process waits until Oura's window resets, not only the request that was refused.
-                self._state.update(
-                    "UPDATE budget SET paused_until = max(paused_until, ?)", (now + said.retry_after_s,)
-                )
+                self._state.pause(said.retry_after_s)
 
     def suggested_workers(self, cap: int) -> int:
         """Patients to keep in flight so the paced rate stays busy: rate x cycle x headroom, in [1, cap]."""

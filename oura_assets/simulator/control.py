@@ -58,5 +58,9 @@ class SimulatorControl:
     def stats(self) -> dict[str, Any]:
         return self._state.request_stats.as_dict()
 
+    def answered(self, route_prefix: str = "GET /v2/") -> list[tuple[float, str]]:
+        """(epoch seconds, status) of every answered data request since the last `reset_stats`."""
+        return self._state.request_stats.answered(route_prefix)
+
     def reset_stats(self) -> None:
         self._state.request_stats.reset()

@@ -2,14 +2,18 @@
 
 The timeline counts the Oura data requests (`/v2/...`) answered in each wall-clock second, by status, so a
 benchmark can read the rate a client sustained and when its 429s came, as Oura would have seen them.
+In-process, `answered` also gives each answer's exact time, for windows that do not start on a second.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from typing import Any
+
+# The answer times kept for `answered` (the newest ones): enough for any test or benchmark run.
+ANSWERED_KEPT = 100_000
 
 # The counters `/_sim/stats` always shows, zero or not.
 COUNTERS = (
@@ -33,14 +37,23 @@ class RequestStats:
         self._requests: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self._counters: Counter[str] = Counter()
         self._timeline: defaultdict[int, Counter[str]] = defaultdict(Counter)
+        self._answered: deque[tuple[float, str, str]] = deque(maxlen=ANSWERED_KEPT)
 
     def record(self, route: str, status: int | str) -> None:
         """One answered request (`status` may be "dropped")."""
-        second = int(time.time())
+        now = time.time()
+        second = int(now)
         with self._lock:
             self._requests[route][str(status)] += 1
+            self._answered.append((now, route, str(status)))
             if route.startswith("GET /v2/"):
                 self._timeline[second][str(status)] += 1
+
+    def answered(self, route_prefix: str = "GET /v2/") -> list[tuple[float, str]]:
+        """(epoch seconds, status) of each answered request whose route starts with `route_prefix` (by
+        default Oura's data API, which the application limit counts), oldest first."""
+        with self._lock:
+            return [(at, status) for at, route, status in self._answered if route.startswith(route_prefix)]
 
     def count(self, name: str) -> None:
         with self._lock:
@@ -65,3 +78,4 @@ class RequestStats:
             self._requests.clear()
             self._counters.clear()
             self._timeline.clear()
+            self._answered.clear()
