@@ -340,6 +340,22 @@ def sync_patient(
     if wanted and len(forbidden) == len(wanted):
         errors = [SyncError("subscription_expired", forbidden[0].message)]
     else:
+        if granted_scopes is None:
+            # The connection's grant is not known (stored without Oura's `scope` answer): a lone 403 on a
+            # collection that needs a scope is read as that scope not granted, as a known grant would have
+            # said, so the collection is skipped and the patient is not called partial every night for it.
+            unknown_grant = [
+                e for e in forbidden if domain.COLLECTION_SCOPES.get(e.collection or "") is not None
+            ]
+            skipped = [
+                *skipped,
+                *(
+                    _scope_missing(e.collection or "", domain.COLLECTION_SCOPES[e.collection or ""])
+                    for e in unknown_grant
+                ),
+            ]
+            errors = [e for e in errors if e not in unknown_grant]
+            wanted = [c for c in wanted if c not in {e.collection for e in unknown_grant}]
         errors = [
             _forbidden_with_scope(e, domain.COLLECTION_SCOPES.get(e.collection or ""))
             if e.code == "forbidden"

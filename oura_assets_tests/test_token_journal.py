@@ -240,7 +240,8 @@ def test_fault_api_killed_between_code_exchange_and_store_recovers_the_grant_at_
         requests = conn.execute(
             "SELECT count(*) FROM patient_graph.sync_requests WHERE patient_id = ?", [PATIENT]
         ).fetchone()
-    assert events == [("wearable_connected",)] and requests == (1,)
+    # As a callback does: the first-data sync (the latest days) and the initial 30-day sync.
+    assert events == [("wearable_connected",)] and requests == (2,)
 
     assert_next_sync_succeeds(simulator, pipeline_env, ring_user)
     stats = simulator.control.stats()
