@@ -73,7 +73,6 @@ BENCHMARKS: dict[str, Benchmark] = {
 # What a `--worker` child runs, by the spec's `kind`.
 WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "materialize": bench_pipeline.worker_materialize,
-    "hr_stats": bench_heartrate.worker_hr_stats,
     "sync": bench_sync.worker_sync,
 }
 
