@@ -38,7 +38,7 @@ from oura_assets.simulator.data.queries import documents_for_day
 from oura_assets.simulator.data.users import profile
 from oura_assets_tests.api_support import ISSUER, new_key, public
 from oura_assets_tests.conftest import TEST_CLIENT_ID, TEST_CLIENT_SECRET
-from oura_assets_tests.support import ConnectedPatient, query
+from oura_assets_tests.support import ConnectedPatient, query, run_sync
 
 TOKEN = "verify-me-0123456789"
 KEY = new_key()
@@ -472,6 +472,7 @@ def test_silent_webhooks_check_counts_documents_no_event_announced(
     from oura_assets.defs.webhooks import webhooks_announced_changes
 
     patient = connect_patient("patient-w11")
+    connected_days_ago(receiver.settings, patient.patient_id, 2)
     announced, silent = (
         a_document(patient.ring_user, "daily_sleep"),
         a_document(patient.ring_user, "daily_activity"),
@@ -555,12 +556,41 @@ def test_simulator_changes_can_be_redelivered_out_of_order(receiver: Receiver, c
     ) == [(len(events), len(events))]
 
 
+def connected_days_ago(settings: Settings, patient_id: str, days: int) -> None:
+    """Move a connection's `connected_at` back, as for a patient enrolled days before the pull."""
+    with wh.Warehouse(settings.warehouse_path).transaction("test: backdate connection") as conn:
+        conn.execute(
+            "UPDATE patient_graph.wearable_connections SET connected_at = connected_at - ? "
+            "WHERE patient_id = ?",
+            [timedelta(days=days), patient_id],
+        )
+
+
+def test_a_new_patients_first_sync_is_history_not_unannounced_changes(
+    pipeline_env: Settings, connect_patient
+) -> None:
+    """The initial sync lands days of history that no webhook announces: no finding, no re-creation."""
+    from oura_assets.webhook_coverage import review_coverage
+
+    connect_patient("patient-w16")
+    began = datetime.now(UTC) - timedelta(seconds=1)
+    end = datetime.now(UTC).date() - timedelta(days=1)
+    assert run_sync(end - timedelta(days=3), end).success
+    store = wh.Warehouse(pipeline_env.warehouse_path)
+    report = review_coverage(store, pipeline_env, began, datetime.now(UTC))
+    assert sum(report.unannounced.values()) == 0 and not report.quiet
+    # The same documents, had the patient connected two days earlier, are changes no webhook announced.
+    connected_days_ago(pipeline_env, "patient-w16", 2)
+    assert sum(review_coverage(store, pipeline_env, began, datetime.now(UTC)).unannounced.values()) > 0
+
+
 def test_pull_that_finds_only_unannounced_changes_recreates_quiet_subscriptions(
     receiver: Receiver, connect_patient
 ) -> None:
     from oura_assets.webhook_coverage import review_coverage
 
     patient = connect_patient("patient-w14")
+    connected_days_ago(receiver.settings, patient.patient_id, 2)
     callback = receiver.settings.webhook_callback_url
     with client_for(receiver.simulator) as client:
         ensure_subscriptions(client, callback, TOKEN)
@@ -590,9 +620,9 @@ def test_nightly_run_reports_unannounced_documents_in_its_metadata(
     pipeline_env: Settings, connect_patient
 ) -> None:
     from oura_assets.defs.assets import RAW_KEYS
-    from oura_assets_tests.support import run_sync
 
     connect_patient("patient-w15")
+    connected_days_ago(pipeline_env, "patient-w15", 2)
     end = datetime.now(UTC).date() - timedelta(days=1)
     result = run_sync(end - timedelta(days=3), end)
     assert result.success

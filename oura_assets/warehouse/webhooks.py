@@ -6,7 +6,7 @@ queued sync request an event can join instead of queuing another run.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 import duckdb
 
@@ -167,8 +167,14 @@ class WebhookCoverage:
     unannounced: dict[str, int]
 
 
+# What a patient's syncs land in the first day after connecting is history (the initial sync, the days the
+# ring held), which no webhook ever announces: only later changes are the webhooks' to announce.
+HISTORY_AFTER_CONNECT = timedelta(days=1)
+
+
 def unannounced_documents(conn: duckdb.DuckDBPyConnection, since: datetime) -> WebhookCoverage:
-    """Documents of active patients new or changed since `since` with no webhook event for their id."""
+    """Documents of active patients new or changed since `since` with no webhook event for their id
+    (leaving out what landed in a patient's first day after connecting: `HISTORY_AFTER_CONNECT`)."""
     (events,) = conn.execute(
         "SELECT count(*) FROM patient_graph.webhook_events WHERE received_at >= ?", [utc(since)]
     ).fetchone() or (0,)
@@ -182,9 +188,9 @@ def unannounced_documents(conn: duckdb.DuckDBPyConnection, since: datetime) -> W
                 WHERE e.patient_id = d.patient_id AND e.data_type = ? AND e.object_id = d.id))
             FROM oura_raw.{collection} d
             JOIN patient_graph.wearable_connections c ON c.patient_id = d.patient_id AND c.status = ?
-            WHERE d.last_changed_at >= ?
+            WHERE d.last_changed_at >= ? AND d.last_changed_at >= c.connected_at + ?
             """,  # noqa: S608 (collection is a domain constant)
-            [collection, domain.ACTIVE, utc(since)],
+            [collection, domain.ACTIVE, utc(since), HISTORY_AFTER_CONNECT],
         ).fetchone() or (0, 0)
         changed[collection], unannounced[collection] = int(total), int(missing)
     return WebhookCoverage(int(events), changed, unannounced)
