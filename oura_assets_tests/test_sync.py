@@ -96,14 +96,23 @@ def test_all_collections_land_and_the_patient_succeeds(store):
         (OuraUnavailable("Oura answered 503 five times", status=503), "oura_unavailable"),
         (OuraRateLimited("429 beyond the wait budget"), "rate_limited"),
         (OuraPayloadError("`data` was not a list"), "bad_payload"),
-        (OuraForbidden("missing scope heartrate", status=403), "forbidden"),
     ],
-    ids=["5xx", "429", "bad-payload", "403-one-scope"],
+    ids=["5xx", "429", "bad-payload"],
 )
 def test_one_collection_failing_makes_the_patient_partial(store, failure, code):
     result = run(store, FakeClient({"heartrate": failure}))
     assert result.status == "partial"
     assert [(e.code, e.collection) for e in result.errors] == [(code, "heartrate")]
+    assert count(store, "oura_raw.daily_readiness") == 1 and count(store, "oura_raw.heartrate") == 0
+
+
+def test_a_lone_403_with_the_grant_unknown_skips_that_collection_as_a_scope_not_granted(store):
+    """Issue 11: a missing scope (403 for one collection) skips that collection with a reason, never the
+    patient. With the connection's scopes unknown, a lone 403 on a scoped collection is read that way."""
+    result = run(store, FakeClient({"heartrate": OuraForbidden("missing scope heartrate", status=403)}))
+    assert result.status == "success" and result.errors == []
+    status, reason = result.collections["heartrate"]
+    assert status == "scope_missing" and "heartrate" in reason
     assert count(store, "oura_raw.daily_readiness") == 1 and count(store, "oura_raw.heartrate") == 0
 
 
