@@ -10,6 +10,7 @@ warehouse writes are idempotent.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import warnings
@@ -71,8 +72,10 @@ def _running(name: str, url: str, probe: str, variable: str, start: Callable[[in
 
 def _simulator(settings: Settings) -> contextlib.AbstractContextManager[str]:
     from oura_assets.simulator import SimulatorConfig, SimulatorServer
+    from oura_assets.simulator.config import WEBHOOK_WATCH_S
 
-    config = SimulatorConfig.from_settings(settings)
+    # Events about what changes in the simulated data, as Oura sends them (`make dev` subscribes to them).
+    config = dataclasses.replace(SimulatorConfig.from_settings(settings), webhook_watch_s=WEBHOOK_WATCH_S)
     return _running(
         "Oura simulator",
         settings.simulator_url,

@@ -389,6 +389,33 @@ def test_simulator_sends_create_events_for_documents_that_appear_between_two_ins
     ]
 
 
+def test_simulator_announces_its_own_data_changes_when_watching(receiver: Receiver, connect_patient) -> None:
+    """`webhook_watch_s` (on under `make dev`): when the data clock moves past a night and a day, the
+    simulator sends their events by itself, signed, and the receiver queues the patient's sync."""
+    patient = connect_patient("patient-w17")
+    with client_for(receiver.simulator) as client:
+        ensure_subscriptions(client, receiver.settings.webhook_callback_url, TOKEN)
+    now = datetime.now(UTC)
+    control, hub = receiver.simulator.control, receiver.simulator.app.state.webhooks
+    control.set_clock(now - timedelta(days=2), frozen=True)
+    hub.start_watch(0.1)
+    try:
+        time.sleep(0.5)
+        assert stored(receiver.settings) == (0, 0)  # a still clock changes nothing
+        control.set_clock(now, frozen=True)
+        deadline = time.monotonic() + 60
+        while stored(receiver.settings)[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        hub.stop_watch()
+    delivered = [d for d in hub.deliveries if d["user_id"] == profile(patient.ring_user).user_id]
+    assert delivered and {d["status"] for d in delivered} == {200}
+    assert {d["event_type"] for d in delivered} >= {"create"}
+    assert query(receiver.settings, "SELECT DISTINCT patient_id FROM patient_graph.sync_requests") == [
+        ("patient-w17",)
+    ]
+
+
 def webhook_env(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OURA_WEBHOOK_VERIFICATION_TOKEN", TOKEN)
     monkeypatch.setenv("OURA_WEBHOOK_CALLBACK_URL", receiver.settings.webhook_callback_url)

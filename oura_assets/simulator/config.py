@@ -58,6 +58,11 @@ class RateLimit:
             raise ValueError(f"a rate limit needs limit >= 0 and window_s > 0, got {self}")
 
 
+# How often a CLI-started simulator (`make dev`, `oura-assets simulator`) looks for changes in its data and
+# sends their webhook events: Oura sends them about 30 s after the phone syncs (OURA-NOTES.md).
+WEBHOOK_WATCH_S = 30.0
+
+
 @dataclass
 class SimulatorConfig:
     """Everything a simulator instance needs.
@@ -81,6 +86,10 @@ class SimulatorConfig:
     now: datetime | None = None
     state_path: Path | None = None
     readings: Readings = field(default_factory=Readings)
+    webhook_watch_s: float | None = None
+    """When set, every that many seconds the simulator sends the signed create/update/delete events of what
+    changed in its data since the last look (a night synced, a document revised, a period gone) to the
+    subscriptions, as Oura does about 30 s after a phone syncs; None (tests) sends events only on request."""
 
     def __post_init__(self) -> None:
         self.readings = Readings.coerce(self.readings)

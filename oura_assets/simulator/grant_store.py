@@ -86,6 +86,11 @@ class GrantStore:
         with self._lock:
             return self._tables.serial
 
+    def users(self) -> list[str]:
+        """The users holding a live grant (whose data changes Oura would announce)."""
+        with self._lock:
+            return sorted({g.user for g in self._grants.values() if not g.revoked})
+
     def grant_count(self) -> int:
         with self._lock:
             return len(self._grants)

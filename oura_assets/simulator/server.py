@@ -5,6 +5,7 @@ Binds 127.0.0.1 unless told otherwise: the simulator has no authentication on it
 
 from __future__ import annotations
 
+import dataclasses
 from types import TracebackType
 from typing import Self
 
@@ -13,7 +14,7 @@ import uvicorn
 from oura_assets.redaction import install_log_redaction
 from oura_assets.serving import ThreadedUvicorn
 from oura_assets.simulator.app import create_app
-from oura_assets.simulator.config import SimulatorConfig
+from oura_assets.simulator.config import WEBHOOK_WATCH_S, SimulatorConfig
 from oura_assets.simulator.control import SimulatorControl
 from oura_assets.simulator.faults import quiet_dropped_connections
 
@@ -60,9 +61,12 @@ class SimulatorServer:
         self.port = serving.port
         serving.start()
         self._serving = serving
+        if self.config.webhook_watch_s:
+            self.app.state.webhooks.start_watch(self.config.webhook_watch_s)
         return self
 
     def stop(self) -> None:
+        self.app.state.webhooks.stop_watch()
         if self._serving is not None:
             self._serving.stop()
         self._serving = None
@@ -86,7 +90,10 @@ def run(host: str = "127.0.0.1", port: int = 8787, config: SimulatorConfig | Non
     # The one server with an access log: its lines show the query, and Oura's revoke URL carries the token.
     install_log_redaction()
     quiet_dropped_connections()
-    uvicorn.run(create_app(config), host=host, port=port, log_level="info", lifespan="off")
+    app = create_app(config)
+    if config.webhook_watch_s:
+        app.state.webhooks.start_watch(config.webhook_watch_s)
+    uvicorn.run(app, host=host, port=port, log_level="info", lifespan="off")
 
 
 def config_from_environment() -> SimulatorConfig:
@@ -98,4 +105,4 @@ def config_from_environment() -> SimulatorConfig:
     settings = load_settings()
     if not (settings.client_id and settings.client_secret and settings.redirect_uri):
         settings = load_settings({**os.environ, "OURA_ASSETS_DEMO": "1"})
-    return SimulatorConfig.from_settings(settings)
+    return dataclasses.replace(SimulatorConfig.from_settings(settings), webhook_watch_s=WEBHOOK_WATCH_S)

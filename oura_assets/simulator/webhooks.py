@@ -103,6 +103,47 @@ class WebhookHub:
         self._lock = threading.Lock()
         self._subscriptions: dict[str, SimSubscription] = {}
         self.deliveries: list[dict[str, Any]] = []
+        self._watch_stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def start_watch(self, interval_s: float) -> None:
+        """Send the events of what changed in the data every `interval_s` (`webhook_watch_s`)."""
+        if self._watcher is not None:
+            return
+        self._watch_stop.clear()
+        self._watcher = threading.Thread(
+            target=self._watch, args=(interval_s,), name="simulator webhook watch", daemon=True
+        )
+        self._watcher.start()
+
+    def stop_watch(self) -> None:
+        self._watch_stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=10)
+        self._watcher = None
+
+    def _watch(self, interval_s: float) -> None:
+        last = self._state.clock.now()
+        while not self._watch_stop.wait(interval_s):
+            now = self._state.clock.now()
+            if now != last:
+                self.announce_changes(last, now)
+            last = now
+
+    def announce_changes(self, before: datetime, after: datetime) -> list[dict[str, Any]]:
+        """Deliver the events of every subscribed data type's changes between two instants, for every user
+        holding a grant; what a watch tick does."""
+        with self._lock:
+            types = sorted({s.data_type for s in self._subscriptions.values() if s.data_type in DATA_TYPES})
+        if not types:
+            return []
+        events = [
+            e
+            for user in self._state.grants.users()
+            for t in types
+            for e in self.changes(user, t, before, after)
+        ]
+        return self.deliver(events) if events else []
 
     def _client(self, request: Request) -> str:
         client_id = request.headers.get("x-client-id", "")
