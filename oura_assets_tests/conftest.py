@@ -42,6 +42,7 @@ PROCESS_RACES = frozenset(
         "test_concurrency.py::test_a_lock_held_too_long_names_its_holder_to_the_api_log_and_the_failed_run",
         "test_concurrency.py::test_sensors_evaluated_by_another_process_while_a_run_writes",
         "test_rate_budget.py::test_two_processes_share_one_budget_under_a_tight_limit_with_few_429s",
+        "test_rate_budget_postgres.py::test_three_processes_on_one_postgres_budget_stay_within_the_limit_and_share_it_fairly",
         "test_rate_budget.py::test_a_new_patients_sync_lands_while_a_backfill_in_another_process_keeps_going",
         "test_run_kill.py::test_killed_run_leaves_no_process_and_is_marked_failed",
         "test_token_journal.py::test_fault_kill_9_after_oura_rotated_the_pair_keeps_the_connection",
