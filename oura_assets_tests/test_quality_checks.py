@@ -28,6 +28,7 @@ from oura_assets.defs.partitions import partition_range_tags
 from oura_assets.defs.resources import WarehouseResource
 from oura_assets.oura.oauth import OuraOAuthApp
 from oura_assets.simulator import ClientRegistration, SimulatorConfig, SimulatorServer
+from oura_assets.simulator import data as simulator_data
 from oura_assets.tokens import TokenCipher, store_granted_tokens
 from oura_assets_tests.conftest import TEST_CLIENT_ID, TEST_CLIENT_SECRET, TEST_REDIRECT_URI
 from oura_assets_tests.support import authorize_code
@@ -350,12 +351,45 @@ def test_raw_checks_block_and_normalized_checks_warn() -> None:
 
 
 def test_a_failing_raw_check_keeps_bad_samples_out_of_daily_stats(
-    clean: CleanRun, env: dict[str, str]
+    clean: CleanRun, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A blocking failure stops the run before the normalized tables are rebuilt from the bad samples."""
+    """A blocking failure stops the run before the normalized tables are rebuilt from the bad samples.
+
+    The bad sample comes the only way one can reach the rows a run builds on: Oura serves it in the run's
+    window (the run's raw mirror replaces whatever was stored there before).
+    """
+    served = simulator_data.heart_rate
+
+    def with_a_bad_sample(name: str, start: datetime, end: datetime, now: datetime) -> list[Any]:
+        samples = served(name, start, end, now)
+        return [(epoch, 300 if n == 0 else bpm, source) for n, (epoch, bpm, source) in enumerate(samples)]
+
+    monkeypatch.setattr(simulator_data, "heart_rate", with_a_bad_sample)
+    try:
+        result = run_job(START, START)
+        evaluations = {(e.asset_key, e.check_name): e for e in result.get_asset_check_evaluations()}
+        check = evaluations[(RAW_KEYS["heartrate"], "bpm_in_range")]
+        assert not check.passed
+        assert check.metadata["checked"].value == f"the run's days {START}..{START}"
+        materialized = {e.asset_key for e in result.get_asset_materialization_events()}
+        assert RAW_KEYS["heartrate"] in materialized
+        assert DAILY_STATS_KEY not in materialized
+        with duckdb.connect(str(clean.path), read_only=True) as conn:
+            # The run landed it (so the check saw what the rebuild would have read), and no day took it.
+            assert conn.execute("SELECT count(*) FROM oura_raw.heartrate WHERE bpm = 300").fetchone()[0] > 0
+            assert conn.execute(
+                "SELECT count(*) FROM patient_graph.patient_wearable_daily_stats WHERE hr_max >= 300"
+            ).fetchone() == (0,)
+    finally:
+        monkeypatch.undo()
+        assert run_job(START, START).success  # Oura's clean samples replace the bad ones again
+
+
+def test_a_raw_check_in_a_run_looks_at_the_runs_days_only(clean: CleanRun) -> None:
+    """A bad sample outside the run's days does not block it (that day's own run checks it), and the check
+    called on its own still sweeps the whole table and names it."""
     with duckdb.connect(str(clean.path)) as conn:
         conn.execute("SET TimeZone = 'UTC'")
-        # Outside the run's window, so the run's raw mirror does not replace it: the check still sees it.
         conn.execute(
             "INSERT INTO oura_raw.heartrate BY NAME SELECT * REPLACE "
             '("timestamp" - INTERVAL 400 DAY AS "timestamp", 300 AS bpm) FROM oura_raw.heartrate LIMIT 1'
@@ -363,10 +397,11 @@ def test_a_failing_raw_check_keeps_bad_samples_out_of_daily_stats(
     try:
         result = run_job(START, START)
         evaluations = {(e.asset_key, e.check_name): e for e in result.get_asset_check_evaluations()}
-        assert not evaluations[(RAW_KEYS["heartrate"], "bpm_in_range")].passed
-        materialized = {e.asset_key for e in result.get_asset_materialization_events()}
-        assert RAW_KEYS["heartrate"] in materialized
-        assert DAILY_STATS_KEY not in materialized
+        assert evaluations[(RAW_KEYS["heartrate"], "bpm_in_range")].passed
+        assert DAILY_STATS_KEY in {e.asset_key for e in result.get_asset_materialization_events()}
+        alone = checks.raw_heartrate_bpm_in_range(warehouse=WarehouseResource(database=str(clean.path)))
+        assert not alone.passed and alone.metadata["checked"].value == "the whole table"
+        assert alone.metadata["offenders"].data[0]["value"] == "300 bpm"
     finally:
         with duckdb.connect(str(clean.path)) as conn:
             conn.execute("DELETE FROM oura_raw.heartrate WHERE bpm = 300")

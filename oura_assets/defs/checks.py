@@ -5,7 +5,7 @@ warning on `wearable_data`, every night until they are resolved.
 """
 
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import date, timedelta
 
 import dagster as dg
 
@@ -19,15 +19,50 @@ from oura_assets.defs.assets import (
     WEARABLE_DATA_KEY,
     WORKOUTS_KEY,
 )
+from oura_assets.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
 from oura_assets.defs.resources import WarehouseResource
 from oura_assets.normalize import METRIC_KEYS
-from oura_assets.sync import OURA_UNAVAILABLE_CODES
+from oura_assets.sync import OURA_UNAVAILABLE_CODES, heartrate_window
+
+PARTITION_TAG = "dagster/partition"
+
+
+def _run_window() -> wh.RunWindow | None:
+    """The rows the running check's run wrote: its partition range, and the heart-rate window its sync
+    fetched and its daily-stats rebuild reads back (`sync.heartrate_window`). None outside a run over
+    partitions (a check called on its own): the check then sweeps the whole table.
+
+    Scoping the data checks to the run keeps the nightly run's cost proportional to its days, not to the
+    history behind them (issue 10). What the raw checks guard still holds: the normalized assets rebuild
+    exactly these days from exactly these rows, so a bad row the run could build on is always looked at,
+    and a bad row elsewhere is looked at by the run that covers its day. The context comes from Dagster's
+    current-context variable rather than a `context` argument, so the checks stay callable as plain
+    functions (tests, `dagster asset check`) with the whole-table meaning.
+    """
+    try:
+        context = dg.AssetCheckExecutionContext.get()
+    except dg.DagsterInvariantViolationError:
+        return None
+    tags = context.run.tags
+    first = tags.get(RANGE_START_TAG) or tags.get(PARTITION_TAG)
+    last = tags.get(RANGE_END_TAG) or tags.get(PARTITION_TAG)
+    if not first or not last:
+        return None
+    start, end = date.fromisoformat(first), date.fromisoformat(last)
+    return wh.RunWindow(start, end, *heartrate_window(start, end))
+
+
+def _scope(window: wh.RunWindow | None) -> dict[str, dg.MetadataValue]:
+    if window is None:
+        return {"checked": dg.MetadataValue.text("the whole table")}
+    return {"checked": dg.MetadataValue.text(f"the run's days {window.start}..{window.end}")}
 
 
 @dg.asset_check(asset=WEARABLE_DATA_KEY, description="Every row's metrics carry exactly the documented keys.")
 def wearable_data_metric_keys(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    window = _run_window()
     with warehouse.connect("check: wearable_data metric keys") as conn:
-        shapes = wh.wearable_data_key_shapes(conn)
+        shapes = wh.wearable_data_key_shapes(conn, window)
     wrong = {
         f"{metric_type}: {sorted(keys)}": count
         for metric_type, keys, count in shapes
@@ -35,7 +70,11 @@ def wearable_data_metric_keys(warehouse: WarehouseResource) -> dg.AssetCheckResu
     }
     return dg.AssetCheckResult(
         passed=not wrong,
-        metadata={"row_shapes_checked": len(shapes), "unexpected_shapes": dg.MetadataValue.json(wrong)},
+        metadata={
+            "row_shapes_checked": len(shapes),
+            "unexpected_shapes": dg.MetadataValue.json(wrong),
+            **_scope(window),
+        },
     )
 
 
@@ -60,9 +99,12 @@ def connections_need_attention(warehouse: WarehouseResource) -> dg.AssetCheckRes
     asset=DAILY_STATS_KEY, description="Daily stats agree with wearable_data and cover the same patient-days."
 )
 def daily_stats_agree_with_wearable_data(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    window = _run_window()
     with warehouse.connect("check: daily stats agreement") as conn:
-        mismatched = wh.daily_stats_mismatched_days(conn)
-    return dg.AssetCheckResult(passed=mismatched == 0, metadata={"mismatched_days": mismatched})
+        mismatched = wh.daily_stats_mismatched_days(conn, window)
+    return dg.AssetCheckResult(
+        passed=mismatched == 0, metadata={"mismatched_days": mismatched, **_scope(window)}
+    )
 
 
 @dg.multi_asset_check(
@@ -158,10 +200,24 @@ def _raw_unique_keys(asset: str) -> dg.AssetChecksDefinition:
         "timestamp and source for heart rate). Blocks the run: a duplicate would count twice downstream.",
     )
     def _check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        window = _run_window()
         with warehouse.connect(f"check: unique keys of {asset}") as conn:
-            return _offenders_result(_combined([wh.duplicate_keys(conn, table) for table in tables]))
+            return _unique_keys_result(conn, tables, window, dg.AssetCheckSeverity.ERROR)
 
     return _check
+
+
+def _unique_keys_result(
+    conn: object, tables: list[str], window: wh.RunWindow | None, severity: dg.AssetCheckSeverity
+) -> dg.AssetCheckResult:
+    """In a run, a table the database holds to its primary key cannot hold a duplicate: no scan (the insert
+    that would have made one failed). Otherwise (a DuckLake catalog, a table rebuilt without its key) the
+    keys of the run's rows are looked at; called on its own, the whole table."""
+    enforced = [t for t in tables if window is not None and wh.primary_key_enforced(conn, t)]
+    found = _combined([wh.duplicate_keys(conn, t, window) for t in tables if t not in enforced])
+    return _offenders_result(
+        found, severity, enforced_by_primary_key=dg.MetadataValue.json(enforced), **_scope(window)
+    )
 
 
 def _raw_scores(asset: str, collection: str) -> dg.AssetChecksDefinition:
@@ -173,8 +229,9 @@ def _raw_scores(asset: str, collection: str) -> dg.AssetChecksDefinition:
         "daily stats copy the score as it is.",
     )
     def _check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        window = _run_window()
         with warehouse.connect(f"check: {collection} scores") as conn:
-            return _offenders_result(wh.raw_scores_out_of_range(conn, collection))
+            return _offenders_result(wh.raw_scores_out_of_range(conn, collection, window), **_scope(window))
 
     return _check
 
@@ -199,8 +256,11 @@ def _spans_in_order(key: dg.AssetKey, table: str) -> dg.AssetChecksDefinition:
         "within a day of its UTC start (a wrong offset would move it).",
     )
     def _check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        window = _run_window()
         with warehouse.connect(f"check: spans of {table}") as conn:
-            return _offenders_result(wh.spans_out_of_order(conn, table), dg.AssetCheckSeverity.WARN)
+            return _offenders_result(
+                wh.spans_out_of_order(conn, table, window), dg.AssetCheckSeverity.WARN, **_scope(window)
+            )
 
     return _check
 
@@ -220,8 +280,9 @@ raw_daily_activity_scores = _raw_scores("daily_activity", "daily_activity")
     "a day's hr_min or hr_max.",
 )
 def raw_heartrate_bpm_in_range(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    window = _run_window()
     with warehouse.connect("check: heart-rate bpm") as conn:
-        return _offenders_result(wh.raw_heartrate_out_of_range(conn))
+        return _offenders_result(wh.raw_heartrate_out_of_range(conn, window), **_scope(window))
 
 
 @dg.asset_check(
@@ -234,9 +295,12 @@ def raw_heartrate_bpm_in_range(warehouse: WarehouseResource) -> dg.AssetCheckRes
     "main sleep period feeds wearable_data's sleep and hrv rows.",
 )
 def raw_sleep_periods_consistent(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    window = _run_window()
     with warehouse.connect("check: sleep periods") as conn:
         return _offenders_result(
-            wh.raw_sleep_period_problems(conn), tolerance_s=dg.MetadataValue.int(wh.SLEEP_SUM_TOLERANCE_S)
+            wh.raw_sleep_period_problems(conn, window),
+            tolerance_s=dg.MetadataValue.int(wh.SLEEP_SUM_TOLERANCE_S),
+            **_scope(window),
         )
 
 
@@ -247,14 +311,16 @@ _WARN = dg.AssetCheckSeverity.WARN
     asset=WEARABLE_DATA_KEY, description="One row per (patient, source, metric type, day): no duplicate keys."
 )
 def wearable_data_unique_keys(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    window = _run_window()
     with warehouse.connect("check: wearable_data keys") as conn:
-        return _offenders_result(wh.duplicate_keys(conn, "patient_graph.wearable_data"), _WARN)
+        return _unique_keys_result(conn, ["patient_graph.wearable_data"], window, _WARN)
 
 
 @dg.asset_check(asset=DAILY_STATS_KEY, description="One row per (patient, source, day): no duplicate keys.")
 def daily_stats_unique_keys(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    window = _run_window()
     with warehouse.connect("check: daily stats keys") as conn:
-        return _offenders_result(wh.duplicate_keys(conn, "patient_graph.patient_wearable_daily_stats"), _WARN)
+        return _unique_keys_result(conn, ["patient_graph.patient_wearable_daily_stats"], window, _WARN)
 
 
 @dg.asset_check(
@@ -262,20 +328,23 @@ def daily_stats_unique_keys(warehouse: WarehouseResource) -> dg.AssetCheckResult
     description="Readiness, sleep and activity scores in `metrics` are 1-100 or null.",
 )
 def wearable_data_scores_in_range(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    window = _run_window()
     with warehouse.connect("check: wearable_data scores") as conn:
-        return _offenders_result(wh.wearable_data_scores_out_of_range(conn), _WARN)
+        return _offenders_result(wh.wearable_data_scores_out_of_range(conn, window), _WARN, **_scope(window))
 
 
 @dg.asset_check(asset=DAILY_STATS_KEY, description="Readiness, sleep and activity scores are 1-100 or null.")
 def daily_stats_scores_in_range(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    window = _run_window()
     with warehouse.connect("check: daily stats scores") as conn:
-        return _offenders_result(wh.daily_stats_scores_out_of_range(conn), _WARN)
+        return _offenders_result(wh.daily_stats_scores_out_of_range(conn, window), _WARN, **_scope(window))
 
 
 @dg.asset_check(asset=DAILY_STATS_KEY, description="hr_min and hr_max are 25-250 bpm (or null).")
 def daily_stats_bpm_in_range(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    window = _run_window()
     with warehouse.connect("check: daily stats bpm") as conn:
-        return _offenders_result(wh.daily_stats_heartrate_out_of_range(conn), _WARN)
+        return _offenders_result(wh.daily_stats_heartrate_out_of_range(conn, window), _WARN, **_scope(window))
 
 
 @dg.asset_check(
@@ -284,11 +353,13 @@ def daily_stats_bpm_in_range(warehouse: WarehouseResource) -> dg.AssetCheckResul
     f"{wh.SLEEP_SUM_TOLERANCE_S} s (Oura's total is the sum of the three; the tolerance covers rounding).",
 )
 def wearable_data_sleep_durations(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    window = _run_window()
     with warehouse.connect("check: wearable_data sleep durations") as conn:
         return _offenders_result(
-            wh.wearable_data_sleep_duration_problems(conn),
+            wh.wearable_data_sleep_duration_problems(conn, window),
             _WARN,
             tolerance_s=dg.MetadataValue.int(wh.SLEEP_SUM_TOLERANCE_S),
+            **_scope(window),
         )
 
 
@@ -296,8 +367,11 @@ def wearable_data_sleep_durations(warehouse: WarehouseResource) -> dg.AssetCheck
     asset=WEARABLE_DATA_KEY, description="Every sleep row's bedtimeEnd is after its bedtimeStart."
 )
 def wearable_data_bedtimes_ordered(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    window = _run_window()
     with warehouse.connect("check: wearable_data bedtimes") as conn:
-        return _offenders_result(wh.wearable_data_bedtimes_out_of_order(conn), _WARN)
+        return _offenders_result(
+            wh.wearable_data_bedtimes_out_of_order(conn, window), _WARN, **_scope(window)
+        )
 
 
 @dg.asset_check(

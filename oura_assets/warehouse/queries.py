@@ -7,7 +7,7 @@ whether the answer passes and what metadata to show.
 from __future__ import annotations
 
 from collections.abc import Collection
-from datetime import date
+from datetime import date, datetime
 from typing import Any, NamedTuple
 
 import duckdb
@@ -15,6 +15,28 @@ import duckdb
 from oura_assets import domain
 from oura_assets.warehouse.runs import sync_results_for_run
 from oura_assets.warehouse.schema import TABLES
+
+
+class RunWindow(NamedTuple):
+    """What a run wrote, for the checks about it: the `day`s [start, end] of its documents and normalized
+    rows, and the heart-rate samples' UTC instants [hr_start, hr_end) (its fetch window, which the daily-stats
+    rebuild reads back). A check given one looks at those rows only, so its cost follows the run, not the
+    history; given None it sweeps the whole table (a check run on its own, outside a ranged run)."""
+
+    start: date
+    end: date
+    hr_start: datetime
+    hr_end: datetime
+
+
+def _in_window(window: RunWindow | None, column: str = "day", alias: str = "") -> tuple[str, list[Any]]:
+    """SQL condition (and its parameters) keeping the rows of `window`; `true` without one."""
+    if window is None:
+        return "true", []
+    qualified = f"{alias}.{column}" if alias else column
+    if column == '"timestamp"':
+        return f"({qualified} >= ? AND {qualified} < ?)", [window.hr_start, window.hr_end]
+    return f"({qualified} BETWEEN ? AND ?)", [window.start, window.end]
 
 
 class MetricKeyShape(NamedTuple):
@@ -31,11 +53,15 @@ class ConnectionAttention(NamedTuple):
     last_error: str | None
 
 
-def wearable_data_key_shapes(conn: duckdb.DuckDBPyConnection) -> list[MetricKeyShape]:
-    """Every distinct (metric_type, key set of `metrics`) in `wearable_data`, with its row count."""
+def wearable_data_key_shapes(
+    conn: duckdb.DuckDBPyConnection, window: RunWindow | None = None
+) -> list[MetricKeyShape]:
+    """Every distinct (metric_type, key set of `metrics`) in `wearable_data` (of `window`), with its count."""
+    where, params = _in_window(window)
     rows = conn.execute(
-        "SELECT metric_type, list_sort(json_keys(metrics)) AS keys, count(*) "
-        "FROM patient_graph.wearable_data GROUP BY ALL"
+        "SELECT metric_type, list_sort(json_keys(metrics)) AS keys, count(*) "  # noqa: S608 (constants)
+        f"FROM patient_graph.wearable_data WHERE {where} GROUP BY ALL",
+        params,
     ).fetchall()
     return [MetricKeyShape(metric_type, list(keys), int(count)) for metric_type, keys, count in rows]
 
@@ -49,16 +75,17 @@ def connections_needing_attention(conn: duckdb.DuckDBPyConnection) -> list[Conne
     return [ConnectionAttention(*row) for row in rows if domain.needs_attention(row[1], row[2])]
 
 
-def daily_stats_mismatched_days(conn: duckdb.DuckDBPyConnection) -> int:
-    """Patient-days of `wearable_data` whose daily-stats row is missing or has other scores."""
+def daily_stats_mismatched_days(conn: duckdb.DuckDBPyConnection, window: RunWindow | None = None) -> int:
+    """Patient-days of `wearable_data` (of `window`) whose daily-stats row is missing or has other scores."""
+    where, params = _in_window(window)
     (mismatched,) = conn.execute(
-        """
+        f"""
         WITH w AS (
             SELECT patient_id, source, day,
                    max(metrics->>'score') FILTER (metric_type = 'readiness')::INTEGER AS readiness,
                    max(metrics->>'score') FILTER (metric_type = 'sleep')::INTEGER AS sleep,
                    max(metrics->>'score') FILTER (metric_type = 'activity')::INTEGER AS activity
-            FROM patient_graph.wearable_data GROUP BY ALL
+            FROM patient_graph.wearable_data WHERE {where} GROUP BY ALL
         )
         SELECT count(*) FROM w
         LEFT JOIN patient_graph.patient_wearable_daily_stats s USING (patient_id, source, day)
@@ -66,7 +93,8 @@ def daily_stats_mismatched_days(conn: duckdb.DuckDBPyConnection) -> int:
            OR s.readiness_score IS DISTINCT FROM w.readiness
            OR s.sleep_score IS DISTINCT FROM w.sleep
            OR s.activity_score IS DISTINCT FROM w.activity
-        """
+        """,  # noqa: S608 (constants)
+        params,
     ).fetchone()
     return int(mismatched)
 
@@ -158,11 +186,25 @@ def _offenders(conn: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | No
     return Offenders(rows[0][-1] if rows else 0, [Offender(p, d, i, str(v)) for p, d, i, v, _ in rows])
 
 
-def duplicate_keys(conn: duckdb.DuckDBPyConnection, table: str) -> Offenders:
+def primary_key_enforced(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
+    """True when the database itself holds `table` to its primary key (a DuckDB file made by the migrations);
+    false on a DuckLake catalog, which enforces no keys, and on a table copied or rebuilt without one."""
+    schema, name = table.split(".", 1)
+    (enforced,) = conn.execute(
+        "SELECT count(*) FROM duckdb_constraints() WHERE database_name = current_database() "
+        "AND schema_name = ? AND table_name = ? AND constraint_type = 'PRIMARY KEY' "
+        "AND list_sort(constraint_column_names) = list_sort(?::VARCHAR[])",
+        [schema, name, list(TABLES[table].primary_key)],
+    ).fetchone()
+    return bool(enforced)
+
+
+def duplicate_keys(conn: duckdb.DuckDBPyConnection, table: str, window: RunWindow | None = None) -> Offenders:
     """Keys of `table` (schema.TABLES' primary key) held by more than one row.
 
     DuckDB enforces the keys, but a DuckLake catalog does not, and a table copied or rebuilt by hand loses
-    them: this is what says so.
+    them: this is what says so. With `window`, only the keys of the rows in it (what a run wrote) are looked
+    at, every row holding one of them counted wherever it lies, so a duplicate the run made is always found.
     """
     key = TABLES[table].primary_key
     columns = {c.name for c in TABLES[table].columns}
@@ -170,10 +212,18 @@ def duplicate_keys(conn: duckdb.DuckDBPyConnection, table: str) -> Offenders:
     rest = [c for c in key if c not in ("patient_id", "day")]
     row_id = "concat_ws(' ', " + ", ".join(f'CAST("{c}" AS VARCHAR)' for c in rest) + ")"
     group = ", ".join(f'"{c}"' for c in key)
+    where, params = "true", []
+    if window is not None:
+        in_window, params = _in_window(window, "day" if "day" in columns else '"timestamp"')
+        if "day" in key or "timestamp" in key:
+            where = in_window  # the key holds the day (or instant): every row with the key lies in the window
+        else:  # the key is (patient, document id): the same document may sit on another day
+            where = f"({group}) IN (SELECT ({group}) FROM {table} WHERE {in_window})"  # noqa: S608
     return _offenders(
         conn,
         f"SELECT patient_id, {day}, {row_id}, count(*) || ' rows with this key' FROM {table} "  # noqa: S608
-        f"GROUP BY {group} HAVING count(*) > 1",
+        f"WHERE {where} GROUP BY {group} HAVING count(*) > 1",
+        params,
     )
 
 
@@ -183,67 +233,90 @@ def _out_of_range(value: str, low: int, high: int) -> str:
     return f"({value} IS NOT NULL AND ({number} IS NULL OR {number} < {low} OR {number} > {high}))"
 
 
-def raw_scores_out_of_range(conn: duckdb.DuckDBPyConnection, collection: str) -> Offenders:
-    """`oura_raw.<collection>` documents whose `score` is neither null nor in 1-100."""
+def raw_scores_out_of_range(
+    conn: duckdb.DuckDBPyConnection, collection: str, window: RunWindow | None = None
+) -> Offenders:
+    """`oura_raw.<collection>` documents (of `window`) whose `score` is neither null nor in 1-100."""
     if collection not in SCORED_COLLECTIONS:
         raise ValueError(f"{collection!r} carries no score")
     score = "(document->>'score')"
+    where, params = _in_window(window)
     return _offenders(
         conn,
         f"SELECT patient_id, day, id, 'score ' || {score} FROM oura_raw.{collection} "  # noqa: S608
-        f"WHERE {_out_of_range(score, *SCORE_RANGE)}",
+        f"WHERE {where} AND {_out_of_range(score, *SCORE_RANGE)}",
+        params,
     )
 
 
-def wearable_data_scores_out_of_range(conn: duckdb.DuckDBPyConnection) -> Offenders:
+def wearable_data_scores_out_of_range(
+    conn: duckdb.DuckDBPyConnection, window: RunWindow | None = None
+) -> Offenders:
     """`wearable_data` readiness, sleep and activity rows whose `score` is neither null nor in 1-100."""
     score = "(metrics->>'score')"
+    where, params = _in_window(window)
     return _offenders(
         conn,
         f"""
         SELECT patient_id, day, metric_type, 'score ' || {score} FROM patient_graph.wearable_data
-        WHERE metric_type IN ('readiness', 'sleep', 'activity') AND {_out_of_range(score, *SCORE_RANGE)}
+        WHERE {where} AND metric_type IN ('readiness', 'sleep', 'activity')
+          AND {_out_of_range(score, *SCORE_RANGE)}
         """,  # noqa: S608 (constants)
+        params,
     )
 
 
-def daily_stats_scores_out_of_range(conn: duckdb.DuckDBPyConnection) -> Offenders:
+def _daily_stats_of(window: RunWindow | None) -> tuple[str, list[Any]]:
+    where, params = _in_window(window)
+    return f"(SELECT * FROM patient_graph.patient_wearable_daily_stats WHERE {where})", params  # noqa: S608
+
+
+def daily_stats_scores_out_of_range(
+    conn: duckdb.DuckDBPyConnection, window: RunWindow | None = None
+) -> Offenders:
     """Daily-stats rows whose readiness, sleep or activity score is neither null nor in 1-100."""
     low, high = SCORE_RANGE
+    stats, params = _daily_stats_of(window)
     return _offenders(
         conn,
         f"""
         SELECT patient_id, day, name, name || ' ' || value
-        FROM (UNPIVOT patient_graph.patient_wearable_daily_stats
-              ON readiness_score, sleep_score, activity_score INTO NAME name VALUE value)
+        FROM (UNPIVOT {stats} ON readiness_score, sleep_score, activity_score INTO NAME name VALUE value)
         WHERE value < {low} OR value > {high}
         """,  # noqa: S608 (constants)
+        params,
     )
 
 
-def raw_heartrate_out_of_range(conn: duckdb.DuckDBPyConnection) -> Offenders:
-    """Heart-rate samples outside 25-250 bpm (no resting or exercising human is outside it)."""
+def raw_heartrate_out_of_range(conn: duckdb.DuckDBPyConnection, window: RunWindow | None = None) -> Offenders:
+    """Heart-rate samples (of `window`) outside 25-250 bpm (no resting or exercising human is outside it)."""
     low, high = BPM_RANGE
+    where, params = _in_window(window, '"timestamp"')
     return _offenders(
         conn,
         f"""
         SELECT patient_id, CAST("timestamp" AS DATE),
                strftime("timestamp", '%Y-%m-%dT%H:%M:%SZ') || ' ' || source, bpm || ' bpm'
-        FROM oura_raw.heartrate WHERE bpm < {low} OR bpm > {high}
+        FROM oura_raw.heartrate WHERE {where} AND (bpm < {low} OR bpm > {high})
         """,  # noqa: S608 (constants)
+        params,
     )
 
 
-def daily_stats_heartrate_out_of_range(conn: duckdb.DuckDBPyConnection) -> Offenders:
+def daily_stats_heartrate_out_of_range(
+    conn: duckdb.DuckDBPyConnection, window: RunWindow | None = None
+) -> Offenders:
     """Daily-stats rows whose hr_min or hr_max is outside 25-250 bpm."""
     low, high = BPM_RANGE
+    stats, params = _daily_stats_of(window)
     return _offenders(
         conn,
         f"""
         SELECT patient_id, day, name, name || ' ' || value || ' bpm'
-        FROM (UNPIVOT patient_graph.patient_wearable_daily_stats ON hr_min, hr_max INTO NAME name VALUE value)
+        FROM (UNPIVOT {stats} ON hr_min, hr_max INTO NAME name VALUE value)
         WHERE value < {low} OR value > {high}
         """,  # noqa: S608 (constants)
+        params,
     )
 
 
@@ -262,7 +335,7 @@ def _seconds(json_path: str) -> str:
     return f"TRY_CAST({json_path} AS DOUBLE)"
 
 
-def raw_sleep_period_problems(conn: duckdb.DuckDBPyConnection) -> Offenders:
+def raw_sleep_period_problems(conn: duckdb.DuckDBPyConnection, window: RunWindow | None = None) -> Offenders:
     """`oura_raw.sleep` periods with a negative duration, stages that exceed the total, or an end before
     the start (a period still in progress has no end yet and passes)."""
     d = {
@@ -288,6 +361,7 @@ def raw_sleep_period_problems(conn: duckdb.DuckDBPyConnection) -> Offenders:
         "TRY_CAST(document->>'bedtime_start' AS TIMESTAMPTZ)",
         "TRY_CAST(document->>'bedtime_end' AS TIMESTAMPTZ)",
     )
+    where, params = _in_window(window)
     return _offenders(
         conn,
         f"""
@@ -295,61 +369,74 @@ def raw_sleep_period_problems(conn: duckdb.DuckDBPyConnection) -> Offenders:
             SELECT patient_id, day, id, coalesce({problem}, CASE WHEN {end} <= {start} THEN
                 'bedtime_end ' || (document->>'bedtime_end') || ' not after bedtime_start '
                 || (document->>'bedtime_start') END) AS problem
-            FROM oura_raw.sleep
+            FROM oura_raw.sleep WHERE {where}
         ) WHERE problem IS NOT NULL
         """,  # noqa: S608 (constants)
+        params,
     )
 
 
-def wearable_data_sleep_duration_problems(conn: duckdb.DuckDBPyConnection) -> Offenders:
+def wearable_data_sleep_duration_problems(
+    conn: duckdb.DuckDBPyConnection, window: RunWindow | None = None
+) -> Offenders:
     """`wearable_data` sleep rows with a negative duration or deep + REM + light beyond total sleep."""
     m = {key: _seconds(f"metrics->>'{key}'") for key in ("totalSleep", "deepSleep", "remSleep", "lightSleep")}
     others = [_seconds("metrics->>'awake'"), _seconds("metrics->>'latency'")]
     problem = _sleep_problem(m["totalSleep"], m["deepSleep"], m["remSleep"], m["lightSleep"], others)
+    where, params = _in_window(window)
     return _offenders(
         conn,
         f"""
         SELECT patient_id, day, metric_type, problem FROM (
             SELECT patient_id, day, metric_type, {problem} AS problem
-            FROM patient_graph.wearable_data WHERE metric_type = 'sleep'
+            FROM patient_graph.wearable_data WHERE {where} AND metric_type = 'sleep'
         ) WHERE problem IS NOT NULL
         """,  # noqa: S608 (constants)
+        params,
     )
 
 
-def wearable_data_bedtimes_out_of_order(conn: duckdb.DuckDBPyConnection) -> Offenders:
+def wearable_data_bedtimes_out_of_order(
+    conn: duckdb.DuckDBPyConnection, window: RunWindow | None = None
+) -> Offenders:
     """`wearable_data` sleep rows whose bedtimeEnd is not after bedtimeStart (or is not a time at all)."""
     start, end = "(metrics->>'bedtimeStart')", "(metrics->>'bedtimeEnd')"
+    where, params = _in_window(window)
     return _offenders(
         conn,
         f"""
         SELECT patient_id, day, metric_type, 'bedtimeStart ' || coalesce({start}, 'null')
             || ', bedtimeEnd ' || {end}
         FROM patient_graph.wearable_data
-        WHERE metric_type = 'sleep' AND {end} IS NOT NULL
+        WHERE {where} AND metric_type = 'sleep' AND {end} IS NOT NULL
           AND (TRY_CAST({end} AS TIMESTAMPTZ) IS NULL
                OR TRY_CAST({end} AS TIMESTAMPTZ) <= TRY_CAST({start} AS TIMESTAMPTZ))
         """,  # noqa: S608 (constants)
+        params,
     )
 
 
 DAY_STATUS_TABLE = "patient_graph.wearable_day_status"
 
 
-def spans_out_of_order(conn: duckdb.DuckDBPyConnection, table: str) -> Offenders:
+def spans_out_of_order(
+    conn: duckdb.DuckDBPyConnection, table: str, window: RunWindow | None = None
+) -> Offenders:
     """`wearable_workouts` / `wearable_sessions` rows that end before they start or last over a day, or whose
     `day` is more than a day from their UTC start (a local day read with the wrong offset)."""
     if table not in ("patient_graph.wearable_workouts", "patient_graph.wearable_sessions"):
         raise ValueError(f"{table!r} holds no spans")
+    where, params = _in_window(window)
     return _offenders(
         conn,
         f"""
         SELECT patient_id, day, id, strftime(start_at, '%Y-%m-%dT%H:%M:%SZ') || ' .. '
                || strftime(end_at, '%Y-%m-%dT%H:%M:%SZ')
         FROM {table}
-        WHERE end_at < start_at OR end_at - start_at > INTERVAL 24 HOURS
-           OR abs(datediff('day', day, (start_at AT TIME ZONE 'UTC')::DATE)) > 1
+        WHERE {where} AND (end_at < start_at OR end_at - start_at > INTERVAL 24 HOURS
+           OR abs(datediff('day', day, (start_at AT TIME ZONE 'UTC')::DATE)) > 1)
         """,  # noqa: S608 (table checked above)
+        params,
     )
 
 
