@@ -18,6 +18,8 @@ simulator serves from the parent) and wall time, 1 year over 1 month.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,15 +30,18 @@ from typing import Any
 
 import harness
 
+from oura_assets import analytics
 from oura_assets import warehouse as wh
 from oura_assets_tests import support
 
 NIGHTLY_LAST_DAY = date(2024, 7, 14)  # the day before harness.DATA_NOW: what the nightly schedule asks for
 NIGHTLY_DAYS = 4  # yesterday plus the default 3-day lookback
 SIZES = {
-    "full": {"patients": 1000, "long": 365, "short": 30},
-    "quick": {"patients": 20, "long": 365, "short": 30},
+    "full": {"patients": [20, 100, 300, 1000], "long": 365, "short": 30},
+    "quick": {"patients": [20], "long": 365, "short": 30},
 }
+# e.g. `20,100`: the patient counts to measure, smallest first (the trend with size is part of the answer).
+PATIENTS_VARIABLE = "OURA_BENCH_INCREMENTAL_PATIENTS"
 # Tables a copied patient must not inherit: its own connection (made through OAuth) and what only the
 # template's connecting wrote.
 NOT_COPIED = {"patient_graph.wearable_connections", "patient_graph.patient_events", "patient_graph.audit_log"}
@@ -115,14 +120,23 @@ def _copy_template(store: wh.Warehouse, template: str, patients: list[str]) -> d
     return copied
 
 
-def _arm(history_days: int, patients: int, workdir: Path) -> dict[str, Any]:
-    """A warehouse with `patients` x `history_days` of history, then the nightly run over it."""
-    warehouse = workdir / f"history-{history_days}.duckdb"
+def _age_history(store: wh.Warehouse) -> None:
+    """The copied history was written on earlier nights: its sync results are dated a day back, as they would
+    be, so the nightly run's snapshot refresh sees only tonight's results as changes."""
+    with store.transaction("bench: date the history back") as conn:
+        conn.execute("UPDATE patient_graph.sync_results SET recorded_at = recorded_at - INTERVAL 1 DAY")
+
+
+def _arms(history_days: int, sizes: list[int], workdir: Path) -> dict[int, dict[str, Any]]:
+    """A warehouse with N patients x `history_days` of history for each N in `sizes` (one template backfill
+    shared by all), then the nightly run over each."""
+    template = workdir / f"history-{history_days}.duckdb"
     server = harness.start_simulator()
+    arms: dict[int, dict[str, Any]] = {}
     try:
         # The year of history starts before harness.START_DATE, the partitions' first day.
-        env = {**harness.pipeline_env(server.url, warehouse), "OURA_ASSETS_START_DATE": "2023-01-01"}
-        ids = [f"bench-patient-{n:04d}" for n in range(patients)]
+        env = {**harness.pipeline_env(server.url, template), "OURA_ASSETS_START_DATE": "2023-01-01"}
+        ids = [f"bench-patient-{n:04d}" for n in range(max(sizes))]
         with harness.applied_env(env) as settings:
             support.connect_patient(settings, ids[0])
         history_end = NIGHTLY_LAST_DAY - timedelta(days=NIGHTLY_DAYS)
@@ -131,66 +145,95 @@ def _arm(history_days: int, patients: int, workdir: Path) -> dict[str, Any]:
         _child(
             {"kind": "run", "label": f"history-{history_days}", "start": history_start.isoformat(),
              "end": history_end.isoformat()},
-            env,
+            {**env, "OURA_ASSETS_ANALYTICS": str(workdir / "template-analytics.duckdb")},
             workdir,
         )  # fmt: skip
         backfill_s = time.perf_counter() - t0
-        copied = _copy_template(wh.Warehouse(warehouse), ids[0], ids[1:])
-        with harness.applied_env(env) as settings:
-            for patient_id in ids[1:]:
-                support.connect_patient(settings, patient_id, learn_oura_user_id=False)
-        before_mb = warehouse.stat().st_size / 2**20
-        nightly_start = NIGHTLY_LAST_DAY - timedelta(days=NIGHTLY_DAYS - 1)
-        server.control.reset_stats()
-        run = _child(
-            {"kind": "run", "label": f"nightly-{history_days}", "start": nightly_start.isoformat(),
-             "end": NIGHTLY_LAST_DAY.isoformat()},
-            env,
-            workdir,
-        )  # fmt: skip
-        requests = server.control.stats()["total_requests"]
+        for patients in sizes:
+            warehouse = workdir / f"history-{history_days}-{patients}.duckdb"
+            shutil.copyfile(template, warehouse)
+            snapshot = workdir / f"analytics-{history_days}-{patients}.duckdb"
+            arm_env = {**env, "OURA_ASSETS_WAREHOUSE": str(warehouse), "OURA_ASSETS_ANALYTICS": str(snapshot)}
+            store = wh.Warehouse(warehouse)
+            copied = _copy_template(store, ids[0], ids[1:patients])
+            with harness.applied_env(arm_env) as settings:
+                for patient_id in ids[1:patients]:
+                    support.connect_patient(settings, patient_id, learn_oura_user_id=False)
+            _age_history(store)
+            # Last night's snapshot, as the nightly run finds it (untimed: a whole copy, made once).
+            previous = analytics.publish_snapshot(store, snapshot)
+            before_mb = warehouse.stat().st_size / 2**20
+            nightly_start = NIGHTLY_LAST_DAY - timedelta(days=NIGHTLY_DAYS - 1)
+            server.control.reset_stats()
+            run = _child(
+                {"kind": "run", "label": f"nightly-{history_days}-{patients}",
+                 "start": nightly_start.isoformat(), "end": NIGHTLY_LAST_DAY.isoformat()},
+                arm_env,
+                workdir,
+            )  # fmt: skip
+            requests = server.control.stats()["total_requests"]
+            print(f"  incremental, {patients} patients, {history_days} d of history: nightly run "
+                  f"{run['cpu_s']:.1f} s CPU, {run['wall_s']:.1f} s wall", flush=True)  # fmt: skip
+            arms[patients] = {
+                **run,
+                "history_days": history_days,
+                "patients": patients,
+                "template_backfill_s": backfill_s,
+                "rows_copied": copied,
+                "warehouse_mb_before_run": before_mb,
+                "snapshot_mb_before_run": previous.path.stat().st_size / 2**20,
+                "http_requests": requests,
+            }
+            for leftover in (warehouse, snapshot):
+                leftover.unlink(missing_ok=True)
     finally:
         server.stop()
-    print(f"  incremental, {history_days} d of history: nightly run {run['cpu_s']:.1f} s CPU, "
-          f"{run['wall_s']:.1f} s wall", flush=True)  # fmt: skip
-    return {
-        **run,
-        "history_days": history_days,
-        "patients": patients,
-        "template_backfill_s": backfill_s,
-        "rows_copied": copied,
-        "warehouse_mb_before_run": before_mb,
-        "http_requests": requests,
-    }
+    return arms
 
 
 def bench_incremental(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]:
-    """The nightly run for N patients over 1 year of history vs over 1 month."""
+    """The nightly run for N patients over 1 year of history vs over 1 month, for each N of the sweep."""
     sizes = SIZES["quick" if size.get("patients", 5) <= 2 else "full"]
-    n = sizes["patients"]
+    sweep = [int(n) for n in os.environ.get(PATIENTS_VARIABLE, "").split(",") if n] or sizes["patients"]
     with tempfile.TemporaryDirectory(prefix="oura-bench-incr-") as tmp:
-        short = _arm(sizes["short"], n, Path(tmp))
-        long = _arm(sizes["long"], n, Path(tmp))
-    ratio_cpu = long["cpu_s"] / short["cpu_s"]
-    ratio_wall = long["wall_s"] / short["wall_s"]
-    label = f"(h) nightly run, {n} patients x {NIGHTLY_DAYS} d"
-    rows += [
-        [label, f"CPU time: {sizes['short']} d of history / {sizes['long']} d",
-         f"{short['cpu_s']:.1f} s", f"{long['cpu_s']:.1f} s", f"{ratio_cpu:.2f}x"],
-        [label, "wall time", f"{short['wall_s']:.1f} s", f"{long['wall_s']:.1f} s", f"{ratio_wall:.2f}x"],
-        [label, "warehouse before the run / HTTP requests",
-         f"{short['warehouse_mb_before_run']:.0f} MiB / {short['http_requests']}",
-         f"{long['warehouse_mb_before_run']:.0f} MiB / {long['http_requests']}", ""],
-    ]  # fmt: skip
+        short = _arms(sizes["short"], sweep, Path(tmp))
+        long = _arms(sizes["long"], sweep, Path(tmp))
+    ratios: dict[int, dict[str, float]] = {}
+    for n in sweep:
+        ratios[n] = {
+            "cpu": long[n]["cpu_s"] / short[n]["cpu_s"],
+            "wall": long[n]["wall_s"] / short[n]["wall_s"],
+        }
+        label = f"(h) nightly run, {n} patients x {NIGHTLY_DAYS} d"
+        rows += [
+            [label, f"CPU time: {sizes['short']} d of history / {sizes['long']} d",
+             f"{short[n]['cpu_s']:.1f} s", f"{long[n]['cpu_s']:.1f} s", f"{ratios[n]['cpu']:.2f}x"],
+            [label, "wall time", f"{short[n]['wall_s']:.1f} s", f"{long[n]['wall_s']:.1f} s",
+             f"{ratios[n]['wall']:.2f}x"],
+            [label, "warehouse / snapshot before the run, HTTP requests",
+             f"{short[n]['warehouse_mb_before_run']:.0f} / {short[n]['snapshot_mb_before_run']:.0f} MiB, "
+             f"{short[n]['http_requests']}",
+             f"{long[n]['warehouse_mb_before_run']:.0f} / {long[n]['snapshot_mb_before_run']:.0f} MiB, "
+             f"{long[n]['http_requests']}", ""],
+        ]  # fmt: skip
+    largest = sweep[-1]
     return {
         "what": "the oura_sync job over the nightly range, warehouse pre-filled with 1 month vs 1 year",
-        "params": {**sizes, "nightly_days": NIGHTLY_DAYS, "nightly_last_day": NIGHTLY_LAST_DAY.isoformat()},
-        "baseline": {"name": f"{sizes['short']} days of history", **short},
-        "candidate": {"name": f"{sizes['long']} days of history", **long},
-        "ratios": {"cpu": ratio_cpu, "wall": ratio_wall},
-        "ok": short["http_requests"] == long["http_requests"] and short["http_requests"] > 0,
-        "check": "both nightly runs succeed and ask Oura the same number of requests",
-        "results": {"incremental_cost_ratio_1y_vs_1m": round(ratio_cpu, 3)},
+        "params": {
+            **sizes,
+            "patients": sweep,
+            "nightly_days": NIGHTLY_DAYS,
+            "nightly_last_day": NIGHTLY_LAST_DAY.isoformat(),
+        },
+        "baseline": {"name": f"{sizes['short']} days of history", "by_patients": short},
+        "candidate": {"name": f"{sizes['long']} days of history", "by_patients": long},
+        "ratios": {"by_patients": ratios, "largest": largest},
+        "ok": all(
+            short[n]["http_requests"] == long[n]["http_requests"] and short[n]["http_requests"] > 0
+            for n in sweep
+        ),
+        "check": "every nightly run succeeds and asks Oura the same number of requests in both arms",
+        "results": {"incremental_cost_ratio_1y_vs_1m": round(ratios[largest]["cpu"], 3)},
     }
 
 

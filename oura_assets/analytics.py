@@ -28,16 +28,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 
 import duckdb
 import filelock
 
 from oura_assets import warehouse as wh
+from oura_assets.analytics_refresh import changed_ranges, refresh_tables, row_counts
+from oura_assets.analytics_refresh import quote as _quote
 from oura_assets.clock import utc_now
 from oura_assets.warehouse.encryption import attach, open_database
 
@@ -58,7 +61,7 @@ _ATTACHED = "analytics_snapshot"
 PUBLISH_WAIT_S = 600.0
 
 DAILY_WIDE_SQL = """
-CREATE VIEW main.daily_wide AS
+CREATE OR REPLACE VIEW main.daily_wide AS
 WITH keys AS (
     SELECT patient_id, source, day FROM patient_graph.patient_wearable_daily_stats
     UNION
@@ -117,7 +120,7 @@ LEFT JOIN metrics AS m USING (patient_id, source, day)
 """
 
 HRV_7D_SQL = """
-CREATE VIEW main.hrv_7d AS
+CREATE OR REPLACE VIEW main.hrv_7d AS
 SELECT
     patient_id,
     source,
@@ -145,13 +148,15 @@ VIEW_COMMENTS = {
 
 @dataclass(frozen=True)
 class SnapshotReport:
-    """What a publication wrote: where, when, rows per table, and how long the warehouse lock was held."""
+    """What a publication wrote: where, when, rows per table, how long the warehouse lock was held, and
+    whether the previous snapshot was refreshed (`incremental`) or the warehouse copied whole (`full`)."""
 
     path: Path
     published_at: datetime
     tables: dict[str, int]
     lock_held_s: float
     elapsed_s: float
+    mode: str = "full"
 
     @property
     def rows(self) -> int:
@@ -162,10 +167,6 @@ def is_secret_column(name: str) -> bool:
     """Columns never published: encrypted tokens, and by rule anything that looks like one."""
     lowered = name.lower()
     return lowered.endswith("_enc") or "token" in lowered or "secret" in lowered
-
-
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
 
 
 def _literal(text: str) -> str:
@@ -272,16 +273,63 @@ def _add_views(path: Path, tables: dict[str, int], published_at: datetime, key: 
             conn.execute(f"COMMENT ON VIEW {view} IS {_literal(comment)}")
         _describe(conn, tables)
         conn.execute(
-            "CREATE TABLE main.snapshot_info AS SELECT ?::TIMESTAMPTZ AS published_at, ? AS duckdb_version",
+            "CREATE OR REPLACE TABLE main.snapshot_info AS "
+            "SELECT ?::TIMESTAMPTZ AS published_at, ? AS duckdb_version",
             [published_at, duckdb.__version__],
         )
         conn.execute(
-            "CREATE TABLE main.snapshot_tables AS "
+            "CREATE OR REPLACE TABLE main.snapshot_tables AS "
             "SELECT unnest(?::VARCHAR[]) AS table_name, unnest(?::BIGINT[]) AS row_count",
             [list(tables), list(tables.values())],
         )
         conn.execute("COMMIT")
         conn.execute("CHECKPOINT")
+
+
+def _column_types(conn: duckdb.DuckDBPyConnection, catalog: str | None = None) -> list[tuple[str, str, str]]:
+    """(table, column, type) of every published column of `catalog` (default: the warehouse)."""
+    published = _published_tables(conn, catalog)
+    rows = conn.execute(
+        "SELECT table_schema || '.' || table_name, column_name, data_type FROM information_schema.columns "
+        "WHERE table_catalog = coalesce(?, current_database()) ORDER BY ALL",
+        [catalog],
+    ).fetchall()
+    return [(t, c, d) for t, c, d in rows if c in published.get(t, ())]
+
+
+def _previous_publication(target: Path, key: str | None) -> datetime | None:
+    """When the snapshot at `target` was copied from the warehouse; None when there is none to refresh."""
+    if not target.exists():
+        return None
+    try:
+        with open_database(target, key, read_only=True) as conn:
+            (published_at,) = conn.execute("SELECT published_at FROM main.snapshot_info").fetchone()
+    except (duckdb.Error, wh.WarehouseKeyError, OSError, TypeError):
+        return None  # unreadable, another key, or not one of ours: copied whole instead
+    return published_at
+
+
+def _refresh(
+    conn: duckdb.DuckDBPyConnection,
+    copy: Path,
+    key: str | None,
+    since: datetime,
+    run_days: tuple[date, date] | None,
+) -> dict[str, int] | None:
+    """Refresh `copy` (of the previous snapshot) from the warehouse (`analytics_refresh`); None when it
+    cannot be (the tables or their columns differ, a DuckLake) or did not come out equal in rows to the
+    warehouse: then the caller copies the warehouse whole."""
+    if wh.is_lake_connection(conn):
+        return None  # no writer lock to read every table at one instant while refreshing: copied whole
+    attach(conn, copy, _ATTACHED, key)
+    try:
+        if _column_types(conn) != _column_types(conn, _ATTACHED):
+            return None
+        tables = _published_tables(conn)
+        counts = refresh_tables(conn, _ATTACHED, tables, changed_ranges(conn, since, run_days))
+        return counts if counts == row_counts(conn, tables) else None
+    finally:
+        conn.execute(f"DETACH {_ATTACHED}")
 
 
 def _fsync(path: Path) -> None:
@@ -305,8 +353,15 @@ def publish_snapshot(
     purpose: str = "analytics snapshot",
     publish_wait_s: float = PUBLISH_WAIT_S,
     key: str | None = None,
+    run_days: tuple[date, date] | None = None,
+    incremental: bool = False,
 ) -> SnapshotReport:
     """Write a new snapshot of `warehouse` aside, then atomically replace `target` with it.
+
+    With `incremental`, the new snapshot is the previous one with what changed since refreshed in it
+    (`analytics_refresh`; `run_days`: the publishing run's own days, refreshed for every patient), so its
+    cost follows what runs wrote, not the history; without a previous snapshot, or when the refresh cannot
+    be trusted, the warehouse is copied whole, as without `incremental`.
 
     The warehouse's writer lock is held only while the tables are copied; views, comments and the rename
     happen after it is released. Publications serialize on `<dir>/.<name>.publish.lock`, so two runs finishing
@@ -320,10 +375,25 @@ def publish_snapshot(
     with publish_lock.acquire(timeout=publish_wait_s):
         _remove_aside_files(target)
         try:
+            previous = _previous_publication(target, key) if incremental else None
+            if previous is not None:
+                # Bytes, before taking the warehouse's lock: an encrypted snapshot stays encrypted, same key.
+                shutil.copyfile(target, aside)
             with warehouse.connect(f"{purpose}: copy to {target.name}") as conn:
                 locked = time.monotonic()
                 published_at = utc_now()
-                tables = _copy_tables(conn, aside, key)
+                mode, tables = "full", None
+                if previous is not None:
+                    try:
+                        tables = _refresh(conn, aside, key, previous, run_days)
+                        mode = "incremental" if tables is not None else "full (the refresh did not match)"
+                    except duckdb.Error as exc:  # the copy is thrown away; the whole copy below stands
+                        mode = f"full (the refresh failed: {type(exc).__name__})"
+                if tables is None:
+                    for leftover in (aside, aside.with_name(aside.name + ".wal")):
+                        with contextlib.suppress(FileNotFoundError):
+                            leftover.unlink()
+                    tables = _copy_tables(conn, aside, key)
             lock_held_s = time.monotonic() - locked
             _add_views(aside, tables, published_at, key)
             _fsync(aside)
@@ -339,6 +409,7 @@ def publish_snapshot(
         tables=tables,
         lock_held_s=lock_held_s,
         elapsed_s=time.monotonic() - started,
+        mode=mode,
     )
 
 

@@ -18,6 +18,7 @@ from oura_assets import analytics
 from oura_assets import warehouse as wh
 from oura_assets.config import OAUTH_SCOPES
 from oura_assets.definitions import defs as load_defs
+from oura_assets.warehouse.encryption import open_database
 from oura_assets_tests import support
 
 DUCKDB_CLI = Path(sys.executable).parent / "duckdb"
@@ -229,3 +230,52 @@ def test_erasure_rewrites_the_snapshot_without_the_patient_and_without_the_wareh
         assert conn.execute("SELECT DISTINCT patient_id FROM daily_wide").fetchall() == [("patient-kept",)]
     assert b"patient-erased" not in snapshot.read_bytes()
     assert analytics.erase_from_snapshot(snapshot.parent / "absent.duckdb", "patient-kept") is None
+
+
+def _published_rows(path: Path, key: str | None = None) -> dict[str, list[str]]:
+    """Every published table's rows, order-free, as the snapshot at `path` holds them."""
+    with open_database(path, key, read_only=True) as conn:
+        tables = [t for (t,) in conn.execute("SELECT table_name FROM snapshot_tables ORDER BY 1").fetchall()]
+        return {t: sorted(map(repr, conn.execute(f"SELECT * FROM {t}").fetchall())) for t in tables}  # noqa: S608
+
+
+def test_a_later_run_refreshes_the_snapshot_to_what_a_whole_copy_holds(
+    pipeline_env, connect_patient, tmp_path
+):
+    """The nightly run's publication refreshes the previous snapshot with what changed instead of copying
+    the warehouse whole (issue 10), and holds exactly what a whole copy holds; encrypted stays encrypted;
+    a warehouse changed behind the runs' backs (no sync result says so) is copied whole again."""
+    connect_patient("patient-a")
+    connect_patient("patient-b")
+    run_sync()  # the first publication: a whole copy
+    store, snapshot = wh.Warehouse(pipeline_env.warehouse_path), pipeline_env.analytics_path
+    encrypted, key = tmp_path / "encrypted" / "analytics.duckdb", "k" * 32
+    assert analytics.publish_snapshot(store, encrypted, key=key, incremental=True).mode == "full"
+
+    later = (date(2024, 6, 17), date(2024, 6, 20))
+    definitions, instance = load_defs(), dg.DagsterInstance.ephemeral()
+    assert support.run_sync(*later, definitions=definitions, instance=instance).success
+    event = instance.get_latest_materialization_event(dg.AssetKey(["analytics", "snapshot"]))
+    assert event is not None and event.asset_materialization.metadata["mode"].value == "incremental"
+    whole = analytics.publish_snapshot(store, tmp_path / "whole.duckdb")
+    assert whole.mode == "full"
+    expected = _published_rows(whole.path)
+    assert read(whole.path, "SELECT max(day) FROM patient_graph.wearable_data")[0][0] >= later[0]
+    assert _published_rows(snapshot) == expected
+
+    refreshed = analytics.publish_snapshot(store, encrypted, key=key, run_days=later, incremental=True)
+    assert refreshed.mode == "incremental" and refreshed.tables == whole.tables
+    assert _published_rows(encrypted, key) == expected
+    assert b"patient-a" not in encrypted.read_bytes()
+    with pytest.raises(duckdb.Error):
+        read(encrypted, "SELECT count(*) FROM snapshot_info")
+
+    with store.transaction("test: a change no sync result announces") as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        conn.execute(
+            "INSERT INTO oura_raw.heartrate BY NAME SELECT * REPLACE "
+            '("timestamp" - INTERVAL 400 DAY AS "timestamp") FROM oura_raw.heartrate LIMIT 1'
+        )
+    healed = analytics.publish_snapshot(store, snapshot, run_days=(later[1], later[1]), incremental=True)
+    assert healed.mode.startswith("full")
+    assert _published_rows(snapshot) == _published_rows(analytics.publish_snapshot(store, whole.path).path)

@@ -4,6 +4,7 @@ The copy itself is `oura_assets.analytics.publish_snapshot` (no Dagster); this m
 """
 
 from collections.abc import Iterator
+from datetime import timedelta
 
 import dagster as dg
 import duckdb
@@ -35,6 +36,7 @@ def _snapshot_metadata(report: analytics.SnapshotReport) -> dict[str, dg.Metadat
         "dagster/row_count": dg.MetadataValue.int(report.rows),
         "warehouse_lock_held_s": dg.MetadataValue.float(round(report.lock_held_s, 3)),
         "publish_s": dg.MetadataValue.float(round(report.elapsed_s, 3)),
+        "mode": dg.MetadataValue.text(report.mode),
         "preview": dg.MetadataValue.md(
             "Tables in the snapshot (views: `daily_wide`, `hrv_7d`)\n\n"
             + markdown_table(["table", "rows"], table_rows)
@@ -62,13 +64,17 @@ def build_analytics_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.A
         unit in its name) and `hrv_7d` (7-day HRV and resting heart rate). Replaced atomically after
         every sync run, so holding it open never delays the pipeline: you keep reading the copy you opened.
 
-        It is partitioned like the assets it follows only so it runs in the same single-run backfill; it
-        ignores its partitions and publishes the whole warehouse, because a snapshot of one range would drop
-        every other day from the file analysts read. A failed publication logs a warning and leaves the
-        previous snapshot in place: the patients' data has landed, so the run (and their sync events) stay
-        green.
+        It is partitioned like the assets it follows so it runs in the same single-run backfill. It always
+        holds the whole warehouse, not one range: the previous snapshot is refreshed with the patient-days
+        written since it was published (this run's days, and every sync result recorded since), so the cost
+        follows what runs wrote rather than the history (`analytics_refresh`); the first snapshot, or one
+        that cannot be refreshed, is a whole copy. A failed publication logs a warning and leaves the
+        previous snapshot in place (the next one still carries this run's days: its sync results say so):
+        the patients' data has landed, so the run (and their sync events) stay green.
         """
         run_id = context.run.run_id
+        window = context.partition_time_window
+        run_days = (window.start.date(), (window.end - timedelta(days=1)).date())
         try:
             report = analytics.publish_snapshot(
                 warehouse,
@@ -76,11 +82,13 @@ def build_analytics_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.A
                 purpose=f"dagster run {run_id[:8]}",
                 # The snapshot is as protected as the warehouse: the same key (a secret, read at run time).
                 key=load_settings().warehouse_key,
+                run_days=run_days,
+                incremental=True,
             )
         except (wh.WarehouseBusy, duckdb.Error, OSError, TimeoutError) as exc:
             context.log.warning(f"analytics snapshot not published, the previous one stays: {exc}")
             return
-        context.log.info(f"analytics snapshot published: {report.path} ({report.rows} rows)")
+        context.log.info(f"analytics snapshot published ({report.mode}): {report.path} ({report.rows} rows)")
         yield dg.MaterializeResult(metadata=_snapshot_metadata(report))
 
     return [snapshot]
