@@ -67,7 +67,10 @@ def test_every_check_passes_on_a_clean_sync(landed):
     keys = metadata(landed["wearable_data_metric_keys"])
     assert keys["row_shapes_checked"] >= 4 and keys["unexpected_shapes"] == {}
     assert metadata(landed["connections_need_attention"]) == {"patients": 0, "details": {}}
-    assert metadata(landed["daily_stats_agree_with_wearable_data"]) == {"mismatched_days": 0}
+    assert metadata(landed["daily_stats_agree_with_wearable_data"]) == {
+        "mismatched_days": 0,
+        "checked": f"the run's days {START}..{END}",  # a ranged run's checks look at its days (issue 10)
+    }
     assert landed["wearable_data_metric_keys"].asset_key == dg.AssetKey(["patient_graph", "wearable_data"])
 
 
@@ -126,5 +129,5 @@ def test_daily_stats_disagreeing_with_wearable_data_fail_the_agreement_check(lan
     evaluation = materialize(checks_only=True)["daily_stats_agree_with_wearable_data"]
     assert not evaluation.passed
     assert evaluation.severity == dg.AssetCheckSeverity.ERROR
-    assert metadata(evaluation) == {"mismatched_days": 2}
+    assert metadata(evaluation) == {"mismatched_days": 2, "checked": f"the run's days {START}..{END}"}
     assert materialize()["daily_stats_agree_with_wearable_data"].passed  # a re-sync rebuilds the stats
