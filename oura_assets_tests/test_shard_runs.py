@@ -34,7 +34,6 @@ from oura_assets_tests.support import (
     snapshot,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 START, END = date(2024, 6, 7), date(2024, 6, 9)
 LIMIT = {"limit": 20, "window_s": 1}
 PATIENTS = [f"patient-{n}" for n in range(6)]
@@ -42,14 +41,19 @@ SHARDS = 3
 
 
 def run_shards_at_once(tmp_path: Path, shards: int = SHARDS) -> Path:
-    """`oura-assets backfill START END --shards N` in its own process; the Dagster home its runs are in."""
+    """`oura-assets backfill START END --shards N` in its own process; the Dagster home its runs are in.
+
+    Run from `tmp_path`, not the checkout: the `dagster` CLI each shard run is loads `.env` from its working
+    directory over the environment it was given, and a checkout where `make demo` ran holds one with
+    OURA_ASSETS_DEMO=1. That turned the runs into demo processes that made a demo warehouse key beside this
+    test's plain warehouse ("warehouse is not encrypted but OURA_ASSETS_WAREHOUSE_KEY is set")."""
     home = tmp_path / "dagster"
     env = {**os.environ, "DAGSTER_HOME": str(home)}
     command = [str(Path(sys.executable).parent / "oura-assets"), "backfill", str(START), str(END)]
     done = subprocess.run(
         [*command, "--shards", str(shards)],
         env=env,
-        cwd=REPO,
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=600,
