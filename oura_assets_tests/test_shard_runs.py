@@ -112,9 +112,14 @@ def assert_within_the_limit(simulator) -> dict[str, float]:
     # first 429 teaches every process the limit. Only what was already in flight then may be refused too
     # (each run keeps at most 16 patients in flight, one request each).
     assert len(refused) <= SHARDS * 16, len(refused)
-    learned_by = (refused[0] + LIMIT["window_s"]) if refused else ok[0]
+    learned_by = (refused[0] + LIMIT["window_s"]) if refused else min(ok)
     paced = [at for at in ok if at >= learned_by]
-    assert peak_in_window(paced, LIMIT["window_s"]) <= LIMIT["limit"]
+    # Every request that reached Oura after that counts, refused or not, by when it arrived: the simulator
+    # never lets more than its limit through, so the 200s alone could not show a client sending too many
+    # (the extra ones come back 429), and timed by their answers they would measure the simulator's own
+    # handling time (21 answers in one second while it let 20 through, on a loaded host).
+    reached = [at for at, _ in answered if at >= learned_by]
+    assert peak_in_window(reached, LIMIT["window_s"]) <= LIMIT["limit"]
     span = max(ok) - min(paced or ok)
     rate = len(paced) / span if span > 0 else 0.0
     assert rate <= LIMIT["limit"] / LIMIT["window_s"]
