@@ -14,7 +14,7 @@ import time
 from collections import Counter, defaultdict, deque
 from typing import Any
 
-# The answer times kept for `answered` (the newest ones): enough for any test or benchmark run.
+# The requests kept for `answered` (the newest ones): enough for any test or benchmark run.
 ANSWERED_KEPT = 100_000
 
 # The counters `/_sim/stats` always shows, zero or not.
