@@ -22,7 +22,8 @@ from oura_assets.defs.assets import (
 from oura_assets.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
 from oura_assets.defs.resources import WarehouseResource
 from oura_assets.normalize import METRIC_KEYS
-from oura_assets.sync import OURA_UNAVAILABLE_CODES, heartrate_window
+from oura_assets.sync import heartrate_window
+from oura_assets.sync_errors import OURA_UNAVAILABLE_CODES
 
 PARTITION_TAG = "dagster/partition"
 
