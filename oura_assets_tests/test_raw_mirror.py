@@ -33,8 +33,8 @@ def test_a_window_write_counts_each_kind_and_keeps_replaced_versions(tmp_path: P
         changes = wh.mirror_raw_documents(conn, "daily_sleep", "p1", *window, again, SECOND)
         assert changes == wh.DocumentChanges(new=1, changed=1, unchanged=1, deleted=1)
         rows = conn.execute(
-            "SELECT id, revision, document->>'score', first_seen_at, last_changed_at FROM oura_raw.daily_sleep "
-            "WHERE patient_id = 'p1' ORDER BY id"
+            "SELECT id, revision, document->>'score', first_seen_at, last_changed_at "
+            "FROM oura_raw.daily_sleep WHERE patient_id = 'p1' ORDER BY id"
         ).fetchall()
         assert rows == [
             ("a", 0, "80", FIRST, FIRST),
