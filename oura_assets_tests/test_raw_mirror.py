@@ -62,3 +62,7 @@ def test_a_window_write_counts_each_kind_and_keeps_replaced_versions(tmp_path: P
             "SELECT count(*) FROM oura_raw.daily_sleep WHERE patient_id = 'p1'"
         ).fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM oura_raw.document_revisions").fetchone() == (5,)
+        # A collection with nothing fetched and nothing stored in the window: nothing to do, nothing left.
+        assert wh.mirror_raw_documents(conn, "workout", "p1", *window, [], SECOND) == wh.DocumentChanges()
+        leftovers = "SELECT count(*) FROM duckdb_tables() WHERE temporary AND table_name LIKE '_staged%'"
+        assert conn.execute(leftovers).fetchone() == (0,)

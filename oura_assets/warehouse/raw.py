@@ -148,6 +148,11 @@ def mirror_raw_documents(
         [patient_id, at, dumps(records), patient_id, start, end],
     )
     counts = dict(conn.execute("SELECT change, count(*) FROM _staged_compared GROUP BY change").fetchall())
+    if not counts:
+        # Nothing fetched and nothing stored in the window (a collection the patient does not use): the
+        # mirror would change nothing, so its statements are skipped.
+        conn.execute("DROP TABLE _staged_compared")
+        return DocumentChanges()
     deleted = 0
     if counts.get("changed", 0) or counts.get("deleted", 0):
         # The version replaced (or dropped), unless the history holds it already (see SUPERSEDED).
