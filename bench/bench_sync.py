@@ -118,11 +118,14 @@ class _Progress:
     def __init__(self) -> None:
         self.done: dict[str, float] = {}
         self.warnings: list[str] = []
+        self.not_synced: list[str] = []
 
     def info(self, msg: str) -> None:
         match = _PATIENT_DONE.match(msg)
         if match:
             self.done[match["patient"]] = time.time()
+            if "): success (" not in msg:
+                self.not_synced.append(msg[:300])  # a patient that did not sync fully, with its error codes
 
     def warning(self, msg: str) -> None:
         self.warnings.append(msg[:300])
@@ -226,6 +229,7 @@ def worker_sync(spec: dict[str, Any]) -> dict[str, Any]:
             "done": progress.done,
             "workers": targets,
             "warnings": progress.warnings[:20],
+            "not_synced": progress.not_synced[:20],
             "patient_s": sorted(progress.done[p] - started[p] for p in progress.done if p in started),
             "limit_learned": list(session.budget.limit()),
             "warehouse_held_s": sum(held),
@@ -433,6 +437,7 @@ def bench_nightly(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]
             "warehouse_held_s": candidate["warehouse_held_s"],
             "warehouse_blocks": candidate["warehouse_blocks"],
             "warnings": candidate["warnings"],
+            "not_synced": {"candidate": candidate["not_synced"], "baseline": baseline["not_synced"]},
             "limit_learned": candidate["limit_learned"],
             "sustained_per_s": sustained,
             "oura_saw": oura_saw,
@@ -502,6 +507,7 @@ def bench_two_runs(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any
             "rate_limited": limited,
             "oura_saw": oura_saw,
             "runs": {name: _rate(r) for name, r in reports.items()},
+            "not_synced": {name: r["not_synced"] for name, r in reports.items()},
         },
         "ok": _all_ok(*reports.values()) and oura_saw["rate_limited"] == limited,
         "check": "every patient of both runs synced fully; the clients' 429 count is the simulator's",
