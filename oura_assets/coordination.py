@@ -87,7 +87,7 @@ class FileLock:
     """`filelock` behind the `Lock` interface. Not thread-local: a grant's lock may be let go by another
     thread than the one that took it (the API runs each request in a worker thread)."""
 
-    def __init__(self, path: Path, *, directory_mode: int = 0o755) -> None:
+    def __init__(self, path: Path, *, directory_mode: int = 0o777) -> None:
         self.path = path
         self._directory_mode = directory_mode
         self._lock = filelock.FileLock(path, thread_local=False)

@@ -157,33 +157,42 @@ class AdvisoryLock:
     def acquire(self, timeout_s: float | None) -> bool:
         if self._conn is not None:
             raise RuntimeError("this lock is already held by this holder")
-        conn = self._pool.take()
-        try:
-            with conn.cursor() as cur:
-                if timeout_s is not None and timeout_s <= 0:
-                    cur.execute("SELECT pg_try_advisory_lock(%s)", (self._key,))
-                    got = bool(cur.fetchone()[0])
-                else:
-                    # lock_timeout 0 is "wait as long as it takes"; at least 1 ms otherwise.
-                    wait_ms = 0 if timeout_s is None else max(1, round(timeout_s * 1000))
-                    cur.execute("SELECT set_config('lock_timeout', %s, false)", (f"{wait_ms}ms",))
-                    try:
-                        cur.execute("SELECT pg_advisory_lock(%s)", (self._key,))
-                        got = True
-                    except psycopg2.errors.LockNotAvailable:
-                        got = False
-                    cur.execute("SELECT set_config('lock_timeout', '0', false)")
-        except psycopg2.Error as exc:
-            self._pool.discard(conn)  # a lock taken on it (if any) goes with the session
-            raise CoordinationUnavailable(
-                f"the token coordination database at {self._pool.where} failed while locking: "
-                f"{_first_line(exc)}"
-            ) from None
-        if not got:
-            self._pool.give_back(conn)
-            return False
-        self._conn = conn
-        return True
+        for attempt in (1, 2):
+            conn = self._pool.take()
+            try:
+                got = self._lock_on(conn, timeout_s)
+            except psycopg2.Error as exc:
+                self._pool.discard(conn)  # a lock taken on it (if any) goes with the session
+                # An idle pooled session the server dropped meanwhile: once more on a new one (nothing was
+                # held on the dead session, so nothing can be held twice).
+                if attempt == 1 and isinstance(exc, _DROPPED):
+                    continue
+                raise CoordinationUnavailable(
+                    f"the token coordination database at {self._pool.where} failed while locking: "
+                    f"{_first_line(exc)}"
+                ) from None
+            if not got:
+                self._pool.give_back(conn)
+                return False
+            self._conn = conn
+            return True
+        raise AssertionError("unreachable")
+
+    def _lock_on(self, conn: Any, timeout_s: float | None) -> bool:
+        with conn.cursor() as cur:
+            if timeout_s is not None and timeout_s <= 0:
+                cur.execute("SELECT pg_try_advisory_lock(%s)", (self._key,))
+                return bool(cur.fetchone()[0])
+            # The server's own timer bounds the wait; lock_timeout 0 is "as long as it takes".
+            wait_ms = 0 if timeout_s is None else max(1, round(timeout_s * 1000))
+            cur.execute("SELECT set_config('lock_timeout', %s, false)", (f"{wait_ms}ms",))
+            try:
+                cur.execute("SELECT pg_advisory_lock(%s)", (self._key,))
+                got = True
+            except psycopg2.errors.LockNotAvailable:
+                got = False
+            cur.execute("SELECT set_config('lock_timeout', '0', false)")
+            return got
 
     def release(self) -> None:
         conn, self._conn = self._conn, None

@@ -269,7 +269,7 @@ def test_erasure_on_one_host_revokes_and_removes_a_grant_journaled_on_another(si
     )
 
 
-def test_a_journal_connection_the_server_dropped_is_reopened(
+def test_a_coordination_connection_the_server_dropped_is_reopened(
     hosts, postgres_server, coordination_dsn
 ) -> None:
     settings = settings_of(hosts[0])
@@ -283,6 +283,12 @@ def test_a_journal_connection_the_server_dropped_is_reopened(
         f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE {ours}"  # noqa: S608
     )
     assert int(killed) >= 1
+    lock = coordination.from_settings(settings).refresh_lock("oura-tokens-dropped")
+    assert lock.acquire(5)  # on a new session: the pooled one died with its backend
+    lock.release()
+    postgres_server.psql(
+        f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE {ours}"  # noqa: S608
+    )
     assert journal.read("refresh-dropped") == {"n": 1}
     journal.remove("refresh-dropped")
     assert not journal.exists("refresh-dropped")
