@@ -2,7 +2,7 @@
 
 Oura's refresh tokens are single use: the answer to a refresh carries a new refresh token, and losing it (or
 spending the old one twice) locks the patient out until they reconnect (OURA-NOTES "OAuth"; parallel refreshes
-race, watt-mind/coach #385). So a refresh happens under a per-patient cross-process file lock, re-reads the
+race, watt-mind/coach #385). So a refresh happens under a per-patient cross-process lock, re-reads the
 stored pair first (another process may already have rotated it), and stores the new pair encrypted before the
 new access token is used. The pair Oura returns goes to the encrypted token journal (`token_journal`) first,
 before the warehouse write that may wait for the writer lock: a process killed in that wait leaves the pair
