@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import gc
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from typing import Any
 
 import duckdb
 import harness
+from common import run_worker, size_of
 
 from oura_assets import warehouse as wh
 
@@ -248,29 +248,10 @@ def _worker_load(spec: dict[str, Any]) -> dict[str, Any]:
 # --- the benchmark (in the parent) --------------------------------------------------------------------------
 
 
-def _size(size: dict[str, Any]) -> dict[str, Any]:
-    """This module's sizes for the run: run.py passes its own size dict, in which `patients` tells quick."""
-    return SIZES["quick" if size.get("patients", 5) <= 2 else "full"]
-
-
 def _child(spec: dict[str, Any], cwd: Path) -> dict[str, Any]:
     """Run one arm in a fresh interpreter (this file with `--worker`); return its JSON answer."""
-    log = cwd / f"worker-{spec['arm']}-{spec['patients']}.log"
-    with log.open("w") as stderr:
-        answer = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
-            env=harness.child_environ({}),
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            timeout=WORKER_TIMEOUT_S,
-            check=False,
-        )
-    if answer.returncode != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-        raise RuntimeError(f"worker {spec['arm']}/{spec['patients']} exited {answer.returncode}:\n{tail}")
-    return json.loads(answer.stdout.strip().splitlines()[-1])
+    label = f"{spec['arm']}-{spec['patients']}"
+    return run_worker(spec, {}, cwd, WORKER_TIMEOUT_S, script=Path(__file__).resolve(), label=label)
 
 
 def _same(same: bool) -> str:
@@ -283,7 +264,7 @@ def _rate(arm: dict[str, Any]) -> str:
 
 def bench_loading(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]:
     """Heart rate from page bytes to committed rows: the pipeline vs DuckDB's read_json + insert."""
-    sizes = _size(size)
+    sizes = size_of(SIZES, size)
     n, small, before_n = sizes["load_patients"], sizes["load_small"], sizes["load_before"]
     with tempfile.TemporaryDirectory(prefix="oura-bench-load-") as tmp:
         directory = Path(tmp)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import harness
+from common import run_worker, size_of
 
 from oura_assets import analytics
 from oura_assets import warehouse as wh
@@ -49,22 +49,8 @@ WORKER_TIMEOUT_S = 3600
 
 
 def _child(spec: dict[str, Any], env: dict[str, str], cwd: Path) -> dict[str, Any]:
-    log = cwd / f"worker-{spec['kind']}-{spec.get('label', '')}.log"
-    with log.open("w") as stderr:
-        answer = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
-            env=harness.child_environ(env),
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            timeout=WORKER_TIMEOUT_S,
-            check=False,
-        )
-    if answer.returncode != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-        raise RuntimeError(f"worker {spec} exited {answer.returncode}:\n{tail}")
-    return json.loads(answer.stdout.strip().splitlines()[-1])
+    label = f"{spec['kind']}-{spec.get('label', '')}"
+    return run_worker(spec, env, cwd, WORKER_TIMEOUT_S, script=Path(__file__).resolve(), label=label)
 
 
 def _worker_run(spec: dict[str, Any]) -> dict[str, Any]:
@@ -193,7 +179,7 @@ def _arms(history_days: int, sizes: list[int], workdir: Path) -> dict[int, dict[
 
 def bench_incremental(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]:
     """The nightly run for N patients over 1 year of history vs over 1 month, for each N of the sweep."""
-    sizes = SIZES["quick" if size.get("patients", 5) <= 2 else "full"]
+    sizes = size_of(SIZES, size)
     sweep = [int(n) for n in os.environ.get(PATIENTS_VARIABLE, "").split(",") if n] or sizes["patients"]
     with tempfile.TemporaryDirectory(prefix="oura-bench-incr-") as tmp:
         short = _arms(sizes["short"], sweep, Path(tmp))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import gc
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ import harness
 import polars as pl
 from bench_hrload import bench_loading
 from bench_incremental import bench_incremental
+from common import run_worker, size_of
 
 from oura_assets import normalize
 
@@ -36,29 +36,10 @@ SIZES = {"full": {"hr_samples": 1_000_000}, "quick": {"hr_samples": 1_000_000}}
 WORKER_TIMEOUT_S = 900
 
 
-def _size(size: dict[str, Any]) -> dict[str, Any]:
-    """This module's sizes for the run: run.py passes its own size dict, in which `patients` tells quick."""
-    return SIZES["quick" if size.get("patients", 5) <= 2 else "full"]
-
-
 def _child(spec: dict[str, Any], cwd: Path) -> dict[str, Any]:
     """Run one arm in a fresh interpreter (this file with `--worker`); return its JSON answer."""
-    log = cwd / f"worker-{spec['kind']}-{spec.get('arm', '')}.log"
-    with log.open("w") as stderr:
-        answer = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
-            env=harness.child_environ({}),
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            timeout=WORKER_TIMEOUT_S,
-            check=False,
-        )
-    if answer.returncode != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-        raise RuntimeError(f"worker {spec['kind']}/{spec.get('arm')} exited {answer.returncode}:\n{tail}")
-    return json.loads(answer.stdout.strip().splitlines()[-1])
+    label = f"{spec['kind']}-{spec.get('arm', '')}"
+    return run_worker(spec, {}, cwd, WORKER_TIMEOUT_S, script=Path(__file__).resolve(), label=label)
 
 
 # --- hr_stats -----------------------------------------------------------------------------------------------
@@ -247,7 +228,7 @@ def _worker_hr_stats(spec: dict[str, Any]) -> dict[str, Any]:
 
 def bench_hr_stats(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]:
     """Local-day heart-rate stats: memory against a plain loop, speed against the previous three-copy form."""
-    n = _size(size)["hr_samples"]
+    n = size_of(SIZES, size)["hr_samples"]
     with tempfile.TemporaryDirectory(prefix="oura-bench-") as tmp:
         data = Path(tmp) / "heartrate.parquet"
         hr_frame(n).write_parquet(data)

@@ -74,12 +74,22 @@ def mib(arm: dict[str, Any]) -> str:
     return f"{arm['peak_rss_mb']:.0f} MiB (+{arm['peak_rss_mb'] - arm['rss_before_mb']:.0f})"
 
 
-def run_worker(spec: dict[str, Any], env: dict[str, str], cwd: Path, timeout_s: float) -> dict[str, Any]:
-    """Run one measured arm in a fresh interpreter so its peak RSS is its own; return its JSON answer."""
-    log = cwd / f"worker-{spec['kind']}-{spec.get('mode', spec.get('arm', ''))}.log"
+def run_worker(
+    spec: dict[str, Any],
+    env: dict[str, str],
+    cwd: Path,
+    timeout_s: float,
+    *,
+    script: Path = RUNNER,
+    label: str | None = None,
+) -> dict[str, Any]:
+    """Run one measured arm in a fresh interpreter (`script --worker <spec>`) so its peak RSS is its own;
+    return its JSON answer. Its stderr goes to `worker-<label>.log` in `cwd`, whose tail an error quotes."""
+    label = label or f"{spec['kind']}-{spec.get('mode', spec.get('arm', ''))}"
+    log = cwd / f"worker-{label}.log"
     with log.open("w") as stderr:
         answer = subprocess.run(
-            [sys.executable, str(RUNNER), "--worker", json.dumps(spec)],
+            [sys.executable, str(script), "--worker", json.dumps(spec)],
             env=harness.child_environ(env),
             cwd=cwd,
             stdout=subprocess.PIPE,
@@ -90,8 +100,14 @@ def run_worker(spec: dict[str, Any], env: dict[str, str], cwd: Path, timeout_s: 
         )
     if answer.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-        raise RuntimeError(f"worker {spec} exited {answer.returncode}:\n{tail}")
+        raise RuntimeError(f"worker {label} exited {answer.returncode}:\n{tail}")
     return json.loads(answer.stdout.strip().splitlines()[-1])
+
+
+def size_of(sizes: dict[str, Any], size: dict[str, Any]) -> Any:
+    """A module's `sizes["quick"]` or `sizes["full"]` for this run: run.py passes its own size dict, in
+    which `patients` tells quick."""
+    return sizes["quick" if size.get("patients", 5) <= 2 else "full"]
 
 
 def materialize_arm(
