@@ -14,6 +14,7 @@ from pyrate_limiter import GCRA
 
 from oura_assets.oura.concurrency import InFlightTarget
 from oura_assets.oura.rate_budget import RateBudget
+from oura_assets_tests import support
 
 
 class _FakeClock:
@@ -37,15 +38,6 @@ def _allowed(budget: RateBudget, limit: int, window_s: float, seconds: float, st
     return went
 
 
-def _most_in_any_window(went: list[int], window_ms: int) -> int:
-    most, low = 0, 0
-    for high, at in enumerate(went):
-        while went[low] <= at - window_ms:
-            low += 1
-        most = max(most, high - low + 1)
-    return most
-
-
 @pytest.mark.parametrize(("limit", "window_s", "seconds"), [(20, 1.0, 20.0), (5000, 300.0, 900.0)])
 def test_a_known_limit_is_paced_below_every_rolling_window_and_close_to_its_share(
     tmp_path, limit, window_s, seconds
@@ -55,7 +47,7 @@ def test_a_known_limit_is_paced_below_every_rolling_window_and_close_to_its_shar
     and over the run they go at the paced share (0.9) of the limit, less only the first window's burst."""
     with RateBudget(tmp_path / "b.sqlite", limit=limit, window_s=window_s) as budget:
         went = _allowed(budget, limit, window_s, seconds, step_ms=1 if window_s < 10 else 20)
-    assert _most_in_any_window(went, round(window_s * 1000)) < limit
+    assert support.peak_in_window(went, round(window_s * 1000)) < limit
     paced = math.floor(limit * 0.9) / window_s
     assert len(went) >= paced * seconds * 0.98
 
