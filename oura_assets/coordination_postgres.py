@@ -32,7 +32,7 @@ import psycopg2
 import psycopg2.errors
 
 from oura_assets.coordination import CoordinationUnavailable, Lock
-from oura_assets.oura.rate_budget_postgres import describe
+from oura_assets.postgres_dsn import describe, first_line
 
 T = TypeVar("T")
 
@@ -57,10 +57,6 @@ def lock_key(name: str) -> int:
     """The advisory lock's 64-bit key for lock `name`: one-way, so the server sees no name (nor patient)."""
     digest = hashlib.sha256(f"oura-assets coordination:{name}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 class _Pool:
@@ -96,7 +92,7 @@ class _Pool:
                 cur.execute("SET synchronous_commit = on")
         except psycopg2.Error as exc:
             raise CoordinationUnavailable(
-                f"the token coordination database at {self.where} cannot be reached: {_first_line(exc)}"
+                f"the token coordination database at {self.where} cannot be reached: {first_line(exc)}"
             ) from None
         return conn
 
@@ -123,7 +119,7 @@ class _Pool:
                 self.discard(conn)
                 if attempt == 2:
                     raise CoordinationUnavailable(
-                        f"the token coordination database at {self.where} failed: {_first_line(exc)}"
+                        f"the token coordination database at {self.where} failed: {first_line(exc)}"
                     ) from None
                 continue
             except psycopg2.Error as exc:
@@ -169,7 +165,7 @@ class AdvisoryLock:
                     continue
                 raise CoordinationUnavailable(
                     f"the token coordination database at {self._pool.where} failed while locking: "
-                    f"{_first_line(exc)}"
+                    f"{first_line(exc)}"
                 ) from None
             if not got:
                 self._pool.give_back(conn)

@@ -28,11 +28,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg2
-import psycopg2.extensions
 from pyrate_limiter.abstracts.algorithm import Decision
 from pyrate_limiter.clocks import WallClock
 
 from oura_assets.oura.rate_budget import BudgetStore
+from oura_assets.postgres_dsn import describe, first_line
 
 T = TypeVar("T")
 
@@ -56,16 +56,6 @@ _NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 class RateBudgetUnavailable(RuntimeError):
     """The budget's database cannot be reached. Says which server (host, port, database), never the DSN,
     which may carry a password."""
-
-
-def describe(dsn: str) -> str:
-    """`host:port/dbname` of a DSN or URL, for messages: no user, no password."""
-    try:
-        parts = psycopg2.extensions.parse_dsn(dsn)
-    except psycopg2.ProgrammingError:
-        return "an unreadable connection string (OURA_ASSETS_RATE_BUDGET)"
-    host = parts.get("host") or parts.get("hostaddr") or "local socket"
-    return f"{host}:{parts.get('port', 5432)}/{parts.get('dbname', '(default database)')}"
 
 
 class PostgresBudgetState(BudgetStore):
@@ -101,7 +91,7 @@ class PostgresBudgetState(BudgetStore):
             )
         except psycopg2.Error as exc:
             raise RateBudgetUnavailable(
-                f"the Oura rate budget's database at {self._where} cannot be reached: {_first_line(exc)}"
+                f"the Oura rate budget's database at {self._where} cannot be reached: {first_line(exc)}"
             ) from None
         conn.autocommit = False
         return conn
@@ -121,7 +111,7 @@ class PostgresBudgetState(BudgetStore):
                     self._drop()
                     if attempt == 2:
                         raise RateBudgetUnavailable(
-                            f"the Oura rate budget's database at {self._where} failed: {_first_line(exc)}"
+                            f"the Oura rate budget's database at {self._where} failed: {first_line(exc)}"
                         ) from None
                 except BaseException:
                     self._conn.rollback()
@@ -204,7 +194,3 @@ class PostgresBudgetState(BudgetStore):
     def close(self) -> None:
         with self._lock:
             self._drop()
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
