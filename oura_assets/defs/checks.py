@@ -19,13 +19,11 @@ from oura_assets.defs.assets import (
     WEARABLE_DATA_KEY,
     WORKOUTS_KEY,
 )
-from oura_assets.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
+from oura_assets.defs.partitions import run_range
 from oura_assets.defs.resources import WarehouseResource
 from oura_assets.normalize import METRIC_KEYS
 from oura_assets.sync import heartrate_window
 from oura_assets.sync_errors import OURA_UNAVAILABLE_CODES
-
-PARTITION_TAG = "dagster/partition"
 
 
 def _run_window() -> wh.RunWindow | None:
@@ -44,9 +42,7 @@ def _run_window() -> wh.RunWindow | None:
         context = dg.AssetCheckExecutionContext.get()
     except dg.DagsterInvariantViolationError:
         return None
-    tags = context.run.tags
-    first = tags.get(RANGE_START_TAG) or tags.get(PARTITION_TAG)
-    last = tags.get(RANGE_END_TAG) or tags.get(PARTITION_TAG)
+    first, last = run_range(context.run.tags)
     if not first or not last:
         return None
     start, end = date.fromisoformat(first), date.fromisoformat(last)

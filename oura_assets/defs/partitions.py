@@ -17,6 +17,8 @@ from oura_assets.shards import Shard
 # Dagster's own tags for a ranged run; the public module does not re-export their names.
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
+# ... and for a run of one partition.
+PARTITION_TAG = "dagster/partition"
 
 PATIENT_TAG = "oura_assets/patient_id"
 # `i/N`: the run syncs only the patients of shard i of N (oura_assets/shards.py); absent, every patient.
@@ -55,3 +57,11 @@ def partition_range_tags(start: date, end: date) -> dict[str, str]:
         RANGE_START_TAG: start.isoformat(),
         RANGE_END_TAG: end.isoformat(),
     }
+
+
+def run_range(tags: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """The first and last partition (ISO days) of a run from its tags: a ranged run's, or its one
+    partition's; (None, None) for a run over no partitions."""
+    start = tags.get(RANGE_START_TAG) or tags.get(PARTITION_TAG)
+    end = tags.get(RANGE_END_TAG) or tags.get(PARTITION_TAG)
+    return start, end

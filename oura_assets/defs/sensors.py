@@ -22,6 +22,7 @@ from oura_assets.defs.partitions import (
     SYNC_IDS_TAG,
     TRIGGER_TAG,
     partition_range_tags,
+    run_range,
     run_shard,
 )
 from oura_assets.defs.resources import WarehouseResource
@@ -37,17 +38,10 @@ def _is_sync_run(run: dg.DagsterRun) -> bool:
     return bool(run.asset_selection and set(run.asset_selection) & set(RAW_KEYS.values()))
 
 
-def _run_range(run: dg.DagsterRun) -> tuple[str | None, str | None]:
-    tags = run.tags
-    start = tags.get("dagster/asset_partition_range_start") or tags.get("dagster/partition")
-    end = tags.get("dagster/asset_partition_range_end") or tags.get("dagster/partition")
-    return start, end
-
-
 def finished_run(run: dg.DagsterRun) -> ledger.FinishedRun:
     """The ledger's view of a finished Dagster run: how it ended, its sync requests, its patient, shard and
     days."""
-    start, end = _run_range(run)
+    start, end = run_range(run.tags)
     try:
         shard, malformed = run_shard(run.tags), False
     except ValueError:
