@@ -207,6 +207,10 @@ class _Host:
             instance = self._instance()
             if self._users.get(alias, 0) == 0:
                 attach(instance, path, alias, key)
+                # Spill where `duckdb.connect(path)` would (`<file>.tmp`), not into the working directory
+                # (an in-memory instance's default). DuckDB refuses the switch while it has spilled there.
+                with contextlib.suppress(duckdb.Error):
+                    instance.execute(f"SET temp_directory = {_literal(f'{path}.tmp')}")
             self._users[alias] = self._users.get(alias, 0) + 1
             cursor = instance.cursor()
         try:
