@@ -195,8 +195,12 @@ class _Host:
         self._users: dict[str, int] = {}
 
     def _instance(self) -> duckdb.DuckDBPyConnection:
-        # A forked child must not share its parent's DuckDB instance: it gets its own.
+        # A forked child must not share its parent's DuckDB instance: it gets its own. The inherited one stays
+        # referenced, never freed here: its worker threads live only in the parent, and closing it in the
+        # child would wait for them.
         if self._conn is None or self._pid != os.getpid():
+            if self._conn is not None:
+                _INHERITED.append(self._conn)
             conn = duckdb.connect()
             self._conn, self._pid, self._users = conn, os.getpid(), {}
         return self._conn
@@ -236,6 +240,15 @@ class _Host:
 
 
 _HOST = _Host()
+_INHERITED: list[duckdb.DuckDBPyConnection] = []
+
+
+def _forget_host_lock() -> None:
+    """A forked child must not inherit `_HOST`'s lock held by a thread of the parent it lacks."""
+    _HOST._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_host_lock)
 
 
 def open_attached(path: Path | str, key: str | None) -> duckdb.DuckDBPyConnection:
