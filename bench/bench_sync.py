@@ -155,6 +155,7 @@ def worker_sync(spec: dict[str, Any]) -> dict[str, Any]:
     import dataclasses
     import logging
 
+    from oura_assets import coordination
     from oura_assets import warehouse as wh
     from oura_assets.config import load_settings
     from oura_assets.defs.resources import OuraResource
@@ -185,7 +186,7 @@ def worker_sync(spec: dict[str, Any]) -> dict[str, Any]:
                 cipher=session.cipher,
                 oauth_app=session.oauth,
                 lock_dir=settings.lock_dir,
-                journal_dir=settings.token_journal_dir,
+                coordination=coordination.from_settings(settings),
             )
             return OuraClient(
                 settings.api_base_url, tokens, http=session.http, retry=session.retry, budget=stamps
