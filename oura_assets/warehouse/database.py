@@ -6,7 +6,8 @@ named, from DuckDB's own message, as a program outside oura_assets: in our holde
 whoever queues behind us is told about that program, not about us) and in `WarehouseBusy` when the wait runs
 out. A wait past `slow_wait_s` is logged while it lasts (`waits.WaitWatch`). With a key
 (`OURA_ASSETS_WAREHOUSE_KEY`) the file is an encrypted DuckDB database, attached through
-`encryption.open_encrypted`; queries read the same either way.
+`encryption.open_attached`; queries read the same either way. Either way the file is ATTACHed to the
+process's one in-memory DuckDB instance for the block and DETACHed after it (cheaper than a new instance).
 
 The other backend is a DuckLake (`lake.py`): a `LakeLocation` instead of a path. Then there is no file and no
 writer lock: connections are cursors of the process's lake instance, and a transaction that loses a write
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import duckdb
 
-from oura_assets.warehouse.encryption import attach, close_encrypted, connect_plain, open_encrypted
+from oura_assets.warehouse.encryption import attach, close_attached, open_attached
 from oura_assets.warehouse.lake import (
     LakeLocation,
     is_conflict,
@@ -349,10 +350,7 @@ class Warehouse:
         attach(conn, path, alias, self._key)
 
     def _close(self, conn: duckdb.DuckDBPyConnection) -> None:
-        if self._key is None:
-            conn.close()
-        else:
-            close_encrypted(conn, self._resolved)
+        close_attached(conn, self._resolved)
 
     def _open(self, wait: Wait) -> duckdb.DuckDBPyConnection:
         """Open DuckDB, waiting with backoff while a process outside our lock holds the file."""
@@ -361,9 +359,7 @@ class Warehouse:
         try:
             while True:
                 try:
-                    if self._key is not None:
-                        return open_encrypted(self._resolved, self._key)
-                    return connect_plain(self._resolved)
+                    return open_attached(self._resolved, self._key)
                 except duckdb.IOException as exc:
                     holder = foreign_holder(exc)
                     if holder is None:

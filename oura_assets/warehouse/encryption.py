@@ -8,12 +8,14 @@ wheel `duckdb-extension-httpfs` when installed (offline, pinned with DuckDB in p
 `LOAD httpfs` from DuckDB's own extension directory (`INSTALL httpfs` once, as production does). Readers
 (`read_only=True`) decrypt without it.
 
-Loading httpfs costs about half a second per DuckDB instance, far more than opening the file. Writers
-therefore share one in-memory DuckDB instance per process (`_Host`) that loads it once; each connection is a
-cursor of it with the file ATTACHed and made the default database (`USE`), so every query's
-`patient_graph.x` / `oura_raw.x` / `main.x` names resolve in the file as they do on a plain connection. The
-file is DETACHed (checkpointed and closed, which releases DuckDB's own file lock) when the last connection
-to it in this process closes.
+Loading httpfs costs about half a second per DuckDB instance, far more than opening the file, and even a
+plain new instance costs ~10 ms of CPU (DuckDB fills its function catalog), against ~2 ms to ATTACH a file to
+a live one. So the warehouse's connections, encrypted or not, share one in-memory DuckDB instance per process
+(`_Host`, httpfs loaded the first time a key needs it); each connection is a cursor of it with the file
+ATTACHed and made the default database (`USE`), so every query's `patient_graph.x` / `oura_raw.x` /
+`main.x` names resolve in the file as they do on a plain connection. The file is DETACHed (checkpointed and
+closed, which releases DuckDB's own file lock) when the last connection to it in this process closes, as a
+plain `duckdb.connect` would close it: the file is held open exactly as long as before.
 
 The key never appears in a log line, an error message or an exception chain: DuckDB's errors are mapped to
 `WarehouseKeyError` messages that name the file and the variable, never the value.
@@ -179,7 +181,8 @@ def connect_plain(path: Path | str, *, read_only: bool = False) -> duckdb.DuckDB
 
 
 class _Host:
-    """This process's in-memory DuckDB instance with httpfs loaded, and the files attached to it.
+    """This process's in-memory DuckDB instance (httpfs loaded once a key needs it), and the files attached
+    to it.
 
     A file stays attached while any connection to it is open (nested `Warehouse.connect` blocks in one
     thread share it); the last one to close detaches it.
@@ -192,19 +195,26 @@ class _Host:
         self._users: dict[str, int] = {}
 
     def _instance(self) -> duckdb.DuckDBPyConnection:
-        # A forked child must not share its parent's DuckDB instance: it gets its own.
+        # A forked child must not share its parent's DuckDB instance: it gets its own. The inherited one stays
+        # referenced, never freed here: its worker threads live only in the parent, and closing it in the
+        # child would wait for them.
         if self._conn is None or self._pid != os.getpid():
+            if self._conn is not None:
+                _INHERITED.append(self._conn)
             conn = duckdb.connect()
-            load_crypto(conn)
             self._conn, self._pid, self._users = conn, os.getpid(), {}
         return self._conn
 
-    def open(self, path: Path, key: str) -> duckdb.DuckDBPyConnection:
+    def open(self, path: Path, key: str | None) -> duckdb.DuckDBPyConnection:
         alias = alias_for(path)
         with self._lock:
             instance = self._instance()
             if self._users.get(alias, 0) == 0:
                 attach(instance, path, alias, key)
+                # Spill where `duckdb.connect(path)` would (`<file>.tmp`), not into the working directory
+                # (an in-memory instance's default). DuckDB refuses the switch while it has spilled there.
+                with contextlib.suppress(duckdb.Error):
+                    instance.execute(f"SET temp_directory = {_literal(f'{path}.tmp')}")
             self._users[alias] = self._users.get(alias, 0) + 1
             cursor = instance.cursor()
         try:
@@ -230,19 +240,29 @@ class _Host:
 
 
 _HOST = _Host()
+_INHERITED: list[duckdb.DuckDBPyConnection] = []
 
 
-def open_encrypted(path: Path | str, key: str) -> duckdb.DuckDBPyConnection:
-    """A read-write connection to the encrypted file `path` (created if missing), as its default database.
+def _forget_host_lock() -> None:
+    """A forked child must not inherit `_HOST`'s lock held by a thread of the parent it lacks."""
+    _HOST._lock = threading.Lock()
 
-    Close it with `close_encrypted(conn, path)` (the file is detached when its last connection closes).
+
+os.register_at_fork(after_in_child=_forget_host_lock)
+
+
+def open_attached(path: Path | str, key: str | None) -> duckdb.DuckDBPyConnection:
+    """A read-write connection to the file `path` (created if missing; encrypted with `key` unless None), as
+    its default database, on the process's shared DuckDB instance.
+
+    Close it with `close_attached(conn, path)` (the file is detached when its last connection closes).
     `Warehouse` does this under its writer lock; prefer `open_database` anywhere else.
     """
     return _HOST.open(Path(path).expanduser().resolve(), key)
 
 
-def close_encrypted(conn: duckdb.DuckDBPyConnection, path: Path | str) -> None:
-    """Close a connection from `open_encrypted` (rolling back what it left open) and detach when last."""
+def close_attached(conn: duckdb.DuckDBPyConnection, path: Path | str) -> None:
+    """Close a connection from `open_attached` (rolling back what it left open) and detach when last."""
     try:
         conn.close()
     finally:
@@ -269,11 +289,11 @@ def open_database(
             conn.close()
         return
     if not read_only:
-        conn = open_encrypted(path, key)
+        conn = open_attached(path, key)
         try:
             yield conn
         finally:
-            close_encrypted(conn, path)
+            close_attached(conn, path)
         return
     conn = duckdb.connect()
     try:
