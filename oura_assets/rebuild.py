@@ -72,19 +72,28 @@ def read_daily_documents(
     """The patient's raw documents in [start - margin, end + margin], screened: a document the normalizers
     cannot read is left out of the normalized tables (and reported when it falls in [start, end]), but stays
     in the raw table exactly as Oura sent it."""
-    documents: dict[str, list[dict]] = {}
-    rejected: list[SyncError] = []
+    return read_group_documents(conn, [patient_id], start, end, margin)[patient_id]
+
+
+def read_group_documents(
+    conn: duckdb.DuckDBPyConnection, patients: list[str], start: date, end: date, margin: timedelta
+) -> dict[str, tuple[dict[str, list[dict]], list[SyncError]]]:
+    """`read_daily_documents` for several patients, one query per collection for all of them."""
+    found: dict[str, tuple[dict[str, list[dict]], list[SyncError]]] = {p: ({}, []) for p in patients}
     low, high = start.isoformat(), end.isoformat()
     for collection in wh.DOCUMENT_COLLECTIONS:
-        documents[collection] = []
-        for document in wh.read_raw_documents(conn, collection, patient_id, start - margin, end + margin):
-            reason = normalize.validate_document(collection, document)
-            if reason is None:
-                documents[collection].append(document)
-            elif low <= str(document.get("day"))[:10] <= high:
-                message = f"document {document.get('id')!r}: {reason}"
-                rejected.append(SyncError("invalid_document", message, collection))
-    return documents, rejected
+        stored = wh.read_raw_documents_of(conn, collection, patients, start - margin, end + margin)
+        for patient in patients:
+            documents, rejected = found[patient]
+            documents[collection] = []
+            for document in stored[patient]:
+                reason = normalize.validate_document(collection, document)
+                if reason is None:
+                    documents[collection].append(document)
+                elif low <= str(document.get("day"))[:10] <= high:
+                    message = f"document {document.get('id')!r}: {reason}"
+                    rejected.append(SyncError("invalid_document", message, collection))
+    return found
 
 
 def report_rejected(
@@ -232,13 +241,13 @@ def _rebuild_group(
     warehouse: wh.WarehouseAccess,
     purpose: str,
     group: list[str],
-    rebuild_one: Callable[[duckdb.DuckDBPyConnection, str], int],
+    rebuild_group: Callable[[duckdb.DuckDBPyConnection, list[str]], list[int]],
 ) -> list[int]:
     """Rebuild `group` in one transaction; the rows written per patient."""
     written: list[int] = []
     for attempt in warehouse.attempts(purpose):
         with attempt as conn:
-            written = [rebuild_one(conn, patient) for patient in group]
+            written = rebuild_group(conn, group)
     return written
 
 
@@ -271,8 +280,16 @@ def rebuild_per_patient(
     warehouse = warehouse.reporting_waits_to(progress)  # a long wait for the file shows in the run's log
     patients = patients_to_normalize(warehouse, start, end, patient_id, run_id, shard)
 
-    def rebuild_one(conn: duckdb.DuckDBPyConnection, patient: str) -> int:
-        nearby, rejected = read_daily_documents(conn, patient, start, end, margin)
+    def rebuild_group(conn: duckdb.DuckDBPyConnection, group: list[str]) -> list[int]:
+        read = read_group_documents(conn, group, start, end, margin)
+        return [rebuild_one(conn, patient, *read[patient]) for patient in group]
+
+    def rebuild_one(
+        conn: duckdb.DuckDBPyConnection,
+        patient: str,
+        nearby: dict[str, list[dict]],
+        rejected: list[SyncError],
+    ) -> int:
         report_rejected(conn, run_id, patient, rejected, progress)
         failed = fetch_failures(conn, run_id, patient)
         if failed:
@@ -293,7 +310,7 @@ def rebuild_per_patient(
     done = 0
     for group in _groups(patients, group_size):
         try:
-            written = _rebuild_group(warehouse, f"{purpose}: write {table}", group, rebuild_one)
+            written = _rebuild_group(warehouse, f"{purpose}: write {table}", group, rebuild_group)
         except wh.WarehouseBusy:
             raise
         except Exception:
@@ -302,7 +319,7 @@ def rebuild_per_patient(
             # One patient broke the group's transaction: each patient alone, so the others land and the
             # failing one raises on its own, as it would have.
             written = [
-                _rebuild_group(warehouse, f"{purpose}: write {table}", [patient], rebuild_one)[0]
+                _rebuild_group(warehouse, f"{purpose}: write {table}", [patient], rebuild_group)[0]
                 for patient in group
             ]
         total += sum(written)
