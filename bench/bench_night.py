@@ -35,7 +35,6 @@ import harness
 import soak
 
 from oura_assets.simulator import ClientRegistration, SimulatorConfig, SimulatorServer
-from oura_assets.simulator.config import RateLimit
 from oura_assets_tests import support
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -79,7 +78,7 @@ def phase(stack: str) -> str:
 
 
 def read_profile(path: Path, rate: int) -> dict[str, Any]:
-    """Seconds of samples per thread kind and category, from py-spy's raw (collapsed) output with --threads."""
+    """Seconds of samples per thread kind and category, from py-spy's raw (collapsed) output."""
     by_kind: dict[str, Counter[str]] = defaultdict(Counter)
     main_phases: Counter[str] = Counter()
     threads: dict[str, set[str]] = defaultdict(set)
@@ -159,7 +158,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 secret=harness.CLIENT_SECRET, redirect_uris=(harness.REDIRECT_URI,)
             )
         },
-        app_rate_limit=RateLimit(1_000_000, 300.0),
+        app_rate_limit=soak.APP_RATE_LIMIT,
         seed=args.seed,
     )
     server = SimulatorServer(config, host="127.0.0.1").start()
