@@ -147,7 +147,7 @@ def _old_client_samples(pages: list[bytes], low: datetime, high: datetime) -> li
 
 def _worker_load(spec: dict[str, Any]) -> dict[str, Any]:
     from oura_assets.oura import heartrate_pages
-    from oura_assets.sync import screen_columns, screen_samples
+    from oura_assets.sync_errors import screen_columns, screen_samples
 
     directory, arm = Path(spec["dir"]), spec["arm"]
     files = _patient_files(directory, spec["patients"])

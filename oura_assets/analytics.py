@@ -299,6 +299,24 @@ def _remove_aside_files(target: Path) -> None:
             leftover.unlink()
 
 
+def _install(
+    aside: Path, target: Path, tables: dict[str, int], published_at: datetime, key: str | None
+) -> None:
+    """Finish the copy written `aside` (views, comments, snapshot info) and put it in place of `target`
+    atomically, both fsynced: a reader opens the old snapshot or the whole new one, never a part."""
+    _add_views(aside, tables, published_at, key)
+    _fsync(aside)
+    os.replace(aside, target)
+    _fsync(target.parent)
+
+
+def _discard(aside: Path) -> None:
+    """The copy aside and its WAL, once installed or failed (no-op for what is not there)."""
+    for leftover in (aside, aside.with_name(aside.name + ".wal")):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
+
+
 def publish_snapshot(
     warehouse: wh.WarehouseAccess,
     target: Path | str,
@@ -325,14 +343,9 @@ def publish_snapshot(
                 published_at = utc_now()
                 tables = _copy_tables(conn, aside, key)
             lock_held_s = time.monotonic() - locked
-            _add_views(aside, tables, published_at, key)
-            _fsync(aside)
-            os.replace(aside, target)
-            _fsync(target.parent)
+            _install(aside, target, tables, published_at, key)
         finally:
-            for leftover in (aside, aside.with_name(aside.name + ".wal")):
-                with contextlib.suppress(FileNotFoundError):
-                    leftover.unlink()
+            _discard(aside)
     return SnapshotReport(
         path=target,
         published_at=published_at,
@@ -370,12 +383,7 @@ def erase_from_snapshot(
                 conn.execute("DETACH published")
             finally:
                 conn.close()
-            _add_views(aside, tables, published_at, key)
-            _fsync(aside)
-            os.replace(aside, target)
-            _fsync(target.parent)
+            _install(aside, target, tables, published_at, key)
         finally:
-            for leftover in (aside, aside.with_name(aside.name + ".wal")):
-                with contextlib.suppress(FileNotFoundError):
-                    leftover.unlink()
+            _discard(aside)
     return SnapshotReport(target, published_at, tables, lock_held_s=0.0, elapsed_s=time.monotonic() - started)

@@ -21,7 +21,8 @@ from oura_assets.day_status_writer import write_day_status
 from oura_assets.domain import HEARTRATE, SESSION, WORKOUT
 from oura_assets.retention import keep_pruned_heart_rate
 from oura_assets.shards import Shard, select
-from oura_assets.sync import FETCH_FAILURE_CODES, RunLog, SyncError, heartrate_window
+from oura_assets.sync import RunLog, heartrate_window
+from oura_assets.sync_errors import FETCH_FAILURE_CODES, SyncError
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,9 @@ patient's failure isolated from the others, the connection's status, the rule th
 failed) can be tested, benchmarked and reused on their own; the raw asset only wires resources to
 `sync_patients` and reports its `RunOutcome`.
 All HTTP happens before the warehouse lock is taken; the writes for one patient land in one transaction, so
-a patient is never half-written. Failures are classified here, because what a failure means for the run (the
-patient's problem, or ours) is decided by its kind, not by where it was raised.
+a patient is never half-written. What a failure means for the run (the patient's problem, or ours) is decided
+by its kind, not by where it was raised: `sync_errors.py` holds those kinds and the screening of fetched
+heart-rate samples.
 """
 
 from __future__ import annotations
@@ -30,15 +31,20 @@ from oura_assets.domain import RAW_COLLECTIONS
 from oura_assets.oura.client import (
     OuraClient,
     OuraError,
-    OuraForbidden,
-    OuraPayloadError,
     OuraRateLimited,
-    OuraUnauthorized,
-    OuraUnavailable,
-    parse_instant,
 )
-from oura_assets.oura.heartrate_pages import HeartRateColumns
 from oura_assets.shards import Shard, select
+from oura_assets.sync_errors import (
+    OURA_UNAVAILABLE_CODES,
+    PATIENT_SIDE_CODES,
+    SyncError,
+    classify,
+    collection_statuses,
+    forbidden_with_scope,
+    scope_missing_error,
+    screen_columns,
+    sync_status,
+)
 from oura_assets.tokens import ReconnectRequired
 from oura_assets.warehouse.group_writer import GroupWriter
 
@@ -46,30 +52,6 @@ log = logging.getLogger(__name__)
 
 # The raw tables' collections, in fetch order (domain.py owns the list).
 ALL_COLLECTIONS = RAW_COLLECTIONS
-
-# Patient-side failures: the patient (or their Oura account) must act, not us. They leave the run green and
-# surface in the connection's status, the sync event and the asset checks.
-PATIENT_SIDE_CODES = frozenset({"reconnect_required", "subscription_expired", "forbidden", "scope_missing"})
-# A collection the patient did not grant the scope for is skipped, by the patient's choice: recorded in
-# `wearable_collection_status`, not as an error, and the patient's sync is `success` without it.
-# Oura could not answer (5xx, timeouts, dropped connections, 429 beyond the wait): worth another pass after a
-# cool-down, and, when it survives every pass, Oura's outage rather than anything the patient did.
-OURA_UNAVAILABLE_CODES = frozenset({"oura_unavailable", "rate_limited"})
-# A collection's fetch failed (as opposed to documents screened out of a fetch that worked): the raw table
-# still holds what an earlier run landed for it, and the rebuild must not present that gap as missing data.
-FETCH_FAILURE_CODES = frozenset(
-    {*OURA_UNAVAILABLE_CODES, "forbidden", "unauthorized", "bad_payload", "oura_error"}
-)
-
-
-@dataclass(frozen=True)
-class SyncError:
-    code: str
-    message: str
-    collection: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, "collection": self.collection}
 
 
 @dataclass
@@ -127,67 +109,6 @@ def heartrate_window(start: date, end: date) -> tuple[datetime, datetime]:
     )
 
 
-def _sample_problem(sample: Any) -> str | None:
-    """Why a heart-rate sample cannot be landed, or None. `bpm` must be a whole number, `source` a string."""
-    if not isinstance(sample, dict):
-        return f"a {type(sample).__name__}, not an object"
-    if parse_instant(sample.get("timestamp")) is None:
-        return "no readable `timestamp`"
-    if not isinstance(sample.get("source"), str):
-        return "no `source`"
-    bpm = sample.get("bpm")
-    if isinstance(bpm, bool) or not isinstance(bpm, int | float) or bpm != bpm or float(bpm) % 1:
-        return f"`bpm` is {bpm!r}, not a whole number"
-    return None
-
-
-def screen_samples(samples: list[Any]) -> tuple[list[dict[str, Any]], list[SyncError]]:
-    """Split heart-rate samples into those that can land and one error summarising the rest (if any)."""
-    good, problems = [], []
-    for sample in samples:
-        problem = _sample_problem(sample)
-        if problem is None:
-            good.append(sample)
-        else:
-            problems.append(problem)
-    if not problems:
-        return good, []
-    message = f"{len(problems)} heart-rate sample(s) left out; first: {problems[0]}"
-    return good, [SyncError("rejected_document", message, "heartrate")]
-
-
-def _classify(error: OuraError, collection: str) -> SyncError:
-    if isinstance(error, OuraForbidden):
-        # Oura answers 403 both for a missing scope and for an expired membership [spec]. A scope the
-        # connection lacks is never asked for (`scope_missing`); of the rest, every collection forbidden is
-        # the membership (`sync_patient`), one alone is that collection refused (`forbidden`).
-        return SyncError("forbidden", error.message, collection)
-    if isinstance(error, OuraUnauthorized):
-        return SyncError("unauthorized", error.message, collection)
-    if isinstance(error, OuraRateLimited):
-        return SyncError("rate_limited", error.message, collection)
-    if isinstance(error, OuraUnavailable):
-        return SyncError("oura_unavailable", error.message, collection)
-    if isinstance(error, OuraPayloadError):
-        return SyncError("bad_payload", error.message, collection)
-    return SyncError("oura_error", error.message, collection)
-
-
-def screen_columns(columns: HeartRateColumns) -> tuple[pa.Table, list[SyncError]]:
-    """`screen_samples` for samples parsed into columns: the landable ones, and one error for the rest.
-
-    The parse flagged the rejected samples (`landable`); only those few are read back into Python, so
-    their reasons are worded by `_sample_problem`, the rule every sample was screened by before.
-    """
-    landable = columns.landable()
-    rejected = columns.rejected_documents()
-    if not rejected:
-        return landable, []
-    problems = [_sample_problem(sample) or "not landable" for sample in rejected]
-    message = f"{len(problems)} heart-rate sample(s) left out; first: {problems[0]}"
-    return landable, [SyncError("rejected_document", message, "heartrate")]
-
-
 def _fetch(
     client: OuraClient, collection: str, start: date, end: date
 ) -> tuple[list[dict[str, Any]] | pa.Table, list[SyncError]]:
@@ -198,67 +119,6 @@ def _fetch(
     batch = client.documents(collection, start, end)
     rejected = [SyncError("rejected_document", r.reason, collection) for r in batch.rejected]
     return batch.documents, rejected
-
-
-def _status(fetched: int, wanted: int, errors: Sequence[SyncError]) -> str:
-    """`wanted` and `errors` leave out the collections skipped for a scope the patient did not grant."""
-    if fetched == 0:
-        return "failed" if wanted or errors else "success"
-    return "success" if fetched == wanted and not errors else "partial"
-
-
-def _scope_missing(collection: str, scope: str) -> SyncError:
-    return SyncError(
-        "scope_missing",
-        f"{collection} skipped: it needs the Oura `{scope}` scope, which this patient's connection was not "
-        "granted (not requested, or unticked on Oura's consent page); the patient can grant it by "
-        "reconnecting",
-        collection,
-    )
-
-
-def _forbidden_with_scope(error: SyncError, scope: str | None) -> SyncError:
-    """A 403 on one collection whose scope the connection holds: Oura's other 403 [spec]."""
-    why = (
-        f"although the connection holds its `{scope}` scope (withdrawn at Oura since, or a feature the "
-        "patient's Oura membership does not include)"
-        if scope
-        else "(scope or membership)"
-    )
-    return SyncError(
-        "forbidden", f"Oura refused {error.collection} (403) {why}: {error.message}", error.collection
-    )
-
-
-def collection_statuses(
-    wanted: Sequence[str], fetched: Iterable[str], errors: Sequence[SyncError]
-) -> dict[str, tuple[str, str]]:
-    """Each wanted collection's status and reason for `wearable_collection_status`, from the sync's errors."""
-    by_collection: dict[str, SyncError] = {}
-    expired = next((e for e in errors if e.code == "subscription_expired"), None)
-    for error in errors:
-        if error.collection and error.code != "rejected_document":
-            by_collection.setdefault(error.collection, error)
-    statuses: dict[str, tuple[str, str]] = {}
-    landed = set(fetched)
-    for collection in wanted:
-        error = by_collection.get(collection)
-        if collection in landed:
-            statuses[collection] = (domain.COLLECTION_SYNCED, "fetched for the run's days")
-        elif expired is not None:
-            statuses[collection] = (
-                domain.COLLECTION_SUBSCRIPTION_EXPIRED,
-                f"not fetched: every collection answered 403, the patient's Oura membership has expired "
-                f"({expired.message})",
-            )
-        elif error is not None and error.code == "scope_missing":
-            statuses[collection] = (domain.COLLECTION_SCOPE_MISSING, error.message)
-        elif error is not None and error.code == "forbidden":
-            statuses[collection] = (domain.COLLECTION_FORBIDDEN, error.message)
-        else:
-            reason = f"{error.code}: {error.message}" if error is not None else "not fetched"
-            statuses[collection] = (domain.COLLECTION_ERROR, reason)
-    return statuses
 
 
 @dataclass(frozen=True)
@@ -366,7 +226,7 @@ def fetch_patient(
     land). No warehouse: a run's fetch threads never wait for the writer lock (`sync_patients`)."""
     asked = [c for c in ALL_COLLECTIONS if c in set(collections)]
     skipped = [
-        _scope_missing(c, scope)
+        scope_missing_error(c, scope)
         for c in asked
         if (scope := domain.missing_scope(c, granted_scopes)) is not None
     ]
@@ -402,7 +262,7 @@ def fetch_patient(
                 except ReconnectRequired:
                     raise
                 except OuraError as exc:
-                    failures[collection] = (_classify(exc, collection), exc)
+                    failures[collection] = (classify(exc, collection), exc)
         except ReconnectRequired as exc:
             # The refresh token was refused: nothing more can be fetched for this patient until they
             # reconnect, and retrying would only spend requests. tokens.py has already flagged the connection.
@@ -426,14 +286,14 @@ def fetch_patient(
             skipped = [
                 *skipped,
                 *(
-                    _scope_missing(e.collection or "", domain.COLLECTION_SCOPES[e.collection or ""])
+                    scope_missing_error(e.collection or "", domain.COLLECTION_SCOPES[e.collection or ""])
                     for e in unknown_grant
                 ),
             ]
             errors = [e for e in errors if e not in unknown_grant]
             wanted = [c for c in wanted if c not in {e.collection for e in unknown_grant}]
         errors = [
-            _forbidden_with_scope(e, domain.COLLECTION_SCOPES.get(e.collection or ""))
+            forbidden_with_scope(e, domain.COLLECTION_SCOPES.get(e.collection or ""))
             if e.code == "forbidden"
             else e
             for e in errors
@@ -443,9 +303,9 @@ def fetch_patient(
     statuses = collection_statuses(asked, fetched, [*skipped, *errors])
 
     if fetched:
-        status = _status(len(fetched), len(wanted), errors)
+        status = sync_status(len(fetched), len(wanted), errors)
         return Landing(patient_id, start, end, fetched, status, errors, statuses)
-    return PatientSyncResult(patient_id, _status(0, len(wanted), errors), {}, errors, {}, statuses)
+    return PatientSyncResult(patient_id, sync_status(0, len(wanted), errors), {}, errors, {}, statuses)
 
 
 class RunLog(Protocol):

@@ -11,7 +11,7 @@ import pytest
 
 from oura_assets import warehouse as wh
 from oura_assets.oura.heartrate_pages import PageError, columns_of_samples, next_token_of, parse_pages
-from oura_assets.sync import screen_columns
+from oura_assets.sync_errors import screen_columns
 from oura_assets_tests.support import table_rows
 
 LOW = datetime(2024, 6, 10, tzinfo=UTC)

@@ -17,7 +17,8 @@ from oura_assets.rebuild import rebuild_per_patient, write_daily_stats, write_we
 from oura_assets.simulator.data import plan
 from oura_assets.sync import RunOutcome, sync_patients
 from oura_assets.tokens import PatientTokens, TokenCipher
-from oura_assets.warehouse.schema import SCHEMA_VERSION_TABLE, TABLES, WELLNESS_COLUMNS
+from oura_assets.warehouse.schema import SCHEMA_VERSION_TABLE, TABLES
+from oura_assets.warehouse.schema_collections import WELLNESS_COLUMNS
 
 # The simulated user `rev-ring` wears the ring on 2024-06-11, and Oura revises that day at 17:01 UTC on the
 # 12th (readiness 92 -> 89); the ring stayed off on the 10th.

@@ -34,7 +34,6 @@ from oura_assets_tests.support import (
     snapshot,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 START, END = date(2024, 6, 7), date(2024, 6, 9)
 LIMIT = {"limit": 20, "window_s": 1}
 PATIENTS = [f"patient-{n}" for n in range(6)]
@@ -42,14 +41,19 @@ SHARDS = 3
 
 
 def run_shards_at_once(tmp_path: Path, shards: int = SHARDS) -> Path:
-    """`oura-assets backfill START END --shards N` in its own process; the Dagster home its runs are in."""
+    """`oura-assets backfill START END --shards N` in its own process; the Dagster home its runs are in.
+
+    Run from `tmp_path`, not the checkout: the `dagster` CLI each shard run is loads `.env` from its working
+    directory over the environment it was given, and a checkout where `make demo` ran holds one with
+    OURA_ASSETS_DEMO=1. That turned the runs into demo processes that made a demo warehouse key beside this
+    test's plain warehouse ("warehouse is not encrypted but OURA_ASSETS_WAREHOUSE_KEY is set")."""
     home = tmp_path / "dagster"
     env = {**os.environ, "DAGSTER_HOME": str(home)}
     command = [str(Path(sys.executable).parent / "oura-assets"), "backfill", str(START), str(END)]
     done = subprocess.run(
         [*command, "--shards", str(shards)],
         env=env,
-        cwd=REPO,
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=600,
@@ -108,9 +112,14 @@ def assert_within_the_limit(simulator) -> dict[str, float]:
     # first 429 teaches every process the limit. Only what was already in flight then may be refused too
     # (each run keeps at most 16 patients in flight, one request each).
     assert len(refused) <= SHARDS * 16, len(refused)
-    learned_by = (refused[0] + LIMIT["window_s"]) if refused else ok[0]
+    learned_by = (refused[0] + LIMIT["window_s"]) if refused else min(ok)
     paced = [at for at in ok if at >= learned_by]
-    assert peak_in_window(paced, LIMIT["window_s"]) <= LIMIT["limit"]
+    # Every request that reached Oura after that counts, refused or not, by when it arrived: the simulator
+    # never lets more than its limit through, so the 200s alone could not show a client sending too many
+    # (the extra ones come back 429), and timed by their answers they would measure the simulator's own
+    # handling time (21 answers in one second while it let 20 through, on a loaded host).
+    reached = [at for at, _ in answered if at >= learned_by]
+    assert peak_in_window(reached, LIMIT["window_s"]) <= LIMIT["limit"]
     span = max(ok) - min(paced or ok)
     rate = len(paced) / span if span > 0 else 0.0
     assert rate <= LIMIT["limit"] / LIMIT["window_s"]

@@ -17,7 +17,8 @@ from oura_assets.oura.client import (
     RejectedDocument,
 )
 from oura_assets.oura.heartrate_pages import HeartRateColumns, columns_of_samples
-from oura_assets.sync import ALL_COLLECTIONS, RefetchPolicy, heartrate_window, screen_samples, sync_patient
+from oura_assets.sync import ALL_COLLECTIONS, RefetchPolicy, heartrate_window, sync_patient
+from oura_assets.sync_errors import screen_samples
 from oura_assets.tokens import ReconnectRequired
 
 DAY = date(2024, 6, 12)

@@ -21,7 +21,7 @@ from oura_assets.defs.assets import (
 )
 from oura_assets.defs.resources import WarehouseResource
 from oura_assets.normalize import METRIC_KEYS
-from oura_assets.sync import OURA_UNAVAILABLE_CODES
+from oura_assets.sync_errors import OURA_UNAVAILABLE_CODES
 
 
 @dg.asset_check(asset=WEARABLE_DATA_KEY, description="Every row's metrics carry exactly the documented keys.")

@@ -6,7 +6,7 @@ sample, most of a sync's local time. Here the pages stay bytes until DuckDB pars
 de-duplicates them in one query, and hands over Arrow columns (timestamp, source, bpm, document) that the
 warehouse inserts as they are (`warehouse.replace_raw_heartrate_columns`). Python touches each page once (for
 its `next_token`, `next_token_of`) and each sample never, except the rare ones the screen rejects, whose
-reasons are worded by the same rule as before (`sync._sample_problem`).
+reasons are worded by the same rule as before (`sync_errors.sample_problem`).
 
 The parse runs on a process-wide in-memory DuckDB (one cursor per call: cursors of one database may be used
 from several threads at once), never on the warehouse, so it happens before the warehouse lock is taken.

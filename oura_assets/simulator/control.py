@@ -59,7 +59,7 @@ class SimulatorControl:
         return self._state.request_stats.as_dict()
 
     def answered(self, route_prefix: str = "GET /v2/") -> list[tuple[float, str]]:
-        """(epoch seconds, status) of every answered data request since the last `reset_stats`."""
+        """(epoch seconds it arrived, status) of every answered data request since the last `reset_stats`."""
         return self._state.request_stats.answered(route_prefix)
 
     def reset_stats(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -68,6 +69,7 @@ class FaultInjection:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        arrived = time.time()  # `answered` reports when a request reached Oura, not when it was answered
         key = route_key(scope["method"], scope["path"])
         status: dict[str, Any] = {"code": 0}
 
@@ -80,21 +82,22 @@ class FaultInjection:
             faults = self.faults.current()
             if faults.latency_ms > 0:
                 await asyncio.sleep(faults.latency_ms / 1000)
+                arrived = time.time()  # the latency stands for the network's: Oura sees the request after it
             if self.faults.roll(faults.error_rate):
                 code = self.faults.choice((500, 502, 503))
                 self.stats.count("injected_errors")
-                self.stats.record(key, code)
+                self.stats.record(key, code, arrived)
                 await self._error(send, code)
                 return
             if self.faults.roll(faults.drop_rate):
                 self.stats.count("dropped")
-                self.stats.record(key, "dropped")
+                self.stats.record(key, "dropped", arrived)
                 await self.app(scope, receive, self._dropping(send))
                 return
         try:
             await self.app(scope, receive, counting_send)
         finally:
-            self.stats.record(key, status["code"] or 500)
+            self.stats.record(key, status["code"] or 500, arrived)
 
     @staticmethod
     async def _error(send: Send, code: int) -> None:

@@ -2,7 +2,9 @@
 
 The timeline counts the Oura data requests (`/v2/...`) answered in each wall-clock second, by status, so a
 benchmark can read the rate a client sustained and when its 429s came, as Oura would have seen them.
-In-process, `answered` also gives each answer's exact time, for windows that do not start on a second.
+In-process, `answered` also gives the exact time each request arrived, for windows that do not start on a
+second: when it reached Oura is what Oura's limit counts, and what the client's pacing decides (the time it
+was answered adds the simulator's own handling time, which varies with the request and the machine's load).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import time
 from collections import Counter, defaultdict, deque
 from typing import Any
 
-# The answer times kept for `answered` (the newest ones): enough for any test or benchmark run.
+# The requests kept for `answered` (the newest ones): enough for any test or benchmark run.
 ANSWERED_KEPT = 100_000
 
 # The counters `/_sim/stats` always shows, zero or not.
@@ -39,19 +41,20 @@ class RequestStats:
         self._timeline: defaultdict[int, Counter[str]] = defaultdict(Counter)
         self._answered: deque[tuple[float, str, str]] = deque(maxlen=ANSWERED_KEPT)
 
-    def record(self, route: str, status: int | str) -> None:
-        """One answered request (`status` may be "dropped")."""
+    def record(self, route: str, status: int | str, arrived: float | None = None) -> None:
+        """One answered request (`status` may be "dropped"), which arrived at `arrived` (epoch seconds; now
+        when not given)."""
         now = time.time()
         second = int(now)
         with self._lock:
             self._requests[route][str(status)] += 1
-            self._answered.append((now, route, str(status)))
+            self._answered.append((now if arrived is None else arrived, route, str(status)))
             if route.startswith("GET /v2/"):
                 self._timeline[second][str(status)] += 1
 
     def answered(self, route_prefix: str = "GET /v2/") -> list[tuple[float, str]]:
-        """(epoch seconds, status) of each answered request whose route starts with `route_prefix` (by
-        default Oura's data API, which the application limit counts), oldest first."""
+        """(epoch seconds it arrived, status) of each answered request whose route starts with `route_prefix`
+        (by default Oura's data API, which the application limit counts), in the order they were answered."""
         with self._lock:
             return [(at, status) for at, route, status in self._answered if route.startswith(route_prefix)]
 

@@ -13,8 +13,9 @@ and values always travel as parameters. The modules, by what they own:
 - `lake`, `dialect`: the DuckLake backend (catalog in PostgreSQL, no writer lock, optimistic commits) and the
   keyed writes that keep their guarantees on both backends.
 - `encryption`, `rekey`: the encrypted file (`OURA_ASSETS_WAREHOUSE_KEY`), `open_database`, key rotation.
-- `schema`: every table described once as data (`TABLES`); `migrations` creates them from it.
-- `staging`: bulk rows staged as JSON and mirrored into a window.
+- `schema`: every table described once as data (`TABLES`), with `schema_collections` (the newer collections'
+  tables) and `table_spec` (`Column`, `Table`); `migrations` creates them from it.
+- `staging`: bulk rows staged as JSON and mirrored into a window (`replace_day_window`: the normalized ones).
 - `raw`, `normalized`: the `oura_raw` tables (with document revisions), `wearable_data` and the daily stats.
 - `day_status`: `wearable_day_status`, why each synced patient-day has the data it has.
 - `activities`: `wearable_workouts` and `wearable_sessions`, one row per Oura document.
@@ -164,7 +165,8 @@ from oura_assets.warehouse.runs import (
     record_sync_result,
     sync_results_for_run,
 )
-from oura_assets.warehouse.schema import AUDIT_LOG, TABLES, Column, Table
+from oura_assets.warehouse.schema import AUDIT_LOG, TABLES
+from oura_assets.warehouse.table_spec import Column, Table
 from oura_assets.warehouse.waits import WaitLog
 from oura_assets.warehouse.webhooks import (
     LOOKUP_FOUND,

@@ -14,11 +14,10 @@ from typing import Any
 import duckdb
 
 from oura_assets.domain import SOURCE
-from oura_assets.warehouse.schema import TABLES, Table
-from oura_assets.warehouse.staging import mirror, stage
-from oura_assets.warehouse.values import day_window, get_field, to_day, utc
-
-_KEY = ("patient_id", "source", "id")
+from oura_assets.warehouse.schema import TABLES
+from oura_assets.warehouse.staging import replace_day_window
+from oura_assets.warehouse.table_spec import Table
+from oura_assets.warehouse.values import get_field, to_day, utc
 
 
 def _replace(
@@ -46,23 +45,8 @@ def _replace(
             record[name] = utc(record[name])
         records.append(record)
     select = ", ".join(f"CAST(value->>'{name}' AS {type_}) AS {name}" for name, type_ in columns.items())
-    staging = f"_staged_{table.name.split('.')[1]}"
-    stage(
-        conn,
-        staging,
-        f"?::VARCHAR AS patient_id, ?::VARCHAR AS source, {select}, ?::TIMESTAMPTZ AS synced_at",
-        records,
-        [patient_id, SOURCE, utc(synced_at)],
-        last_per=["id"],
-    )
-    start, end = day_window(start_day, end_day)
-    return mirror(
-        conn,
-        table.name,
-        staging,
-        _KEY,
-        "patient_id = ? AND source = ? AND day BETWEEN ? AND ?",
-        [patient_id, SOURCE, start, end],
+    return replace_day_window(
+        conn, table, patient_id, start_day, end_day, select, records, ("synced_at", synced_at)
     )
 
 

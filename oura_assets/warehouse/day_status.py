@@ -12,8 +12,9 @@ from datetime import date, datetime
 import duckdb
 
 from oura_assets.domain import SOURCE, check_day_status
-from oura_assets.warehouse.staging import mirror, stage
-from oura_assets.warehouse.values import day_window, get_field, to_day, utc
+from oura_assets.warehouse.schema import TABLES
+from oura_assets.warehouse.staging import replace_day_window
+from oura_assets.warehouse.values import day_window, get_field, to_day
 
 
 def replace_day_status(
@@ -42,22 +43,15 @@ def replace_day_status(
                 "reason": get_field(row, "reason"),
             }
         )
-    stage(
+    return replace_day_window(
         conn,
-        "_staged_day_status",
-        "?::VARCHAR AS patient_id, ?::VARCHAR AS source, CAST(value->>'day' AS DATE) AS day, "
-        "value->>'status' AS status, value->>'reason' AS reason, ?::TIMESTAMPTZ AS updated_at",
+        TABLES["patient_graph.wearable_day_status"],
+        patient_id,
+        start,
+        end,
+        "CAST(value->>'day' AS DATE) AS day, value->>'status' AS status, value->>'reason' AS reason",
         records,
-        [patient_id, SOURCE, utc(updated_at)],
-        last_per=["day"],
-    )
-    return mirror(
-        conn,
-        "patient_graph.wearable_day_status",
-        "_staged_day_status",
-        ("patient_id", "source", "day"),
-        "patient_id = ? AND source = ? AND day BETWEEN ? AND ?",
-        [patient_id, SOURCE, start, end],
+        ("updated_at", updated_at),
     )
 
 

@@ -25,6 +25,8 @@ from oura_assets.warehouse.schema import (
     SCHEMA_VERSION_TABLE,
     SCHEMAS,
     TABLES,
+)
+from oura_assets.warehouse.schema_collections import (
     WEARABLE_COLLECTION_STATUS,
     WEARABLE_SESSIONS,
     WEARABLE_WORKOUTS,

@@ -14,9 +14,10 @@ import duckdb
 
 from oura_assets.domain import SOURCE
 from oura_assets.warehouse.schema import TABLES
-from oura_assets.warehouse.staging import mirror, stage
-from oura_assets.warehouse.values import day_window, get_field, to_day, utc
+from oura_assets.warehouse.staging import replace_day_window
+from oura_assets.warehouse.values import day_window, get_field, to_day
 
+_WEARABLE_DATA_TABLE = TABLES["patient_graph.wearable_data"]
 _DAILY_STATS_TABLE = TABLES["patient_graph.patient_wearable_daily_stats"]
 _DAILY_STATS_COLUMNS: dict[str, str] = {
     column.name: column.type
@@ -47,7 +48,6 @@ def replace_wearable_data(
 
     A row is a mapping or an object (`normalize.WearableRow`) with metric_type, day and metrics (a dict).
     """
-    start, end = day_window(start_day, end_day)
     records = []
     for row in rows:
         _check_patient(row, patient_id)
@@ -61,22 +61,16 @@ def replace_wearable_data(
                 "metrics": metrics,
             }
         )
-    stage(
+    return replace_day_window(
         conn,
-        "_staged_wearable_data",
-        "?::VARCHAR AS patient_id, ?::VARCHAR AS source, value->>'metric_type' AS metric_type, "
-        "CAST(value->>'day' AS DATE) AS day, value->'metrics' AS metrics, ?::TIMESTAMPTZ AS synced_at",
+        _WEARABLE_DATA_TABLE,
+        patient_id,
+        start_day,
+        end_day,
+        "value->>'metric_type' AS metric_type, CAST(value->>'day' AS DATE) AS day, "
+        "value->'metrics' AS metrics",
         records,
-        [patient_id, SOURCE, utc(synced_at)],
-        last_per=["metric_type", "day"],
-    )
-    return mirror(
-        conn,
-        "patient_graph.wearable_data",
-        "_staged_wearable_data",
-        ("patient_id", "source", "metric_type", "day"),
-        "patient_id = ? AND source = ? AND day BETWEEN ? AND ?",
-        [patient_id, SOURCE, start, end],
+        ("synced_at", synced_at),
     )
 
 
@@ -93,7 +87,6 @@ def replace_daily_stats(
     A row is a mapping or an object (`normalize.DailyStatsRow`) with day and the stats columns; a missing
     stats field is stored as NULL.
     """
-    start, end = day_window(start_day, end_day)
     records = []
     for row in rows:
         _check_patient(row, patient_id)
@@ -101,22 +94,15 @@ def replace_daily_stats(
         record.update({column: get_field(row, column, None) for column in _DAILY_STATS_COLUMNS})
         records.append(record)
     stats = ", ".join(f"CAST(value->>'{c}' AS {t}) AS {c}" for c, t in _DAILY_STATS_COLUMNS.items())
-    stage(
+    return replace_day_window(
         conn,
-        "_staged_daily_stats",
-        f"?::VARCHAR AS patient_id, ?::VARCHAR AS source, CAST(value->>'day' AS DATE) AS day, {stats}, "
-        "?::TIMESTAMPTZ AS updated_at",
+        _DAILY_STATS_TABLE,
+        patient_id,
+        start_day,
+        end_day,
+        f"CAST(value->>'day' AS DATE) AS day, {stats}",
         records,
-        [patient_id, SOURCE, utc(updated_at)],
-        last_per=["day"],
-    )
-    return mirror(
-        conn,
-        "patient_graph.patient_wearable_daily_stats",
-        "_staged_daily_stats",
-        ("patient_id", "source", "day"),
-        "patient_id = ? AND source = ? AND day BETWEEN ? AND ?",
-        [patient_id, SOURCE, start, end],
+        ("updated_at", updated_at),
     )
 
 

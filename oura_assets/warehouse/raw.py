@@ -254,6 +254,13 @@ def replace_raw_heartrate(
     if incomplete:
         conn.execute("DROP TABLE _staged_heartrate")
         raise ValueError(f"heartrate: {incomplete} sample(s) lack a `timestamp` or a `source`")
+    return _mirror_heartrate(conn, patient_id, start, end)
+
+
+def _mirror_heartrate(
+    conn: duckdb.DuckDBPyConnection, patient_id: str, start: datetime, end: datetime
+) -> int:
+    """Make the patient's samples in [start, end) exactly the ones in `_staged_heartrate`; returns rows."""
     return mirror(
         conn,
         "oura_raw.heartrate",
@@ -313,14 +320,7 @@ def replace_raw_heartrate_columns(
         )
     finally:
         conn.unregister("_heartrate_columns")
-    return mirror(
-        conn,
-        "oura_raw.heartrate",
-        "_staged_heartrate",
-        ("patient_id", "timestamp", "source"),
-        "patient_id = ? AND timestamp >= ? AND timestamp < ?",
-        [patient_id, utc(start), utc(end)],
-    )
+    return _mirror_heartrate(conn, patient_id, start, end)
 
 
 def read_raw_heartrate(

@@ -5,75 +5,41 @@ description written for a data scientist and the unit where one matters) and its
 is the specification; the bookkeeping tables (sync requests and results, OAuth states) are described the
 same way. `migrations.py` creates the tables from `TABLES`, and the Dagster definitions can build a
 `dg.TableSchema` from the same entries, so the Columns a user reads in the UI are the columns on disk.
+
+`TABLES` is the one registry; the tables of the newer collections (workouts, sessions, collection status)
+are described in `schema_collections.py`, and `Column` / `Table` themselves in `table_spec.py`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from oura_assets.domain import DOCUMENT_COLLECTIONS, HEARTRATE
+from oura_assets.warehouse.schema_collections import (
+    WEARABLE_COLLECTION_STATUS,
+    WEARABLE_SESSIONS,
+    WEARABLE_WORKOUTS,
+    WELLNESS_COLUMNS,
+)
+from oura_assets.warehouse.table_spec import (
+    DAY_COLUMN,
+    PATIENT_ID_COLUMN,
+    SOURCE_COLUMN,
+    Column,
+    Table,
+    required,
+)
 
 SCHEMAS = ("patient_graph", "oura_raw")
-
-
-@dataclass(frozen=True)
-class Column:
-    name: str
-    type: str
-    description: str
-    unit: str | None = None
-    nullable: bool = True
-
-
-@dataclass(frozen=True)
-class Table:
-    name: str
-    """Qualified: `schema.table`."""
-    description: str
-    columns: tuple[Column, ...]
-    primary_key: tuple[str, ...]
-
-    @property
-    def schema(self) -> str:
-        return self.name.split(".", 1)[0]
-
-    def column(self, name: str) -> Column:
-        for column in self.columns:
-            if column.name == name:
-                return column
-        raise KeyError(f"{self.name} has no column {name!r}")
-
-    def ddl(self, *, keys: bool = True) -> str:
-        """`CREATE TABLE IF NOT EXISTS` for this table, columns in their declared order.
-
-        `keys=False` leaves out the PRIMARY KEY, for a DuckLake (which has none: the writers keep the key
-        unique themselves, see `dialect.py`).
-        """
-        lines = [f"{c.name} {c.type}{'' if c.nullable else ' NOT NULL'}" for c in self.columns]
-        if keys:
-            lines.append(f"PRIMARY KEY ({', '.join(self.primary_key)})")
-        body = ",\n    ".join(lines)
-        return f"CREATE TABLE IF NOT EXISTS {self.name} (\n    {body}\n)"
-
-
-def _required(name: str, type_: str, description: str, unit: str | None = None) -> Column:
-    return Column(name, type_, description, unit, nullable=False)
-
-
-_PATIENT_ID = _required("patient_id", "VARCHAR", "The patient: the `sub` of their JWT, our key everywhere.")
-_SOURCE = _required("source", "VARCHAR", "The wearable's source; always `oura`.")
-_DAY = _required("day", "DATE", "Oura's `day`: the patient's local calendar date the data belongs to.")
 _SCORE = "1-100 score"
 
 
 REVISION_COLUMNS = (
-    _required("first_seen_at", "TIMESTAMPTZ", "When the document was first fetched (UTC)."),
-    _required(
+    required("first_seen_at", "TIMESTAMPTZ", "When the document was first fetched (UTC)."),
+    required(
         "last_changed_at",
         "TIMESTAMPTZ",
         "When Oura's content of the document last changed, i.e. when this version was first fetched (UTC).",
     ),
-    _required(
+    required(
         "revision",
         "INTEGER",
         "Content changes seen: 0 for the first version, +1 each time Oura serves the same id with a "
@@ -92,141 +58,16 @@ def _document_table(collection: str) -> Table:
         "document replaces its older version; a changed one keeps the old version in "
         "`oura_raw.document_revisions`.",
         (
-            _PATIENT_ID,
-            _required("id", "VARCHAR", "Oura's document id."),
-            _DAY,
-            _required("document", "JSON", "The document exactly as Oura returned it."),
-            _required("fetched_at", "TIMESTAMPTZ", "When this version was last fetched from Oura (UTC)."),
+            PATIENT_ID_COLUMN,
+            required("id", "VARCHAR", "Oura's document id."),
+            DAY_COLUMN,
+            required("document", "JSON", "The document exactly as Oura returned it."),
+            required("fetched_at", "TIMESTAMPTZ", "When this version was last fetched from Oura (UTC)."),
             *REVISION_COLUMNS,
         ),
         ("patient_id", "id"),
     )
 
-
-WELLNESS_COLUMNS = (
-    Column(
-        "spo2_average_pct",
-        "DOUBLE",
-        "Average blood oxygen saturation (SpO2) during the night that ended this day (`daily_spo2`); null "
-        "when Oura could not measure it, or the patient did not grant the `spo2Daily` scope.",
-        "%",
-    ),
-    Column(
-        "breathing_disturbance_index",
-        "INTEGER",
-        "Oura's breathing disturbance index for the night (`daily_spo2`): how often SpO2 dropped, 0-100.",
-        "index 0-100",
-    ),
-    Column(
-        "stress_high_seconds",
-        "INTEGER",
-        "Time spent in Oura's high-stress zone during the day (`daily_stress.stress_high`).",
-        "seconds",
-    ),
-    Column(
-        "recovery_high_seconds",
-        "INTEGER",
-        "Time spent in Oura's high-recovery zone during the day (`daily_stress.recovery_high`).",
-        "seconds",
-    ),
-    Column(
-        "stress_day_summary",
-        "VARCHAR",
-        "Oura's word for the day's stress (`daily_stress.day_summary`): `restored`, `normal` or `stressful`.",
-    ),
-    Column(
-        "resilience_level",
-        "VARCHAR",
-        "Oura's long-term resilience level (`daily_resilience.level`): `limited`, `adequate`, `solid`, "
-        "`strong` or `exceptional`.",
-    ),
-    Column(
-        "vascular_age_years",
-        "INTEGER",
-        "Oura's predicted vascular (cardiovascular) age (`daily_cardiovascular_age.vascular_age`), 18-100.",
-        "years",
-    ),
-)
-"""Daily-stats columns from the newer daily summaries, added by migration 6 (so they come last on disk)."""
-
-_SPAN_COLUMNS = (
-    _PATIENT_ID,
-    _SOURCE,
-    _required("id", "VARCHAR", "Oura's document id (`oura_raw.<collection>.id`)."),
-    _DAY,
-    _required("start_at", "TIMESTAMPTZ", "When it started (UTC; Oura's local `start_datetime`)."),
-    _required("end_at", "TIMESTAMPTZ", "When it ended (UTC; Oura's local `end_datetime`)."),
-    Column("duration_seconds", "INTEGER", "end_at - start_at.", "seconds"),
-    Column(
-        "utc_offset_minutes", "INTEGER", "The patient's UTC offset Oura gave on `start_datetime`.", "minutes"
-    ),
-)
-
-WEARABLE_WORKOUTS = Table(
-    "patient_graph.wearable_workouts",
-    "One row per Oura workout document: what, when (UTC) and how hard, with the energy and distance Oura "
-    "gave. A day can hold several workouts (a run and an autodetected walk).",
-    (
-        *_SPAN_COLUMNS,
-        _required("activity", "VARCHAR", "Oura's activity: `walking`, `running`, `cycling`, …"),
-        Column("intensity", "VARCHAR", "`easy`, `moderate` or `hard`."),
-        Column("calories_kcal", "DOUBLE", "Energy burned during the workout.", "kcal"),
-        Column("distance_m", "DOUBLE", "Distance covered; null for activities without one.", "m"),
-        Column(
-            "workout_source",
-            "VARCHAR",
-            "How Oura learned of it: `manual`, `autodetected`, `confirmed` or `workout_heart_rate`.",
-        ),
-        Column("label", "VARCHAR", "The patient's own label for the workout."),
-        _required("synced_at", "TIMESTAMPTZ", "When the row was last written (UTC)."),
-    ),
-    ("patient_id", "source", "id"),
-)
-
-WEARABLE_SESSIONS = Table(
-    "patient_graph.wearable_sessions",
-    "One row per Oura session (a Moment the patient started in the app: breathing, meditation, a nap, …): "
-    "when (UTC), what, and the heart rate and HRV Oura recorded during it.",
-    (
-        *_SPAN_COLUMNS,
-        _required(
-            "session_type",
-            "VARCHAR",
-            "Oura's type: `breathing`, `meditation`, `nap`, `relaxation`, `rest` or `body_status`.",
-        ),
-        Column("mood", "VARCHAR", "The mood the patient chose: `bad`, `worse`, `same`, `good` or `great`."),
-        Column("hr_avg_bpm", "DOUBLE", "Mean of the session's non-null heart-rate samples.", "bpm"),
-        Column("hr_min_bpm", "DOUBLE", "Lowest heart-rate sample of the session.", "bpm"),
-        Column("hr_max_bpm", "DOUBLE", "Highest heart-rate sample of the session.", "bpm"),
-        Column("hrv_avg_ms", "DOUBLE", "Mean of the session's non-null HRV samples.", "ms"),
-        Column("samples", "INTEGER", "Non-null heart-rate samples the figures come from.", "samples"),
-        _required("synced_at", "TIMESTAMPTZ", "When the row was last written (UTC)."),
-    ),
-    ("patient_id", "source", "id"),
-)
-
-WEARABLE_COLLECTION_STATUS = Table(
-    "patient_graph.wearable_collection_status",
-    "One row per patient, source and Oura collection the patient's latest sync asked for: whether it "
-    "synced and, when not, why: a scope the patient did not grant, an expired membership, Oura refusing it, "
-    "or a failed fetch. What `wearable_day_status` is to days, this is to collections.",
-    (
-        _PATIENT_ID,
-        _SOURCE,
-        _required("collection", "VARCHAR", "The Oura collection (`workout`, `daily_spo2`, …)."),
-        _required(
-            "status",
-            "VARCHAR",
-            "`synced`, `scope_missing` (skipped: the patient did not grant its scope), "
-            "`subscription_expired`, `forbidden` (403 although the scope was granted) or `error`.",
-        ),
-        _required("reason", "VARCHAR", "Why, in words a person can act on."),
-        Column("start_day", "DATE", "First day of the sync that decided it (inclusive)."),
-        Column("end_day", "DATE", "Last day of that sync (inclusive)."),
-        _required("updated_at", "TIMESTAMPTZ", "When the row was last written (UTC)."),
-    ),
-    ("patient_id", "source", "collection"),
-)
 
 WEBHOOK_EVENTS = Table(
     "patient_graph.webhook_events",
@@ -234,23 +75,23 @@ WEBHOOK_EVENTS = Table(
     "makes a redelivery recognisable (Oura retries an event it thinks was not received), and what each "
     "event led to. Events for unknown users and events that failed verification are not stored.",
     (
-        _required(
+        required(
             "event_key",
             "VARCHAR",
             "SHA-256 of (event_type, data_type, object_id, event_time, user_id): the same event redelivered "
             "has the same key.",
         ),
-        _PATIENT_ID,
-        _SOURCE,
-        _required("event_type", "VARCHAR", "Oura's operation: `create`, `update` or `delete`."),
-        _required("data_type", "VARCHAR", "Oura's data type the document belongs to (`daily_sleep`, ...)."),
-        _required("object_id", "VARCHAR", "The Oura document id the event is about."),
+        PATIENT_ID_COLUMN,
+        SOURCE_COLUMN,
+        required("event_type", "VARCHAR", "Oura's operation: `create`, `update` or `delete`."),
+        required("data_type", "VARCHAR", "Oura's data type the document belongs to (`daily_sleep`, ...)."),
+        required("object_id", "VARCHAR", "The Oura document id the event is about."),
         Column("event_time", "TIMESTAMPTZ", "When Oura says the change happened (UTC)."),
-        _required("received_at", "TIMESTAMPTZ", "When the API first accepted the event (UTC)."),
+        required("received_at", "TIMESTAMPTZ", "When the API first accepted the event (UTC)."),
         Column("start_day", "DATE", "First day of the sync the event queued (inclusive)."),
         Column("end_day", "DATE", "Last day of the sync the event queued (inclusive)."),
         Column("sync_id", "VARCHAR", "The sync request the event queued or joined; null when ignored."),
-        _required(
+        required(
             "action",
             "VARCHAR",
             "What the API did: `sync_queued`, `deleted` (document removed from the raw table, its day "
@@ -269,17 +110,17 @@ _TABLES: tuple[Table, ...] = (
         "One row per patient, source, metric type and day where Oura returned the documents it is built "
         "from. `metrics` holds CONTRACT §5's camelCase keys; a key is null when Oura gave null.",
         (
-            _PATIENT_ID,
-            _SOURCE,
-            _required("metric_type", "VARCHAR", "Which metrics: `readiness`, `sleep`, `activity` or `hrv`."),
-            _DAY,
-            _required(
+            PATIENT_ID_COLUMN,
+            SOURCE_COLUMN,
+            required("metric_type", "VARCHAR", "Which metrics: `readiness`, `sleep`, `activity` or `hrv`."),
+            DAY_COLUMN,
+            required(
                 "metrics",
                 "JSON",
                 "The day's metrics by camelCase key; durations in seconds, scores 1-100, HRV in ms, "
                 "heart rate in bpm, bedtimes as UTC ISO-8601 ending in `Z`.",
             ),
-            _required("synced_at", "TIMESTAMPTZ", "When the row was last written (UTC)."),
+            required("synced_at", "TIMESTAMPTZ", "When the row was last written (UTC)."),
         ),
         ("patient_id", "source", "metric_type", "day"),
     ),
@@ -288,9 +129,9 @@ _TABLES: tuple[Table, ...] = (
         "One row per patient, source and day with any data: the day's headline figures side by side, heart "
         "rate over the patient's local calendar day.",
         (
-            _PATIENT_ID,
-            _SOURCE,
-            _DAY,
+            PATIENT_ID_COLUMN,
+            SOURCE_COLUMN,
+            DAY_COLUMN,
             Column("readiness_score", "INTEGER", "Oura readiness score.", _SCORE),
             Column("sleep_score", "INTEGER", "Oura daily sleep score.", _SCORE),
             Column("activity_score", "INTEGER", "Oura activity score.", _SCORE),
@@ -322,7 +163,7 @@ _TABLES: tuple[Table, ...] = (
                 "The UTC offset the local day was cut with, from the day's documents or the nearest known.",
                 "minutes",
             ),
-            _required("updated_at", "TIMESTAMPTZ", "When the row was last written (UTC)."),
+            required("updated_at", "TIMESTAMPTZ", "When the row was last written (UTC)."),
             *WELLNESS_COLUMNS,
         ),
         ("patient_id", "source", "day"),
@@ -331,17 +172,17 @@ _TABLES: tuple[Table, ...] = (
         "patient_graph.patient_events",
         "Things that happened to a patient's wearable: connected, synced, reconnect required, disconnected.",
         (
-            _required("event_id", "VARCHAR", "Unique id; recording the same id again changes nothing."),
-            _PATIENT_ID,
-            _required(
+            required("event_id", "VARCHAR", "Unique id; recording the same id again changes nothing."),
+            PATIENT_ID_COLUMN,
+            required(
                 "event_type",
                 "VARCHAR",
                 "`wearable_connected`, `wearable_sync`, `wearable_reconnect_required` or "
                 "`wearable_disconnected`.",
             ),
-            _SOURCE,
-            _required("occurred_at", "TIMESTAMPTZ", "When it happened (UTC)."),
-            _required(
+            SOURCE_COLUMN,
+            required("occurred_at", "TIMESTAMPTZ", "When it happened (UTC)."),
+            required(
                 "payload",
                 "JSON",
                 "Details; a `wearable_sync` holds status, runId, startDay, endDay, rows per table, errors.",
@@ -353,9 +194,9 @@ _TABLES: tuple[Table, ...] = (
         "patient_graph.wearable_connections",
         "One row per patient and source: the connection's state and its tokens, encrypted.",
         (
-            _PATIENT_ID,
-            _SOURCE,
-            _required("status", "VARCHAR", "`active`, `reconnect_required` or `disconnected`."),
+            PATIENT_ID_COLUMN,
+            SOURCE_COLUMN,
+            required("status", "VARCHAR", "`active`, `reconnect_required` or `disconnected`."),
             Column("oura_user_id", "VARCHAR", "The patient's user id at Oura, when known."),
             Column("scopes", "VARCHAR[]", "OAuth scopes the patient granted."),
             Column("access_token_enc", "VARCHAR", "The access token, encrypted (Fernet); never plaintext."),
@@ -364,7 +205,7 @@ _TABLES: tuple[Table, ...] = (
             Column("connected_at", "TIMESTAMPTZ", "When the patient last connected (UTC)."),
             Column("last_synced_at", "TIMESTAMPTZ", "When a sync last landed data (UTC)."),
             Column("last_error", "VARCHAR", "Why the last sync or refresh failed; null once one succeeds."),
-            _required("updated_at", "TIMESTAMPTZ", "When the row was last written (UTC)."),
+            required("updated_at", "TIMESTAMPTZ", "When the row was last written (UTC)."),
         ),
         ("patient_id", "source"),
     ),
@@ -372,13 +213,13 @@ _TABLES: tuple[Table, ...] = (
         "patient_graph.sync_requests",
         "Syncs queued through the connection API (or by a webhook), turned into Dagster runs by a sensor.",
         (
-            _required("sync_id", "VARCHAR", "The id the API returned as `syncId`."),
-            _PATIENT_ID,
-            _SOURCE,
-            _required("start_day", "DATE", "First day to sync (inclusive)."),
-            _required("end_day", "DATE", "Last day to sync (inclusive)."),
-            _required("status", "VARCHAR", "`queued`, `running`, `success`, `partial` or `failed`."),
-            _required("requested_at", "TIMESTAMPTZ", "When it was queued (UTC)."),
+            required("sync_id", "VARCHAR", "The id the API returned as `syncId`."),
+            PATIENT_ID_COLUMN,
+            SOURCE_COLUMN,
+            required("start_day", "DATE", "First day to sync (inclusive)."),
+            required("end_day", "DATE", "Last day to sync (inclusive)."),
+            required("status", "VARCHAR", "`queued`, `running`, `success`, `partial` or `failed`."),
+            required("requested_at", "TIMESTAMPTZ", "When it was queued (UTC)."),
             Column("run_id", "VARCHAR", "The Dagster run that carries it out."),
             Column("started_at", "TIMESTAMPTZ", "When its run started (UTC)."),
             Column("finished_at", "TIMESTAMPTZ", "When it ended (UTC); null until then."),
@@ -390,15 +231,15 @@ _TABLES: tuple[Table, ...] = (
         "patient_graph.sync_results",
         "One row per run and patient: how that patient's sync went, rows written per table and errors.",
         (
-            _required("run_id", "VARCHAR", "The Dagster run."),
-            _PATIENT_ID,
-            _SOURCE,
-            _required("status", "VARCHAR", "`success`, `partial` or `failed`; only ever gets worse."),
-            _required("start_day", "DATE", "First day of the run's range (inclusive)."),
-            _required("end_day", "DATE", "Last day of the run's range (inclusive)."),
-            _required("rows", "JSON", "Rows written, by table name.", "rows"),
-            _required("errors", "JSON", "What went wrong: a list of {code, message, collection}."),
-            _required("recorded_at", "TIMESTAMPTZ", "When the result was last written (UTC)."),
+            required("run_id", "VARCHAR", "The Dagster run."),
+            PATIENT_ID_COLUMN,
+            SOURCE_COLUMN,
+            required("status", "VARCHAR", "`success`, `partial` or `failed`; only ever gets worse."),
+            required("start_day", "DATE", "First day of the run's range (inclusive)."),
+            required("end_day", "DATE", "Last day of the run's range (inclusive)."),
+            required("rows", "JSON", "Rows written, by table name.", "rows"),
+            required("errors", "JSON", "What went wrong: a list of {code, message, collection}."),
+            required("recorded_at", "TIMESTAMPTZ", "When the result was last written (UTC)."),
             Column(
                 "documents",
                 "JSON",
@@ -413,10 +254,10 @@ _TABLES: tuple[Table, ...] = (
         "patient_graph.oauth_states",
         "OAuth `state` values handed out by the connect route, by hash only: single-use, short-lived.",
         (
-            _required("state_hash", "VARCHAR", "SHA-256 of the state; the state itself is never stored."),
-            _PATIENT_ID,
-            _required("created_at", "TIMESTAMPTZ", "When it was handed out (UTC)."),
-            _required("expires_at", "TIMESTAMPTZ", "When it stops being accepted (UTC)."),
+            required("state_hash", "VARCHAR", "SHA-256 of the state; the state itself is never stored."),
+            PATIENT_ID_COLUMN,
+            required("created_at", "TIMESTAMPTZ", "When it was handed out (UTC)."),
+            required("expires_at", "TIMESTAMPTZ", "When it stops being accepted (UTC)."),
             Column("used_at", "TIMESTAMPTZ", "When it was spent (UTC); null while unused."),
         ),
         ("state_hash",),
@@ -426,12 +267,12 @@ _TABLES: tuple[Table, ...] = (
         f"oura_raw.{HEARTRATE}",
         "Oura heart-rate samples as Oura sent them, one row per patient, instant and sample source.",
         (
-            _PATIENT_ID,
-            _required("timestamp", "TIMESTAMPTZ", "The sample's instant (UTC)."),
-            _required("source", "VARCHAR", "Oura's sample source: `awake`, `rest`, `sleep`, `session`, …"),
+            PATIENT_ID_COLUMN,
+            required("timestamp", "TIMESTAMPTZ", "The sample's instant (UTC)."),
+            required("source", "VARCHAR", "Oura's sample source: `awake`, `rest`, `sleep`, `session`, …"),
             Column("bpm", "INTEGER", "Heart rate.", "bpm"),
-            _required("document", "JSON", "The sample exactly as Oura returned it."),
-            _required("fetched_at", "TIMESTAMPTZ", "When this version was fetched from Oura (UTC)."),
+            required("document", "JSON", "The sample exactly as Oura returned it."),
+            required("fetched_at", "TIMESTAMPTZ", "When this version was fetched from Oura (UTC)."),
         ),
         ("patient_id", "timestamp", "source"),
     ),
@@ -441,19 +282,19 @@ _TABLES: tuple[Table, ...] = (
         "revised score) or stops serving it, the version the raw table held until then lands here. The "
         "current version stays in `oura_raw.<collection>`.",
         (
-            _required("collection", "VARCHAR", "The Oura collection: the raw table the document lives in."),
-            _PATIENT_ID,
-            _required("id", "VARCHAR", "Oura's document id."),
-            _required(
+            required("collection", "VARCHAR", "The Oura collection: the raw table the document lives in."),
+            PATIENT_ID_COLUMN,
+            required("id", "VARCHAR", "Oura's document id."),
+            required(
                 "revision", "INTEGER", "The superseded version's `revision` (0: first version).", "changes"
             ),
-            _DAY,
-            _required("document", "JSON", "The superseded version exactly as Oura returned it."),
-            _required("fetched_at", "TIMESTAMPTZ", "When the superseded version was last fetched (UTC)."),
-            _required(
+            DAY_COLUMN,
+            required("document", "JSON", "The superseded version exactly as Oura returned it."),
+            required("fetched_at", "TIMESTAMPTZ", "When the superseded version was last fetched (UTC)."),
+            required(
                 "superseded_at", "TIMESTAMPTZ", "When the fetch that replaced or dropped it happened (UTC)."
             ),
-            _required(
+            required(
                 "change",
                 "VARCHAR",
                 "`changed` (Oura served a new content under the same id) or `deleted` (Oura no longer "
@@ -472,10 +313,10 @@ _TABLES: tuple[Table, ...] = (
         "day's data is complete and, when it is not, why (ring not worn, phone not synced yet, broken "
         "connection, expired membership, a failed fetch), in words in `reason`.",
         (
-            _PATIENT_ID,
-            _SOURCE,
-            _DAY,
-            _required(
+            PATIENT_ID_COLUMN,
+            SOURCE_COLUMN,
+            DAY_COLUMN,
+            required(
                 "status",
                 "VARCHAR",
                 "`complete` (readiness, sleep and activity all present), `partial` (some of them), "
@@ -483,8 +324,8 @@ _TABLES: tuple[Table, ...] = (
                 "`awaiting_sync` (a recent day the phone has not synced yet), `reconnect_required`, "
                 "`subscription_expired` or `error` (the fetch failed).",
             ),
-            _required("reason", "VARCHAR", "Why, in words a person can act on."),
-            _required("updated_at", "TIMESTAMPTZ", "When the row was last written (UTC)."),
+            required("reason", "VARCHAR", "Why, in words a person can act on."),
+            required("updated_at", "TIMESTAMPTZ", "When the row was last written (UTC)."),
         ),
         ("patient_id", "source", "day"),
     ),
@@ -497,27 +338,27 @@ AUDIT_LOG = Table(
     "code, state, JWT or health figure. An erasure removes the patient from every other table but leaves its "
     "own row here.",
     (
-        _required("audit_id", "VARCHAR", "Unique id of the entry."),
-        _required("occurred_at", "TIMESTAMPTZ", "When the action was answered or carried out (UTC)."),
+        required("audit_id", "VARCHAR", "Unique id of the entry."),
+        required("occurred_at", "TIMESTAMPTZ", "When the action was answered or carried out (UTC)."),
         Column(
             "actor",
             "VARCHAR",
             "Who acted: the JWT `sub` of the caller, `operator` for a command or scheduled job, "
             "`anonymous` when the caller could not be identified.",
         ),
-        _required(
+        required(
             "action",
             "VARCHAR",
             "`connect`, `callback`, `sync_request`, `sync_status`, `connections`, `disconnect`, `erase`, "
             "`retention`.",
         ),
         Column("patient_id", "VARCHAR", "Whose data the action touched; null when unknown or all patients."),
-        _required(
+        required(
             "outcome", "VARCHAR", "`ok`, or the error code answered (`unauthorized`, `not_connected`, ...)."
         ),
         Column("status_code", "INTEGER", "The HTTP status answered; null for operator actions."),
         Column("client_address", "VARCHAR", "The caller's IP address as the API saw it; null for commands."),
-        _required(
+        required(
             "request_id",
             "VARCHAR",
             "The request's id: the caller's `X-Request-Id` when well-formed, else ours.",
@@ -539,10 +380,10 @@ RETENTION_HORIZONS = Table(
     "rows. The daily-stats rebuild keeps the figures it computed before that instant instead of recomputing "
     "them from samples that are gone.",
     (
-        _required("table_name", "VARCHAR", "The raw table pruned, e.g. `oura_raw.heartrate`."),
-        _required("cutoff", "TIMESTAMPTZ", "Rows older than this instant were dropped (UTC)."),
-        _required("rows_deleted", "BIGINT", "Rows dropped by the latest pass.", "rows"),
-        _required("applied_at", "TIMESTAMPTZ", "When the latest pass ran (UTC)."),
+        required("table_name", "VARCHAR", "The raw table pruned, e.g. `oura_raw.heartrate`."),
+        required("cutoff", "TIMESTAMPTZ", "Rows older than this instant were dropped (UTC)."),
+        required("rows_deleted", "BIGINT", "Rows dropped by the latest pass.", "rows"),
+        required("applied_at", "TIMESTAMPTZ", "When the latest pass ran (UTC)."),
     ),
     ("table_name",),
 )
@@ -556,9 +397,9 @@ SCHEMA_VERSION_TABLE = Table(
     "main.schema_version",
     "The migrations applied to this file: one row per schema version.",
     (
-        _required("version", "INTEGER", "The schema version a migration brought the file to."),
-        _required("description", "VARCHAR", "What the migration did."),
-        _required("applied_at", "TIMESTAMPTZ", "When it was applied (UTC)."),
+        required("version", "INTEGER", "The schema version a migration brought the file to."),
+        required("description", "VARCHAR", "What the migration did."),
+        required("applied_at", "TIMESTAMPTZ", "When it was applied (UTC)."),
     ),
     ("version",),
 )

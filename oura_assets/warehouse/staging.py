@@ -2,18 +2,22 @@
 
 Values always travel as parameters, and bulk rows reach DuckDB as JSON arrays that DuckDB parses itself:
 100k heart-rate samples land in about 0.3 s, where row-by-row binding takes seconds. Every table module that
-replaces a window of rows (raw documents, heart rate, wearable_data, daily stats) goes through these two.
+replaces a window of rows (raw documents, heart rate, wearable_data, daily stats) goes through these two;
+the normalized tables (a patient's window of Oura days) through `replace_day_window`, which composes them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import date, datetime
 from typing import Any
 
 import duckdb
 
+from oura_assets.domain import SOURCE
 from oura_assets.warehouse.dialect import guard
-from oura_assets.warehouse.values import dumps
+from oura_assets.warehouse.table_spec import Table
+from oura_assets.warehouse.values import day_window, dumps, utc
 
 _STAGE_CHUNK = 50_000
 
@@ -79,3 +83,41 @@ def mirror(
         (written,) = conn.execute(upsert).fetchone()
     conn.execute(f"DROP TABLE {staging}")
     return int(written)
+
+
+def replace_day_window(
+    conn: duckdb.DuckDBPyConnection,
+    table: Table,
+    patient_id: str,
+    start_day: date,
+    end_day: date,
+    columns: str,
+    records: Sequence[object],
+    stamp: tuple[str, datetime],
+) -> int:
+    """Make the patient's rows of `table` for Oura days [start_day, end_day] exactly `records`; returns rows.
+
+    The write behind every normalized table (a patient's window by `day`: re-running a range leaves the same
+    rows, and a row whose document Oura dropped goes with its day's rebuild). `columns` are the staged
+    columns as expressions over `value` (one record); the patient, `SOURCE` and `stamp` (the table's
+    written-at column and its instant) are added to each row. Of records with the same key, the last wins.
+    """
+    start, end = day_window(start_day, end_day)
+    stamp_column, stamped_at = stamp
+    staging = f"_staged_{table.name.split('.', 1)[1]}"
+    stage(
+        conn,
+        staging,
+        f"?::VARCHAR AS patient_id, ?::VARCHAR AS source, {columns}, ?::TIMESTAMPTZ AS {stamp_column}",
+        records,
+        [patient_id, SOURCE, utc(stamped_at)],
+        last_per=[k for k in table.primary_key if k not in ("patient_id", "source")],
+    )
+    return mirror(
+        conn,
+        table.name,
+        staging,
+        table.primary_key,
+        "patient_id = ? AND source = ? AND day BETWEEN ? AND ?",
+        [patient_id, SOURCE, start, end],
+    )
