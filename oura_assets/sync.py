@@ -412,19 +412,11 @@ def claim_patients(
     return patients
 
 
-def _record(
-    warehouse: wh.WarehouseAccess, run_id: str, result: PatientSyncResult, start: date, end: date
-) -> None:
-    """Record a patient's result and what it says about the connection, in one transaction."""
-    for attempt in warehouse.attempts("record a patient's sync result"):
-        with attempt as conn:
-            _record_on(conn, run_id, result, start, end)
-
-
 def _record_on(
     conn: duckdb.DuckDBPyConnection, run_id: str, result: PatientSyncResult, start: date, end: date
 ) -> None:
-    """`_record` inside a transaction the caller holds (the one that landed the patient's rows)."""
+    """Record a patient's result and what it says about the connection, in the caller's transaction (the one
+    that landed the patient's rows, when any landed)."""
     ledger.record_patient_result(
         conn,
         run_id=run_id,
