@@ -23,6 +23,7 @@ from oura_assets.retention import keep_pruned_heart_rate
 from oura_assets.shards import Shard, select
 from oura_assets.sync import RunLog, heartrate_window
 from oura_assets.sync_errors import FETCH_FAILURE_CODES, SyncError
+from oura_assets.warehouse.group_writer import group_size as lake_group_size
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +310,7 @@ def rebuild_per_patient(
 
     total = 0
     done = 0
-    for group in _groups(patients, group_size):
+    for group in _groups(patients, lake_group_size(warehouse, group_size)):
         try:
             written = _rebuild_group(warehouse, f"{purpose}: write {table}", group, rebuild_group)
         except wh.WarehouseBusy:

@@ -46,7 +46,7 @@ from oura_assets.sync_errors import (
     sync_status,
 )
 from oura_assets.tokens import ReconnectRequired
-from oura_assets.warehouse.group_writer import GroupWriter
+from oura_assets.warehouse.group_writer import GroupWriter, group_size
 
 log = logging.getLogger(__name__)
 
@@ -546,7 +546,11 @@ def sync_patients(
     # goes on while a group commits, and the lock's fixed cost is paid per group, not per patient.
     with (
         ThreadPoolExecutor(cap, thread_name_prefix="oura-patient") as pool,
-        GroupWriter(warehouse, lambda n: f"{purpose}: raw documents for {n} patient(s)") as writer,
+        GroupWriter(
+            warehouse,
+            lambda n: f"{purpose}: raw documents for {n} patient(s)",
+            max_group=group_size(warehouse),
+        ) as writer,
     ):
         while queue or fetching or writing:
             target = cap if concurrency is None else max(1, min(cap, concurrency(cap)))

@@ -36,6 +36,13 @@ T = TypeVar("T")
 MAX_GROUP = 25
 
 
+def group_size(warehouse: object, size: int = MAX_GROUP) -> int:
+    """`size` on a DuckDB file, 1 on a DuckLake: a lake has no lock or attach to pay per transaction, and
+    DuckLake conflicts per table, so a big transaction beside other writers (shard runs) only loses more
+    often and redoes more when it does."""
+    return 1 if getattr(warehouse, "lake", None) is not None else size
+
+
 @dataclass
 class _Job(Generic[T]):
     write: Callable[[duckdb.DuckDBPyConnection], T]
