@@ -1,13 +1,10 @@
-"""Benchmarks of local work on heart rate (issue 10): loading fetched pages, local-day statistics.
+"""Benchmarks of local work on heart rate (issue 10): local-day statistics (loading: `bench_hrload.py`).
 
     .venv/bin/python bench/run.py --only loading --only hr_stats [--quick]
 
-`loading`: heart rate for many patients x 90 days, from the page bytes Oura sends (as the client holds them
-after fetching) to committed rows in `oura_raw.heartrate`, by the pipeline's path (`next_token_of` per page,
-`parse_pages`, `screen_columns`, `replace_raw_heartrate_columns` in one transaction per patient) against
-DuckDB's own `read_json` + INSERT of the same bytes in one statement (the local ceiling), and against the
-previous row-by-row path on a subset. `hr_stats`: `normalize.heart_rate_day_stats` against a plain Python
-loop (memory, the issue's measure) and against its previous three-copy form (speed), same input.
+`hr_stats`: `normalize.heart_rate_day_stats` against a plain Python loop (memory, the issue's measure) and
+against its previous three-copy form (speed), same input. `loading` (heart rate from fetched pages to
+committed rows) lives in `bench_hrload.py` and is registered here with the others.
 
 Every measured arm runs in a fresh child process (this file run with `--worker`), so its peak RSS and CPU time
 are its own. CPU time (`time.process_time`, all the child's threads) is quoted beside wall time: the machine
@@ -29,20 +26,13 @@ from typing import Any
 
 import harness
 import polars as pl
+from bench_hrload import bench_loading
 from bench_incremental import bench_incremental
 
 from oura_assets import normalize
-from oura_assets import warehouse as wh
 
 HR_START = datetime(2024, 1, 1, tzinfo=UTC)
-LOAD_DAYS = 90
-LOAD_FIRST_DAY = date(2024, 3, 1)
-PAGE_SIZE = 200  # the simulator's heart-rate page size (real Oura: ~600, mcp-oura README)
-DISTINCT_PROFILES = 10  # patients whose samples are generated; the others reuse them under their own id
-SIZES = {
-    "full": {"load_patients": 200, "load_small": 20, "load_before": 10, "hr_samples": 1_000_000},
-    "quick": {"load_patients": 60, "load_small": 20, "load_before": 4, "hr_samples": 1_000_000},
-}
+SIZES = {"full": {"hr_samples": 1_000_000}, "quick": {"hr_samples": 1_000_000}}
 WORKER_TIMEOUT_S = 900
 
 
@@ -69,210 +59,6 @@ def _child(spec: dict[str, Any], cwd: Path) -> dict[str, Any]:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
         raise RuntimeError(f"worker {spec['kind']}/{spec.get('arm')} exited {answer.returncode}:\n{tail}")
     return json.loads(answer.stdout.strip().splitlines()[-1])
-
-
-# --- loading: input -----------------------------------------------------------------------------------------
-
-
-def _load_window() -> tuple[datetime, datetime]:
-    from oura_assets.sync import heartrate_window
-
-    return heartrate_window(LOAD_FIRST_DAY, LOAD_FIRST_DAY + timedelta(days=LOAD_DAYS - 1))
-
-
-def write_pages(directory: Path, patients: int) -> dict[str, Any]:
-    """Each patient's heart-rate pages for 90 days, as the simulator answers the client's requests.
-
-    The client asks in windows of at most 30 days (`heartrate_windows`); each window's samples come in pages
-    of `PAGE_SIZE` rendered as the simulator renders them (its rows, its JSON), `next_token` on all but the
-    last. A patient's file holds its pages one per line (NDJSON: what `read_json` reads for the ceiling).
-    """
-    from oura_assets.oura.client import heartrate_windows
-    from oura_assets.simulator import data
-
-    low, high = _load_window()
-    profiles = []
-    for n in range(min(DISTINCT_PROFILES, patients)):
-        name = f"bench-patient-{n}"
-        pages = []
-        for start, end in heartrate_windows(low, high):
-            rows = [
-                data.heart_rate_row(name, *s) for s in data.heart_rate(name, start, end, harness.DATA_NOW)
-            ]
-            for offset in range(0, max(len(rows), 1), PAGE_SIZE):
-                body: dict[str, Any] = {"data": rows[offset : offset + PAGE_SIZE]}
-                if offset + PAGE_SIZE < len(rows):
-                    body["next_token"] = f"{name}-{start:%Y%m%d}-{offset + PAGE_SIZE}"
-                pages.append(json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")))
-        profiles.append("\n".join(pages) + "\n")
-    sizes = []
-    for n in range(patients):
-        path = directory / f"bench-patient-{n:04d}.json"
-        path.write_text(profiles[n % len(profiles)])
-        sizes.append(path.stat().st_size)
-    return {"patients": patients, "bytes": sum(sizes), "low": low.isoformat(), "high": high.isoformat()}
-
-
-def _patient_files(directory: Path, patients: int) -> list[Path]:
-    return [directory / f"bench-patient-{n:04d}.json" for n in range(patients)]
-
-
-def _table_digest(store: wh.Warehouse) -> dict[str, Any]:
-    """Row count and an order-free digest of oura_raw.heartrate (fetched_at aside), to compare arms."""
-    with store.connect("bench: digest") as conn:
-        rows, digest = conn.execute(
-            "SELECT count(*), sum(hash(patient_id, timestamp, source, bpm, document::VARCHAR))::VARCHAR "
-            "FROM oura_raw.heartrate"
-        ).fetchone()
-    return {"rows": rows, "digest": digest}
-
-
-# --- loading: the arms (in a child) -------------------------------------------------------------------------
-
-
-def _old_client_samples(pages: list[bytes], low: datetime, high: datetime) -> list[dict[str, Any]]:
-    """The previous client's work on the same pages: json per page, every sample parsed, windowed,
-    de-duplicated in a dict and sorted (as `OuraClient.heartrate` did before the pages went to DuckDB)."""
-    from oura_assets.oura.client import parse_instant
-
-    samples: dict[tuple[datetime, Any], dict[str, Any]] = {}
-    for body in pages:
-        page = json.loads(body)
-        for row in page["data"]:
-            instant = parse_instant(row.get("timestamp")) if isinstance(row, dict) else None
-            if instant is not None and low <= instant < high:
-                samples[(instant, row.get("source"))] = row
-    return [samples[key] for key in sorted(samples, key=lambda k: (k[0], str(k[1])))]
-
-
-def _worker_load(spec: dict[str, Any]) -> dict[str, Any]:
-    from oura_assets.oura import heartrate_pages
-    from oura_assets.sync_errors import screen_columns, screen_samples
-
-    directory, arm = Path(spec["dir"]), spec["arm"]
-    files = _patient_files(directory, spec["patients"])
-    low, high = datetime.fromisoformat(spec["low"]), datetime.fromisoformat(spec["high"])
-    store = wh.Warehouse(directory / f"{arm}-{spec['patients']}.duckdb")
-    store.ensure_schema()
-    fetched_at = datetime(2024, 7, 15, tzinfo=UTC)
-    path = "/v2/usercollection/heartrate"
-    gc.collect()
-    rss_before = harness.rss_mb()
-    peak_reset = harness.reset_peak_rss()
-    cpu = wall = 0.0
-    written = 0
-    if arm == "ceiling":
-        # DuckDB's own: every patient's pages read by read_json and inserted in one statement.
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        with store.transaction("bench: ceiling") as conn:
-            (written,) = conn.execute(
-                "INSERT OR IGNORE INTO oura_raw.heartrate "
-                "SELECT regexp_extract(filename, 'bench-patient-[0-9]+'), ts, (d->>'source'), "
-                "CAST((d->>'bpm') AS INTEGER), d, ?::TIMESTAMPTZ "
-                "FROM (SELECT filename, d, TRY_CAST((d->>'timestamp') AS TIMESTAMPTZ) AS ts FROM "
-                "(SELECT filename, unnest(data) AS d FROM read_json(?, format = 'newline_delimited', "
-                "columns = {'data': 'JSON[]', 'next_token': 'VARCHAR'}, filename = true))) "
-                "WHERE ts >= ? AND ts < ?",
-                [fetched_at, [str(f) for f in files], low, high],
-            ).fetchone()
-        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    else:
-        for file in files:
-            patient_id = file.stem
-            pages = file.read_bytes().splitlines()  # what the client holds after fetching: not timed
-            cpu0, wall0 = time.process_time(), time.perf_counter()
-            if arm == "pipeline":
-                for body in pages:  # the client reads each page's next_token as it arrives
-                    heartrate_pages.next_token_of(body, path)
-                columns = heartrate_pages.parse_pages(pages, low, high, path)
-                landable, _ = screen_columns(columns)
-                with store.transaction("bench: heart rate") as conn:
-                    written += wh.replace_raw_heartrate_columns(
-                        conn, patient_id, low, high, landable, fetched_at
-                    )
-            else:  # before: the previous row-by-row path
-                good, _ = screen_samples(_old_client_samples(pages, low, high))
-                with store.transaction("bench: heart rate") as conn:
-                    written += wh.replace_raw_heartrate(conn, patient_id, low, high, good, fetched_at)
-            cpu += time.process_time() - cpu0
-            wall += time.perf_counter() - wall0
-            del pages
-    peak = harness.peak_rss_mb()
-    return {
-        "arm": arm,
-        "patients": spec["patients"],
-        "samples": int(written),
-        "cpu_s": cpu,
-        "wall_s": wall,
-        "cpu_us_per_sample": cpu / max(written, 1) * 1e6,
-        "samples_per_s_wall": written / wall if wall else 0.0,
-        "samples_per_s_cpu": written / cpu if cpu else 0.0,
-        "rss_before_mb": rss_before,
-        "peak_rss_mb": peak,
-        "peak_reset": peak_reset,
-        "table": _table_digest(store),
-    }
-
-
-def _same(same: bool) -> str:
-    return "identical" if same else "DIFFERENT"
-
-
-def bench_loading(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]:
-    """Heart rate from page bytes to committed rows: the pipeline vs DuckDB's read_json + insert."""
-    sizes = _size(size)
-    n, small, before_n = sizes["load_patients"], sizes["load_small"], sizes["load_before"]
-    with tempfile.TemporaryDirectory(prefix="oura-bench-load-") as tmp:
-        directory = Path(tmp)
-        t0 = time.perf_counter()
-        made = write_pages(directory, n)
-        made["generate_s"] = time.perf_counter() - t0
-        base = {"kind": "load", "dir": tmp, "low": made["low"], "high": made["high"]}
-        pipeline = _child({**base, "arm": "pipeline", "patients": n}, directory)
-        ceiling = _child({**base, "arm": "ceiling", "patients": n}, directory)
-        pipeline_small = _child({**base, "arm": "pipeline", "patients": small}, directory)
-        before = _child({**base, "arm": "before", "patients": before_n}, directory)
-        pipeline_before = _child({**base, "arm": "pipeline", "patients": before_n}, directory)
-    same_as_ceiling = pipeline["table"] == ceiling["table"] and pipeline["table"]["rows"] > 0
-    same_as_before = before["table"] == pipeline_before["table"]
-    fraction_wall = pipeline["samples_per_s_wall"] / ceiling["samples_per_s_wall"]
-    fraction_cpu = pipeline["samples_per_s_cpu"] / ceiling["samples_per_s_cpu"]
-    growth = pipeline["cpu_us_per_sample"] / pipeline_small["cpu_us_per_sample"]
-    speedup = before["cpu_us_per_sample"] / pipeline_before["cpu_us_per_sample"]
-    samples = pipeline["samples"]
-    label = f"(g) heart-rate loading, {n} patients x {LOAD_DAYS} d ({samples:,} samples)"
-    rows += [
-        [label, "samples/s, wall (CPU)",
-         f"{ceiling['samples_per_s_wall']:,.0f} ({ceiling['samples_per_s_cpu']:,.0f})",
-         f"{pipeline['samples_per_s_wall']:,.0f} ({pipeline['samples_per_s_cpu']:,.0f})",
-         f"{fraction_wall:.0%} of DuckDB's read_json + insert ({fraction_cpu:.0%} by CPU)"],
-        [label, "peak RSS of the loading process", f"{ceiling['peak_rss_mb']:.0f} MiB",
-         f"{pipeline['peak_rss_mb']:.0f} MiB", ""],
-        [label, f"CPU per sample, {small} -> {n} patients", f"{pipeline_small['cpu_us_per_sample']:.2f} us",
-         f"{pipeline['cpu_us_per_sample']:.2f} us", f"{growth:.2f}x"],
-        [label, f"CPU per sample vs the previous path ({before_n} patients)",
-         f"{before['cpu_us_per_sample']:.2f} us", f"{pipeline_before['cpu_us_per_sample']:.2f} us",
-         f"{speedup:.1f}x less"],
-        [label, "same rows (ceiling / previous path)?", "", "",
-         f"{_same(same_as_ceiling)} / {_same(same_as_before)}"],
-    ]  # fmt: skip
-    return {
-        "what": "page bytes -> oura_raw.heartrate: pipeline (DuckDB parse + Arrow) vs read_json + INSERT",
-        "params": {**sizes, "days": LOAD_DAYS, "page_size": PAGE_SIZE, **made},
-        "baseline": {"name": "DuckDB read_json + INSERT, one statement", **ceiling},
-        "candidate": {"name": "pipeline, one transaction per patient", **pipeline},
-        "candidate_small": pipeline_small,
-        "before": {"name": "previous row-by-row path", **before},
-        "candidate_on_before_subset": pipeline_before,
-        "ok": same_as_ceiling and same_as_before,
-        "check": "the pipeline's table equals the ceiling's and (on a subset) the previous path's",
-        "results": {
-            "hr_samples_per_s": round(pipeline["samples_per_s_wall"]),
-            "hr_fraction_of_duckdb_ceiling": round(fraction_wall, 3),
-            "hr_peak_rss_mb": round(pipeline["peak_rss_mb"], 1),
-            "hr_cost_growth_20_to_200": round(growth, 3),
-        },
-    }
 
 
 # --- hr_stats -----------------------------------------------------------------------------------------------
@@ -503,7 +289,7 @@ def bench_hr_stats(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any
     }
 
 
-WORKERS = {"load": _worker_load, "hr_stats": _worker_hr_stats}
+WORKERS = {"hr_stats": _worker_hr_stats}
 
 BENCHMARKS = {"loading": bench_loading, "hr_stats": bench_hr_stats, "incremental": bench_incremental}
 
@@ -513,4 +299,4 @@ if __name__ == "__main__":
         request = json.loads(sys.argv[2])
         print(json.dumps(WORKERS[request["kind"]](request), default=str))
     else:
-        sys.exit("run through bench/run.py: --only loading / --only hr_stats")
+        sys.exit("run through bench/run.py: --only hr_stats")

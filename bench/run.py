@@ -101,7 +101,10 @@ def merge_results(previous: dict[str, Any], produced: dict[str, Any], run: dict[
     every other key keeps its previous value and provenance, or null when it was never measured."""
     old_values = previous.get("results", {})
     old_sources = previous.get("measured_by", {})
-    keys = [*RESULT_KEYS, *sorted(set(produced) - set(RESULT_KEYS))]
+    # Keys beyond RESULT_KEYS (the webhook freshness figures) stay too: a run of other benchmarks must not
+    # drop what an earlier run measured.
+    extra = (set(produced) | set(old_values)) - set(RESULT_KEYS)
+    keys = [*RESULT_KEYS, *sorted(extra)]
     values, sources = {}, {}
     for key in keys:
         if key in produced:

@@ -71,6 +71,7 @@ def _erase_patient(args: argparse.Namespace) -> int:
     """Erase one patient everywhere (Oura grant, every table, token journal); audited as `operator`."""
     import uuid
 
+    from oura_assets import coordination
     from oura_assets import warehouse as wh
     from oura_assets.clock import utc_now
     from oura_assets.erasure import PatientEraser
@@ -86,6 +87,7 @@ def _erase_patient(args: argparse.Namespace) -> int:
         journal_dir=settings.token_journal_dir,
         analytics_path=settings.analytics_path,
         analytics_key=settings.warehouse_key,
+        coordination=coordination.from_settings(settings),
     )
     request_id = uuid.uuid4().hex
     audit = wh.AuditEntry(

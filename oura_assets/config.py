@@ -37,6 +37,7 @@ DEMO_JWT_ISSUER = "oura-assets-demo"
 CALLBACK_PATH = "/api/patient-graph/wearables/callback/oura"
 RETENTION_VARIABLE = "OURA_ASSETS_RAW_HEARTRATE_RETENTION_DAYS"
 RATE_BUDGET_VARIABLE = "OURA_ASSETS_RATE_BUDGET"
+COORDINATION_VARIABLE = "OURA_ASSETS_COORDINATION"
 WEBHOOK_PATH = "/api/patient-graph/wearables/webhooks/oura"
 OAUTH_SCOPES = ("email", "personal", "daily", "heartrate", "workout", "session")
 
@@ -89,8 +90,13 @@ class Settings:
     shards: int = 1
     """`OURA_ASSETS_SHARDS`: how many runs the nightly schedule splits the patients into (shards.py)."""
     rate_budget: str | None = field(default=None, repr=False)
-    """`OURA_ASSETS_RATE_BUDGET`: where the shared Oura request budget lives; None is the host's SQLite file,
-    `postgres:<libpq DSN or URL>` a PostgreSQL database every host shares (oura/rate_budget_postgres.py)."""
+    """Where the shared Oura request budget lives: None is the host's SQLite file, a DSN a PostgreSQL database
+    every host shares (oura/rate_budget_postgres.py). From `OURA_ASSETS_RATE_BUDGET`, else
+    `OURA_ASSETS_COORDINATION` (`_coordination_and_budget`)."""
+    coordination: str | None = field(default=None, repr=False)
+    """Where per-patient token refresh locks and the token journal live: None is the host's files
+    (`lock_dir`, `token_journal_dir`), a DSN a PostgreSQL database every host shares
+    (coordination_postgres.py). From `OURA_ASSETS_COORDINATION`, else a postgres `OURA_ASSETS_RATE_BUDGET`."""
     webhook_callback_url: str = ""
     """`OURA_WEBHOOK_CALLBACK_URL`, default `OURA_ASSETS_API_URL` + the webhook route: the public URL of
     the receiver that subscriptions name (Oura must be able to reach it)."""
@@ -206,10 +212,10 @@ def _parse_int(env: Mapping[str, str], name: str, default: int, minimum: int, ma
     return value
 
 
-def _parse_rate_budget(raw: str | None) -> str | None:
-    """The budget's PostgreSQL connection string, or None for the host's SQLite file. Never quoted back in an
-    error: a DSN may carry a password."""
-    if raw is None or raw == "sqlite":
+def _parse_postgres(raw: str | None, name: str, local: str, local_means: str) -> str | None:
+    """A PostgreSQL connection string from `postgres:<libpq DSN>` or a URL, None for `local` or unset. Never
+    quoted back in an error: a DSN may carry a password."""
+    if raw is None or raw == local:
         return None
     if raw.startswith(("postgresql://", "postgres://")):
         return raw
@@ -217,8 +223,34 @@ def _parse_rate_budget(raw: str | None) -> str | None:
     if kind == "postgres" and dsn.strip():
         return dsn.strip()
     raise ConfigError(
-        f"{RATE_BUDGET_VARIABLE} must be `sqlite` (the default: a file under the data folder's locks/) or "
+        f"{name} must be `{local}` (the default: {local_means}) or "
         "`postgres:<libpq connection string or postgresql:// URL>`"
+    )
+
+
+def _coordination_and_budget(env: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """(coordination DSN, rate budget DSN); None is the host's files.
+
+    Processes on several hosts must share three things: Oura's request budget, each patient's refresh lock
+    and the token journal. A deployment sets ONE variable for all three, `OURA_ASSETS_COORDINATION=postgres:
+    <dsn>`; `OURA_ASSETS_RATE_BUDGET`, which came first, still decides the budget alone when it is set (the
+    more specific setting wins). And when only `OURA_ASSETS_RATE_BUDGET=postgres:...` is set (a deployment
+    from before coordination existed), the locks and the journal follow it into the same database: a shared
+    budget exists because runs are on several hosts, and there per-host refresh locks let two hosts spend
+    one patient's single-use refresh token twice. So the dangerous mix takes an explicit
+    `OURA_ASSETS_COORDINATION=local`, never an upgrade.
+    """
+    coordination_raw = _env(env, COORDINATION_VARIABLE)
+    budget_raw = _env(env, RATE_BUDGET_VARIABLE)
+    coordination = _parse_postgres(
+        coordination_raw, COORDINATION_VARIABLE, "local", "lock and journal files under the data folder"
+    )
+    budget = _parse_postgres(
+        budget_raw, RATE_BUDGET_VARIABLE, "sqlite", "a file under the data folder's locks/"
+    )
+    return (
+        coordination if coordination_raw is not None else budget,
+        budget if budget_raw is not None else coordination,
     )
 
 
@@ -283,6 +315,7 @@ def load_settings(
     warehouse_key_raw = _env(env, "OURA_ASSETS_WAREHOUSE_KEY") or (
         _demo_warehouse_key(data_dir) if demo else None
     )
+    coordination, rate_budget = _coordination_and_budget(env)
     return Settings(
         demo=demo,
         data_dir=data_dir,
@@ -316,5 +349,6 @@ def load_settings(
         ),
         webhook_callback_url=_env(env, "OURA_WEBHOOK_CALLBACK_URL") or api_url + WEBHOOK_PATH,
         shards=_parse_int(env, "OURA_ASSETS_SHARDS", 1, 1, 64),
-        rate_budget=_parse_rate_budget(_env(env, RATE_BUDGET_VARIABLE)),
+        rate_budget=rate_budget,
+        coordination=coordination,
     )

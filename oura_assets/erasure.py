@@ -8,8 +8,9 @@ One function for both doors, the API (`DELETE …/connections/oura?erase=true`, 
    A revoke that fails (Oura unreachable) does not stop the erasure; the outcome says so.
 2. One warehouse transaction deletes every row of the patient from every table with a `patient_id`
    (`warehouse.erasure`), connection and tokens included, and appends the audit entry (counts only).
-3. Then the token-journal files of the patient are removed (files cannot join the transaction; they only
-   hold tokens already revoked in step 1), and the analytics snapshot is rewritten without them.
+3. Then the token-journal entries of the patient are removed (files, or rows of the coordination database:
+   neither joins the warehouse transaction; they only hold tokens already revoked in step 1), and the
+   analytics snapshot is rewritten without them.
 
 Erasing twice is harmless: the second finds nothing and says so. Deleted rows stay in DuckDB's freed blocks
 until the file is rewritten (`warehouse.compact`): the command compacts at once, the API leaves it to the
@@ -26,11 +27,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import filelock
-
 from oura_assets import analytics
 from oura_assets import warehouse as wh
 from oura_assets.clock import utc_now
+from oura_assets.coordination import Coordination, FileCoordination
 from oura_assets.oura.oauth import OuraOAuthApp
 from oura_assets.token_journal import GrantJournal, JournalUnreadable, TokenJournal, pair_from
 from oura_assets.tokens import PatientTokens, TokenCipher
@@ -78,35 +78,35 @@ class PatientEraser:
     analytics_path: Path | None = None
     # The key the snapshot is encrypted with (OURA_ASSETS_WAREHOUSE_KEY), None for a plain one.
     analytics_key: str | None = field(default=None, repr=False)
+    # Where refresh locks and the journal live (`coordination.from_settings`); None: `lock_dir`/`journal_dir`.
+    coordination: Coordination | None = None
 
     def erase(self, patient_id: str, audit: wh.AuditEntry, *, compact: bool = False) -> ErasureOutcome:
         """Erase `patient_id`; `audit` (action, actor, request id…) is appended in the erasing transaction."""
+        coordination = self.coordination or FileCoordination(self.lock_dir, self.journal_dir)
         tokens = PatientTokens(
             patient_id=patient_id,
             warehouse=self.warehouse,
             cipher=self.cipher,
             oauth_app=self.oauth,
             lock_dir=self.lock_dir,
-            journal_dir=self.journal_dir,
+            coordination=coordination,
         )
-        self.lock_dir.mkdir(parents=True, exist_ok=True)
-        lock = filelock.FileLock(tokens.lock_path, timeout=TOKEN_LOCK_WAIT_S)
-        try:
-            lock.acquire()
-        except filelock.Timeout:
+        lock = tokens.refresh_lock()
+        if not lock.acquire(TOKEN_LOCK_WAIT_S):
             log.warning("erasing patient %s while another process holds their token lock", patient_id)
             lock = None
         try:
-            journal = TokenJournal(self.journal_dir, self.cipher)
+            journal = TokenJournal(coordination.journal_store(), self.cipher)
             grants = self._grant_entries(journal, patient_id)
-            access_tokens = self._stored_access_tokens(patient_id, journal, tokens.journal_path.stem)
+            access_tokens = self._stored_access_tokens(patient_id, journal, tokens.journal_name)
             access_tokens += [token for _, token in grants]
             revoked = self._revoke_all(patient_id, access_tokens)
             with self.warehouse.transaction("erase a patient", self.lock_wait_s) as conn:
                 removed = wh.erase_patient_rows(conn, patient_id)
                 outcome = ErasureOutcome(patient_id, removed, revoked)
-                entries = [tokens.journal_path.stem, *(name for name, _ in grants)]
-                present = sum(journal.path(name).exists() for name in entries)
+                entries = [tokens.journal_name, *(name for name, _ in grants)]
+                present = sum(journal.exists(name) for name in entries)
                 outcome = dataclasses.replace(outcome, journal_entries_removed=present)
                 wh.record_audit(
                     conn,

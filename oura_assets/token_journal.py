@@ -1,21 +1,21 @@
-"""The token journal: a pair Oura has just handed us, on disk before the process does anything that can block.
+"""The token journal: a pair Oura has just handed us, durable before the process does anything that can block.
 
 Oura spends a refresh token (or an authorization code) the moment it answers. From then on the new pair exists
 only in this process until it is stored, and the warehouse write that stores it may wait minutes for the
 writer lock. A process killed in that wait used to take the pair with it: the next run offered the spent
-refresh token and the patient had to reconnect. So the pair is first written here, which needs nothing but a
-local disk: Fernet-encrypted with the same keys as the warehouse's tokens (`TokenCipher`), in a file created
-0600 in a 0700 directory, fsynced, renamed into place atomically and the directory fsynced. Only then does the
-process go for the warehouse; once the warehouse holds the pair, the entry is removed.
+refresh token and the patient had to reconnect. So the pair is first written here, Fernet-encrypted with the
+same keys as the warehouse's tokens (`TokenCipher`), to a store that needs no warehouse lock
+(coordination.py): on one host a file (0600 in a 0700 directory, fsynced, renamed into place atomically, the
+directory fsynced); on several hosts a row of a PostgreSQL table, committed with `synchronous_commit = on`
+(coordination_postgres.py), which every host reads. Only then does the process go for the warehouse; once the
+warehouse holds the pair, the entry is removed.
 
-Two kinds of entry, one file each, named without any secret:
-- `refresh-<hash of the patient id>.journal` — a refreshed pair and the fingerprint of the refresh token it
-  replaces. `tokens.PatientTokens` writes and applies it under the patient's refresh lock.
-- `grant-<random id>.journal` — a pair the API's code exchange returned, with the patient it belongs to.
-  The callback holds `grant-<id>.lock` while it works; `api.service.ConnectionService.recover_grants` stores
-  (or revokes) the entries whose lock nobody holds, i.e. whose callback died.
-
-Entries are written by `private_files.write_private` (0600 from creation, fsynced, renamed, dir fsynced).
+Two kinds of entry, named without any secret:
+- `refresh-<hash of the patient id>` — a refreshed pair and the fingerprint of the refresh token it replaces.
+  `tokens.PatientTokens` writes and applies it under the patient's refresh lock.
+- `grant-<random id>` — a pair the API's code exchange returned, with the patient it belongs to (inside the
+  ciphertext). The callback holds the entry's lock while it works; `api.service.ConnectionService.
+  recover_grants` stores (or revokes) the entries whose lock nobody holds, i.e. whose callback died.
 """
 
 from __future__ import annotations
@@ -30,15 +30,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-import filelock
-
 from oura_assets.clock import as_utc
+from oura_assets.coordination import FileJournalStore, JournalStore, Lock
 from oura_assets.oura.oauth import TokenSet
-from oura_assets.private_files import fsync_directory, write_private
 
 log = logging.getLogger(__name__)
-
-SUFFIX = ".journal"
 
 
 class Cipher(Protocol):
@@ -72,28 +68,28 @@ def pair_from(data: dict[str, Any]) -> TokenSet:
 
 
 class TokenJournal:
-    """A directory of encrypted journal entries. Raises OSError when the disk refuses a write."""
+    """Encrypted journal entries in a store (coordination.py): a directory, or a PostgreSQL table. Raises
+    OSError when the store refuses a write (a full disk, an unreachable database)."""
 
-    def __init__(self, directory: Path | str, cipher: Cipher) -> None:
-        self.directory = Path(directory)
+    def __init__(self, store: JournalStore | Path | str, cipher: Cipher) -> None:
+        self.store: JournalStore = store if not isinstance(store, Path | str) else FileJournalStore(store)
         self._cipher = cipher
 
     def __repr__(self) -> str:
-        return f"TokenJournal({str(self.directory)!r})"
+        return f"TokenJournal({self.store.describe()!r})"
 
-    def path(self, name: str) -> Path:
-        return self.directory / f"{name}{SUFFIX}"
+    def path(self, name: str) -> Path | None:
+        """Entry `name`'s file, for the file store; None for a table."""
+        return self.store.path(name) if isinstance(self.store, FileJournalStore) else None
 
     def write(self, name: str, entry: dict[str, Any]) -> None:
         """Replace entry `name` durably: when this returns, the entry survives a kill or a power cut."""
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_private(self.path(name), self._cipher.encrypt(json.dumps(entry)))
+        self.store.put(name, self._cipher.encrypt(json.dumps(entry)))
 
     def read(self, name: str) -> dict[str, Any] | None:
         """Entry `name`, or None; `JournalUnreadable` when it cannot be decrypted or parsed."""
-        try:
-            content = self.path(name).read_text()
-        except FileNotFoundError:
+        content = self.store.get(name)
+        if content is None:
             return None
         try:
             data = json.loads(self._cipher.decrypt(content))
@@ -105,31 +101,29 @@ class TokenJournal:
             raise JournalUnreadable("the token journal entry is not an object")
         return data
 
+    def exists(self, name: str) -> bool:
+        try:
+            return self.store.get(name) is not None
+        except OSError:
+            return False
+
     def remove(self, name: str) -> None:
         """Forget entry `name` (the warehouse holds its pair now, or it was revoked). Never raises."""
         try:
-            self.path(name).unlink(missing_ok=True)
-            fsync_directory(self.directory)
+            self.store.delete(name)
         except OSError as exc:
             log.warning("could not remove token journal entry %s (%s)", name, type(exc).__name__)
 
     def names(self, prefix: str) -> list[str]:
         """Entry names starting with `prefix`, oldest first."""
-        try:
-            found = [p for p in self.directory.glob(f"{prefix}*{SUFFIX}") if p.is_file()]
-        except OSError:
-            return []
-        found.sort(key=lambda p: p.stat().st_mtime if p.exists() else 0.0)
-        return [p.name[: -len(SUFFIX)] for p in found]
+        return self.store.names(prefix)
 
-    def lock(self, name: str) -> filelock.FileLock:
+    def lock(self, name: str) -> Lock:
         """The lock an entry's owner holds while it works on the entry (grant entries)."""
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return filelock.FileLock(self.directory / f"{name}.lock", thread_local=False)
+        return self.store.lock(name)
 
     def forget_lock(self, name: str) -> None:
-        with contextlib.suppress(OSError):
-            (self.directory / f"{name}.lock").unlink()
+        self.store.forget_lock(name)
 
 
 @dataclass(frozen=True, repr=False)
@@ -191,15 +185,23 @@ class GrantJournal:
         """Hold the entry's lock for the block; yields False (without waiting) if another process has it."""
         lock = self.journal.lock(name)
         try:
-            lock.acquire(timeout=-1 if wait else 0)
-        except filelock.Timeout:
+            got = lock.acquire(None if wait else 0)
+        except OSError as exc:
+            if not wait:
+                raise
+            # The callback's own entry, whose code Oura has already spent: the store that cannot lock cannot
+            # journal either, and the callback's way out is the warehouse write, which must still happen.
+            log.error("could not lock Oura grant journal entry %s (%s)", name, type(exc).__name__)
+            yield True
+            return
+        if not got:
             yield False
             return
         try:
             yield True
         finally:
             lock.release()
-            if not self.journal.path(name).exists():
+            if not self.journal.exists(name):
                 self.journal.forget_lock(name)
 
     def names(self) -> list[str]:

@@ -2,12 +2,14 @@
 
 Oura's refresh tokens are single use: the answer to a refresh carries a new refresh token, and losing it (or
 spending the old one twice) locks the patient out until they reconnect (OURA-NOTES "OAuth"; parallel refreshes
-race, watt-mind/coach #385). So a refresh happens under a per-patient cross-process file lock, re-reads the
+race, watt-mind/coach #385). So a refresh happens under a per-patient cross-process lock, re-reads the
 stored pair first (another process may already have rotated it), and stores the new pair encrypted before the
 new access token is used. The pair Oura returns goes to the encrypted token journal (`token_journal`) first,
-before the warehouse write that may wait for the writer lock: a process killed in that wait leaves the pair on
-disk, and the next load applies it instead of offering the spent refresh token. `invalid_grant` flags the
-connection once and every later call in this process fails fast instead of asking Oura again.
+before the warehouse write that may wait for the writer lock: a process killed in that wait leaves the pair
+journaled, and the next load applies it instead of offering the spent refresh token. Lock and journal are the
+host's files, or PostgreSQL's when processes on several hosts share patients (coordination.py).
+`invalid_grant` flags the connection once and every later call in this process fails fast instead of asking
+Oura again.
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-import filelock
 import tenacity
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from oura_assets import domain
 from oura_assets import warehouse as wh
 from oura_assets.clock import as_utc
+from oura_assets.coordination import Coordination, FileCoordination, Lock
 from oura_assets.oura.client import OuraError, OuraUnauthorized
 from oura_assets.oura.oauth import RefreshRejected, TokenSet
 from oura_assets.token_journal import JournalUnreadable, TokenJournal, pair_fields, pair_from
@@ -134,6 +136,8 @@ class PatientTokens:
     Holds the current pair in memory; goes to the warehouse (under the patient's lock) only on first use, when
     the access token expires within `REFRESH_LEEWAY`, or when Oura answered 401. Locks are taken patient lock
     first, warehouse lock second: never call `get` / `force_refresh` inside a warehouse connection block.
+    `coordination` is where the lock and the journal live (`coordination.from_settings`); without it, files
+    under `lock_dir` and `journal_dir`.
     """
 
     def __init__(
@@ -149,29 +153,37 @@ class PatientTokens:
         persist_backoff_s: float = 0.5,
         refresh_leeway: timedelta = REFRESH_LEEWAY,
         journal_dir: Path | str | None = None,
+        coordination: Coordination | None = None,
     ) -> None:
         self.patient_id = patient_id
         self._warehouse = warehouse
         self._cipher = cipher
         self._oauth = oauth_app
-        self._lock_dir = Path(lock_dir)
         self._lock_timeout_s = lock_timeout_s
         self._persist_attempts = max(1, persist_attempts)
         self._persist_backoff_s = persist_backoff_s
         self._leeway = refresh_leeway
         # Lock and journal are named by a hash: patient ids are personal identifiers and have no place in
-        # file names. The journal lives beside the lock dir (`Settings.token_journal_dir`).
+        # file names, lock keys or table rows. The journal files live beside the lock dir by default
+        # (`Settings.token_journal_dir`).
+        self._coordination = coordination or FileCoordination(
+            lock_dir, journal_dir or journal_dir_beside(lock_dir)
+        )
         digest = _fingerprint(patient_id)[:32]
-        self._lock_path = self._lock_dir / f"oura-tokens-{digest}.lock"
-        self._journal = TokenJournal(journal_dir or journal_dir_beside(self._lock_dir), cipher)
+        self._lock_name = f"oura-tokens-{digest}"
+        self._journal = TokenJournal(self._coordination.journal_store(), cipher)
         self._journal_name = f"refresh-{digest}"
-        self.journal_path = self._journal.path(self._journal_name)
-        self.lock_path = self._lock_path  # held by erasure too, so no refresh lands mid-erasure
+        self.journal_name = self._journal_name
+        self.journal_path = self._journal.path(self._journal_name)  # the file store's entry; None for a table
         self._cached: TokenSet | None = None
         self._reconnect_required: str | None = None
 
     def __repr__(self) -> str:
         return f"PatientTokens(patient_id={self.patient_id!r})"
+
+    def refresh_lock(self) -> Lock:
+        """The patient's refresh lock; erasure holds it too, so no refresh lands mid-erasure."""
+        return self._coordination.refresh_lock(self._lock_name)
 
     def get(self) -> str:
         """A valid access token, refreshing first if it expires within the leeway."""
@@ -191,22 +203,26 @@ class PatientTokens:
             raise ReconnectRequired(self._reconnect_required)
 
     def _obtain(self, stale: str | None) -> str:
-        self._lock_dir.mkdir(parents=True, exist_ok=True)
-        lock = filelock.FileLock(self._lock_path, timeout=self._lock_timeout_s)
+        lock = self.refresh_lock()
         try:
-            with lock:
-                pair = self._load()
-                if pair.access_token != stale and not pair.expires_within(self._leeway):
-                    # Someone (another process, or the first load) already holds a good token: the refresh
-                    # token stays unspent.
-                    self._cached = pair
-                    return pair.access_token
-                return self._refresh(pair)
-        except filelock.Timeout:
+            got = lock.acquire(self._lock_timeout_s)
+        except OSError as exc:  # the lock's store: a directory, or the coordination database
+            raise TokenStoreError(f"could not take the token refresh lock ({exc})") from None
+        if not got:
             raise TokenStoreError(
                 f"timed out after {self._lock_timeout_s:g} s waiting for another process refreshing this "
                 "patient's Oura token"
-            ) from None
+            )
+        try:
+            pair = self._load()
+            if pair.access_token != stale and not pair.expires_within(self._leeway):
+                # Someone (another process, or the first load) already holds a good token: the refresh
+                # token stays unspent.
+                self._cached = pair
+                return pair.access_token
+            return self._refresh(pair)
+        finally:
+            lock.release()
 
     def _load(self) -> TokenSet:
         """The current pair: the stored one, or the journal's when it supersedes the stored one (it is then
@@ -259,8 +275,8 @@ class PatientTokens:
             _REFUSED_REFRESH_TOKENS.add(spent)
             raise ReconnectRequired(self._flag_reconnect(spent)) from None
         # From here Oura has rotated the pair: the old refresh token is dead and the new one exists only in
-        # this process until it is stored. The journal first (a local write and fsync, no lock to wait for),
-        # then the warehouse, whose lock may be held for minutes by a run or a notebook.
+        # this process until it is stored. The journal first (a file fsynced, or a row committed: no lock to
+        # wait for), then the warehouse, whose lock may be held for minutes by a run or a notebook.
         try:
             self._write_journal(new, spent)
         except TokenStoreError:
@@ -392,7 +408,7 @@ class PatientTokens:
         )
 
     def _write_journal(self, pair: TokenSet, replaces: str) -> None:
-        """The rotated pair, durable on local disk (Fernet-encrypted, 0600, fsynced, replaced atomically)."""
+        """The rotated pair, durable (Fernet-encrypted; a 0600 file fsynced, or a committed row)."""
         try:
             self._journal.write(self._journal_name, {**pair_fields(pair), "replaces": replaces})
         except OSError as exc:
@@ -407,6 +423,9 @@ class PatientTokens:
             if data is None:
                 return None
             return pair_from(data), str(data["replaces"])
+        except OSError as exc:
+            # An entry may be there: going on without it could offer Oura a spent refresh token.
+            raise TokenStoreError(f"could not read the Oura token journal ({type(exc).__name__})") from None
         except (JournalUnreadable, ValueError, KeyError, TypeError) as exc:
             log.error(
                 "ignoring an unreadable Oura token journal for patient %s (%s)",

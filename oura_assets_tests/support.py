@@ -287,10 +287,10 @@ def budgeted_sync(
     stamps: Path | None = None,
 ) -> dict[str, Any]:
     """`sync_patients` as a run does it: every client paced by the application's shared `RateBudget` (under
-    `settings.lock_dir`, or in PostgreSQL with OURA_ASSETS_RATE_BUDGET), patients in flight following the
-    latency seen. Returns what happened:
-    requests sent, 429s received, each patient's status, when each request went (also line by line to
-    `stamps`, when given)."""
+    `settings.lock_dir`, or in PostgreSQL with OURA_ASSETS_COORDINATION / OURA_ASSETS_RATE_BUDGET), patients
+    in flight following the latency seen. Returns what happened: requests sent, 429s received, each
+    patient's status, when each request went (also line by line to `stamps`, when given)."""
+    from oura_assets import coordination
     from oura_assets.oura.client import RetryPolicy
     from oura_assets.oura.rate_budget import RateBudget
     from oura_assets.sync import RefetchPolicy, sync_patients
@@ -308,6 +308,7 @@ def budgeted_sync(
                 cipher=cipher,
                 oauth_app=oauth,
                 lock_dir=settings.lock_dir,
+                coordination=coordination.from_settings(settings),  # as a run's resource builds it
             )
             return OuraClient(
                 settings.api_base_url, tokens, retry=RetryPolicy(wait_budget_s=120.0), budget=stamped

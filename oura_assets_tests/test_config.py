@@ -85,3 +85,41 @@ def test_key_rotation_keeps_every_key_newest_first(tmp_path):
     settings = load_settings(env)
     assert settings.token_keys == (newer, KEY)
     assert settings.start_date == date(2020, 1, 1) and settings.lookback_days == 3
+
+
+DSN = "host=db.internal dbname=oura user=oura password=not-for-errors"
+OTHER = "host=budget.internal dbname=budget user=oura"
+
+
+@pytest.mark.parametrize(
+    "env,coordination,budget",
+    [
+        ({}, None, None),  # one host: files and SQLite
+        ({"OURA_ASSETS_COORDINATION": f"postgres:{DSN}"}, DSN, DSN),  # the one setting carries all three
+        ({"OURA_ASSETS_RATE_BUDGET": f"postgres:{DSN}"}, DSN, DSN),  # an older deployment: locks follow it
+        (
+            {"OURA_ASSETS_COORDINATION": "postgresql://oura@db/oura"},
+            "postgresql://oura@db/oura",
+            "postgresql://oura@db/oura",
+        ),
+        # The more specific variable decides the budget; an explicit `local` keeps locks on the host.
+        (
+            {"OURA_ASSETS_COORDINATION": f"postgres:{DSN}", "OURA_ASSETS_RATE_BUDGET": f"postgres:{OTHER}"},
+            DSN,
+            OTHER,
+        ),
+        ({"OURA_ASSETS_COORDINATION": f"postgres:{DSN}", "OURA_ASSETS_RATE_BUDGET": "sqlite"}, DSN, None),
+        ({"OURA_ASSETS_COORDINATION": "local", "OURA_ASSETS_RATE_BUDGET": f"postgres:{DSN}"}, None, DSN),
+    ],
+)
+def test_coordination_and_rate_budget_precedence(tmp_path, env, coordination, budget):
+    settings = load_settings({**REAL, **env, "OURA_ASSETS_WAREHOUSE": str(tmp_path / "w.duckdb")})
+    assert (settings.coordination, settings.rate_budget) == (coordination, budget)
+    assert "not-for-errors" not in repr(settings)
+
+
+def test_a_malformed_coordination_names_the_variable_never_the_value(tmp_path):
+    env = {**REAL, "OURA_ASSETS_COORDINATION": "mysql:password=not-for-errors"}
+    with pytest.raises(ConfigError) as raised:
+        load_settings({**env, "OURA_ASSETS_WAREHOUSE": str(tmp_path / "w.duckdb")})
+    assert "OURA_ASSETS_COORDINATION" in str(raised.value) and "not-for-errors" not in str(raised.value)

@@ -28,6 +28,7 @@ from starlette.routing import Route
 
 from oura_assets.api import create_app
 from oura_assets.cli import build_parser
+from oura_assets.config import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -175,7 +176,7 @@ def test_compose_takes_every_secret_from_the_environment() -> None:
     for service in ("webserver", "daemon"):
         assert set(instance_env_names(load(DEPLOY / "dagster.yaml"))) <= set(envs[service])
     for service in ("webserver", "daemon", "api"):
-        assert {"OURA_ASSETS_WAREHOUSE", "OURA_ASSETS_LAKE_DATA_PATH", "OURA_ASSETS_RATE_BUDGET"} <= set(
+        assert {"OURA_ASSETS_WAREHOUSE", "OURA_ASSETS_LAKE_DATA_PATH", "OURA_ASSETS_COORDINATION"} <= set(
             envs[service]
         )
     # The env file template ships no secret; the real one is never committed.
@@ -196,7 +197,7 @@ def test_compose_databases_exist_for_the_dsns_it_hands_out() -> None:
     env = doc["services"]["api"]["environment"]
     created = set(re.findall(r"CREATE DATABASE (\w+)", (DEPLOY / "postgres-init.sql").read_text()))
     created.add(doc["services"]["postgres"]["environment"]["POSTGRES_DB"])
-    for name in ("OURA_ASSETS_WAREHOUSE", "OURA_ASSETS_RATE_BUDGET"):
+    for name in ("OURA_ASSETS_WAREHOUSE", "OURA_ASSETS_COORDINATION"):
         dsn = SUBSTITUTION.match(env[name]).group("default")
         words = dict(word.split("=", 1) for word in dsn.split(":")[-1].split())
         assert words["host"] == "postgres" and words["user"] == "oura" and "password" not in words
@@ -205,6 +206,44 @@ def test_compose_databases_exist_for_the_dsns_it_hands_out() -> None:
     mounted = doc["services"]["postgres"]["volumes"][1].split(":")
     assert (DEPLOY / mounted[0]).resolve() == DEPLOY / "postgres-init.sql"
     assert mounted[1].startswith("/docker-entrypoint-initdb.d/")
+
+
+def _with_defaults(env: dict[str, Any]) -> dict[str, str]:
+    """A compose service's environment as a host without a .env file gets it: each `${NAME:-default}` its
+    default; a required `${NAME:?message}` left out."""
+    resolved = {}
+    for name, value in env.items():
+        match = SUBSTITUTION.match(str(value))
+        if match and f"${{{match.group('name')}:?" in str(value):
+            continue
+        resolved[name] = (match.group("default") or "") if match else str(value)
+    return resolved
+
+
+def test_every_shipped_process_coordinates_tokens_and_budget_in_one_postgres_database() -> None:
+    """Past one host, per-host refresh locks let two hosts spend one single-use refresh token: every process
+    the deploy files start must load settings that put the refresh locks, the token journal and the Oura
+    budget in the same PostgreSQL database."""
+    (deployment,) = helm()["dagster-user-deployments"]["deployments"]
+    docs = list(yaml.safe_load_all((DEPLOY / "helm" / "connection-api.yaml").read_text()))
+    api = next(d for d in docs if d["kind"] == "Deployment")
+    (container,) = api["spec"]["template"]["spec"]["containers"]
+    envs = {
+        f"compose {name}": _with_defaults(s.get("environment", {}))
+        for name, s in compose()["services"].items()
+    }
+    envs["helm runs"] = {k: str(v) for k, v in deployment["env"].items()}
+    envs["helm api"] = {item["name"]: item["value"] for item in container["env"]}
+    dsns = set()
+    for where, env in envs.items():
+        if not any(name.startswith("OURA_") for name in env):
+            continue  # the postgres service
+        settings = load_settings(env, require=())
+        assert settings.coordination is not None, where
+        assert settings.rate_budget == settings.coordination, where
+        dsns.add((where.split()[0], settings.coordination))
+    assert len({dsn for kind, dsn in dsns if kind == "compose"}) == 1
+    assert len({dsn for kind, dsn in dsns if kind == "helm"}) == 1
 
 
 def _camel_to_snake(name: str) -> str:
@@ -278,7 +317,7 @@ def test_helm_values_launch_runs_as_kubernetes_jobs_of_our_image_with_secrets_fr
     read = variables_our_code_reads()
     assert set(env) <= read, set(env) - read
     assert not set(env) & SECRETS, "a secret in plain values"
-    assert {"OURA_ASSETS_WAREHOUSE", "OURA_ASSETS_LAKE_DATA_PATH", "OURA_ASSETS_RATE_BUDGET"} <= set(env)
+    assert {"OURA_ASSETS_WAREHOUSE", "OURA_ASSETS_LAKE_DATA_PATH", "OURA_ASSETS_COORDINATION"} <= set(env)
     for value in env.values():
         assert "password" not in str(value).lower()
     assert values["global"]["dagsterHome"] == dockerfile_env()["DAGSTER_HOME"]
@@ -298,9 +337,9 @@ def test_the_connection_api_manifest_matches_the_chart_and_the_cli() -> None:
     assert container["envFrom"] == [{"secretRef": {"name": "oura-assets-secrets"}}]
     env = {item["name"]: item["value"] for item in container["env"]}
     assert not set(env) & SECRETS
-    # The API draws from the same warehouse and the same Oura budget as the runs.
+    # The API draws from the same warehouse, Oura budget, refresh locks and token journal as the runs.
     assert env == {k: v for k, v in deployment["env"].items() if k in env}
-    assert {"OURA_ASSETS_WAREHOUSE", "OURA_ASSETS_RATE_BUDGET"} <= set(env)
+    assert {"OURA_ASSETS_WAREHOUSE", "OURA_ASSETS_COORDINATION"} <= set(env)
     api_paths = {route.path for route in create_app().routes if isinstance(route, Route)}
     assert container["readinessProbe"]["httpGet"]["path"] in api_paths
     assert api["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True

@@ -21,6 +21,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
+from oura_assets import coordination
 from oura_assets import warehouse as wh
 from oura_assets.api.app import create_app
 from oura_assets.api.service import ConnectionService
@@ -48,7 +49,7 @@ def token_source(settings: Settings, patient_id: str = PATIENT) -> PatientTokens
         cipher=TokenCipher(settings.token_keys),
         oauth_app=OuraOAuthApp.from_settings(settings),
         lock_dir=settings.lock_dir,
-        journal_dir=settings.token_journal_dir,
+        coordination=coordination.from_settings(settings),
     )
 
 
@@ -151,7 +152,7 @@ def _refresh_in_child(env: dict[str, str], events: Any, locked: Any) -> None:
         TokenCipher(settings.token_keys),
         hooks.oauth(settings),
         settings.lock_dir,
-        journal_dir=settings.token_journal_dir,
+        coordination=coordination.from_settings(settings),
     ).get()
 
 
@@ -265,7 +266,8 @@ def journal_a_grant(
     """What a callback that died leaves behind: a journaled grant nobody holds."""
     oauth = OuraOAuthApp.from_settings(settings)
     tokens = oauth.exchange_code(authorize_code(OuraOAuthApp.from_settings(settings), ring_user))
-    grants = GrantJournal(TokenJournal(settings.token_journal_dir, TokenCipher(settings.token_keys)))
+    store = coordination.from_settings(settings).journal_store()
+    grants = GrantJournal(TokenJournal(store, TokenCipher(settings.token_keys)))
     grants.write(GrantEntry(grants.new_name(), patient_id, tokens, datetime.now(UTC), disposition))
     return tokens
 

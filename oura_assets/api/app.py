@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from oura_assets import coordination
 from oura_assets import warehouse as wh
 from oura_assets.api.audit import AuditMiddleware, trail_of, wants_erasure
 from oura_assets.api.auth import AuthUnavailable, JwtVerifier, Unauthorized, verifier_from_settings
@@ -222,6 +223,7 @@ def create_app(
         app.state.verifier = jwt_verifier or verifier_from_settings(resolved)
         cipher = TokenCipher(resolved.token_keys)
         oauth = oauth_app or OuraOAuthApp.from_settings(resolved)
+        shared = coordination.from_settings(resolved)  # refresh locks and token journal
 
         def client_for(patient_id: str) -> OuraClient:
             tokens = PatientTokens(
@@ -230,7 +232,7 @@ def create_app(
                 cipher=cipher,
                 oauth_app=oauth,
                 lock_dir=resolved.lock_dir,
-                journal_dir=resolved.token_journal_dir,
+                coordination=shared,
             )
             return OuraClient(resolved.api_base_url, tokens)
 

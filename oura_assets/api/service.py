@@ -5,8 +5,9 @@ every method: HTTP to Oura never happens while the warehouse lock is held (a slo
 Dagster runs and sensors), and the writes that belong together — tokens, event, initial sync request — land in
 one transaction. Nothing here logs or returns a token, code, state or client secret.
 
-The pair a code exchange returns is journaled (encrypted, fsynced; token_journal.py) before anything that can
-block, and the callback holds the entry's lock until the warehouse has the pair. An API that dies in between
+The pair a code exchange returns is journaled (encrypted and durable: a file, or with several hosts a
+PostgreSQL row; token_journal.py) before anything that can block, and the callback holds the entry's lock
+until the warehouse has the pair. An API that dies in between
 leaves the entry unlocked: `recover_grants`, run when the API starts and before each callback, stores it (the
 patient consented and still expects the connection) or, when the grant is no longer the patient's newest or
 the callback had already answered a failure, revokes it at Oura. No grant is left that nobody holds.
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from oura_assets import ledger
+from oura_assets import coordination, ledger
 from oura_assets import warehouse as wh
 from oura_assets.api.audit import AuditTrail
 from oura_assets.api.first_data import FirstDataLane, FirstDataRun
@@ -121,7 +122,8 @@ class ConnectionService:
 
     def __post_init__(self) -> None:
         if self.grants is None:
-            self.grants = GrantJournal(TokenJournal(self.settings.token_journal_dir, self.cipher))
+            store = coordination.from_settings(self.settings).journal_store()
+            self.grants = GrantJournal(TokenJournal(store, self.cipher))
 
     def today(self) -> date:
         # Days are UTC days here, like the daily partitions (whose last one is today, UTC).
@@ -486,6 +488,7 @@ class ConnectionService:
             now=self.now,
             analytics_path=self.settings.analytics_path,
             analytics_key=self.settings.warehouse_key,
+            coordination=coordination.from_settings(self.settings),
         )
         entry = (audit or AuditTrail("erase", uuid.uuid4().hex, None)).entry("ok", 200)
         outcome = eraser.erase(patient_id, dataclasses.replace(entry, actor=patient_id))

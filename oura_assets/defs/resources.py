@@ -24,6 +24,7 @@ import duckdb
 import httpx
 from pydantic import Field
 
+from oura_assets import coordination
 from oura_assets import warehouse as wh
 from oura_assets.config import Settings, load_settings
 from oura_assets.oura.client import OuraClient, RetryPolicy
@@ -104,7 +105,7 @@ class OuraSession:
             cipher=self.cipher,
             oauth_app=self.oauth,
             lock_dir=self.settings.lock_dir,
-            journal_dir=self.settings.token_journal_dir,
+            coordination=coordination.from_settings(self.settings),
         )
         return OuraClient(
             self.settings.api_base_url, tokens, http=self.http, retry=self.retry, budget=self.budget

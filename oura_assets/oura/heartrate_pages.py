@@ -25,6 +25,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 # Oura's pages are `{"data": [...], "next_token": ...}` [spec]; these two read the envelope from its ends
 # without parsing the samples. Given a valid JSON document (DuckDB's parse of every page checks that, and
@@ -64,6 +65,11 @@ def _cursor() -> duckdb.DuckDBPyConnection:
             database = duckdb.connect(":memory:")
             # A timestamp without an offset is read as UTC, as Oura documents for heart rate.
             database.execute("SET TimeZone = 'UTC'")
+            # One thread per parse: a sync parses several patients at once (one cursor each), and one
+            # patient's pages (~25,000 samples for 90 days) are too few to split. Measured on a busy 2-core
+            # host, DuckDB's default (a thread per core) spent ~1.3-1.7x the CPU for the same parse
+            # (bench/README.md, loading).
+            database.execute("SET threads = 1")
             _database, _database_pid = database, os.getpid()
         return _database.cursor()
 
@@ -132,47 +138,47 @@ class HeartRateColumns:
 
     def rejected_documents(self) -> list[Any]:
         """The samples the screen rejected, parsed, in the order Oura sent them."""
-        rejected = self.table.filter(pa.compute.invert(self.table.column("landable"))).sort_by("seen")
+        rejected = self.table.filter(pc.invert(self.table.column("landable"))).sort_by("seen")
         return [json.loads(document) for document in rejected.column("document").to_pylist()]
 
 
-# Pages are a list parameter; each page's `data` elements are unnested with their position, so "the last
-# one seen wins" among repeated samples means the highest (page, position). Each sample's three fields are
-# read with one parse of the sample (`json_extract` with a list of paths); their JSON text tells their type.
+# Pages are the rows of `_pages` (`p`: the page's text, `page`: its number), an Arrow table registered on the
+# cursor: bound as a list parameter instead, DuckDB's Python client converts each page as a Python value and
+# tries (and fails, without pandas) to import pandas for each, ~0.6 µs a sample, a fifth of the parse. Each
+# page's `data` elements are unnested with their position, so "the last one seen wins" among repeated samples
+# means the highest `seen` (page, position): a hash aggregate keeps it (`arg_max`; a window partitioned by
+# instant and source did the same at ~1.2x the CPU), and the result is ordered by time (the insert and the
+# table's compression like it). Samples without a readable timestamp each get a group of their own (`seen`
+# joins their key) and always come out, so `parse_pages` counts them from the result. Each sample's three
+# fields are read with one parse of the sample (`json_extract` with a list of paths); their JSON text tells
+# their type.
 _ROWS = """
 WITH items AS (
     SELECT page, unnest(items) AS d, generate_subscripts(items, 1) AS pos
-    FROM (SELECT page, json_extract(p, '$.data[*]') AS items FROM unnest($pages) WITH ORDINALITY t(p, page))
-), fields AS (
-    SELECT page, pos, d, json_extract(d, ['$.timestamp', '$.source', '$.bpm']) AS f FROM items
+    FROM (SELECT page, json_extract(p, '$.data[*]') AS items FROM _pages)
 ), read AS (
-    SELECT page, pos, d, f[2]::VARCHAR AS source_json, f[3]::VARCHAR AS bpm_json,
+    SELECT (page << 32) + pos AS seen, d, f[2]::VARCHAR AS source_json, f[3]::VARCHAR AS bpm_json,
            CASE WHEN starts_with(f[1]::VARCHAR, '"') THEN TRY_CAST((f[1]->>'$') AS TIMESTAMPTZ) END
                AS timestamp
-    FROM fields
-), counted AS (
-    SELECT *, count(*) OVER () AS items, count(timestamp) OVER () AS readable FROM read
+    FROM (SELECT page, pos, d, json_extract(d, ['$.timestamp', '$.source', '$.bpm']) AS f FROM items)
+), kept AS (
+    SELECT timestamp, source_json, arg_max(bpm_json, seen) AS bpm_json, arg_max(d, seen) AS d,
+           max(seen) AS seen
+    FROM read
+    WHERE (timestamp >= $low AND timestamp < $high) OR timestamp IS NULL
+    GROUP BY timestamp, source_json, CASE WHEN timestamp IS NULL THEN seen END
 )
 SELECT timestamp, source, CASE WHEN landable THEN CAST(bpm_json AS INTEGER) END AS bpm, document, landable,
-       seen, items, readable
+       seen
 FROM (
-    SELECT (page << 32) + pos AS seen, timestamp, (source_json::JSON->>'$') AS source, bpm_json,
-           d::VARCHAR AS document, items, readable,
+    SELECT seen, timestamp, (source_json::JSON->>'$') AS source, bpm_json, d::VARCHAR AS document,
            coalesce(timestamp IS NOT NULL AND starts_with(source_json, '"')
                     AND isfinite(TRY_CAST(bpm_json AS DOUBLE))
                     AND TRY_CAST(bpm_json AS DOUBLE) = floor(TRY_CAST(bpm_json AS DOUBLE)),
                     false) AS landable
-    FROM counted
-    WHERE (timestamp >= $low AND timestamp < $high) OR ($keep_unreadable AND timestamp IS NULL)
-    QUALIFY row_number() OVER (PARTITION BY timestamp, source_json ORDER BY page DESC, pos DESC) = 1
-         OR timestamp IS NULL
+    FROM kept
 )
-"""
-# Only when no sample is left to carry the counts (`items`, `readable` above).
-_COUNTS = """
-SELECT count(*),
-       count(TRY_CAST((d->>'timestamp') AS TIMESTAMPTZ)) FILTER (json_type(d, '$.timestamp') = 'VARCHAR')
-FROM (SELECT unnest(json_extract(p, '$.data[*]')) AS d FROM unnest($pages) t(p))
+ORDER BY timestamp, source, seen
 """
 
 
@@ -186,13 +192,17 @@ def parse_pages(
 
     Raises `PageError` for a page that is not JSON (the pages' envelopes were read by `next_token_of`).
     """
-    texts = [page.decode("utf-8", errors="replace") for page in pages]
+    texts = pa.table(
+        {
+            "p": pa.array([page.decode("utf-8", errors="replace") for page in pages], pa.string()),
+            "page": pa.array(range(1, len(pages) + 1), pa.int64()),
+        }
+    )
     cursor = _cursor()
+    cursor.register("_pages", texts)
     try:
         try:
-            table = cursor.execute(
-                _ROWS, {"pages": texts, "low": low, "high": high, "keep_unreadable": keep_unreadable}
-            ).to_arrow_table()
+            table = cursor.execute(_ROWS, {"low": low, "high": high}).to_arrow_table()
         except duckdb.InvalidInputException:
             for number, page in enumerate(pages, 1):  # which page, in the words used for any malformed page
                 try:
@@ -202,17 +212,12 @@ def parse_pages(
                         f"GET {path} answered 200 with a body that is not JSON (page {number})"
                     ) from None
             raise
-        if table.num_rows:
-            items, readable = table.column("items")[0].as_py(), table.column("readable")[0].as_py()
-        else:
-            items, readable = cursor.execute(_COUNTS, {"pages": texts}).fetchone()
     finally:
         cursor.close()
-    return HeartRateColumns(
-        table=table.drop_columns(["items", "readable"]),
-        unreadable=int(items) - int(readable),
-        pages=len(pages),
-    )
+    unreadable = table.column("timestamp").null_count
+    if unreadable and not keep_unreadable:
+        table = table.filter(pc.is_valid(table.column("timestamp")))
+    return HeartRateColumns(table=table, unreadable=unreadable, pages=len(pages))
 
 
 def columns_of_samples(samples: Sequence[Any], low: datetime, high: datetime) -> HeartRateColumns:

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import duckdb
 
 from oura_assets.domain import COLLECTION_STATUSES, SOURCE
-from oura_assets.warehouse.dialect import replace_row
+from oura_assets.warehouse.dialect import replace_rows
 from oura_assets.warehouse.values import utc
 
 
@@ -40,14 +40,14 @@ def replace_collection_status(
             raise ValueError(f"unknown collection status {status!r}; expected one of {COLLECTION_STATUSES}")
         rows.append([patient_id, SOURCE, collection, status, reason, start_day, end_day, utc(updated_at)])
     columns = ("patient_id", "source", "collection", "status", "reason", "start_day", "end_day", "updated_at")
-    for row in rows:  # keyed on both backends (a DuckLake has no primary key for INSERT OR REPLACE)
-        replace_row(
-            conn,
-            "patient_graph.wearable_collection_status",
-            columns,
-            row,
-            key=("patient_id", "source", "collection"),
-        )
+    # Keyed on both backends (a DuckLake has no primary key for INSERT OR REPLACE).
+    replace_rows(
+        conn,
+        "patient_graph.wearable_collection_status",
+        columns,
+        rows,
+        key=("patient_id", "source", "collection"),
+    )
     return len(rows)
 
 
