@@ -87,8 +87,10 @@ def read_profile(path: Path, rate: int) -> dict[str, Any]:
         if not stack:
             continue
         head, _, rest = stack.partition(";")
-        if "sync_one (" in rest:
+        if "sync_one (" in rest or "fetch_one (" in rest:
             kind = "patient threads"
+        elif "GroupWriter._run (" in rest:
+            kind = "writer thread"
         elif rest.startswith("<module> (") and "soak.py" in rest.split(";")[0]:
             kind = "main thread"
         elif "_worker (" in rest:
