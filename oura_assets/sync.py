@@ -46,6 +46,7 @@ from oura_assets.sync_errors import (
     sync_status,
 )
 from oura_assets.tokens import ReconnectRequired
+from oura_assets.warehouse.group_writer import GroupWriter, group_size
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,46 @@ def _fetch(
     return batch.documents, rejected
 
 
+@dataclass(frozen=True)
+class Landing:
+    """One patient's fetch, ready to land: its raw windows and its result go in one transaction (`land`)."""
+
+    patient_id: str
+    start: date
+    end: date
+    fetched: dict[str, list[dict[str, Any]] | pa.Table]
+    status: str
+    errors: list[SyncError]
+    statuses: dict[str, tuple[str, str]]
+
+    def land(self, conn: duckdb.DuckDBPyConnection) -> PatientSyncResult:
+        """Mirror the fetched collections into the raw tables on `conn` (inside the caller's transaction)."""
+        fetched_at = datetime.now(UTC)
+        rows: dict[str, int] = {}
+        changes = wh.DocumentChanges()
+        for collection, documents in self.fetched.items():
+            if collection == "heartrate":
+                low, high = heartrate_window(self.start, self.end)
+                rows[f"oura_raw.{collection}"] = wh.replace_raw_heartrate_columns(
+                    conn, self.patient_id, low, high, documents, fetched_at
+                )
+            else:
+                written = wh.mirror_raw_documents(
+                    conn, collection, self.patient_id, self.start, self.end, documents, fetched_at
+                )
+                rows[f"oura_raw.{collection}"] = written.written
+                changes += written
+        return PatientSyncResult(
+            self.patient_id, self.status, rows, self.errors, changes.as_dict(), self.statuses
+        )
+
+    def busy(self, exc: wh.WarehouseBusy) -> PatientSyncResult:
+        """The result when the warehouse could not be had to land it."""
+        return PatientSyncResult(
+            self.patient_id, "failed", {}, [*self.errors, SyncError("warehouse_busy", str(exc))]
+        )
+
+
 def sync_patient(
     *,
     patient_id: str,
@@ -148,6 +189,41 @@ def sync_patient(
     (`subscription_expired`); one refused while others answer, its scope granted, is `forbidden` for that
     collection alone. Neither fails the patient while something landed.
     """
+    fetched = fetch_patient(
+        patient_id=patient_id,
+        client=client,
+        start=start,
+        end=end,
+        collections=collections,
+        refetch=refetch,
+        granted_scopes=granted_scopes,
+    )
+    if isinstance(fetched, PatientSyncResult):
+        return fetched
+    try:
+        for attempt in warehouse.attempts(f"{purpose}: raw documents for one patient"):
+            with attempt as conn:
+                landed = fetched.land(conn)
+                if record is not None:
+                    record(conn, landed)
+        # Returned only here, after the loop: a try that lost a DuckLake conflict at COMMIT runs again.
+        return landed
+    except wh.WarehouseBusy as exc:
+        return fetched.busy(exc)
+
+
+def fetch_patient(
+    *,
+    patient_id: str,
+    client: OuraClient,
+    start: date,
+    end: date,
+    collections: Iterable[str] = ALL_COLLECTIONS,
+    refetch: RefetchPolicy = RefetchPolicy(),
+    granted_scopes: tuple[str, ...] | None = None,
+) -> Landing | PatientSyncResult:
+    """`sync_patient`'s fetch: a `Landing` when something was fetched, else the patient's result (nothing to
+    land). No warehouse: a run's fetch threads never wait for the writer lock (`sync_patients`)."""
     asked = [c for c in ALL_COLLECTIONS if c in set(collections)]
     skipped = [
         scope_missing_error(c, scope)
@@ -226,43 +302,10 @@ def sync_patient(
     # `wearable_collection_status`, not in the sync event's errors.
     statuses = collection_statuses(asked, fetched, [*skipped, *errors])
 
-    rows: dict[str, int] = {}
-    changes = wh.DocumentChanges()
     if fetched:
-        fetched_at = datetime.now(UTC)
-        try:
-            for attempt in warehouse.attempts(f"{purpose}: raw documents for one patient"):
-                with attempt as conn:
-                    rows, changes = {}, wh.DocumentChanges()  # a try after a conflict starts over
-                    for collection, documents in fetched.items():
-                        if collection == "heartrate":
-                            low, high = heartrate_window(start, end)
-                            rows[f"oura_raw.{collection}"] = wh.replace_raw_heartrate_columns(
-                                conn, patient_id, low, high, documents, fetched_at
-                            )
-                        else:
-                            written = wh.mirror_raw_documents(
-                                conn, collection, patient_id, start, end, documents, fetched_at
-                            )
-                            rows[f"oura_raw.{collection}"] = written.written
-                            changes += written
-                    landed = PatientSyncResult(
-                        patient_id,
-                        sync_status(len(fetched), len(wanted), errors),
-                        rows,
-                        errors,
-                        changes.as_dict(),
-                        statuses,
-                    )
-                    if record is not None:
-                        record(conn, landed)
-            # Returned only here, after the loop: a try that lost a DuckLake conflict at COMMIT runs again.
-            return landed
-        except wh.WarehouseBusy as exc:
-            return PatientSyncResult(
-                patient_id, "failed", {}, [*errors, SyncError("warehouse_busy", str(exc))]
-            )
-    return PatientSyncResult(patient_id, sync_status(0, len(wanted), errors), rows, errors, {}, statuses)
+        status = sync_status(len(fetched), len(wanted), errors)
+        return Landing(patient_id, start, end, fetched, status, errors, statuses)
+    return PatientSyncResult(patient_id, sync_status(0, len(wanted), errors), {}, errors, {}, statuses)
 
 
 class RunLog(Protocol):
@@ -369,19 +412,11 @@ def claim_patients(
     return patients
 
 
-def _record(
-    warehouse: wh.WarehouseAccess, run_id: str, result: PatientSyncResult, start: date, end: date
-) -> None:
-    """Record a patient's result and what it says about the connection, in one transaction."""
-    for attempt in warehouse.attempts("record a patient's sync result"):
-        with attempt as conn:
-            _record_on(conn, run_id, result, start, end)
-
-
 def _record_on(
     conn: duckdb.DuckDBPyConnection, run_id: str, result: PatientSyncResult, start: date, end: date
 ) -> None:
-    """`_record` inside a transaction the caller holds (the one that landed the patient's rows)."""
+    """Record a patient's result and what it says about the connection, in the caller's transaction (the one
+    that landed the patient's rows, when any landed)."""
     ledger.record_patient_result(
         conn,
         run_id=run_id,
@@ -453,63 +488,102 @@ def sync_patients(
     progress.info(f"syncing {len(patients)} patient(s), days {start}..{end}, collections {collections}")
     scopes = granted_scopes(warehouse, patients)
 
-    def sync_one(patient_id: str) -> tuple[PatientSyncResult, float, str | None]:
-        began = clock.monotonic()
-        recorded: list[PatientSyncResult] = []
-
-        def record(conn: duckdb.DuckDBPyConnection, result: PatientSyncResult) -> None:
-            _record_on(conn, run_id, result, start, end)
-            recorded.append(result)
-
+    def fetch_one(patient_id: str) -> tuple[Landing | PatientSyncResult, str | None]:
         try:
-            result = sync_patient(
+            fetched = fetch_patient(
                 patient_id=patient_id,
                 client=client_for(patient_id),
-                warehouse=warehouse,
                 start=start,
                 end=end,
                 collections=collections,
-                purpose=purpose,
                 refetch=refetch,
-                record=record,
                 granted_scopes=scopes.get(patient_id),
             )
             trace = None
         except Exception as exc:  # one patient's bug must not cost the others their sync
-            result = PatientSyncResult(
+            fetched = PatientSyncResult(
                 patient_id, "failed", {}, [SyncError("internal_error", type(exc).__name__)]
             )
             trace = traceback.format_exc()
-        took = clock.monotonic() - began
-        # Recorded in the patient's own thread, with its rows when it landed any (one hold of the warehouse
-        # lock per patient): recorded by the loop below, every write would hold up the next patient's start
-        # behind the lock, and the run would fall below its rate budget.
-        if not (recorded and recorded[0] is result):
-            _record(warehouse, run_id, result, start, end)
-        return result, took, trace
+        return fetched, trace
+
+    def land(landing: Landing) -> Callable[[duckdb.DuckDBPyConnection], PatientSyncResult]:
+        def write(conn: duckdb.DuckDBPyConnection) -> PatientSyncResult:
+            landed = landing.land(conn)
+            _record_on(conn, run_id, landed, start, end)
+            return landed
+
+        return write
+
+    def record_only(result: PatientSyncResult) -> Callable[[duckdb.DuckDBPyConnection], PatientSyncResult]:
+        def write(conn: duckdb.DuckDBPyConnection) -> PatientSyncResult:
+            _record_on(conn, run_id, result, start, end)
+            return result
+
+        return write
 
     results: list[PatientSyncResult] = []
     cap = max(1, min(max_workers, len(patients)))
     queue = list(patients)
-    in_flight: set[Future[tuple[PatientSyncResult, float, str | None]]] = set()
+    fetching: dict[Future[tuple[Landing | PatientSyncResult, str | None]], str] = {}
+    # A write's future and what it writes: a patient's landing, or a result to record (nothing landed).
+    writing: dict[Future[PatientSyncResult], Landing | PatientSyncResult] = {}
+    began_at: dict[str, float] = {}
+
+    def finish(result: PatientSyncResult) -> None:
+        results.append(result)
+        codes = ", ".join(e.code for e in result.errors) or "no errors"
+        took = clock.monotonic() - began_at[result.patient_id]
+        progress.info(
+            f"patient {len(results)} of {len(patients)} ({result.patient_id}): "
+            f"{result.status} ({codes}), {sum(result.rows.values())} rows in {took:.1f}s"
+        )
+
     # Patients are fetched many at a time: a run is bound by its rate budget, not by Oura's latency or by us.
-    # Their writes (rows, then the result) still take turns at the warehouse lock, in the patients' own
-    # threads. How many are in flight is asked again as each one finishes, so it follows the request cycle
-    # the budget sees.
-    with ThreadPoolExecutor(cap, thread_name_prefix="oura-patient") as pool:
-        while queue or in_flight:
+    # How many are in flight is asked again as each one finishes, so it follows the request cycle the budget
+    # sees. What they fetched is landed by one writer thread, several patients per transaction (rows and
+    # result together, each patient whole): a fetch thread never waits for the warehouse lock, so fetching
+    # goes on while a group commits, and the lock's fixed cost is paid per group, not per patient.
+    with (
+        ThreadPoolExecutor(cap, thread_name_prefix="oura-patient") as pool,
+        GroupWriter(
+            warehouse,
+            lambda n: f"{purpose}: raw documents for {n} patient(s)",
+            max_group=group_size(warehouse),
+        ) as writer,
+    ):
+        while queue or fetching or writing:
             target = cap if concurrency is None else max(1, min(cap, concurrency(cap)))
-            while queue and len(in_flight) < target:
-                in_flight.add(pool.submit(sync_one, queue.pop(0)))
-            done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+            # Fetched data waiting for the writer is held in memory: a writer that falls behind pauses
+            # the fetching rather than letting it pile up.
+            while queue and len(fetching) < target and len(writing) < 2 * cap:
+                patient_id = queue.pop(0)
+                began_at[patient_id] = clock.monotonic()
+                fetching[pool.submit(fetch_one, patient_id)] = patient_id
+            done, _ = wait([*fetching, *writing], return_when=FIRST_COMPLETED)
             for future in done:
-                result, took, trace = future.result()
-                if trace:
-                    progress.error(f"patient {result.patient_id}: unexpected error\n{trace}")
-                results.append(result)
-                codes = ", ".join(e.code for e in result.errors) or "no errors"
-                progress.info(
-                    f"patient {len(results)} of {len(patients)} ({result.patient_id}): "
-                    f"{result.status} ({codes}), {sum(result.rows.values())} rows in {took:.1f}s"
-                )
+                if future in fetching:
+                    del fetching[future]
+                    fetched, trace = future.result()
+                    if trace:
+                        progress.error(f"patient {fetched.patient_id}: unexpected error\n{trace}")
+                    write = land(fetched) if isinstance(fetched, Landing) else record_only(fetched)
+                    writing[writer.submit(write)] = fetched
+                    continue
+                source = writing.pop(future)
+                try:
+                    finish(future.result())
+                except wh.WarehouseBusy as exc:
+                    if not isinstance(source, Landing):
+                        raise  # its failure could not be recorded either: the run cannot go on
+                    busy = source.busy(exc)
+                    writing[writer.submit(record_only(busy))] = busy
+                except Exception as exc:
+                    if not isinstance(source, Landing):
+                        raise
+                    progress.error(f"patient {source.patient_id}: unexpected error\n{traceback.format_exc()}")
+                    failed = PatientSyncResult(
+                        source.patient_id, "failed", {}, [SyncError("internal_error", type(exc).__name__)]
+                    )
+                    writing[writer.submit(record_only(failed))] = failed
     return RunOutcome(results)

@@ -1,0 +1,140 @@
+"""`GroupWriter`: one thread that runs a run's write jobs, as many as have queued up, in one transaction.
+
+Why: on a DuckDB file every transaction takes the cross-process writer lock and attaches and detaches the
+file (the detach checkpoints). A run whose fetch threads each landed their own patient spent most of its
+time with those threads queued at the lock (a soak night at 100 patients: "waited 15 s for warehouse" per
+patient), so fetching stopped while one patient committed, and the fixed cost of a transaction was paid
+once per patient. Here the fetch threads hand what they fetched to `submit` and go on fetching; the writer
+lands whatever has queued up, up to `max_group` jobs, in one transaction.
+
+Every job still lands whole or not at all (the group commits together), and one job's failure stays its
+own: a group that raises is rolled back and run again one job per transaction, so only the job that fails
+alone reports the error (the others land). `WarehouseBusy` (the lock not had in time, a DuckLake conflict
+lost every try) is everyone's in the group: it is reported to each job, without trying them one by one.
+Jobs may run more than once (a DuckLake conflict, a group's retry), so they keep their effects inside the
+transaction, as every `Warehouse.attempts` block does.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import duckdb
+
+from oura_assets.warehouse.database import WarehouseAccess
+from oura_assets.warehouse.lock import WarehouseBusy
+
+T = TypeVar("T")
+
+# A group's hold of the writer lock grows with its size; 25 patients' raw windows take a second or two, short
+# beside the lock timeout other writers (the API, sensors) wait with.
+MAX_GROUP = 25
+
+
+def group_size(warehouse: object, size: int = MAX_GROUP) -> int:
+    """`size` on a DuckDB file, 1 on a DuckLake: a lake has no lock or attach to pay per transaction, and
+    DuckLake conflicts per table, so a big transaction beside other writers (shard runs) only loses more
+    often and redoes more when it does."""
+    return 1 if getattr(warehouse, "lake", None) is not None else size
+
+
+@dataclass
+class _Job(Generic[T]):
+    write: Callable[[duckdb.DuckDBPyConnection], T]
+    future: Future[T]
+
+
+class GroupWriter:
+    """Runs submitted `write(conn)` jobs on one thread, grouped into transactions (see the module docstring).
+
+    `describe(n)` words a group's purpose for the writer lock's holder record ("dagster run 1a2b3c4d: raw
+    documents for 3 patient(s)"). Use as a context manager: leaving it waits for every job submitted.
+    """
+
+    def __init__(
+        self,
+        warehouse: WarehouseAccess,
+        describe: Callable[[int], str],
+        *,
+        max_group: int = MAX_GROUP,
+        name: str = "warehouse-writer",
+    ) -> None:
+        if max_group < 1:
+            raise ValueError(f"max_group must be at least 1, got {max_group}")
+        self._warehouse = warehouse
+        self._describe = describe
+        self._max_group = max_group
+        self._queue: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._closed = False
+        self.groups = 0
+        self._thread.start()
+
+    def submit(self, write: Callable[[duckdb.DuckDBPyConnection], T]) -> Future[T]:
+        """Queue `write`; its future holds what it returned once its group committed, or why it failed."""
+        if self._closed:
+            raise RuntimeError("this GroupWriter is closed")
+        job: _Job[T] = _Job(write, Future())
+        self._queue.put(job)
+        return job.future
+
+    def close(self) -> None:
+        """Run what is queued, then stop the thread."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+        self._thread.join()
+
+    def __enter__(self) -> GroupWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                return
+            group = [first]
+            while len(group) < self._max_group:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stopping = True
+                    break
+                group.append(job)
+            self._land([j for j in group if j.future.set_running_or_notify_cancel()])
+
+    def _land(self, group: list[_Job[Any]]) -> None:
+        if not group:
+            return
+        try:
+            values: list[Any] = []
+            for attempt in self._warehouse.attempts(self._describe(len(group))):
+                with attempt as conn:
+                    values = [job.write(conn) for job in group]
+        except WarehouseBusy as exc:
+            for job in group:
+                job.future.set_exception(exc)
+            return
+        except BaseException as exc:  # handed to the jobs' futures, never lost
+            if len(group) == 1 or not isinstance(exc, Exception):
+                for job in group:
+                    job.future.set_exception(exc)
+                return
+            # One job broke the group: run them one by one, so only that one fails.
+            for job in group:
+                self._land([job])
+            return
+        self.groups += 1
+        for job, value in zip(group, values, strict=True):
+            job.future.set_result(value)

@@ -1,0 +1,110 @@
+"""`GroupWriter`: queued write jobs land several per transaction, each whole, one job's failure its own."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from oura_assets import warehouse as wh
+from oura_assets.warehouse.group_writer import GroupWriter
+
+
+class CountingWarehouse(wh.Warehouse):
+    """Notes the purpose of every transaction opened."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.purposes: list[str] = []
+
+    def transaction(self, purpose, timeout_s=None):
+        self.purposes.append(purpose)
+        return super().transaction(purpose, timeout_s)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> CountingWarehouse:
+    store = CountingWarehouse(tmp_path / "warehouse.duckdb")
+    with store.connect("test: table") as conn:
+        conn.execute("CREATE TABLE main.landed (job INTEGER, part INTEGER)")
+    store.purposes.clear()
+    return store
+
+
+def landed(store: wh.Warehouse) -> list[tuple[int, int]]:
+    with store.connect("test: read") as conn:
+        return conn.execute("SELECT job, part FROM main.landed ORDER BY job, part").fetchall()
+
+
+def job(number: int, fail: bool = False):
+    def write(conn):
+        conn.execute("INSERT INTO main.landed VALUES (?, 1)", [number])
+        if fail:
+            raise ValueError(f"job {number} is broken")
+        conn.execute("INSERT INTO main.landed VALUES (?, 2)", [number])
+        return number
+
+    return write
+
+
+def blocking(started: threading.Event, gate: threading.Event):
+    def write(conn):
+        started.set()
+        return gate.wait(10)
+
+    return write
+
+
+def test_jobs_queued_together_land_in_one_transaction(store):
+    started, gate = threading.Event(), threading.Event()
+    with GroupWriter(store, lambda n: f"test: {n} job(s)") as writer:
+        blocker = writer.submit(blocking(started, gate))  # holds the writer while the others queue
+        assert started.wait(10)
+        futures = [writer.submit(job(n)) for n in range(5)]
+        gate.set()
+        assert blocker.result(10) is True
+        assert [f.result(10) for f in futures] == list(range(5))
+    assert landed(store) == [(n, part) for n in range(5) for part in (1, 2)]
+    assert store.purposes == ["test: 1 job(s)", "test: 5 job(s)"]
+
+
+def test_a_failing_job_fails_alone_and_never_lands_half(store):
+    started, gate = threading.Event(), threading.Event()
+    with GroupWriter(store, lambda n: f"test: {n} job(s)") as writer:
+        writer.submit(blocking(started, gate))
+        assert started.wait(10)
+        futures = [writer.submit(job(n, fail=n == 2)) for n in range(4)]
+        gate.set()
+        assert [f.result(10) for f in futures if f is not futures[2]] == [0, 1, 3]
+        with pytest.raises(ValueError, match="job 2 is broken"):
+            futures[2].result(10)
+    # Job 2's first part was rolled back with it; the others landed whole.
+    assert landed(store) == [(n, part) for n in (0, 1, 3) for part in (1, 2)]
+    # The group of four failed once, then each job ran alone.
+    assert store.purposes == ["test: 1 job(s)", "test: 4 job(s)", *["test: 1 job(s)"] * 4]
+
+
+def test_a_busy_warehouse_fails_every_job_of_the_group_without_retrying_each(store):
+    hold_started, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store.connect("backfill: rebuild"):
+            hold_started.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert hold_started.wait(10)
+    impatient = CountingWarehouse(store.path, lock_timeout_s=0.3)
+    try:
+        with GroupWriter(impatient, lambda n: f"test: {n} job(s)", max_group=2) as writer:
+            futures = [writer.submit(job(n)) for n in range(2)]
+            for future in futures:
+                with pytest.raises(wh.WarehouseBusy):
+                    future.result(10)
+    finally:
+        release.set()
+        holder.join(30)
+    assert len(impatient.purposes) <= 2  # one try per group, not one more per job
+    assert landed(store) == []
