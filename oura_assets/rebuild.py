@@ -21,8 +21,9 @@ from oura_assets.day_status_writer import write_day_status
 from oura_assets.domain import HEARTRATE, SESSION, WORKOUT
 from oura_assets.retention import keep_pruned_heart_rate
 from oura_assets.shards import Shard, select
-from oura_assets.sync import RunLog, heartrate_window
+from oura_assets.sync import heartrate_window
 from oura_assets.sync_errors import FETCH_FAILURE_CODES, SyncError
+from oura_assets.sync_outcome import RunLog
 from oura_assets.warehouse.group_writer import group_size as lake_group_size
 
 log = logging.getLogger(__name__)

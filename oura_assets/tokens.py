@@ -173,7 +173,6 @@ class PatientTokens:
         self._lock_name = f"oura-tokens-{digest}"
         self._journal = TokenJournal(self._coordination.journal_store(), cipher)
         self._journal_name = f"refresh-{digest}"
-        self.journal_name = self._journal_name
         self.journal_path = self._journal.path(self._journal_name)  # the file store's entry; None for a table
         self._cached: TokenSet | None = None
         self._reconnect_required: str | None = None

@@ -25,8 +25,9 @@ from oura_assets.oura.client import DocumentBatch, OuraClient, OuraRateLimited, 
 from oura_assets.oura.heartrate_pages import HeartRateColumns, columns_of_samples
 from oura_assets.rebuild import keep_earlier_heart_rate, rebuild_per_patient, write_daily_stats
 from oura_assets.simulator import SimulatorServer
-from oura_assets.sync import PatientSyncResult, RefetchPolicy, RunOutcome, sync_patient
+from oura_assets.sync import RefetchPolicy, sync_patient
 from oura_assets.sync_errors import SyncError
+from oura_assets.sync_outcome import PatientSyncResult, RunOutcome
 
 START, END = date(2024, 6, 10), date(2024, 6, 16)
 DAY = date(2024, 6, 12)

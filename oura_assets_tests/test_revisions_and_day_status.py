@@ -15,7 +15,8 @@ from oura_assets.oura.client import OuraClient, RetryPolicy
 from oura_assets.oura.oauth import OuraOAuthApp
 from oura_assets.rebuild import rebuild_per_patient, write_daily_stats, write_wearable_data
 from oura_assets.simulator.data import plan
-from oura_assets.sync import RunOutcome, sync_patients
+from oura_assets.sync import sync_patients
+from oura_assets.sync_outcome import RunOutcome
 from oura_assets.tokens import PatientTokens, TokenCipher
 from oura_assets.warehouse.schema import SCHEMA_VERSION_TABLE, TABLES
 from oura_assets.warehouse.schema_collections import WELLNESS_COLUMNS

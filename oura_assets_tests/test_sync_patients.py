@@ -12,7 +12,8 @@ from oura_assets import warehouse as wh
 from oura_assets.config import Settings
 from oura_assets.oura.client import OuraClient, RetryPolicy
 from oura_assets.oura.oauth import OuraOAuthApp
-from oura_assets.sync import RefetchPolicy, RunOutcome, sync_patients
+from oura_assets.sync import RefetchPolicy, sync_patients
+from oura_assets.sync_outcome import RunOutcome
 from oura_assets.tokens import PatientTokens, TokenCipher
 
 START, END = date(2024, 6, 10), date(2024, 6, 12)

@@ -28,7 +28,8 @@ from oura_assets.defs.partitions import (
 from oura_assets.defs.previews import preview_metadata
 from oura_assets.defs.resources import OuraResource, WarehouseResource
 from oura_assets.shards import Shard
-from oura_assets.sync import RefetchPolicy, RunOutcome, claim_patients, sync_patients
+from oura_assets.sync import RefetchPolicy, claim_patients, sync_patients
+from oura_assets.sync_outcome import RunOutcome
 from oura_assets.webhook_coverage import review_coverage
 
 RAW_GROUP = "oura_raw"
