@@ -237,6 +237,11 @@ def check_documents(
     (a revision or a ring that synced after the lookback window closed, or a window cut short by a kill) is
     counted apart as `after_last_run`: by design, not a loss. `final_*` figures compare with the truth at
     the final clock, as the brief words it; they differ from the goal-zero ones only by `after_last_run`.
+
+    Oura serves a collection only to a token holding its scope (`domain.COLLECTION_SCOPES`; 403 otherwise),
+    so a collection the patient did not grant (`wearable_connections.scopes`; the app asks for
+    `config.OAUTH_SCOPES`, which leaves out `spo2Daily`) is not truth for that patient: its documents are
+    counted as `not_granted`, and any raw row of it would be `unexpected`.
     """
     completed = [n for n in nights if n.completed]
     last_clock: dict[date, datetime] = {}
@@ -258,7 +263,14 @@ def check_documents(
         ):
             raw.setdefault((collection, patient_id, doc_id), []).append(json.loads(document))
             revisions_seen += revision > 0
+    granted = {
+        patient_id: set(scopes or ())
+        for patient_id, scopes in support.query(
+            warehouse, "SELECT patient_id, scopes FROM patient_graph.wearable_connections"
+        )
+    }
     figures = Counter()
+    lost_by_collection: Counter[str] = Counter()
     examples: dict[str, list[str]] = {}
 
     def note(kind: str, text: str) -> None:
@@ -275,6 +287,9 @@ def check_documents(
         user = patient.ring_user
         for day, clock in sorted(last_clock.items()):
             for collection in domain.DOCUMENT_COLLECTIONS:
+                if domain.COLLECTION_SCOPES[collection] not in granted.get(patient.patient_id, set()):
+                    figures["not_granted"] += len(documents_for_day(user, collection, day, final_clock))
+                    continue
                 window = {d["id"]: normal(d) for d in documents_for_day(user, collection, day, clock)}
                 final = {d["id"]: normal(d) for d in documents_for_day(user, collection, day, final_clock)}
                 first = {d["id"] for d in documents_for_day(user, collection, day, first_clock[day])}
@@ -289,6 +304,7 @@ def check_documents(
                         note("duplicated", where)
                     if not versions:
                         note("lost" if doc_id in window else "after_last_run_missing", where)
+                        lost_by_collection[collection] += doc_id in window
                         note("final_lost", where)
                         continue
                     stored = versions[0]
@@ -328,8 +344,11 @@ def check_documents(
                 "final_lost",
                 "final_stale",
                 "gone_by_final_clock",
+                "not_granted",
             )
         },
+        "lost_by_collection": dict(lost_by_collection),
+        "collections_checked": list(domain.DOCUMENT_COLLECTIONS),
         "examples": examples,
     }
 
@@ -518,7 +537,8 @@ def main(argv: list[str] | None = None) -> int:
         f"faults seen: {f['http_5xx_injected']} 5xx, {f['dropped_connections']} dropped, {f['http_429']} 429 "
         f"of {f['data_requests']} data requests; {f['refresh_grants']} refreshes\n"
         f"documents: {docs['truth_documents']} in truth ({docs['late_documents']} late, "
-        f"{docs['raw_documents_revised']} revised in raw); lost {docs['lost']}, duplicated "
+        f"{docs['raw_documents_revised']} revised in raw; {docs['not_granted']} more in collections not "
+        f"granted); lost {docs['lost']} {docs['lost_by_collection']}, duplicated "
         f"{docs['duplicated']}, stale {docs['stale']}, unexpected {docs['unexpected']}; after the last "
         f"covering run: {docs['after_last_run_missing']} missing, {docs['after_last_run_revised']} revised\n"
         f"tokens lost {tokens['tokens_lost']} ({tokens['connections']}), refresh token offered twice "
