@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -62,6 +63,65 @@ PROCESS_RACES = frozenset(
 )
 
 
+# Where the tests' temporary directories go when the machine has a large enough RAM-backed /dev/shm.
+TMPFS = Path("/dev/shm")
+TMPFS_MIN_FREE = 4 * 1024**3
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Put `tmp_path` (warehouses, lakes, Dagster homes) on tmpfs when /dev/shm has room, not on the disk.
+
+    No test is about surviving a power cut (a killed process loses nothing on tmpfs either), yet each commit
+    to a file-backed Dagster instance (SQLite in WAL mode) and each DuckDB checkpoint waits for an fsync:
+    12,868 of them, 18.5 s of waiting, in the sensor-process test alone on a 2-core host whose disk other
+    jobs share. The throwaway PostgreSQL cluster already runs with fsync off for the same reason.
+
+    An explicit `--basetemp` or PYTEST_DEBUG_TEMPROOT (pytest's own switch, read here and inherited by the
+    xdist workers) wins; a small /dev/shm (Docker's default is 64 MB) leaves the system temp directory.
+    """
+    config.pluginmanager.register(GroupedNodeIds(), "oura_assets_grouped_node_ids")
+    if config.option.basetemp or "PYTEST_DEBUG_TEMPROOT" in os.environ:
+        return
+    try:
+        roomy = os.access(TMPFS, os.W_OK) and shutil.disk_usage(TMPFS).free >= TMPFS_MIN_FREE
+    except OSError:
+        roomy = False
+    if roomy:
+        os.environ["PYTEST_DEBUG_TEMPROOT"] = str(TMPFS)
+
+
+class GroupedNodeIds:
+    """Give each grouped test the `@group` node id suffix that `--dist loadgroup` schedules by.
+
+    pytest-xdist's worker writes the suffix into `item._nodeid`, which pytest 9.2 no longer reads (node ids
+    are structured, `item._id`): every `xdist_group` was silently ignored, so the process races ran side by
+    side and each module-scoped setup ran on both workers (the README examples' 21 s run, twice). Upstream:
+    pytest-dev/pytest-xdist#1386. Runs after xdist's hook (`trylast`) and leaves a suffix that is already
+    there alone, so a fixed xdist makes this a no-op; without `item._id` it does nothing.
+    """
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        if not getattr(config.option, "loadgroup", False):
+            return
+        try:
+            from _pytest.nodeid import coerce_node_id  # pytest >= 9.2, the version whose ids need this
+        except ImportError:
+            return
+
+        for item in items:
+            names = {
+                str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+                for mark in item.iter_markers("xdist_group")
+            }
+            suffix = "@" + "_".join(sorted(names))
+            if names and hasattr(item, "_id") and not item.nodeid.endswith(suffix):
+                item._id = coerce_node_id(item.nodeid + suffix)
+
+
+# `tryfirst`: the groups are marked before pytest-xdist's worker reads the marks (its hook is registered after
+# this conftest, so it would otherwise be called first and see none).
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Order and group the tests for `make test`'s two xdist workers (`-n 2 --dist loadgroup`).
 

@@ -153,7 +153,6 @@ def test_snapshot_held_open_by_another_process_never_delays_a_run(pipeline_env, 
     connect_patient("patient-a")
     connect_patient("patient-b")
     run_sync()
-    without_reader = timed_run()
     before = read(snapshot, "SELECT published_at FROM snapshot_info")[0][0]
     inode = os.stat(snapshot).st_ino
 
@@ -176,10 +175,9 @@ def test_snapshot_held_open_by_another_process_never_delays_a_run(pipeline_env, 
     assert holder.returncode == 0
     published, rows = out.split()
     assert published == before.isoformat() and int(rows) > 0
-    print(
-        f"\nrun wall time: {without_reader:.2f}s without a reader, "
-        f"{with_reader:.2f}s with the snapshot held open in another process"
-    )
+    # Printed, not asserted (a loaded host's timings say nothing); a run without a reader takes about as long
+    # (bench/ measures runs; a third run here only to print its time cost a run in the serialized races).
+    print(f"\nrun wall time: {with_reader:.2f}s with the snapshot held open in another process")
 
 
 def test_failed_publication_keeps_the_run_green_and_the_old_snapshot(pipeline_env, connect_patient):
