@@ -39,10 +39,10 @@ import harness
 from common import BACKFILL_START, NIGHTLY_DAYS, RUNNER, fmt_s, run_worker
 
 from oura_assets.config import OAUTH_SCOPES
-from oura_assets.domain import COLLECTION_SCOPES, DOCUMENT_COLLECTIONS
+from oura_assets.domain import DOCUMENT_COLLECTIONS, missing_scope
 from oura_assets.oura.client import OuraClient, heartrate_windows, parse_instant
 from oura_assets.simulator import RateLimit, SimulatorServer
-from oura_assets.simulator.config import DEFAULT_PAGE_SIZES
+from oura_assets.simulator.config import DEFAULT_PAGE_SIZES, SimulatorConfig
 from oura_assets.sync import heartrate_window
 from oura_assets_tests import support
 
@@ -525,7 +525,9 @@ def bench_two_runs(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any
 
 # What a patient who granted the app's scopes (`config.OAUTH_SCOPES`) shares: `sync_patient` skips the rest (a
 # collection outside them, `daily_spo2`, answers 403 at Oura).
-SHARED_COLLECTIONS = tuple(c for c in DOCUMENT_COLLECTIONS if COLLECTION_SCOPES[c] in OAUTH_SCOPES)
+SHARED_COLLECTIONS = tuple(c for c in DOCUMENT_COLLECTIONS if missing_scope(c, OAUTH_SCOPES) is None)
+# The page sizes the benchmark's simulator serves (its default configuration).
+PAGES = SimulatorConfig()
 
 
 def _fetch(client: OuraClient, start: date, end: date) -> tuple[dict[str, int], list[datetime]]:
@@ -540,11 +542,10 @@ def _fetch(client: OuraClient, start: date, end: date) -> tuple[dict[str, int], 
 def _lower_bound(items: dict[str, int], instants: list[datetime], start: date, end: date) -> int:
     """Fewest requests that can return this data: per collection ceil(items / page) (at least one request),
     heart rate ceil(samples / page) per 30-day window Oura allows."""
-    pages = {c: DEFAULT_PAGE_SIZES.get(c, DEFAULT_PAGE_SIZES["default"]) for c in items}
-    bound = sum(max(1, math.ceil(n / pages[c])) for c, n in items.items())
+    bound = sum(max(1, math.ceil(n / PAGES.page_size_for(c))) for c, n in items.items())
     for low, high in heartrate_windows(*heartrate_window(start, end)):
         n = sum(low <= i < high for i in instants)
-        bound += max(1, math.ceil(n / DEFAULT_PAGE_SIZES["heartrate"]))
+        bound += max(1, math.ceil(n / PAGES.page_size_for("heartrate")))
     return bound
 
 

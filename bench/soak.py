@@ -264,7 +264,7 @@ def check_documents(
             raw.setdefault((collection, patient_id, doc_id), []).append(json.loads(document))
             revisions_seen += revision > 0
     granted = {
-        patient_id: set(scopes or ())
+        patient_id: tuple(scopes or ())
         for patient_id, scopes in support.query(
             warehouse, "SELECT patient_id, scopes FROM patient_graph.wearable_connections"
         )
@@ -287,7 +287,7 @@ def check_documents(
         user = patient.ring_user
         for day, clock in sorted(last_clock.items()):
             for collection in domain.DOCUMENT_COLLECTIONS:
-                if domain.COLLECTION_SCOPES[collection] not in granted.get(patient.patient_id, set()):
+                if domain.missing_scope(collection, granted.get(patient.patient_id)):
                     figures["not_granted"] += len(documents_for_day(user, collection, day, final_clock))
                     continue
                 window = {d["id"]: normal(d) for d in documents_for_day(user, collection, day, clock)}
