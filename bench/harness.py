@@ -24,6 +24,7 @@ from cryptography.fernet import Fernet
 
 from oura_assets.config import Settings, load_settings
 from oura_assets.simulator import ClientRegistration, SimulatorConfig, SimulatorServer
+from oura_assets.simulator.steady_gc import keep_gc_pauses_short
 
 # `make bench` runs bench/run.py as a script from a checkout, and `oura_assets_tests` is not installed (the
 # package build leaves it out), so the checkout's root goes on the path for `from oura_assets_tests import
@@ -52,6 +53,9 @@ def start_simulator(seed: int = 0, **config_overrides: Any) -> SimulatorServer:
         seed=seed,
         **config_overrides,
     )
+    # The benchmark's parent process only hosts the simulator while its children run the pipeline: like the
+    # standalone simulator, it keeps its GC pauses short (a long one answers 429 to spread-out requests).
+    keep_gc_pauses_short()
     server = SimulatorServer(config, host="127.0.0.1").start()
     server.control.set_clock(DATA_NOW, frozen=True)
     return server

@@ -948,3 +948,26 @@ def test_the_rate_limit_counts_requests_when_they_reached_oura_not_when_the_simu
     assert windows.check("app", "token") is not None  # 5000.0: 4999.2, 4999.5 and 4999.6 in its second
     late[0] = 5000.7
     assert windows.check("app", "token") is None  # only 4999.8+ would count: none
+
+
+def test_a_simulator_process_freezes_its_long_lived_heap_so_full_collections_stay_short():
+    # Run in a child: freezing is for processes that only serve the simulator, never a test process.
+    script = (
+        "import gc, time\n"
+        "from oura_assets.simulator.steady_gc import keep_gc_pauses_short\n"
+        "cache = [{'n': [i]} for i in range(200_000)]\n"
+        "before = gc.get_freeze_count()\n"
+        "keep_gc_pauses_short(0.05)\n"
+        "keep_gc_pauses_short(0.05)  # a second call starts no second thread\n"
+        "time.sleep(0.5)\n"
+        "frozen = gc.get_freeze_count()\n"
+        "started = time.perf_counter(); gc.collect(2); pause = time.perf_counter() - started\n"
+        "gc.unfreeze(); started = time.perf_counter(); gc.collect(2); full = time.perf_counter() - started\n"
+        "print(before, frozen, pause < full, len(cache))\n"
+    )
+    answer = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    before, frozen, shorter, size = answer.stdout.split()
+    assert int(before) == 0 and int(frozen) >= 400_000 and size == "200000"
+    assert shorter == "True"  # the frozen heap is not walked: a full collection of what is left is quicker

@@ -17,6 +17,7 @@ from oura_assets.simulator.app import create_app
 from oura_assets.simulator.config import WEBHOOK_WATCH_S, SimulatorConfig
 from oura_assets.simulator.control import SimulatorControl
 from oura_assets.simulator.faults import quiet_dropped_connections
+from oura_assets.simulator.steady_gc import keep_gc_pauses_short
 
 
 class SimulatorServer:
@@ -90,6 +91,7 @@ def run(host: str = "127.0.0.1", port: int = 8787, config: SimulatorConfig | Non
     # The one server with an access log: its lines show the query, and Oura's revoke URL carries the token.
     install_log_redaction()
     quiet_dropped_connections()
+    keep_gc_pauses_short()  # this process only serves the simulator: its caches must not stall it
     app = create_app(config)
     if config.webhook_watch_s:
         app.state.webhooks.start_watch(config.webhook_watch_s)
