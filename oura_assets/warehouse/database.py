@@ -336,7 +336,8 @@ class Warehouse:
             conn.close()
 
     def ensure_schema(self, timeout_s: float | None = None) -> None:
-        """Create or migrate the schema now (every `connect` checks it too, at the cost of one small read)."""
+        """Create or migrate the schema now (every `connect` checks it too, at the cost of one small read; on
+        a lake only a process's first connection, `lake.lake_schema_checked`)."""
         with self.connect("ensure schema", timeout_s):
             pass
 
