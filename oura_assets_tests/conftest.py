@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 from cryptography.fernet import Fernet
 from hypothesis import settings as hypothesis_settings
@@ -21,6 +22,9 @@ from hypothesis import settings as hypothesis_settings
 from oura_assets import warehouse as wh
 from oura_assets.config import Settings, load_settings
 from oura_assets.simulator import ClientRegistration, SimulatorConfig, SimulatorServer
+from oura_assets.warehouse.lake import ALIAS as LAKE_ALIAS
+from oura_assets.warehouse.lake import attach_lake
+from oura_assets.warehouse.migrations import ensure_schema_on
 from oura_assets_tests import postgres_server as postgres
 from oura_assets_tests import support
 from oura_assets_tests.support import ConnectedPatient
@@ -175,17 +179,62 @@ def warehouse_backend(request: pytest.FixtureRequest) -> str:
 _LAKES = itertools.count()
 
 
-@pytest.fixture
-def lake_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
-    """`OURA_ASSETS_WAREHOUSE` / `OURA_ASSETS_LAKE_DATA_PATH` of a new, empty DuckLake (its own catalog
-    database in the session's PostgreSQL server, a data folder under `tmp_path`)."""
+@pytest.fixture(scope="session")
+def lake_template(postgres_server: postgres.PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A catalog database holding a new DuckLake with the current schema (`ensure_schema_on`), made once per
+    session (per xdist worker) for `lake_env` to copy: creating the schema's tables in a DuckLake is some 60
+    catalog transactions, 1-3 s a lake, where PostgreSQL copies the finished catalog (`CREATE DATABASE ...
+    TEMPLATE`) in a tenth of a second. Never written after this: a template must have no open connection
+    when it is copied, so it is made through a DuckDB instance of its own, closed here."""
+    name = f"lake_template_{os.getpid()}"
+    dsn = postgres_server.create_database(name)
+    location = wh.lake_location(f"ducklake:postgres:{dsn}", str(tmp_path_factory.mktemp("lake-template")))
+    conn = duckdb.connect()
+    try:
+        attach_lake(conn, location)
+        conn.execute(f'USE "{LAKE_ALIAS}"')
+        ensure_schema_on(conn)
+    finally:
+        conn.close()
+    return name
+
+
+def new_lake_env(request: pytest.FixtureRequest, tmp_path: Path, *, migrated: bool) -> dict[str, str]:
+    """The variables of a new DuckLake in its own catalog database of the session's PostgreSQL server, with
+    its data folder under `tmp_path`: a copy of `lake_template` (the schema made, no rows) when `migrated`,
+    else a blank catalog database."""
     server: postgres.PostgresServer = request.getfixturevalue("postgres_server")
-    dsn = server.create_database(f"lake_{os.getpid()}_{next(_LAKES)}")
+    name = f"lake_{os.getpid()}_{next(_LAKES)}"
+    data_path = tmp_path / "lake-data"
+    if migrated:
+        template = request.getfixturevalue("lake_template")
+        server.psql(f"CREATE DATABASE {name} TEMPLATE {template}")
+        # The copy still names the template's data folder; a lake keeps its data path in its catalog (with
+        # the trailing slash DuckLake adds), so it is pointed at its own, as ATTACH ... (DATA_PATH) gives it.
+        stored = str(data_path.expanduser().resolve()).replace("'", "''") + "/"
+        update = f"UPDATE ducklake_metadata SET value = '{stored}' WHERE key = 'data_path'"  # noqa: S608 (a quoted path)
+        server.psql(update, dbname=name)
+    else:
+        server.create_database(name)
     return {
-        "OURA_ASSETS_WAREHOUSE": f"ducklake:postgres:{dsn}",
-        "OURA_ASSETS_LAKE_DATA_PATH": str(tmp_path / "lake-data"),
+        "OURA_ASSETS_WAREHOUSE": f"ducklake:postgres:{server.dsn(name)}",
+        "OURA_ASSETS_LAKE_DATA_PATH": str(data_path),
         "OURA_ASSETS_DATA_DIR": str(tmp_path),
     }
+
+
+@pytest.fixture
+def lake_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """`OURA_ASSETS_WAREHOUSE` / `OURA_ASSETS_LAKE_DATA_PATH` of a new DuckLake at the current schema with no
+    rows (its own catalog database in the session's PostgreSQL server, a data folder under `tmp_path`), as
+    `Warehouse.ensure_schema` leaves a new lake; `blank_lake_env` is a catalog with nothing in it yet."""
+    return new_lake_env(request, tmp_path, migrated=True)
+
+
+@pytest.fixture
+def blank_lake_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """`lake_env` for an empty catalog database: the lake does not exist until something attaches it."""
+    return new_lake_env(request, tmp_path, migrated=False)
 
 
 @pytest.fixture

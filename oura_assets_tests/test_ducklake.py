@@ -217,8 +217,9 @@ def _fill(store: wh.Warehouse, patients: int) -> None:
 
 
 def test_migrate_copies_an_encrypted_warehouse_into_the_lake_checked_and_idempotent(
-    lake_env, tmp_path, monkeypatch, capsys
+    blank_lake_env, tmp_path, monkeypatch, capsys
 ):
+    lake_env = blank_lake_env  # a catalog with no lake in it yet: the migration makes it
     from oura_assets.cli import main
 
     key = "migrate-test-key-0123456789"

@@ -37,6 +37,8 @@ from oura_assets.warehouse.lake import (
     is_lake,
     lake_cursor,
     lake_location,
+    lake_schema_checked,
+    mark_lake_schema_checked,
     process_writer,
 )
 from oura_assets.warehouse.lock import Wait, WarehouseBusy, WarehouseHolder, WriterLock
@@ -326,13 +328,16 @@ class Warehouse:
         conn = lake_cursor(self.lake)
         try:
             conn.execute("SET TimeZone = 'UTC'")
-            ensure_schema_on(conn)
+            if not lake_schema_checked(self.lake):
+                ensure_schema_on(conn)
+                mark_lake_schema_checked(self.lake)
             yield conn
         finally:
             conn.close()
 
     def ensure_schema(self, timeout_s: float | None = None) -> None:
-        """Create or migrate the schema now (every `connect` checks it too, at the cost of one small read)."""
+        """Create or migrate the schema now (every `connect` checks it too, at the cost of one small read; on
+        a lake only a process's first connection, `lake.lake_schema_checked`)."""
         with self.connect("ensure schema", timeout_s):
             pass
 
