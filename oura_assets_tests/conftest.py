@@ -150,14 +150,19 @@ TEST_CLIENT_SECRET = "test-client-secret-0123456789"
 TEST_REDIRECT_URI = "http://127.0.0.1:9/api/patient-graph/wearables/callback/oura"
 
 
-@pytest.fixture
-def simulator() -> Iterator[SimulatorServer]:
-    config = SimulatorConfig(
+def simulator_config(**options: Any) -> SimulatorConfig:
+    """The simulator's configuration with the test client registered (`options`: any other field)."""
+    return SimulatorConfig(
         clients={
             TEST_CLIENT_ID: ClientRegistration(secret=TEST_CLIENT_SECRET, redirect_uris=(TEST_REDIRECT_URI,))
-        }
+        },
+        **options,
     )
-    with SimulatorServer(config) as server:
+
+
+@pytest.fixture
+def simulator() -> Iterator[SimulatorServer]:
+    with SimulatorServer(simulator_config()) as server:
         yield server
 
 

@@ -28,7 +28,7 @@ from oura_assets.oura.oauth import OuraOAuthApp, TokenSet
 from oura_assets.token_journal import TokenJournal, pair_fields
 from oura_assets.tokens import PatientTokens, TokenCipher
 from oura_assets_tests.api_support import ApiHarness, api_harness, new_key
-from oura_assets_tests.support import failures, query, run_sync
+from oura_assets_tests.support import UNPACED, failures, query, run_sync
 
 W = "/api/patient-graph/wearables"
 KEY = new_key()
@@ -49,7 +49,7 @@ def sync_all(settings: Settings) -> None:
     """A real run over [START, END] for every connected patient, and the sensor tick recording its events."""
     definitions = load_defs()
     instance = dg.DagsterInstance.ephemeral()
-    result = run_sync(START, END, definitions=definitions, instance=instance)
+    result = run_sync(START, END, definitions=definitions, instance=instance, run_config=UNPACED)
     assert result.success, failures(result)
     with dg.build_sensor_context(instance=instance, resources=definitions.resources) as context:
         build_event_sensor()(context)

@@ -31,7 +31,7 @@ from oura_assets.simulator import ClientRegistration, SimulatorConfig, Simulator
 from oura_assets.simulator import data as simulator_data
 from oura_assets.tokens import TokenCipher, store_granted_tokens
 from oura_assets_tests.conftest import TEST_CLIENT_ID, TEST_CLIENT_SECRET, TEST_REDIRECT_URI
-from oura_assets_tests.support import authorize_code
+from oura_assets_tests.support import UNPACED, authorize_code
 
 START, END = date(2024, 6, 10), date(2024, 6, 16)
 PATIENTS = ("quality-a", "quality-b")
@@ -53,6 +53,7 @@ def run_job(start: date = START, end: date = END) -> dg.ExecuteInProcessResult:
         .execute_in_process(
             instance=dg.DagsterInstance.ephemeral(),
             tags=partition_range_tags(start, end),
+            run_config=UNPACED,
             raise_on_error=False,
         )
     )
