@@ -183,6 +183,9 @@ def test_every_reading_lands_the_same_tables(baseline: Baseline):
         simulator.control.reset()
 
 
+# Slow by its module fixture: the mark keeps it next to the readings test (the slow tests run first), so the
+# baseline is landed once for both.
+@pytest.mark.slow
 def test_realism_lands_activity_without_sleep_sleep_without_activity_and_dense_heart_rate(
     baseline: Baseline,
 ):
