@@ -225,7 +225,7 @@ def pipeline_environment(simulator: SimulatorServer, warehouse: Path) -> dict[st
 
 
 def use_pipeline_environment(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """Set `env` (from `pipeline_environment`) for as long as `monkeypatch` lasts, with an empty warehouse
+    """Set `env` (from `pipeline_environment`) for as long as `monkeypatch` lasts and ensure the warehouse's
     schema; the settings it loads to. A module-scoped fixture passes a `pytest.MonkeyPatch.context()`."""
     monkeypatch.delenv("OURA_ASSETS_DEMO", raising=False)
     for name, value in env.items():
