@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import duckdb
 import httpx
 import pytest
 
@@ -87,11 +88,11 @@ def two_synced(
     )
 
 
-def all_tables(settings: Settings) -> list[str]:
+def all_tables(conn: duckdb.DuckDBPyConnection) -> list[str]:
     return [
         f'"{schema}"."{table}"'
         for schema, table in query(
-            settings,
+            conn,
             "SELECT table_schema, table_name FROM information_schema.tables "
             "WHERE table_type = 'BASE TABLE' AND table_catalog = current_database() ORDER BY ALL",
         )
@@ -101,14 +102,16 @@ def all_tables(settings: Settings) -> list[str]:
 def mentions(settings: Settings, needle: str) -> dict[str, int]:
     """Rows of every table (whole rows as text, JSON included) that contain `needle`, by table."""
     found = {}
-    for table in all_tables(settings):
-        (count,) = query(
-            settings,
-            f"SELECT count(*) FROM {table} AS t WHERE contains(CAST(t AS VARCHAR), ?)",  # noqa: S608
-            [needle],
-        )[0]
-        if count:
-            found[table] = count
+    # One connection for the whole scan: the warehouse opened per table was most of this test's time.
+    with wh.Warehouse.from_settings(settings).connect("test: mentions") as conn:
+        for table in all_tables(conn):
+            (count,) = query(
+                conn,
+                f"SELECT count(*) FROM {table} AS t WHERE contains(CAST(t AS VARCHAR), ?)",  # noqa: S608
+                [needle],
+            )[0]
+            if count:
+                found[table] = count
     return found
 
 
@@ -150,8 +153,6 @@ def files_mentioning(folder: Path, needles: list[str]) -> dict[str, list[str]]:
 def bytes_without_the_audit_log(settings: Settings, folder: Path) -> bytes:
     """The warehouse's live rows minus the audit log (which keeps the erased id by design), as file bytes."""
     import uuid
-
-    import duckdb
 
     run = uuid.uuid4().hex[:8]
     copy, bare = folder / f"copy-{run}.duckdb", folder / f"bare-{run}.duckdb"
