@@ -6,15 +6,15 @@ Heart rate for many patients x 90 days, from the page bytes Oura sends (as the c
 fetching) to committed rows in `oura_raw.heartrate`. Arms, each in a fresh child process (this file run with
 `--worker`) so its peak RSS (VmHWM, reset after imports and set-up) and CPU time are its own:
 
-- `pipeline`: the sync's path (`next_token_of` per page, `parse_pages`, `screen_columns`,
-  `replace_raw_heartrate_columns` in one `Warehouse.transaction` per patient), at 200 patients and at 20 (the
-  cost growth), with the open and close of each transaction's connection timed apart (`Warehouse._open`,
-  `_close`; closing checkpoints the file).
-- `kept_open`: the same work on one DuckDB connection kept open for the whole run (BEGIN / COMMIT per patient,
-  the last close timed): what keeping the warehouse's connection open would save; `kept_open_1t` the same
-  with the warehouse's DuckDB at one thread.
+- `pipeline`: the run's own path, `sync.sync_patients` over the 90 days with only heart rate: patients in
+  fetch threads (`max_workers` 4, as `sync_patients` defaults), each reading its pages the way
+  `OuraClient.heartrate_columns` does (`next_token_of` per page, one `parse_pages`), `screen_columns`, and
+  the run's one writer thread (`GroupWriter`) landing them with their sync results, up to 25 patients per
+  transaction. Only the network is replaced: a patient's "fetch" reads its pages from a file. At 200
+  patients and at 20 (the cost growth); every open and close of the warehouse file is timed apart.
 - `ceiling`: DuckDB's own `read_json` + INSERT of every patient's bytes in one statement (the local ceiling).
-- `before`: the previous row-by-row path, on a subset.
+- `before`: the row-by-row path before `heartrate_pages`, one transaction per patient, on a subset, against
+  `pipeline` on the same subset.
 
 CPU time (`time.process_time`, all the child's threads) is quoted beside wall time: the machine these were
 written on is shared, and CPU time moves far less with the load than wall time does.
@@ -139,19 +139,21 @@ class _Timed:
         self.wall += time.perf_counter() - self._wall
 
 
-def _time_open_close(store: wh.Warehouse, timed: _Timed) -> None:
-    """Time every open and close of `store`'s connections (the close checkpoints the file) into `timed`."""
-    open_, close = store._open, store._close  # measured, not changed
+def _time_open_close(timed: _Timed) -> None:
+    """Time every open and close of a warehouse file in this process (the close checkpoints the file) into
+    `timed`: patched on the class, because a run works on copies of the `Warehouse` it is given
+    (`reporting_waits_to`)."""
+    open_, close = wh.Warehouse._open, wh.Warehouse._close  # measured, not changed
 
-    def timed_open(wait: Any) -> duckdb.DuckDBPyConnection:
+    def timed_open(self: wh.Warehouse, wait: Any) -> duckdb.DuckDBPyConnection:
         with timed:
-            return open_(wait)
+            return open_(self, wait)
 
-    def timed_close(conn: duckdb.DuckDBPyConnection) -> None:
+    def timed_close(self: wh.Warehouse, conn: duckdb.DuckDBPyConnection) -> None:
         with timed:
-            close(conn)
+            close(self, conn)
 
-    store._open, store._close = timed_open, timed_close  # type: ignore[method-assign]
+    wh.Warehouse._open, wh.Warehouse._close = timed_open, timed_close  # type: ignore[method-assign]
 
 
 def _ceiling(store: wh.Warehouse, files: list[Path], low: datetime, high: datetime) -> int:
@@ -170,9 +172,45 @@ def _ceiling(store: wh.Warehouse, files: list[Path], low: datetime, high: dateti
     return int(written)
 
 
+class _PagesClient:
+    """An Oura client whose heart rate comes from a file of pages (one per line) instead of the network: it
+    does with the bytes what `OuraClient.heartrate_columns` does once they have arrived."""
+
+    def __init__(self, file: Path) -> None:
+        self._file = file
+
+    def heartrate_columns(self, start: datetime, end: datetime) -> Any:
+        from oura_assets.oura import heartrate_pages
+
+        pages = self._file.read_bytes().splitlines()  # what the network would have handed over
+        for body in pages:  # the client reads each page's next_token as it arrives
+            heartrate_pages.next_token_of(body, PATH)
+        return heartrate_pages.parse_pages(pages, start.astimezone(UTC), end.astimezone(UTC), PATH)
+
+
+def _pipeline(store: wh.Warehouse, files: list[Path]) -> int:
+    """`sync.sync_patients` over the load's days, heart rate only, each patient's pages read from its file."""
+    from oura_assets import sync
+
+    by_patient = {file.stem: file for file in files}
+    outcome = sync.sync_patients(
+        patients=list(by_patient),
+        client_for=lambda patient_id: _PagesClient(by_patient[patient_id]),  # type: ignore[arg-type,return-value]
+        warehouse=store,
+        start=LOAD_FIRST_DAY,
+        end=LOAD_FIRST_DAY + timedelta(days=LOAD_DAYS - 1),
+        run_id="bench-loading",
+        collections=["heartrate"],
+        purpose="bench: heart rate",
+    )
+    failed = [r for r in outcome.results if r.status != "success"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} patient(s) did not land: {failed[0]}")
+    return sum(r.rows.get("oura_raw.heartrate", 0) for r in outcome.results)
+
+
 def _worker_load(spec: dict[str, Any]) -> dict[str, Any]:
-    from oura_assets.oura import heartrate_pages
-    from oura_assets.sync_errors import screen_columns, screen_samples
+    from oura_assets.sync_errors import screen_samples
 
     directory, arm = Path(spec["dir"]), spec["arm"]
     files = _patient_files(directory, spec["patients"])
@@ -181,50 +219,25 @@ def _worker_load(spec: dict[str, Any]) -> dict[str, Any]:
     store = wh.Warehouse(db_path)
     store.ensure_schema()
     open_close = _Timed()
-    _time_open_close(store, open_close)
-    kept: duckdb.DuckDBPyConnection | None = None
-    if arm.startswith("kept_open"):
-        kept = duckdb.connect(str(db_path))
-        kept.execute("SET TimeZone = 'UTC'")
-        if arm == "kept_open_1t":
-            kept.execute("SET threads = 1")
+    _time_open_close(open_close)
     gc.collect()
     rss_before = harness.rss_mb()
     peak_reset = harness.reset_peak_rss()
     timed = _Timed()
     written = 0
-    if arm == "ceiling":
-        with timed:
+    with timed:
+        if arm == "ceiling":
             written = _ceiling(store, files, low, high)
-    else:
+        elif arm == "pipeline":
+            written = _pipeline(store, files)
+    if arm == "before":  # the previous row-by-row path, one transaction per patient
         for file in files:
-            patient_id = file.stem
             pages = file.read_bytes().splitlines()  # what the client holds after fetching: not timed
             with timed:
-                if arm == "before":  # the previous row-by-row path
-                    good, _ = screen_samples(_old_client_samples(pages, low, high))
-                    with store.transaction("bench: heart rate") as conn:
-                        written += wh.replace_raw_heartrate(conn, patient_id, low, high, good, FETCHED_AT)
-                    continue
-                for body in pages:  # the client reads each page's next_token as it arrives
-                    heartrate_pages.next_token_of(body, PATH)
-                columns = heartrate_pages.parse_pages(pages, low, high, PATH)
-                landable, _ = screen_columns(columns)
-                if kept is None:
-                    with store.transaction("bench: heart rate") as conn:
-                        written += wh.replace_raw_heartrate_columns(
-                            conn, patient_id, low, high, landable, FETCHED_AT
-                        )
-                else:
-                    kept.execute("BEGIN TRANSACTION")
-                    written += wh.replace_raw_heartrate_columns(
-                        kept, patient_id, low, high, landable, FETCHED_AT
-                    )
-                    kept.execute("COMMIT")
+                good, _ = screen_samples(_old_client_samples(pages, low, high))
+                with store.transaction("bench: heart rate") as conn:
+                    written += wh.replace_raw_heartrate(conn, file.stem, low, high, good, FETCHED_AT)
             del pages
-        if kept is not None:
-            with timed:
-                kept.close()  # its checkpoint is part of landing the rows
     peak = harness.peak_rss_mb()
     cpu, wall = timed.cpu, timed.wall
     return {
@@ -233,8 +246,8 @@ def _worker_load(spec: dict[str, Any]) -> dict[str, Any]:
         "samples": written,
         "cpu_s": cpu,
         "wall_s": wall,
-        "open_close_cpu_s": open_close.cpu if arm in ("pipeline", "before") else 0.0,
-        "open_close_wall_s": open_close.wall if arm in ("pipeline", "before") else 0.0,
+        "open_close_cpu_s": open_close.cpu,
+        "open_close_wall_s": open_close.wall,
         "cpu_us_per_sample": cpu / max(written, 1) * 1e6,
         "samples_per_s_wall": written / wall if wall else 0.0,
         "samples_per_s_cpu": written / cpu if cpu else 0.0,
@@ -274,13 +287,10 @@ def bench_loading(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]
         base = {"dir": tmp, "low": made["low"], "high": made["high"]}
         pipeline = _child({**base, "arm": "pipeline", "patients": n}, directory)
         ceiling = _child({**base, "arm": "ceiling", "patients": n}, directory)
-        kept = _child({**base, "arm": "kept_open", "patients": n}, directory)
-        kept_1t = _child({**base, "arm": "kept_open_1t", "patients": n}, directory)
         pipeline_small = _child({**base, "arm": "pipeline", "patients": small}, directory)
         before = _child({**base, "arm": "before", "patients": before_n}, directory)
         pipeline_before = _child({**base, "arm": "pipeline", "patients": before_n}, directory)
     same_as_ceiling = pipeline["table"] == ceiling["table"] and pipeline["table"]["rows"] > 0
-    same_as_kept = pipeline["table"] == kept["table"] == kept_1t["table"]
     same_as_before = before["table"] == pipeline_before["table"]
     fraction_wall = pipeline["samples_per_s_wall"] / ceiling["samples_per_s_wall"]
     fraction_cpu = pipeline["samples_per_s_cpu"] / ceiling["samples_per_s_cpu"]
@@ -294,10 +304,7 @@ def bench_loading(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]
          f"{fraction_wall:.0%} of DuckDB's read_json + insert ({fraction_cpu:.0%} by CPU)"],
         [label, "CPU per sample: ceiling / pipeline", f"{ceiling['cpu_us_per_sample']:.2f} us",
          f"{pipeline['cpu_us_per_sample']:.2f} us", f"of which {open_close_us:.2f} us opening and closing "
-         "(checkpointing) a connection per patient"],
-        [label, "samples/s, wall (CPU), connection kept open: default / 1 thread", "", f"{_rate(kept)} / "
-         f"{_rate(kept_1t)}", f"{pipeline['cpu_us_per_sample'] / kept['cpu_us_per_sample']:.2f}x / "
-         f"{pipeline['cpu_us_per_sample'] / kept_1t['cpu_us_per_sample']:.2f}x less CPU than the pipeline"],
+         "(checkpointing) the warehouse file, once per group of patients"],
         [label, "peak RSS of the loading process", f"{ceiling['peak_rss_mb']:.0f} MiB",
          f"{pipeline['peak_rss_mb']:.0f} MiB", ""],
         [label, f"CPU per sample, {small} -> {n} patients", f"{pipeline_small['cpu_us_per_sample']:.2f} us",
@@ -305,22 +312,20 @@ def bench_loading(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]
         [label, f"CPU per sample vs the previous path ({before_n} patients)",
          f"{before['cpu_us_per_sample']:.2f} us", f"{pipeline_before['cpu_us_per_sample']:.2f} us",
          f"{speedup:.1f}x less"],
-        [label, "same rows (ceiling / kept open / previous path)?", "", "",
-         f"{_same(same_as_ceiling)} / {_same(same_as_kept)} / {_same(same_as_before)}"],
+        [label, "same rows (ceiling / previous path)?", "", "",
+         f"{_same(same_as_ceiling)} / {_same(same_as_before)}"],
     ]  # fmt: skip
     return {
-        "what": "page bytes -> oura_raw.heartrate: pipeline (DuckDB parse + Arrow) vs read_json + INSERT",
+        "what": "page bytes -> oura_raw.heartrate: the run's sync_patients (fetch threads, DuckDB parse, one "
+        "writer thread, group transactions) vs read_json + INSERT",
         "params": {**sizes, "days": LOAD_DAYS, "page_size": PAGE_SIZE, **made},
         "baseline": {"name": "DuckDB read_json + INSERT, one statement", **ceiling},
-        "candidate": {"name": "pipeline, one transaction per patient", **pipeline},
-        "candidate_kept_open": {"name": "the same on one connection kept open", **kept},
-        "candidate_kept_open_1_thread": {"name": "the same, the warehouse's DuckDB at 1 thread", **kept_1t},
+        "candidate": {"name": "sync.sync_patients, heart rate only, pages read from files", **pipeline},
         "candidate_small": pipeline_small,
-        "before": {"name": "previous row-by-row path", **before},
+        "before": {"name": "previous row-by-row path, one transaction per patient", **before},
         "candidate_on_before_subset": pipeline_before,
-        "ok": same_as_ceiling and same_as_kept and same_as_before,
-        "check": "the pipeline's table equals the ceiling's, the kept-open arms' and (on a subset) the "
-        "previous path's",
+        "ok": same_as_ceiling and same_as_before,
+        "check": "the pipeline's table equals the ceiling's and (on a subset) the previous path's",
         "results": {
             "hr_samples_per_s": round(pipeline["samples_per_s_wall"]),
             "hr_fraction_of_duckdb_ceiling": round(fraction_wall, 3),

@@ -19,6 +19,7 @@ starts from its default configuration (5,000 per 5 minutes), so it has to learn 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import re
@@ -356,6 +357,59 @@ def _all_ok(*reports: dict[str, Any]) -> bool:
     return all(set(r["statuses"].values()) <= {"success"} and r["statuses"] for r in reports)
 
 
+class _Stalls:
+    """Pauses of the simulator's process while a run is measured: a thread that sleeps 10 ms and notes every
+    wake-up more than 50 ms late (a GC pause or a thread holding the GIL stops it as it stops the server's
+    event loop), and each gen-2 collection's length. Quoted beside the 429s' arrival times, so a burst of
+    429s can be laid against what the simulator was doing then."""
+
+    def __init__(self) -> None:
+        self.late: list[tuple[float, float]] = []
+        self.gen2: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._gc_started = 0.0
+
+    def _beat(self) -> None:
+        while not self._stop.is_set():
+            before = time.perf_counter()
+            time.sleep(0.01)
+            late = time.perf_counter() - before - 0.01
+            if late > 0.05:
+                self.late.append((time.time(), round(late, 3)))
+
+    def _gc(self, phase: str, info: dict[str, Any]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gen2.append((time.time(), round(time.perf_counter() - self._gc_started, 3)))
+
+    def __enter__(self) -> _Stalls:
+        gc.callbacks.append(self._gc)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        gc.callbacks.remove(self._gc)
+
+    def report(self, started: float, limited_at: list[float]) -> dict[str, Any]:
+        """Times relative to `started` (epoch seconds): the stalls, and the 429s with the longest stall in the
+        second before each."""
+
+        def before(at: float) -> float:
+            return max((d for t, d in self.late if at - 1.0 <= t <= at + 0.1), default=0.0)
+
+        return {
+            "late_wakeups": [(round(t - started, 2), d) for t, d in self.late],
+            "gen2_collections": [(round(t - started, 2), d) for t, d in self.gen2],
+            "rate_limited_at": [(round(t - started, 2), before(t)) for t in limited_at],
+        }
+
+
 # --- nightly throughput ------------------------------------------------------------------------------------
 
 
@@ -366,9 +420,13 @@ def bench_nightly(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]
         simulator_cpu = (
             time.process_time()
         )  # this process serves the simulator and does nothing else meanwhile
-        candidate = w.run(w.spec("nightly", [f"nightly-{i}" for i in range(n)], start, end))
+        began = time.time()
+        with _Stalls() as stalls:
+            candidate = w.run(w.spec("nightly", [f"nightly-{i}" for i in range(n)], start, end))
         candidate_simulator_cpu = time.process_time() - simulator_cpu
         oura_saw = w.answered()
+        limited_at = [at for at, status in w.server.control.answered() if status == "429"]
+        simulator_stalls = stalls.report(began, limited_at)
     with world([f"sequential-{i}" for i in range(k)]) as w:
         baseline = w.run(
             w.spec("sequential", [f"sequential-{i}" for i in range(k)], start, end, "sequential")
@@ -443,6 +501,7 @@ def bench_nightly(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]
             "limit_learned": candidate["limit_learned"],
             "sustained_per_s": sustained,
             "oura_saw": oura_saw,
+            "simulator_stalls": simulator_stalls,
         },
         "host_ceiling": {"patients": h, **ceiling},
         "ok": ok,

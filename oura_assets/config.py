@@ -89,6 +89,9 @@ class Settings:
     """`OURA_WEBHOOK_VERIFICATION_TOKEN`: what Oura echoes when it verifies our webhook callback."""
     shards: int = 1
     """`OURA_ASSETS_SHARDS`: how many runs the nightly schedule splits the patients into (shards.py)."""
+    sync_events_interval_s: int = 15
+    """`OURA_ASSETS_SYNC_EVENTS_INTERVAL_S`: seconds between the `wearable_sync_events` sensor's looks for
+    finished runs (the daemon's sensor loop, every 5 s or so, is the floor whatever the setting)."""
     rate_budget: str | None = field(default=None, repr=False)
     """Where the shared Oura request budget lives: None is the host's SQLite file, a DSN a PostgreSQL database
     every host shares (oura/rate_budget_postgres.py). From `OURA_ASSETS_RATE_BUDGET`, else
@@ -349,6 +352,7 @@ def load_settings(
         ),
         webhook_callback_url=_env(env, "OURA_WEBHOOK_CALLBACK_URL") or api_url + WEBHOOK_PATH,
         shards=_parse_int(env, "OURA_ASSETS_SHARDS", 1, 1, 64),
+        sync_events_interval_s=_parse_int(env, "OURA_ASSETS_SYNC_EVENTS_INTERVAL_S", 15, 1, 3600),
         rate_budget=rate_budget,
         coordination=coordination,
     )

@@ -40,7 +40,7 @@ def defs() -> dg.Definitions:
             renew_webhook_subscriptions,
         ],
         sensors=[
-            build_event_sensor(),
+            build_event_sensor(settings.sync_events_interval_s),
             build_sync_request_sensor(settings.start_date),
             build_run_worker_watchdog(),
         ],

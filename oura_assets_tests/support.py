@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import subprocess
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -244,6 +245,22 @@ def run_sync(
         raise_on_error=False,
         **placement,
     )
+
+
+def stop_process(process: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:
+    """End a child the tests started: SIGTERM, then SIGKILL if it is still there `timeout_s` later.
+
+    A child that already exited is only reaped. The kill is the last resort for a child a loaded host left
+    unscheduled (or one that handles SIGTERM slowly): a test's cleanup must not hang on it.
+    """
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout_s)
 
 
 def failures(result: dg.ExecuteInProcessResult) -> list[str]:

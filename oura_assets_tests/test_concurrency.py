@@ -40,14 +40,17 @@ from oura_assets.api.state import state_hash
 from oura_assets.config import Settings
 from oura_assets.definitions import defs as load_defs
 from oura_assets_tests.api_support import ISSUER, claims, jwks_server, new_key, public, sign
-from oura_assets_tests.support import ConnectedPatient, failures, query, run_sync, snapshot
+from oura_assets_tests.support import ConnectedPatient, failures, query, run_sync, snapshot, stop_process
 
 # Every test here starts child processes beside a real run: 5-45 s each (`pytest -m "not slow"` skips them).
 pytestmark = pytest.mark.slow
 
 W = "/api/patient-graph/wearables"
 KEY = new_key()
-START, END = date(2024, 6, 3), date(2024, 6, 16)  # 14 days
+# A week: a run writes each patient's raw documents in one transaction and each graph asset in one more,
+# whatever the range, so more days add no write to race with, only Dagster's per-day materialization events
+# (most of a run's time here: at 14 days the sensor test's runs stored 882 events, 38 s of its 92 s, loaded).
+START, END = date(2024, 6, 10), date(2024, 6, 16)
 PATIENTS = 4
 CLIENT_THREADS = 6
 MAX_REQUESTS_PER_THREAD = 400
@@ -95,13 +98,7 @@ def child_process(
     try:
         yield process
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        stop_process(process)
 
 
 def materialize(
@@ -226,22 +223,23 @@ class Hammer:
 def test_api_hammered_from_threads_while_a_run_materializes(
     pipeline_env: Settings, connect_patient: ConnectPatient, tmp_path: Path
 ) -> None:
-    """`oura-assets serve` in its own process answers every request while a 14-day run writes, and loses none.
+    """`oura-assets serve` in its own process answers every request while a week's run writes, and loses none.
 
     The reference for the run's tables is a quiet re-run over the same range (idempotent by contract): any
     row the hammered run lost, doubled or mangled would make the two snapshots differ.
     """
     settings = pipeline_env
     patients = [f"patient-{n}" for n in range(PATIENTS)]
-    for patient_id in patients:
-        connect_patient(patient_id)
-    definitions, instance = load_defs(), dg.DagsterInstance.ephemeral()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "api.log"
     with jwks_server([public(KEY)]) as jwks:
         env = {**os.environ, "CLERK_JWKS_URL": jwks.url, "CLERK_ISSUER": ISSUER}
         with child_process([OURA_ASSETS, "serve", "--port", str(port)], log, env) as api:
+            # The patients connect and the definitions load while the API process starts (seconds each).
+            for patient_id in patients:
+                connect_patient(patient_id)
+            definitions, instance = load_defs(), dg.DagsterInstance.ephemeral()
 
             def healthy() -> bool:
                 assert api.poll() is None, f"oura-assets serve exited:\n{log.read_text()}"
@@ -402,10 +400,16 @@ SENSORS = textwrap.dedent(
     import json, os, sys, time, traceback
     import dagster as dg
     from oura_assets.definitions import defs
-    home, stop, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    home, go, stop, limit = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     definitions = defs()
     instance = dg.DagsterInstance.from_config(home)
     summary = {"evaluations": {}, "errors": [], "run_keys": []}
+    # Loaded (Dagster's import and the definitions: seconds) while the test's first run goes on; ticks
+    # begin once the test says go.
+    print("ready", flush=True)
+    waiting = time.monotonic() + 120
+    while not os.path.exists(go) and time.monotonic() < waiting:
+        time.sleep(0.02)
     deadline = time.monotonic() + 40
     for n in range(limit):
         if os.path.exists(stop) or time.monotonic() > deadline:
@@ -444,24 +448,27 @@ def test_sensors_evaluated_by_another_process_while_a_run_writes(
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     definitions, instance = load_defs(), dg.DagsterInstance.from_config(str(home))
-    stop, log = tmp_path / "stop", tmp_path / "sensors.log"
-    try:
-        # A finished run for the event sensor to record: its range is beside the point, so one day (each day
-        # of a ranged run is another materialization event per asset for Dagster to write to this instance).
-        first = run_sync(START, START, definitions=definitions, instance=instance)
-        assert first.success, failures(first)
-        with child_process([sys.executable, "-c", SENSORS, str(home), str(stop), "500"], log) as sensors:
+    go, stop, log = tmp_path / "go", tmp_path / "stop", tmp_path / "sensors.log"
+    sensor_args = [sys.executable, "-c", SENSORS, str(home), str(go), str(stop), "500"]
+    # The sensor process starts (and loads) while the first run goes on, and ticks only after it.
+    with child_process(sensor_args, log) as sensors:
+        try:
+            # A finished run for the event sensor to record: its range is beside the point, so one day (each
+            # day of a ranged run is another materialization event per asset for Dagster to write).
+            first = run_sync(START, START, definitions=definitions, instance=instance)
+            assert first.success, failures(first)
+            go.touch()
             wait_for(lambda: "tick" in log.read_text(), "the sensor process's first tick")
             began = time.time()
             second = materialize(definitions, instance)
             ended = time.time()
             stop.touch()
             sensors.wait(timeout=30)
-        assert sensors.returncode == 0, log.read_text()[-3000:]
-        with dg.build_sensor_context(instance=instance, resources=definitions.resources) as context:
-            definitions.resolve_sensor_def("wearable_sync_events").evaluate_tick(context)
-    finally:
-        instance.dispose()
+            assert sensors.returncode == 0, log.read_text()[-3000:]
+            with dg.build_sensor_context(instance=instance, resources=definitions.resources) as context:
+                definitions.resolve_sensor_def("wearable_sync_events").evaluate_tick(context)
+        finally:
+            instance.dispose()
 
     lines = log.read_text().splitlines()
     summary = json.loads(next(line for line in lines if line.startswith("summary "))[len("summary ") :])

@@ -66,13 +66,33 @@ def test_an_explicit_variable_wins_over_demo_defaults(tmp_path):
         ("OURA_ASSETS_START_DATE", "June 2024", "must be a date"),
         ("OURA_ASSETS_LOOKBACK_DAYS", "-1", "between 0 and 60"),
         ("OURA_ASSETS_LOOKBACK_DAYS", "three", "whole number"),
+        ("OURA_ASSETS_SYNC_EVENTS_INTERVAL_S", "0", "between 1 and 3600"),
+        ("OURA_ASSETS_SYNC_EVENTS_INTERVAL_S", "often", "whole number"),
     ],
-    ids=["bad-key", "bad-second-key", "bad-date", "negative-lookback", "word-lookback"],
+    ids=[
+        "bad-key",
+        "bad-second-key",
+        "bad-date",
+        "negative-lookback",
+        "word-lookback",
+        "zero-interval",
+        "word-interval",
+    ],
 )
 def test_malformed_values_get_a_clear_error(tmp_path, name, value, fragment):
     env = {**REAL, "OURA_ASSETS_WAREHOUSE": str(tmp_path / "w.duckdb"), name: value}
     with pytest.raises(ConfigError, match=fragment):
         load_settings(env)
+
+
+def test_the_sync_events_sensor_interval_defaults_to_15_s_and_follows_the_variable(tmp_path):
+    from oura_assets.defs.sensors import build_event_sensor
+
+    env = {**REAL, "OURA_ASSETS_WAREHOUSE": str(tmp_path / "w.duckdb")}
+    assert load_settings(env).sync_events_interval_s == 15
+    settings = load_settings({**env, "OURA_ASSETS_SYNC_EVENTS_INTERVAL_S": "2"})
+    assert settings.sync_events_interval_s == 2
+    assert build_event_sensor(settings.sync_events_interval_s).minimum_interval_seconds == 2
 
 
 def test_key_rotation_keeps_every_key_newest_first(tmp_path):

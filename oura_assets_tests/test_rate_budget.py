@@ -18,6 +18,7 @@ import pytest
 
 from oura_assets.config import Settings
 from oura_assets.oura.rate_budget import RateBudget, RateLimitHeaders, budget_path
+from oura_assets_tests.support import stop_process
 
 LIMIT = {"limit": 20, "window_s": 1}
 
@@ -201,14 +202,9 @@ def test_a_new_patients_sync_lands_while_a_backfill_in_another_process_keeps_goi
         )
         report = _report(new, tmp_path / "new.json")
     finally:
-        long.terminate()
-        try:
-            long.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            # Seen once in a full suite on a loaded 2-core host: the backfill (no SIGTERM handler) was not
-            # gone 60 s after SIGTERM. It is only this test's background load, so it is killed, not waited on.
-            long.kill()
-            long.wait(timeout=60)
+        # Seen once in a full suite on a loaded 2-core host: the backfill (no SIGTERM handler) was not gone
+        # 60 s after SIGTERM. It is only this test's background load, so it is killed, not waited on.
+        stop_process(long, timeout_s=60)
 
     assert report["statuses"] == {"newcomer": "success"}, report
     needed = report["requests"]

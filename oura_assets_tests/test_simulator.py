@@ -923,3 +923,28 @@ def test_the_rate_limit_window_rolls_instead_of_resetting_at_a_boundary():
     now[0] = 1001.95  # the first three have aged out; the refused one was never counted
     assert [windows.check("app", "token") for _ in range(3)] == [None, None, None]
     assert windows.check("app", "other-token") is not None  # the application tier counts every token
+
+
+def test_the_rate_limit_counts_requests_when_they_reached_oura_not_when_the_simulator_got_to_them():
+    # The simulator is one event loop: a loop busy with a heavy answer (or a GC pause) gets to several
+    # requests at once. Counted when it got to them, requests that reached "Oura" spread out would look like
+    # a burst; Oura's edge counts each one on arrival.
+    from oura_assets.simulator.fault_settings import FaultSettings
+    from oura_assets.simulator.ratelimit import RateLimitWindows
+
+    late = [5000.0]  # the simulator's clock: it got to all of them at this one moment
+    windows = RateLimitWindows(
+        make_config(app_rate_limit=RateLimit(3, 1.0)), FaultSettings(), lambda: late[0]
+    )
+    # Seven requests that reached Oura 0.4 s apart: never more than 3 in any second, so none is refused.
+    arrivals = [4997.2 + 0.4 * n for n in range(7)]
+    assert [windows.check("app", "token", at=a) for a in arrivals] == [None] * 7
+    # One checked after a later arrival (4999.6) is counted at its own moment: in the second before 4999.5
+    # only 4998.8 and 4999.2 arrived, so it goes through; another at 4999.6 then finds four and is refused.
+    assert windows.check("app", "token", at=4999.5) is None
+    refused = windows.check("app", "token", at=4999.6)
+    assert refused is not None and refused.retry_after_s == 1
+    # Without an arrival time a request counts at the clock's now, as before.
+    assert windows.check("app", "token") is not None  # 5000.0: 4999.2, 4999.5 and 4999.6 in its second
+    late[0] = 5000.7
+    assert windows.check("app", "token") is None  # only 4999.8+ would count: none

@@ -183,7 +183,9 @@ def backfill_state(ui: DagsterUI, backfill_id: str) -> dict[str, Any]:
 def test_range_backfill_launched_from_the_ui_runs_once_and_records_sync_events(
     tmp_path, pipeline_env, connect_patient
 ):
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster")}
+    # The event sensor looks at every daemon sensor loop (~5 s) rather than every 15 s: its first look comes
+    # as the daemon starts, before the run, so the default left the test waiting up to 15 s after the run.
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster"), "OURA_ASSETS_SYNC_EVENTS_INTERVAL_S": "1"}
     ensure_dagster_home(env, REPO)  # the repository's dagster.yaml, as `make dev` installs it
     port = free_port()
     bin_dir = REPO / ".venv" / "bin" if (REPO / ".venv" / "bin").is_dir() else Path(os.sys.executable).parent

@@ -115,10 +115,12 @@ class EventCursor:
         )
 
 
-def build_event_sensor() -> dg.SensorDefinition:
+def build_event_sensor(interval_s: int = 15) -> dg.SensorDefinition:
+    """The sensor recording finished runs, every `interval_s` (`OURA_ASSETS_SYNC_EVENTS_INTERVAL_S`)."""
+
     @dg.sensor(
         name="wearable_sync_events",
-        minimum_interval_seconds=15,
+        minimum_interval_seconds=interval_s,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Records a `wearable_sync` event per patient for every finished Oura sync run.",
     )

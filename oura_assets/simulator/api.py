@@ -45,6 +45,7 @@ from starlette.routing import Route
 
 from oura_assets.clock import as_utc
 from oura_assets.simulator import data
+from oura_assets.simulator.faults import ARRIVED
 from oura_assets.simulator.grant_store import Principal, TokenRejected
 from oura_assets.simulator.problems import Problem, ValidationProblem
 from oura_assets.simulator.readings import render
@@ -184,7 +185,9 @@ class UserCollectionApi:
             principal = self.state.grants.authenticate(token.strip())
         except TokenRejected as exc:
             raise Problem(401, exc.detail, {"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
-        limited = self.state.rate_windows.check(principal.client_id, principal.token_digest)
+        limited = self.state.rate_windows.check(
+            principal.client_id, principal.token_digest, at=request.scope.get(ARRIVED)
+        )
         if limited is not None:
             self.state.request_stats.count("rate_limited")
             raise Problem(

@@ -20,6 +20,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from oura_assets.simulator.fault_settings import FaultSettings
 from oura_assets.simulator.stats import RequestStats
 
+# The ASGI scope key under which a request's arrival at "Oura" (epoch seconds) is handed to the app, whose
+# rate limit counts the request at that moment (`RateLimitWindows.check`).
+ARRIVED = "oura_simulator.arrived"
+
 _DOCUMENT_PATH = re.compile(r"^(/v2/usercollection/[^/]+)/[^/]+$")
 
 
@@ -70,6 +74,7 @@ class FaultInjection:
             await self.app(scope, receive, send)
             return
         arrived = time.time()  # `answered` reports when a request reached Oura, not when it was answered
+        scope[ARRIVED] = arrived
         key = route_key(scope["method"], scope["path"])
         status: dict[str, Any] = {"code": 0}
 
@@ -81,8 +86,14 @@ class FaultInjection:
         if scope["path"].startswith("/v2/"):
             faults = self.faults.current()
             if faults.latency_ms > 0:
-                await asyncio.sleep(faults.latency_ms / 1000)
-                arrived = time.time()  # the latency stands for the network's: Oura sees the request after it
+                # The latency stands for the network's: the request reaches Oura that long after it was sent,
+                # then, not whenever this process's one event loop wakes from the sleep. A loop busy with
+                # another answer (a cache-missing page) or a GC pause wakes many sleepers at once; stamped
+                # on waking, requests that reached "Oura" spread out would count as one bunch against a
+                # rolling rate window, which real Oura's edge never sees.
+                arrived += faults.latency_ms / 1000
+                scope[ARRIVED] = arrived
+                await asyncio.sleep(max(0.0, arrived - time.time()))
             if self.faults.roll(faults.error_rate):
                 code = self.faults.choice((500, 502, 503))
                 self.stats.count("injected_errors")
