@@ -158,14 +158,19 @@ TEST_CLIENT_SECRET = "test-client-secret-0123456789"
 TEST_REDIRECT_URI = "http://127.0.0.1:9/api/patient-graph/wearables/callback/oura"
 
 
-@pytest.fixture
-def simulator() -> Iterator[SimulatorServer]:
-    config = SimulatorConfig(
+def simulator_config(**options: Any) -> SimulatorConfig:
+    """The simulator's configuration with the test client registered (`options`: any other field)."""
+    return SimulatorConfig(
         clients={
             TEST_CLIENT_ID: ClientRegistration(secret=TEST_CLIENT_SECRET, redirect_uris=(TEST_REDIRECT_URI,))
-        }
+        },
+        **options,
     )
-    with SimulatorServer(config) as server:
+
+
+@pytest.fixture
+def simulator() -> Iterator[SimulatorServer]:
+    with SimulatorServer(simulator_config()) as server:
         yield server
 
 
@@ -246,7 +251,19 @@ def pipeline_env(
 ) -> Settings:
     """Environment as a real deployment sets it, pointed at the simulator and a throwaway warehouse (a
     DuckLake when the test also asks for `warehouse_backend` and gets "ducklake")."""
-    env = {
+    env = pipeline_environment(simulator, tmp_path / "warehouse.duckdb")
+    if (
+        "warehouse_backend" in request.fixturenames
+        and request.getfixturevalue("warehouse_backend") == "ducklake"
+    ):
+        env.update(request.getfixturevalue("lake_env"))
+    return use_pipeline_environment(env, monkeypatch)
+
+
+def pipeline_environment(simulator: SimulatorServer, warehouse: Path) -> dict[str, str]:
+    """The environment `pipeline_env` sets: the simulator as Oura, a new token key, `warehouse` (its folder
+    the data folder)."""
+    return {
         "OURA_CLIENT_ID": TEST_CLIENT_ID,
         "OURA_CLIENT_SECRET": TEST_CLIENT_SECRET,
         "OURA_REDIRECT_URI": TEST_REDIRECT_URI,
@@ -255,14 +272,14 @@ def pipeline_env(
         "OURA_TOKEN_URL": simulator.url + "/oauth/token",
         "OURA_REVOKE_URL": simulator.url + "/oauth/revoke",
         "OURA_ASSETS_TOKEN_KEY": Fernet.generate_key().decode(),
-        "OURA_ASSETS_WAREHOUSE": str(tmp_path / "warehouse.duckdb"),
+        "OURA_ASSETS_WAREHOUSE": str(warehouse),
         "OURA_ASSETS_START_DATE": "2024-01-01",
     }
-    if (
-        "warehouse_backend" in request.fixturenames
-        and request.getfixturevalue("warehouse_backend") == "ducklake"
-    ):
-        env.update(request.getfixturevalue("lake_env"))
+
+
+def use_pipeline_environment(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Set `env` (from `pipeline_environment`) for as long as `monkeypatch` lasts and ensure the warehouse's
+    schema; the settings it loads to. A module-scoped fixture passes a `pytest.MonkeyPatch.context()`."""
     monkeypatch.delenv("OURA_ASSETS_DEMO", raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)

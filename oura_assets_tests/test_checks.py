@@ -8,16 +8,23 @@ shows the check can tell the two apart.
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pytest
 
+from oura_assets.config import Settings
 from oura_assets.definitions import defs as load_defs
 from oura_assets.defs import checks
 from oura_assets.defs.partitions import partition_range_tags
-from oura_assets_tests.support import failures, query
+from oura_assets.simulator import SimulatorServer
+from oura_assets_tests.conftest import pipeline_environment, simulator_config, use_pipeline_environment
+from oura_assets_tests.support import UNPACED, connect_patient, failures, query
 
 START, END = date(2024, 6, 10), date(2024, 6, 14)
 CHECKS = [
@@ -41,6 +48,7 @@ def materialize(*, checks_only: bool = False) -> dict[str, dg.AssetCheckEvaluati
         [*assets, *CHECKS],
         resources=definitions.resources,
         tags=partition_range_tags(START, END),
+        run_config=UNPACED,
         selection=dg.AssetSelection.checks(*CHECKS) if checks_only else None,
         raise_on_error=False,
     )
@@ -54,15 +62,43 @@ def metadata(evaluation: dg.AssetCheckEvaluation) -> dict[str, Any]:
     return {key: value.value for key, value in evaluation.metadata.items()}
 
 
+@dataclass(frozen=True)
+class CleanSync:
+    environment: dict[str, str]
+    warehouse: Path
+    evaluations: dict[str, dg.AssetCheckEvaluation]
+
+
+@pytest.fixture(scope="module")
+def clean_sync(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CleanSync]:
+    """Two healthy patients synced over START..END once for the module (its own simulator and warehouse),
+    and the checks' evaluations of that run."""
+    root = tmp_path_factory.mktemp("checks")
+    with SimulatorServer(simulator_config()) as simulator, pytest.MonkeyPatch.context() as env:
+        environment = pipeline_environment(simulator, root / "warehouse.duckdb")
+        settings = use_pipeline_environment(environment, env)
+        for patient in ("patient-a", "patient-b"):
+            connect_patient(settings, patient)
+        evaluations = materialize()
+        assert isinstance(settings.warehouse_path, Path)
+        yield CleanSync(environment, settings.warehouse_path, evaluations)
+
+
 @pytest.fixture
-def landed(pipeline_env, connect_patient) -> dict[str, dg.AssetCheckEvaluation]:
-    """Two healthy patients synced over START..END, and the checks' evaluations of that run."""
-    connect_patient("patient-a")
-    connect_patient("patient-b")
-    return materialize()
+def landed(
+    clean_sync: CleanSync, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[dict[str, dg.AssetCheckEvaluation], Settings]:
+    """The clean sync's evaluations, and settings pointing at a copy of its warehouse for this test to change
+    (same simulator and token key: the copy's patients stay connected)."""
+    # No connection is open once the run is over: the file (and a WAL, if one was left) is the warehouse.
+    for path in clean_sync.warehouse.parent.glob(clean_sync.warehouse.name + "*"):
+        shutil.copy(path, tmp_path / path.name)
+    copy = {**clean_sync.environment, "OURA_ASSETS_WAREHOUSE": str(tmp_path / clean_sync.warehouse.name)}
+    return clean_sync.evaluations, use_pipeline_environment(copy, monkeypatch)
 
 
-def test_every_check_passes_on_a_clean_sync(landed):
+def test_every_check_passes_on_a_clean_sync(clean_sync):
+    landed = clean_sync.evaluations
     assert {name: e.passed for name, e in landed.items()} == dict.fromkeys(CHECK_NAMES, True)
     keys = metadata(landed["wearable_data_metric_keys"])
     assert keys["row_shapes_checked"] >= 4 and keys["unexpected_shapes"] == {}
@@ -99,10 +135,11 @@ def test_patients_needing_to_reconnect_or_renew_fail_connections_check_with_warn
     }
 
 
-def test_a_wearable_data_row_with_an_undocumented_key_fails_the_metric_keys_check(landed, pipeline_env):
-    assert landed["wearable_data_metric_keys"].passed
+def test_a_wearable_data_row_with_an_undocumented_key_fails_the_metric_keys_check(landed):
+    clean, settings = landed
+    assert clean["wearable_data_metric_keys"].passed
     with_extra_key = query(
-        pipeline_env,
+        settings,
         "UPDATE patient_graph.wearable_data SET metrics = json_merge_patch(metrics, ?) "
         "WHERE (patient_id, metric_type, day) = ('patient-a', 'sleep', ?) RETURNING day",
         [json.dumps({"snoring": 3}), START],
@@ -117,10 +154,11 @@ def test_a_wearable_data_row_with_an_undocumented_key_fails_the_metric_keys_chec
     assert shape.startswith("sleep: ") and "'snoring'" in shape and count == 1
 
 
-def test_daily_stats_disagreeing_with_wearable_data_fail_the_agreement_check(landed, pipeline_env):
-    assert landed["daily_stats_agree_with_wearable_data"].passed
+def test_daily_stats_disagreeing_with_wearable_data_fail_the_agreement_check(landed):
+    clean, settings = landed
+    assert clean["daily_stats_agree_with_wearable_data"].passed
     changed = query(
-        pipeline_env,
+        settings,
         "UPDATE patient_graph.patient_wearable_daily_stats SET sleep_score = coalesce(sleep_score, 0) + 1 "
         "WHERE patient_id = 'patient-b' AND day IN (?, ?) RETURNING day",
         [START, END],

@@ -14,7 +14,7 @@ import pytest
 
 from oura_assets.config import OAUTH_SCOPES
 from oura_assets.simulator import data as simdata
-from oura_assets_tests.support import query, run_sync, snapshot
+from oura_assets_tests.support import UNPACED, query, run_sync, snapshot
 
 START, END = date(2024, 6, 3), date(2024, 6, 16)
 DAYS = [START + timedelta(days=n) for n in range((END - START).days + 1)]
@@ -44,7 +44,7 @@ def test_new_collections_land_raw_and_normalized_once_per_range_and_idempotently
     ring = _ring_user_with_busy_days()
     connect_patient("p-all", ring, scopes=ALL_SCOPES)
     simulator.control.reset_stats()
-    result = run_sync(START, END)
+    result = run_sync(START, END, run_config=UNPACED)
     assert result.success
 
     requests = simulator.control.stats()["requests"]
@@ -137,7 +137,7 @@ def test_new_collections_land_raw_and_normalized_once_per_range_and_idempotently
         "patient_graph.wearable_collection_status",
     ]
     first = snapshot(pipeline_env, tables)
-    assert run_sync(START, END).success
+    assert run_sync(START, END, run_config=UNPACED).success
     assert snapshot(pipeline_env, tables) == first
     assert all(first[t] for t in tables)
 
@@ -157,7 +157,7 @@ def test_a_scope_not_granted_skips_its_collection_and_never_fails_the_patient(
     simulator.control.set_faults(users={"collections-withdrawn": {"withhold_scopes": ["session"]}})
     simulator.control.reset_stats()
 
-    result = run_sync(START, END)
+    result = run_sync(START, END, run_config=UNPACED)
     assert result.success
 
     statuses = {

@@ -120,7 +120,9 @@ def test_the_shipped_instance_keeps_runs_events_and_schedules_in_postgres(
 
     # The raw multi-asset and its checks: the part of the sync job that talks to Oura and records the
     # run's per-patient results (what the event sensor reads back below), a dozen steps instead of forty.
-    result = support.run_sync(START, END, instance=instance, asset_selection=list(RAW_KEYS.values()))
+    result = support.run_sync(
+        START, END, instance=instance, asset_selection=list(RAW_KEYS.values()), run_config=support.UNPACED
+    )
     assert result.success, support.failures(result)
     run_id = result.run_id
     assert (

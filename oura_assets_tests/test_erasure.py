@@ -10,12 +10,14 @@ id and for the erased patient's Oura document ids.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import duckdb
 import httpx
 import pytest
 
@@ -25,10 +27,12 @@ from oura_assets.config import Settings
 from oura_assets.definitions import defs as load_defs
 from oura_assets.defs.sensors import build_event_sensor
 from oura_assets.oura.oauth import OuraOAuthApp, TokenSet
+from oura_assets.simulator import SimulatorServer
 from oura_assets.token_journal import TokenJournal, pair_fields
 from oura_assets.tokens import PatientTokens, TokenCipher
 from oura_assets_tests.api_support import ApiHarness, api_harness, new_key
-from oura_assets_tests.support import failures, query, run_sync
+from oura_assets_tests.conftest import pipeline_environment, simulator_config, use_pipeline_environment
+from oura_assets_tests.support import UNPACED, connect_patient, failures, query, run_sync
 
 W = "/api/patient-graph/wearables"
 KEY = new_key()
@@ -49,17 +53,46 @@ def sync_all(settings: Settings) -> None:
     """A real run over [START, END] for every connected patient, and the sensor tick recording its events."""
     definitions = load_defs()
     instance = dg.DagsterInstance.ephemeral()
-    result = run_sync(START, END, definitions=definitions, instance=instance)
+    result = run_sync(START, END, definitions=definitions, instance=instance, run_config=UNPACED)
     assert result.success, failures(result)
     with dg.build_sensor_context(instance=instance, resources=definitions.resources) as context:
         build_event_sensor()(context)
 
 
-def all_tables(settings: Settings) -> list[str]:
+@pytest.fixture(scope="module")
+def two_synced_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, str], Path]]:
+    """Both patients connected (the OAuth code flow, as the callback stores them) and synced once for the
+    module, on its own simulator: the environment, and the data folder (warehouse, analytics snapshot,
+    locks) that run left."""
+    data = tmp_path_factory.mktemp("erasure") / "data"
+    with SimulatorServer(simulator_config()) as simulator, pytest.MonkeyPatch.context() as env:
+        environment = pipeline_environment(simulator, data / "warehouse.duckdb")
+        settings = use_pipeline_environment(environment, env)
+        for patient in (ERASED, KEPT):
+            connect_patient(settings, patient)
+        sync_all(settings)
+        yield environment, data
+
+
+@pytest.fixture
+def two_synced(
+    two_synced_template: tuple[dict[str, str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    """A copy of the module's data folder for this test to erase from, and its settings (the module's
+    simulator and token key: the copy's patients are still connected at Oura)."""
+    environment, data = two_synced_template
+    # No connection is open once the run is over: the folder's files are the warehouse and its snapshot.
+    copy = shutil.copytree(data, tmp_path / "data")
+    return use_pipeline_environment(
+        {**environment, "OURA_ASSETS_WAREHOUSE": str(copy / "warehouse.duckdb")}, monkeypatch
+    )
+
+
+def all_tables(conn: duckdb.DuckDBPyConnection) -> list[str]:
     return [
         f'"{schema}"."{table}"'
         for schema, table in query(
-            settings,
+            conn,
             "SELECT table_schema, table_name FROM information_schema.tables "
             "WHERE table_type = 'BASE TABLE' AND table_catalog = current_database() ORDER BY ALL",
         )
@@ -69,14 +102,16 @@ def all_tables(settings: Settings) -> list[str]:
 def mentions(settings: Settings, needle: str) -> dict[str, int]:
     """Rows of every table (whole rows as text, JSON included) that contain `needle`, by table."""
     found = {}
-    for table in all_tables(settings):
-        (count,) = query(
-            settings,
-            f"SELECT count(*) FROM {table} AS t WHERE contains(CAST(t AS VARCHAR), ?)",  # noqa: S608
-            [needle],
-        )[0]
-        if count:
-            found[table] = count
+    # One connection for the whole scan: the warehouse opened per table was most of this test's time.
+    with wh.Warehouse.from_settings(settings).connect("test: mentions") as conn:
+        for table in all_tables(conn):
+            (count,) = query(
+                conn,
+                f"SELECT count(*) FROM {table} AS t WHERE contains(CAST(t AS VARCHAR), ?)",  # noqa: S608
+                [needle],
+            )[0]
+            if count:
+                found[table] = count
     return found
 
 
@@ -118,8 +153,6 @@ def files_mentioning(folder: Path, needles: list[str]) -> dict[str, list[str]]:
 def bytes_without_the_audit_log(settings: Settings, folder: Path) -> bytes:
     """The warehouse's live rows minus the audit log (which keeps the erased id by design), as file bytes."""
     import uuid
-
-    import duckdb
 
     run = uuid.uuid4().hex[:8]
     copy, bare = folder / f"copy-{run}.duckdb", folder / f"bare-{run}.duckdb"
@@ -277,15 +310,9 @@ def test_erase_with_oura_unreachable_still_erases_locally_and_says_so(
 
 
 def test_cli_erase_removes_the_patient_and_compacts_the_file(
-    pipeline_env: Settings,
-    connect_patient: Any,
-    capsys: pytest.CaptureFixture[str],
-    tmp_path_factory: pytest.TempPathFactory,
+    two_synced: Settings, capsys: pytest.CaptureFixture[str], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    settings = pipeline_env
-    connect_patient(ERASED)
-    connect_patient(KEPT)
-    sync_all(settings)
+    settings = two_synced
     ids = document_ids(settings, ERASED)
     ring_user_id = oura_user_id(settings, ERASED)
     kept_before = rows_of(settings, KEPT)
@@ -305,17 +332,13 @@ def test_cli_erase_removes_the_patient_and_compacts_the_file(
     assert "rows removed: 0" in capsys.readouterr().out
 
 
-def test_deleted_rows_stay_in_the_file_until_it_is_compacted(
-    pipeline_env: Settings, connect_patient: Any
-) -> None:
+def test_deleted_rows_stay_in_the_file_until_it_is_compacted(two_synced: Settings) -> None:
     """What the compaction is for (DuckDB 2.0): a committed, checkpointed DELETE leaves the bytes behind.
 
     If a DuckDB release ever reclaims them, this test fails and the compaction can be reconsidered. (A
     patient alone in the file does not show it: deleting every row of a table frees its row groups whole.)
     """
-    connect_patient(ERASED)
-    connect_patient(KEPT)
-    sync_all(pipeline_env)
+    pipeline_env = two_synced
     ids = document_ids(pipeline_env, ERASED)
     store = wh.Warehouse(pipeline_env.warehouse_path)
     with store.transaction("test: erase without compaction") as conn:

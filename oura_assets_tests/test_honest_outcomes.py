@@ -28,11 +28,18 @@ from oura_assets.simulator import SimulatorServer
 from oura_assets.sync import RefetchPolicy, sync_patient
 from oura_assets.sync_errors import SyncError
 from oura_assets.sync_outcome import PatientSyncResult, RunOutcome
+from oura_assets_tests.support import UNPACED_RATE_LIMIT
 
 START, END = date(2024, 6, 10), date(2024, 6, 16)
 DAY = date(2024, 6, 12)
-# Quick retries and cool-downs: the faults below are meant to be final or to pass within seconds.
-FAST = {"max_attempts": 2, "refetch_cool_down_s": 0.1}
+# Quick retries and cool-downs: the faults below are meant to be final or to pass within seconds. What a run
+# makes of the faults is the subject here, not how long it waits between tries, nor pacing (support.UNPACED).
+FAST = {
+    "max_attempts": 2,
+    "retry_backoff_s": 0.01,
+    "refetch_cool_down_s": 0.1,
+    "rate_limit": UNPACED_RATE_LIMIT,
+}
 
 
 def sync_run(
@@ -181,7 +188,7 @@ def test_partial_oura_outage_tags_the_run_partial_and_fails_the_availability_che
 
 def test_heart_rate_fetch_failing_keeps_the_earlier_heart_rate_figures(pipeline_env, connect_patient):
     connect_patient("patient-a")
-    first, _ = sync_run(start=DAY, end=DAY + timedelta(days=2))
+    first, _ = sync_run({"rate_limit": UNPACED_RATE_LIMIT}, start=DAY, end=DAY + timedelta(days=2))
     assert first.success
     store = wh.Warehouse(pipeline_env.warehouse_path)
     hr_sql = (

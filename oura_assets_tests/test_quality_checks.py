@@ -31,7 +31,7 @@ from oura_assets.simulator import ClientRegistration, SimulatorConfig, Simulator
 from oura_assets.simulator import data as simulator_data
 from oura_assets.tokens import TokenCipher, store_granted_tokens
 from oura_assets_tests.conftest import TEST_CLIENT_ID, TEST_CLIENT_SECRET, TEST_REDIRECT_URI
-from oura_assets_tests.support import authorize_code
+from oura_assets_tests.support import UNPACED, authorize_code
 
 START, END = date(2024, 6, 10), date(2024, 6, 16)
 PATIENTS = ("quality-a", "quality-b")
@@ -53,6 +53,7 @@ def run_job(start: date = START, end: date = END) -> dg.ExecuteInProcessResult:
         .execute_in_process(
             instance=dg.DagsterInstance.ephemeral(),
             tags=partition_range_tags(start, end),
+            run_config=UNPACED,
             raise_on_error=False,
         )
     )
@@ -351,13 +352,17 @@ def test_raw_checks_block_and_normalized_checks_warn() -> None:
 
 
 def test_a_failing_raw_check_keeps_bad_samples_out_of_daily_stats(
-    clean: CleanRun, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    clean: CleanRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A blocking failure stops the run before the normalized tables are rebuilt from the bad samples.
 
     The bad sample comes the only way one can reach the rows a run builds on: Oura serves it in the run's
-    window (the run's raw mirror replaces whatever was stored there before).
+    window (the run's raw mirror replaces whatever was stored there before). The run lands in a copy of the
+    clean warehouse, so the module's stays clean without a second run to restore it.
     """
+    copy = tmp_path / "warehouse.duckdb"
+    shutil.copyfile(clean.path, copy)
+    monkeypatch.setenv("OURA_ASSETS_WAREHOUSE", str(copy))
     served = simulator_data.heart_rate
 
     def with_a_bad_sample(name: str, start: datetime, end: datetime, now: datetime) -> list[Any]:
@@ -365,24 +370,20 @@ def test_a_failing_raw_check_keeps_bad_samples_out_of_daily_stats(
         return [(epoch, 300 if n == 0 else bpm, source) for n, (epoch, bpm, source) in enumerate(samples)]
 
     monkeypatch.setattr(simulator_data, "heart_rate", with_a_bad_sample)
-    try:
-        result = run_job(START, START)
-        evaluations = {(e.asset_key, e.check_name): e for e in result.get_asset_check_evaluations()}
-        check = evaluations[(RAW_KEYS["heartrate"], "bpm_in_range")]
-        assert not check.passed
-        assert check.metadata["checked"].value == f"the run's days {START}..{START}"
-        materialized = {e.asset_key for e in result.get_asset_materialization_events()}
-        assert RAW_KEYS["heartrate"] in materialized
-        assert DAILY_STATS_KEY not in materialized
-        with duckdb.connect(str(clean.path), read_only=True) as conn:
-            # The run landed it (so the check saw what the rebuild would have read), and no day took it.
-            assert conn.execute("SELECT count(*) FROM oura_raw.heartrate WHERE bpm = 300").fetchone()[0] > 0
-            assert conn.execute(
-                "SELECT count(*) FROM patient_graph.patient_wearable_daily_stats WHERE hr_max >= 300"
-            ).fetchone() == (0,)
-    finally:
-        monkeypatch.undo()
-        assert run_job(START, START).success  # Oura's clean samples replace the bad ones again
+    result = run_job(START, START)
+    evaluations = {(e.asset_key, e.check_name): e for e in result.get_asset_check_evaluations()}
+    check = evaluations[(RAW_KEYS["heartrate"], "bpm_in_range")]
+    assert not check.passed
+    assert check.metadata["checked"].value == f"the run's days {START}..{START}"
+    materialized = {e.asset_key for e in result.get_asset_materialization_events()}
+    assert RAW_KEYS["heartrate"] in materialized
+    assert DAILY_STATS_KEY not in materialized
+    with duckdb.connect(str(copy), read_only=True) as conn:
+        # The run landed it (so the check saw what the rebuild would have read), and no day took it.
+        assert conn.execute("SELECT count(*) FROM oura_raw.heartrate WHERE bpm = 300").fetchone()[0] > 0
+        assert conn.execute(
+            "SELECT count(*) FROM patient_graph.patient_wearable_daily_stats WHERE hr_max >= 300"
+        ).fetchone() == (0,)
 
 
 def test_a_raw_check_in_a_run_looks_at_the_runs_days_only(clean: CleanRun) -> None:

@@ -78,7 +78,7 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         wh.Warehouse(settings.warehouse_path).ensure_schema()
         for patient_id in PATIENTS:
             support.connect_patient(settings, patient_id, learn_oura_user_id=False)
-        result = support.run_sync(START, END)
+        result = support.run_sync(START, END, run_config=support.UNPACED)
         assert result.success, support.failures(result)
         assert settings.analytics_path == root / "data" / "analytics.duckdb"
         yield root

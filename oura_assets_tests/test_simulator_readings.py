@@ -12,7 +12,11 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,10 +25,18 @@ import pydantic
 import pytest
 
 from oura_assets import warehouse as wh
+from oura_assets.config import Settings
 from oura_assets.simulator import ClientRegistration, SimulatorConfig, SimulatorServer
 from oura_assets.simulator import data as simdata
 from oura_assets_tests import test_simulator_schema as schema_checks
-from oura_assets_tests.support import VOLATILE, failures, query, run_sync, snapshot
+from oura_assets_tests.conftest import (
+    TEST_CLIENT_ID,
+    TEST_CLIENT_SECRET,
+    TEST_REDIRECT_URI,
+    pipeline_environment,
+    use_pipeline_environment,
+)
+from oura_assets_tests.support import UNPACED, VOLATILE, connect_patient, failures, query, run_sync, snapshot
 
 _DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
 _NOW = datetime(2025, 1, 1, tzinfo=UTC)
@@ -95,7 +107,7 @@ def landed(settings) -> dict[str, list[tuple]]:
         for table in wh.TABLES:
             if table.startswith("oura_raw.") and table != "oura_raw.document_revisions":
                 conn.execute(f"DELETE FROM {table}")  # noqa: S608 (names from the schema)
-    result = run_sync(START, END)
+    result = run_sync(START, END, run_config=UNPACED)  # the readings are the subject, not pacing
     assert result.success, failures(result)
     # Emptied tables are refilled by each run, so when a raw document was first seen or changed is news.
     return snapshot(settings, drop=VOLATILE | {"first_seen_at", "last_changed_at"})
@@ -111,12 +123,44 @@ READINGS = [
 ]
 
 
+@dataclass(frozen=True)
+class Baseline:
+    settings: Settings
+    simulator: SimulatorServer
+    users: list[str]
+    tables: dict[str, list[tuple]]
+    """What the range lands under the default readings."""
+    copy: Path
+    """A copy of the warehouse as that run left it, for tests that only read it."""
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Baseline]:
+    """The ring users connected and the range landed once under the default readings, on a simulator and
+    warehouse of this module's (both the readings test and the realism test start from this run)."""
+    root = tmp_path_factory.mktemp("readings")
+    config = SimulatorConfig(
+        clients={
+            TEST_CLIENT_ID: ClientRegistration(secret=TEST_CLIENT_SECRET, redirect_uris=(TEST_REDIRECT_URI,))
+        }
+    )
+    with SimulatorServer(config) as simulator, pytest.MonkeyPatch.context() as env:
+        settings = use_pipeline_environment(pipeline_environment(simulator, root / "warehouse.duckdb"), env)
+        users = ring_users()
+        for n, user in enumerate(users):
+            connect_patient(settings, f"patient-{n}", user)
+        tables = landed(settings)
+        # No connection is open once the run is over: the file (and a WAL, if one was left) is the warehouse.
+        copy = root / "baseline" / "warehouse.duckdb"
+        copy.parent.mkdir()
+        for path in settings.warehouse_path.parent.glob(settings.warehouse_path.name + "*"):
+            shutil.copy(path, copy.parent / path.name)
+        yield Baseline(settings, simulator, users, tables, copy)
+
+
 @pytest.mark.slow
-def test_every_reading_lands_the_same_tables(pipeline_env, connect_patient, simulator):
-    users = ring_users()
-    for n, user in enumerate(users):
-        connect_patient(f"patient-{n}", user)
-    baseline = landed(pipeline_env)
+def test_every_reading_lands_the_same_tables(baseline: Baseline):
+    settings, simulator, baseline = baseline.settings, baseline.simulator, baseline.tables
     assert simulator.control.faults()["readings"] == {
         "date_ends": "exclusive",
         "last_next_token": "absent",
@@ -124,27 +168,28 @@ def test_every_reading_lands_the_same_tables(pipeline_env, connect_patient, simu
     }
     assert all(baseline[f"oura_raw.{c}"] for c in ("daily_readiness", "sleep", "daily_activity", "heartrate"))
     expected = canonical(baseline)
-    for reading in READINGS:
+    try:
+        for reading in READINGS:
+            simulator.control.reset()
+            simulator.control.set_readings(**reading)
+            tables = landed(settings)
+            assert canonical(tables) == expected, reading
+            if "timestamps" in reading:
+                # The reading took effect: the raw text differs even though the instants do not.
+                assert tables["oura_raw.sleep"] != baseline["oura_raw.sleep"], reading
+            else:
+                assert tables == baseline, reading
+    finally:
         simulator.control.reset()
-        simulator.control.set_readings(**reading)
-        tables = landed(pipeline_env)
-        assert canonical(tables) == expected, reading
-        if "timestamps" in reading:
-            # The reading took effect: the raw text differs even though the instants do not.
-            assert tables["oura_raw.sleep"] != baseline["oura_raw.sleep"], reading
-        else:
-            assert tables == baseline, reading
-    simulator.control.reset()
 
 
+# Slow by its module fixture: the mark keeps it next to the readings test (the slow tests run first), so the
+# baseline is landed once for both.
 @pytest.mark.slow
 def test_realism_lands_activity_without_sleep_sleep_without_activity_and_dense_heart_rate(
-    pipeline_env, connect_patient
+    baseline: Baseline,
 ):
-    users = ring_users()
-    for n, user in enumerate(users):
-        connect_patient(f"patient-{n}", user)
-    landed(pipeline_env)
+    users, warehouse = baseline.users, baseline.copy
     night_off = next(
         (f"patient-{n}", day)
         for n, user in enumerate(users)
@@ -160,7 +205,7 @@ def test_realism_lands_activity_without_sleep_sleep_without_activity_and_dense_h
 
     def metric_types(patient: str, day: date) -> set[str]:
         rows = query(
-            pipeline_env,
+            warehouse,
             "SELECT metric_type FROM patient_graph.wearable_data WHERE patient_id = ? AND day = ?",
             [patient, day],
         )
@@ -169,7 +214,7 @@ def test_realism_lands_activity_without_sleep_sleep_without_activity_and_dense_h
     assert metric_types(*night_off) == {"activity"}
     assert "activity" not in metric_types(*day_off) and "sleep" in metric_types(*day_off)
     seconds, workout_gaps = query(
-        pipeline_env,
+        warehouse,
         "SELECT count(*) FILTER (WHERE second(timestamp) <> 0), "
         "median(gap) FILTER (WHERE source = 'workout') FROM ("
         "SELECT timestamp, source, epoch(timestamp) - epoch(lag(timestamp) OVER "

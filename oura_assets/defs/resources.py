@@ -124,6 +124,10 @@ class OuraResource(dg.ConfigurableResource):
     max_attempts: int = Field(
         default=5, description="Attempts per request on 5xx, timeouts and dropped links."
     )
+    retry_backoff_s: float = Field(
+        default=RetryPolicy.backoff_base_s,
+        description="Backoff before the next of those attempts (seconds), doubling each time, full jitter.",
+    )
     max_rate_limit_wait_s: float = Field(
         default=300.0,
         description="Total time one client call (all its pages) may wait out 429s and retries (seconds).",
@@ -181,6 +185,10 @@ class OuraResource(dg.ConfigurableResource):
                 oauth=OuraOAuthApp.from_settings(settings),
                 cipher=TokenCipher(settings.token_keys),
                 http=http,
-                retry=RetryPolicy(attempts=self.max_attempts, wait_budget_s=self.max_rate_limit_wait_s),
+                retry=RetryPolicy(
+                    attempts=self.max_attempts,
+                    backoff_base_s=self.retry_backoff_s,
+                    wait_budget_s=self.max_rate_limit_wait_s,
+                ),
                 budget=budget,
             )
