@@ -74,7 +74,6 @@ class FaultInjection:
             await self.app(scope, receive, send)
             return
         arrived = time.time()  # `answered` reports when a request reached Oura, not when it was answered
-        scope[ARRIVED] = arrived
         key = route_key(scope["method"], scope["path"])
         status: dict[str, Any] = {"code": 0}
 
@@ -92,8 +91,8 @@ class FaultInjection:
                 # on waking, requests that reached "Oura" spread out would count as one bunch against a
                 # rolling rate window, which real Oura's edge never sees.
                 arrived += faults.latency_ms / 1000
-                scope[ARRIVED] = arrived
                 await asyncio.sleep(max(0.0, arrived - time.time()))
+            scope[ARRIVED] = arrived  # what the data routes' rate limit counts the request at
             if self.faults.roll(faults.error_rate):
                 code = self.faults.choice((500, 502, 503))
                 self.stats.count("injected_errors")

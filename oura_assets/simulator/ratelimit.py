@@ -80,8 +80,7 @@ class RateLimitWindows:
                     del sent[:stale]
                 first = bisect.bisect_right(sent, now - limit.window_s)
                 last = bisect.bisect_right(sent, now)
-                while last - first > limit.limit:  # the limit was lowered since these were counted
-                    first += 1
+                first = max(first, last - limit.limit)  # the limit was lowered since these were counted
                 if last - first >= limit.limit:
                     oldest, newest = (sent[first], sent[last - 1]) if last > first else (now, now)
                     return RateLimited(

@@ -21,19 +21,24 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 
-_started = threading.Event()
+_lock = threading.Lock()
+_freezer: threading.Thread | None = None
 
 
 def keep_gc_pauses_short(interval_s: float = 30.0) -> None:
     """Freeze the heap every `interval_s` in a daemon thread (once per process; later calls do nothing)."""
-    if _started.is_set():
-        return
-    _started.set()
+    global _freezer
+    with _lock:
+        if _freezer is not None:
+            return
+        _freezer = threading.Thread(target=_freeze_every, args=(interval_s,), name="simulator-gc-freeze")
+        _freezer.daemon = True
+        _freezer.start()
 
-    def freeze_periodically() -> None:
-        while True:
-            threading.Event().wait(interval_s)
-            gc.freeze()
 
-    threading.Thread(target=freeze_periodically, name="simulator-gc-freeze", daemon=True).start()
+def _freeze_every(interval_s: float) -> None:
+    while True:
+        time.sleep(interval_s)
+        gc.freeze()
