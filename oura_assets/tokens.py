@@ -172,9 +172,8 @@ class PatientTokens:
         digest = _fingerprint(patient_id)[:32]
         self._lock_name = f"oura-tokens-{digest}"
         self._journal = TokenJournal(self._coordination.journal_store(), cipher)
-        self._journal_name = f"refresh-{digest}"
-        self.journal_name = self._journal_name
-        self.journal_path = self._journal.path(self._journal_name)  # the file store's entry; None for a table
+        self.journal_name = f"refresh-{digest}"
+        self.journal_path = self._journal.path(self.journal_name)  # the file store's entry; None for a table
         self._cached: TokenSet | None = None
         self._reconnect_required: str | None = None
 
@@ -243,18 +242,18 @@ class PatientTokens:
         pair, replaces = journaled
         if _fingerprint(pair.refresh_token) == _fingerprint(stored.refresh_token):
             # Killed after the warehouse took the pair, before the entry was removed.
-            self._journal.remove(self._journal_name)
+            self._journal.remove(self.journal_name)
             return stored
         if replaces != _fingerprint(stored.refresh_token):
             # The warehouse moved on since the journal was written (e.g. the patient reconnected).
             log.info("discarding a stale Oura token journal for patient %s", self.patient_id)
-            self._journal.remove(self._journal_name)
+            self._journal.remove(self.journal_name)
             return stored
         log.warning("applying the Oura token journal for patient %s", self.patient_id)
         try:
             current = self._save(pair, replaces)
         except ReconnectRequired:
-            self._journal.remove(self._journal_name)
+            self._journal.remove(self.journal_name)
             raise
         except Exception as exc:
             log.warning(
@@ -287,7 +286,7 @@ class PatientTokens:
         try:
             current = self._persist(new, spent)
         except ReconnectRequired:
-            self._journal.remove(self._journal_name)
+            self._journal.remove(self.journal_name)
             raise
         self._cached = current
         log.info("refreshed the Oura access token for patient %s", self.patient_id)
@@ -344,7 +343,7 @@ class PatientTokens:
             with attempt as conn:
                 current = self._swap(conn, pair, replaces)
         # Committed: the warehouse holds the current pair, the journal entry has done its job.
-        self._journal.remove(self._journal_name)
+        self._journal.remove(self.journal_name)
         return current
 
     def _swap(self, conn: Any, pair: TokenSet, replaces: str) -> TokenSet:
@@ -410,7 +409,7 @@ class PatientTokens:
     def _write_journal(self, pair: TokenSet, replaces: str) -> None:
         """The rotated pair, durable (Fernet-encrypted; a 0600 file fsynced, or a committed row)."""
         try:
-            self._journal.write(self._journal_name, {**pair_fields(pair), "replaces": replaces})
+            self._journal.write(self.journal_name, {**pair_fields(pair), "replaces": replaces})
         except OSError as exc:
             raise TokenStoreError(
                 f"could not store refreshed Oura tokens anywhere ({type(exc).__name__}); "
@@ -419,7 +418,7 @@ class PatientTokens:
 
     def _read_journal(self) -> tuple[TokenSet, str] | None:
         try:
-            data = self._journal.read(self._journal_name)
+            data = self._journal.read(self.journal_name)
             if data is None:
                 return None
             return pair_from(data), str(data["replaces"])
