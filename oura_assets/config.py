@@ -40,6 +40,8 @@ RATE_BUDGET_VARIABLE = "OURA_ASSETS_RATE_BUDGET"
 COORDINATION_VARIABLE = "OURA_ASSETS_COORDINATION"
 WEBHOOK_PATH = "/api/patient-graph/wearables/webhooks/oura"
 OAUTH_SCOPES = ("email", "personal", "daily", "heartrate", "workout", "session")
+# The `wearable_sync_events` sensor's default interval (s): OURA_ASSETS_SYNC_EVENTS_INTERVAL_S.
+SYNC_EVENTS_INTERVAL_S = 15
 
 # What each component needs outside demo mode. A missing one is a start-up error naming the variable.
 REQUIREMENTS: dict[str, tuple[str, ...]] = {
@@ -89,7 +91,7 @@ class Settings:
     """`OURA_WEBHOOK_VERIFICATION_TOKEN`: what Oura echoes when it verifies our webhook callback."""
     shards: int = 1
     """`OURA_ASSETS_SHARDS`: how many runs the nightly schedule splits the patients into (shards.py)."""
-    sync_events_interval_s: int = 15
+    sync_events_interval_s: int = SYNC_EVENTS_INTERVAL_S
     """`OURA_ASSETS_SYNC_EVENTS_INTERVAL_S`: seconds between the `wearable_sync_events` sensor's looks for
     finished runs (the daemon's sensor loop, every 5 s or so, is the floor whatever the setting)."""
     rate_budget: str | None = field(default=None, repr=False)
@@ -352,7 +354,9 @@ def load_settings(
         ),
         webhook_callback_url=_env(env, "OURA_WEBHOOK_CALLBACK_URL") or api_url + WEBHOOK_PATH,
         shards=_parse_int(env, "OURA_ASSETS_SHARDS", 1, 1, 64),
-        sync_events_interval_s=_parse_int(env, "OURA_ASSETS_SYNC_EVENTS_INTERVAL_S", 15, 1, 3600),
+        sync_events_interval_s=_parse_int(
+            env, "OURA_ASSETS_SYNC_EVENTS_INTERVAL_S", SYNC_EVENTS_INTERVAL_S, 1, 3600
+        ),
         rate_budget=rate_budget,
         coordination=coordination,
     )

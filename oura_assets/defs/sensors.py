@@ -15,6 +15,7 @@ import dagster as dg
 
 from oura_assets import ledger
 from oura_assets import warehouse as wh
+from oura_assets.config import SYNC_EVENTS_INTERVAL_S
 from oura_assets.defs.assets import RAW_KEYS
 from oura_assets.defs.jobs import FAST_LANE_JOB_NAME, SYNC_JOB_NAME
 from oura_assets.defs.partitions import (
@@ -115,7 +116,7 @@ class EventCursor:
         )
 
 
-def build_event_sensor(interval_s: int = 15) -> dg.SensorDefinition:
+def build_event_sensor(interval_s: int = SYNC_EVENTS_INTERVAL_S) -> dg.SensorDefinition:
     """The sensor recording finished runs, every `interval_s` (`OURA_ASSETS_SYNC_EVENTS_INTERVAL_S`)."""
 
     @dg.sensor(
