@@ -212,8 +212,7 @@ def new_lake_env(request: pytest.FixtureRequest, tmp_path: Path, *, migrated: bo
     name = f"lake_{os.getpid()}_{next(_LAKES)}"
     data_path = tmp_path / "lake-data"
     if migrated:
-        template = request.getfixturevalue("lake_template")
-        server.psql(f"CREATE DATABASE {name} TEMPLATE {template}")
+        server.create_database(name, template=request.getfixturevalue("lake_template"))
         # The copy still names the template's data folder; a lake keeps its data path in its catalog (with
         # the trailing slash DuckLake adds), so it is pointed at its own, as ATTACH ... (DATA_PATH) gives it.
         stored = str(data_path.expanduser().resolve()).replace("'", "''") + "/"

@@ -79,11 +79,13 @@ class PostgresServer:
             raise RuntimeError(f"psql failed ({result.returncode}): {result.stderr.strip()}")
         return result.stdout.strip()
 
-    def create_database(self, name: str) -> str:
-        """Create an empty database (name: lowercase letters, digits, underscores) and return its DSN."""
-        if not name.replace("_", "").isalnum() or name.lower() != name:
-            raise ValueError(f"database name must be lowercase alphanumeric/underscore: {name!r}")
-        self.psql(f"CREATE DATABASE {name}")
+    def create_database(self, name: str, template: str | None = None) -> str:
+        """Create a database (names: lowercase letters, digits, underscores), empty or a copy of `template`
+        (a database nobody is connected to), and return its DSN."""
+        for given in (name, template or "x"):
+            if not given.replace("_", "").isalnum() or given.lower() != given:
+                raise ValueError(f"database name must be lowercase alphanumeric/underscore: {given!r}")
+        self.psql(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
         return self.dsn(name)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import shutil
 import subprocess
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -245,6 +246,16 @@ def run_sync(
         raise_on_error=False,
         **placement,
     )
+
+
+def copy_warehouse(path: Path, folder: Path) -> Path:
+    """A copy of the warehouse file `path` in `folder` (made if missing), with its WAL if one was left; the
+    copy's path. Copy only a file no connection has open (a finished run's: each transaction detaches)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for part in (path, path.with_name(path.name + ".wal")):
+        if part.exists():
+            shutil.copy(part, folder / part.name)
+    return folder / path.name
 
 
 def stop_process(process: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:

@@ -8,7 +8,6 @@ shows the check can tell the two apart.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -24,7 +23,7 @@ from oura_assets.defs import checks
 from oura_assets.defs.partitions import partition_range_tags
 from oura_assets.simulator import SimulatorServer
 from oura_assets_tests.conftest import pipeline_environment, simulator_config, use_pipeline_environment
-from oura_assets_tests.support import UNPACED, connect_patient, failures, query
+from oura_assets_tests.support import UNPACED, connect_patient, copy_warehouse, failures, query
 
 START, END = date(2024, 6, 10), date(2024, 6, 14)
 CHECKS = [
@@ -90,10 +89,10 @@ def landed(
 ) -> tuple[dict[str, dg.AssetCheckEvaluation], Settings]:
     """The clean sync's evaluations, and settings pointing at a copy of its warehouse for this test to change
     (same simulator and token key: the copy's patients stay connected)."""
-    # No connection is open once the run is over: the file (and a WAL, if one was left) is the warehouse.
-    for path in clean_sync.warehouse.parent.glob(clean_sync.warehouse.name + "*"):
-        shutil.copy(path, tmp_path / path.name)
-    copy = {**clean_sync.environment, "OURA_ASSETS_WAREHOUSE": str(tmp_path / clean_sync.warehouse.name)}
+    copy = {
+        **clean_sync.environment,
+        "OURA_ASSETS_WAREHOUSE": str(copy_warehouse(clean_sync.warehouse, tmp_path)),
+    }
     return clean_sync.evaluations, use_pipeline_environment(copy, monkeypatch)
 
 

@@ -7,7 +7,6 @@ One real run against the simulator builds the clean warehouse (module-scoped); e
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -27,11 +26,11 @@ from oura_assets.defs.assets import DAILY_STATS_KEY, RAW_KEYS
 from oura_assets.defs.partitions import partition_range_tags
 from oura_assets.defs.resources import WarehouseResource
 from oura_assets.oura.oauth import OuraOAuthApp
-from oura_assets.simulator import ClientRegistration, SimulatorConfig, SimulatorServer
+from oura_assets.simulator import SimulatorServer
 from oura_assets.simulator import data as simulator_data
 from oura_assets.tokens import TokenCipher, store_granted_tokens
-from oura_assets_tests.conftest import TEST_CLIENT_ID, TEST_CLIENT_SECRET, TEST_REDIRECT_URI
-from oura_assets_tests.support import UNPACED, authorize_code
+from oura_assets_tests.conftest import TEST_CLIENT_ID, TEST_CLIENT_SECRET, TEST_REDIRECT_URI, simulator_config
+from oura_assets_tests.support import UNPACED, authorize_code, copy_warehouse
 
 START, END = date(2024, 6, 10), date(2024, 6, 16)
 PATIENTS = ("quality-a", "quality-b")
@@ -61,11 +60,7 @@ def run_job(start: date = START, end: date = END) -> dg.ExecuteInProcessResult:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    config = SimulatorConfig(
-        clients={
-            TEST_CLIENT_ID: ClientRegistration(secret=TEST_CLIENT_SECRET, redirect_uris=(TEST_REDIRECT_URI,))
-        }
-    )
+    config = simulator_config()
     path = tmp_path_factory.mktemp("quality") / "warehouse.duckdb"
     with SimulatorServer(config) as simulator, pytest.MonkeyPatch.context() as monkeypatch:
         values = {
@@ -313,8 +308,7 @@ CASES: list[tuple[str, dg.AssetChecksDefinition, Plant]] = [
 def test_check_fails_on_a_planted_bad_row_and_names_it(
     clean: CleanRun, tmp_path: Path, name: str, check: dg.AssetChecksDefinition, plant: Plant
 ) -> None:
-    copy = tmp_path / "warehouse.duckdb"
-    shutil.copyfile(clean.path, copy)
+    copy = copy_warehouse(clean.path, tmp_path)
     resource = WarehouseResource(database=str(copy))
     assert check(warehouse=resource).passed, "the copy must pass before the plant"
     with duckdb.connect(str(copy)) as conn:
@@ -360,8 +354,7 @@ def test_a_failing_raw_check_keeps_bad_samples_out_of_daily_stats(
     window (the run's raw mirror replaces whatever was stored there before). The run lands in a copy of the
     clean warehouse, so the module's stays clean without a second run to restore it.
     """
-    copy = tmp_path / "warehouse.duckdb"
-    shutil.copyfile(clean.path, copy)
+    copy = copy_warehouse(clean.path, tmp_path)
     monkeypatch.setenv("OURA_ASSETS_WAREHOUSE", str(copy))
     served = simulator_data.heart_rate
 
@@ -411,8 +404,7 @@ def test_a_raw_check_in_a_run_looks_at_the_runs_days_only(clean: CleanRun) -> No
 def test_yesterday_present_or_explained(
     clean: CleanRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    copy = tmp_path / "warehouse.duckdb"
-    shutil.copyfile(clean.path, copy)
+    copy = copy_warehouse(clean.path, tmp_path)
     resource = WarehouseResource(database=str(copy))
     with duckdb.connect(str(copy)) as conn:
         day, patient = _first(

@@ -18,9 +18,9 @@ from cryptography.fernet import Fernet
 
 from oura_assets import warehouse as wh
 from oura_assets.config import load_settings
-from oura_assets.simulator import ClientRegistration, SimulatorConfig, SimulatorServer
+from oura_assets.simulator import SimulatorServer
 from oura_assets_tests import support
-from oura_assets_tests.conftest import TEST_CLIENT_ID, TEST_CLIENT_SECRET, TEST_REDIRECT_URI
+from oura_assets_tests.conftest import TEST_CLIENT_ID, TEST_CLIENT_SECRET, TEST_REDIRECT_URI, simulator_config
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 EXAMPLE = re.compile(
@@ -53,12 +53,7 @@ def test_readme_has_the_six_questions():
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A folder laid out like a checkout after `make demo`: data/analytics.duckdb from a real run."""
     root = tmp_path_factory.mktemp("readme")
-    config = SimulatorConfig(
-        clients={
-            TEST_CLIENT_ID: ClientRegistration(secret=TEST_CLIENT_SECRET, redirect_uris=(TEST_REDIRECT_URI,))
-        }
-    )
-    with SimulatorServer(config) as simulator, pytest.MonkeyPatch.context() as env:
+    with SimulatorServer(simulator_config()) as simulator, pytest.MonkeyPatch.context() as env:
         env.delenv("OURA_ASSETS_DEMO", raising=False)
         env.delenv("OURA_ASSETS_ANALYTICS", raising=False)
         for name, value in {

@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -29,14 +28,17 @@ from oura_assets.config import Settings
 from oura_assets.simulator import ClientRegistration, SimulatorConfig, SimulatorServer
 from oura_assets.simulator import data as simdata
 from oura_assets_tests import test_simulator_schema as schema_checks
-from oura_assets_tests.conftest import (
-    TEST_CLIENT_ID,
-    TEST_CLIENT_SECRET,
-    TEST_REDIRECT_URI,
-    pipeline_environment,
-    use_pipeline_environment,
+from oura_assets_tests.conftest import pipeline_environment, simulator_config, use_pipeline_environment
+from oura_assets_tests.support import (
+    UNPACED,
+    VOLATILE,
+    connect_patient,
+    copy_warehouse,
+    failures,
+    query,
+    run_sync,
+    snapshot,
 )
-from oura_assets_tests.support import UNPACED, VOLATILE, connect_patient, failures, query, run_sync, snapshot
 
 _DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
 _NOW = datetime(2025, 1, 1, tzinfo=UTC)
@@ -139,22 +141,13 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Baseline]:
     """The ring users connected and the range landed once under the default readings, on a simulator and
     warehouse of this module's (both the readings test and the realism test start from this run)."""
     root = tmp_path_factory.mktemp("readings")
-    config = SimulatorConfig(
-        clients={
-            TEST_CLIENT_ID: ClientRegistration(secret=TEST_CLIENT_SECRET, redirect_uris=(TEST_REDIRECT_URI,))
-        }
-    )
-    with SimulatorServer(config) as simulator, pytest.MonkeyPatch.context() as env:
+    with SimulatorServer(simulator_config()) as simulator, pytest.MonkeyPatch.context() as env:
         settings = use_pipeline_environment(pipeline_environment(simulator, root / "warehouse.duckdb"), env)
         users = ring_users()
         for n, user in enumerate(users):
             connect_patient(settings, f"patient-{n}", user)
         tables = landed(settings)
-        # No connection is open once the run is over: the file (and a WAL, if one was left) is the warehouse.
-        copy = root / "baseline" / "warehouse.duckdb"
-        copy.parent.mkdir()
-        for path in settings.warehouse_path.parent.glob(settings.warehouse_path.name + "*"):
-            shutil.copy(path, copy.parent / path.name)
+        copy = copy_warehouse(settings.warehouse_path, root / "baseline")
         yield Baseline(settings, simulator, users, tables, copy)
 
 

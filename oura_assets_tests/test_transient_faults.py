@@ -9,14 +9,8 @@ from typing import Any
 
 import pytest
 
-from oura_assets.simulator import ClientRegistration, SimulatorConfig, SimulatorServer
-from oura_assets_tests.conftest import (
-    TEST_CLIENT_ID,
-    TEST_CLIENT_SECRET,
-    TEST_REDIRECT_URI,
-    pipeline_environment,
-    use_pipeline_environment,
-)
+from oura_assets.simulator import SimulatorConfig, SimulatorServer
+from oura_assets_tests.conftest import pipeline_environment, simulator_config, use_pipeline_environment
 from oura_assets_tests.support import UNPACED_RATE_LIMIT, VOLATILE, connect_patient, snapshot
 from oura_assets_tests.test_honest_outcomes import failure_messages, results, sync_run
 
@@ -25,11 +19,8 @@ SEEN = VOLATILE | {"first_seen_at", "last_changed_at"}
 PATIENTS = ("patient-0", "patient-1")
 
 
-def simulator_config(seed: int) -> SimulatorConfig:
-    return SimulatorConfig(
-        clients={
-            TEST_CLIENT_ID: ClientRegistration(secret=TEST_CLIENT_SECRET, redirect_uris=(TEST_REDIRECT_URI,))
-        },
+def seeded_config(seed: int) -> SimulatorConfig:
+    return simulator_config(
         seed=seed,
         # Small pages: more requests per collection, so more of them meet a fault.
         page_size={"daily_readiness": 2, "daily_sleep": 2, "sleep": 2, "daily_activity": 2, "heartrate": 100},
@@ -41,7 +32,7 @@ def clean_tables(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tup
     """The tables the range lands with no fault, in a warehouse of their own: the same for every fault seed
     (the seed drives the fault dice only; the data comes from the ring users' names), so run once."""
     root = tmp_path_factory.mktemp("clean")
-    with SimulatorServer(simulator_config(0)) as simulator, pytest.MonkeyPatch.context() as env:
+    with SimulatorServer(seeded_config(0)) as simulator, pytest.MonkeyPatch.context() as env:
         settings = use_pipeline_environment(pipeline_environment(simulator, root / "warehouse.duckdb"), env)
         for patient in PATIENTS:
             connect_patient(settings, patient)
@@ -54,7 +45,7 @@ def clean_tables(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tup
 # Several fault seeds: each test gets its own simulator whose fault dice start from that seed.
 @pytest.fixture(params=[1, 2, 3], ids=lambda seed: f"seed-{seed}")
 def simulator(request) -> Iterator[SimulatorServer]:
-    with SimulatorServer(simulator_config(request.param)) as server:
+    with SimulatorServer(seeded_config(request.param)) as server:
         yield server
 
 
