@@ -43,7 +43,7 @@ from oura_assets.config import OAUTH_SCOPES
 from oura_assets.domain import DOCUMENT_COLLECTIONS, missing_scope
 from oura_assets.oura.client import OuraClient, heartrate_windows, parse_instant
 from oura_assets.simulator import RateLimit, SimulatorServer
-from oura_assets.simulator.config import DEFAULT_PAGE_SIZES, SimulatorConfig
+from oura_assets.simulator.config import SimulatorConfig
 from oura_assets.sync import heartrate_window
 from oura_assets_tests import support
 
@@ -646,7 +646,7 @@ def bench_economy(size: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]
             "days": days,
             "start": start.isoformat(),
             "per_day_days_measured": len(sampled),
-            "page_sizes": DEFAULT_PAGE_SIZES,
+            "page_sizes": {c: PAGES.page_size_for(c) for c in (*SHARED_COLLECTIONS, "heartrate")},
         },
         "candidate": {"requests": single, "items": items, "heartrate_samples": len(instants)},
         "lower_bound": bound,
