@@ -62,8 +62,17 @@ def lock_key(name: str) -> int:
 class _Pool:
     """Autocommit connections to one database, for one process; thread-safe."""
 
-    def __init__(self, dsn: str, *, connect_timeout_s: int = 10) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        connect_timeout_s: int = 10,
+        role: str = "the token coordination database",
+        application: str = "oura-assets coordination",
+    ) -> None:
         self._dsn = dsn
+        self.role = role  # how errors name the database
+        self._application = application  # how the server's pg_stat_activity names our sessions
         self.where = describe(dsn)
         self._connect_timeout_s = connect_timeout_s
         self._idle: list[Any] = []
@@ -79,7 +88,7 @@ class _Pool:
             conn = psycopg2.connect(
                 self._dsn,
                 connect_timeout=self._connect_timeout_s,
-                application_name="oura-assets coordination",
+                application_name=self._application,
                 # A waiter notices a server that went away, and the server a holder that did.
                 keepalives=1,
                 keepalives_idle=30,
@@ -92,7 +101,7 @@ class _Pool:
                 cur.execute("SET synchronous_commit = on")
         except psycopg2.Error as exc:
             raise CoordinationUnavailable(
-                f"the token coordination database at {self.where} cannot be reached: {first_line(exc)}"
+                f"{self.role} at {self.where} cannot be reached: {first_line(exc)}"
             ) from None
         return conn
 
@@ -119,14 +128,13 @@ class _Pool:
                 self.discard(conn)
                 if attempt == 2:
                     raise CoordinationUnavailable(
-                        f"the token coordination database at {self.where} failed: {first_line(exc)}"
+                        f"{self.role} at {self.where} failed: {first_line(exc)}"
                     ) from None
                 continue
             except psycopg2.Error as exc:
                 self.give_back(conn)
                 raise CoordinationUnavailable(
-                    f"the token coordination database at {self.where} refused a statement: "
-                    f"{type(exc).__name__}"
+                    f"{self.role} at {self.where} refused a statement: {type(exc).__name__}"
                 ) from None
             self.give_back(conn)
             return result
@@ -164,8 +172,7 @@ class AdvisoryLock:
                 if attempt == 1 and isinstance(exc, _DROPPED):
                     continue
                 raise CoordinationUnavailable(
-                    f"the token coordination database at {self._pool.where} failed while locking: "
-                    f"{first_line(exc)}"
+                    f"{self._pool.role} at {self._pool.where} failed while locking: {first_line(exc)}"
                 ) from None
             if not got:
                 self._pool.give_back(conn)
@@ -205,6 +212,13 @@ class AdvisoryLock:
             self._pool.give_back(conn)
         else:  # not ours any more (the session was reset?): never hand a doubtful session to another holder
             self._pool.discard(conn)
+
+
+def session_lock(dsn: str, name: str, *, role: str, application: str) -> AdvisoryLock:
+    """A session-level advisory lock `name` in the database at `dsn`, on a pool of its own (one idle session
+    kept between turns). For a lock that is not the token coordination's: the DuckLake writers' turn
+    (`warehouse/lake.py`), in the lake's own catalog database. `role` names the database in errors."""
+    return AdvisoryLock(_Pool(dsn, role=role, application=application), name)
 
 
 class PostgresJournalStore:

@@ -9,11 +9,13 @@ out. A wait past `slow_wait_s` is logged while it lasts (`waits.WaitWatch`). Wit
 `encryption.open_attached`; queries read the same either way. Either way the file is ATTACHed to the
 process's one in-memory DuckDB instance for the block and DETACHed after it (cheaper than a new instance).
 
-The other backend is a DuckLake (`lake.py`): a `LakeLocation` instead of a path. Then there is no file and no
-writer lock: connections are cursors of the process's lake instance, and a transaction that loses a write
-conflict to another writer fails at COMMIT with `WarehouseConflict`. `attempts` is how writers that may run
-concurrently (runs, shards, sensors, the API) write: their block is run again after a conflict, a bounded
-number of times. On a DuckDB file it runs the block once, under the lock, as `transaction` does.
+The other backend is a DuckLake (`lake.py`): a `LakeLocation` instead of a path. Then there is no file:
+connections are cursors of the process's lake instance, transactions take turns on the lake's writer lock
+(an advisory lock in its catalog database, `lake.LakeWriter`), and a transaction that still loses a write
+conflict (to a writer outside that lock) fails at COMMIT with `WarehouseConflict`. `attempts` is how
+writers that may run concurrently (runs, shards, sensors, the API) write: their block is run again after a
+conflict, a bounded number of times. On a DuckDB file it runs the block once, under the lock, as
+`transaction` does.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ from oura_assets.warehouse.lake import (
     lake_cursor,
     lake_location,
     lake_schema_checked,
+    lake_writer,
     mark_lake_schema_checked,
-    process_writer,
 )
 from oura_assets.warehouse.lock import Wait, WarehouseBusy, WarehouseHolder, WriterLock
 from oura_assets.warehouse.migrations import ensure_schema_on
@@ -282,9 +284,9 @@ class Warehouse:
     ) -> Iterator[duckdb.DuckDBPyConnection]:
         """`connect` inside BEGIN / COMMIT: all of the block's writes land, or (on any exception) none do.
 
-        On a DuckLake the threads of one process take turns (`lake.process_writer`): conflicts between
-        processes and hosts are settled by DuckLake at COMMIT, but threads of one run (patients fetched four
-        at a time) writing the same tables would only make each other start over.
+        On a DuckLake the writers of every thread, process and host take turns (`lake.LakeWriter`: the
+        catalog database's advisory lock), as they queue on the lock of a DuckDB file: concurrent writers of
+        the same tables would only make each other start over at COMMIT.
         """
         turn = self._lake_turn(purpose, timeout_s) if self.lake is not None else contextlib.nullcontext()
         with turn, self.connect(purpose, timeout_s) as conn:
@@ -314,8 +316,8 @@ class Warehouse:
         assert self.lake is not None
         wait = self.lock_timeout_s if timeout_s is None else timeout_s
         started = time.monotonic()
-        writer = process_writer(self.lake)
-        if not writer.acquire(timeout=max(wait, 0.0)):
+        writer = lake_writer(self.lake)
+        if not writer.acquire(wait):
             raise WarehouseBusy(self.location, None, time.monotonic() - started)
         try:
             yield

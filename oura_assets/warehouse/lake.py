@@ -2,10 +2,11 @@
 
 `OURA_ASSETS_WAREHOUSE=ducklake:postgres:dbname=… host=…` with `OURA_ASSETS_LAKE_DATA_PATH` (a folder, or
 object storage such as `s3://bucket/oura/`) selects it. Every process of every host attaches the same
-catalog: there is no file to lock, so writers do not queue behind each other. DuckLake commits optimistically
-instead: a transaction that deleted from a table another transaction changed since it began fails at COMMIT
-with "Transaction conflict" (DuckDB 1.5.5's DuckLake conflicts at the table level: two inserts never
-conflict, an insert and a delete on one table always do), and `Warehouse.attempts` runs it again.
+catalog. DuckLake commits optimistically: a transaction that deleted from a table another transaction changed
+since it began fails at COMMIT with "Transaction conflict" (DuckDB 1.5.5's DuckLake conflicts at the table
+level: two inserts never conflict, an insert and a delete on one table always do). Our writers therefore
+take turns (`LakeWriter`: an advisory lock in the catalog database, across hosts), and `Warehouse.attempts`
+runs a transaction that still lost (to a writer outside that lock) again.
 
 Extensions: DuckDB's `ducklake` and `postgres` extensions come from the PyPI wheels
 `duckdb-extension-ducklake` / `duckdb-extension-postgres` pinned with DuckDB (offline installs, CI), else
@@ -29,6 +30,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,15 +233,76 @@ class _LakeHost:
 
 
 _HOST = _LakeHost()
-_WRITERS: dict[LakeLocation, threading.RLock] = {}
+
+
+class LakeWriter:
+    """The turn to write one lake: held by one transaction at a time in every process of every host.
+
+    DuckLake 1.5.5 settles concurrent writers optimistically and per table: a transaction that deleted from a
+    table another one changed since it began fails at COMMIT and is run again (`Warehouse.attempts`). Every
+    write of ours touches the same few tables (sync results, the raw tables, the per-table write guards), so
+    concurrent writers (three shard runs) nearly always collide: measured, one shard's patient lost its commit
+    eleven times in a row, and a shard run took 47 s against 12 s for the others, redoing whole transactions.
+    Taking turns costs a transaction's length of waiting instead (our transactions are short: a group of
+    patients' rows, never a call to Oura), so writers take turns as on the DuckDB file:
+
+    - the threads of this process on a reentrant lock (a transaction may open another in the same thread);
+    - the processes of every host on a PostgreSQL session-level advisory lock in the lake's own catalog
+      database, taken by the outermost transaction of the thread holding the process's turn. The server
+      lets go when the holder's session ends, so a process killed -9 never leaves the lake locked.
+
+    DuckLake's conflict check still guards what does not take the turn (another program writing the lake);
+    `attempts` still runs such a loser again. Made per process (a forked child gets its own session).
+    """
+
+    def __init__(self, location: LakeLocation) -> None:
+        from oura_assets.coordination_postgres import session_lock
+
+        self._threads = threading.RLock()
+        self._depth = 0  # how many transactions of the thread holding `_threads` are open; changed under it
+        self._hosts = session_lock(
+            location.dsn,
+            f"lake writer:{location.catalog}",
+            role="the DuckLake catalog database",
+            application="oura-assets lake writer",
+        )
+
+    def acquire(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for the turn (both locks, in all); False when it was not had in time."""
+        started = time.monotonic()
+        if not self._threads.acquire(timeout=max(timeout_s, 0.0)):
+            return False
+        if self._depth == 0:
+            try:
+                got = self._hosts.acquire(max(timeout_s - (time.monotonic() - started), 0.0))
+            except BaseException:
+                self._threads.release()
+                raise
+            if not got:
+                self._threads.release()
+                return False
+        self._depth += 1
+        return True
+
+    def release(self) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self._hosts.release()
+        self._threads.release()
+
+
+_WRITERS: dict[tuple[int, LakeLocation], LakeWriter] = {}
 _WRITERS_LOCK = threading.Lock()
 
 
-def process_writer(location: LakeLocation) -> threading.RLock:
-    """The lock the threads of this process take turns on to write the lake (reentrant: a transaction may
-    open another in the same thread). Not across processes: there DuckLake's optimistic commits decide."""
+def lake_writer(location: LakeLocation) -> LakeWriter:
+    """This process's `LakeWriter` of the lake at `location`."""
     with _WRITERS_LOCK:
-        return _WRITERS.setdefault(location, threading.RLock())
+        key = (os.getpid(), location)
+        writer = _WRITERS.get(key)
+        if writer is None:
+            writer = _WRITERS[key] = LakeWriter(location)
+        return writer
 
 
 def lake_cursor(location: LakeLocation) -> duckdb.DuckDBPyConnection:
