@@ -26,9 +26,12 @@ START, END = date(2024, 6, 10), date(2024, 6, 16)
 
 
 def run_sync() -> tuple[dg.Definitions, dg.DagsterInstance, str]:
-    """One sync run over START..END on an ephemeral instance kept for its materializations."""
+    """One sync run over START..END on an ephemeral instance kept for its materializations; unpaced, since
+    what is published is the subject here, not how the requests were spread (`support.UNPACED`)."""
     definitions, instance = load_defs(), dg.DagsterInstance.ephemeral()
-    result = support.run_sync(START, END, definitions=definitions, instance=instance)
+    result = support.run_sync(
+        START, END, definitions=definitions, instance=instance, run_config=support.UNPACED
+    )
     assert result.success, support.failures(result)
     return definitions, instance, result.run_id
 
@@ -252,7 +255,9 @@ def test_a_later_run_refreshes_the_snapshot_to_what_a_whole_copy_holds(
 
     later = (date(2024, 6, 17), date(2024, 6, 20))
     definitions, instance = load_defs(), dg.DagsterInstance.ephemeral()
-    assert support.run_sync(*later, definitions=definitions, instance=instance).success
+    assert support.run_sync(
+        *later, definitions=definitions, instance=instance, run_config=support.UNPACED
+    ).success
     event = instance.get_latest_materialization_event(dg.AssetKey(["analytics", "snapshot"]))
     assert event is not None and event.asset_materialization.metadata["mode"].value == "incremental"
     whole = analytics.publish_snapshot(store, tmp_path / "whole.duckdb")

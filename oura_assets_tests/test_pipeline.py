@@ -16,18 +16,30 @@ from oura_assets.defs.schedules import nightly_range
 from oura_assets.defs.sensors import build_event_sensor
 from oura_assets.normalize import METRIC_KEYS
 from oura_assets.simulator import data as simdata
-from oura_assets_tests.support import VOLATILE, duplicate_keys, failures, query, run_sync, snapshot
+from oura_assets_tests.support import UNPACED, VOLATILE, duplicate_keys, failures, query, run_sync, snapshot
 
 START, END = date(2024, 6, 10), date(2024, 6, 16)
 
 
 def sync_and_record(
-    start: date = START, end: date = END, **tags: str
+    start: date = START, end: date = END, *, paced: bool = False, **tags: str
 ) -> tuple[dg.Definitions, dg.DagsterInstance, str]:
-    """A successful `oura_sync` run over [start, end], then one tick of the sensor that records its events."""
+    """A successful `oura_sync` run over [start, end], then one tick of the sensor that records its events.
+
+    Unpaced (`support.UNPACED`) unless `paced`: what these tests look at is what lands, not how requests are
+    spread (test_pacing.py, test_rate_budget.py and bench/ are about that), and spreading a run's ~100
+    requests at Oura's 15 a second is ~6 s of idle waiting a test. One test keeps the shipped pacing
+    (`test_materialized_range_lands_every_table`), so a run here still goes through the budget as deployed."""
     definitions = load_defs()
     instance = dg.DagsterInstance.ephemeral()
-    result = run_sync(start, end, definitions=definitions, instance=instance, tags=tags)
+    result = run_sync(
+        start,
+        end,
+        definitions=definitions,
+        instance=instance,
+        tags=tags,
+        run_config=None if paced else UNPACED,
+    )
     assert result.success, failures(result)
     with dg.build_sensor_context(instance=instance, resources=definitions.resources) as context:
         build_event_sensor()(context)
@@ -58,7 +70,7 @@ def test_materialized_range_lands_every_table(pipeline_env, connect_patient, war
     settings = pipeline_env
     for n in range(3):
         connect_patient(f"patient-{n}")
-    _, _, run_id = sync_and_record()
+    _, _, run_id = sync_and_record(paced=True)  # the shipped pacing: the run's requests go through the budget
 
     metric_types = {
         t for (t,) in query(settings, "SELECT DISTINCT metric_type FROM patient_graph.wearable_data")
@@ -328,9 +340,8 @@ def test_patients_fetched_concurrently_land_exactly_what_one_at_a_time_does(
                 conn.execute(f"DELETE FROM patient_graph.{table}")  # noqa: S608 (fixed names)
             for table in ("daily_readiness", "daily_sleep", "sleep", "daily_activity", "heartrate"):
                 conn.execute(f"DELETE FROM oura_raw.{table}")  # noqa: S608 (fixed names)
-        result = run_sync(
-            START, END, run_config={"resources": {"oura": {"config": {"max_concurrent_patients": workers}}}}
-        )
+        oura = {**UNPACED["resources"]["oura"]["config"], "max_concurrent_patients": workers}
+        result = run_sync(START, END, run_config={"resources": {"oura": {"config": oura}}})
         assert result.success, failures(result)
         # The raw tables were emptied above, so every document is first seen (again) by this run.
         return snapshot(pipeline_env, drop=VOLATILE | {"first_seen_at", "last_changed_at"})

@@ -13,7 +13,7 @@ from oura_assets.definitions import defs as load_defs
 from oura_assets.defs.assets import DAILY_STATS_KEY
 from oura_assets.normalize import HeartRateDayStats
 from oura_assets.retention import heartrate_cutoff, keep_pruned_heart_rate
-from oura_assets_tests.support import failures, query, run_sync, table_rows
+from oura_assets_tests.support import UNPACED, failures, query, run_sync, table_rows
 
 START, END = date(2024, 6, 10), date(2024, 6, 16)
 HORIZON_DAY = date(2024, 6, 13)
@@ -118,7 +118,7 @@ def test_housekeeping_without_retention_reports_retention_off_and_deletes_nothin
     pipeline_env: Settings, connect_patient
 ) -> None:
     connect_patient("patient-r")
-    assert run_sync(START, END).success
+    assert run_sync(START, END, run_config=UNPACED).success
     before = query(pipeline_env, "SELECT count(*) FROM oura_raw.heartrate")[0][0]
 
     metadata = step_metadata(housekeeping())
@@ -132,7 +132,7 @@ def test_retention_drops_old_samples_and_the_rebuild_keeps_their_daily_figures(
     pipeline_env: Settings, connect_patient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     connect_patient("patient-r")
-    assert run_sync(START, END).success
+    assert run_sync(START, END, run_config=UNPACED).success
     stats_before = table_rows(pipeline_env, DAILY_STATS)
     assert query(
         pipeline_env, "SELECT count(*) FROM patient_graph.patient_wearable_daily_stats WHERE hr_samples > 0"

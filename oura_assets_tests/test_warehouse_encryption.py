@@ -65,7 +65,7 @@ def test_encrypted_warehouse_file_and_wal_hold_no_patient_data_and_the_key_is_ne
     caplog.set_level(logging.DEBUG)
     for n in range(2):
         support.connect_patient(encrypted_env, f"patient-enc-{n}")
-    result = support.run_sync(START, END)
+    result = support.run_sync(START, END, run_config=support.UNPACED)
     assert result.success, support.failures(result)
     wanted = needles(encrypted_env)
     assert {b"patient-enc-0", b"patient-enc-1"} <= wanted and len(wanted) > 5
@@ -171,7 +171,7 @@ def test_the_wheel_extension_is_found_for_this_duckdb():
 @pytest.mark.slow
 def test_rekey_rotates_the_key_and_keeps_every_row(encrypted_env: Settings):
     support.connect_patient(encrypted_env, "patient-rekey")
-    result = support.run_sync(START, END)
+    result = support.run_sync(START, END, run_config=support.UNPACED)
     assert result.success, support.failures(result)
     before = support.snapshot(encrypted_env)
     store = wh.Warehouse.from_settings(encrypted_env)

@@ -38,7 +38,7 @@ from oura_assets.simulator.data.queries import documents_for_day
 from oura_assets.simulator.data.users import profile
 from oura_assets_tests.api_support import ISSUER, new_key, public
 from oura_assets_tests.conftest import TEST_CLIENT_ID, TEST_CLIENT_SECRET
-from oura_assets_tests.support import ConnectedPatient, query, run_sync
+from oura_assets_tests.support import UNPACED, ConnectedPatient, query, run_sync
 
 TOKEN = "verify-me-0123456789"
 KEY = new_key()
@@ -602,7 +602,7 @@ def test_a_new_patients_first_sync_is_history_not_unannounced_changes(
     connect_patient("patient-w16")
     began = datetime.now(UTC) - timedelta(seconds=1)
     end = datetime.now(UTC).date() - timedelta(days=1)
-    assert run_sync(end - timedelta(days=3), end).success
+    assert run_sync(end - timedelta(days=3), end, run_config=UNPACED).success
     store = wh.Warehouse(pipeline_env.warehouse_path)
     report = review_coverage(store, pipeline_env, began, datetime.now(UTC))
     assert sum(report.unannounced.values()) == 0 and not report.quiet
@@ -651,7 +651,7 @@ def test_nightly_run_reports_unannounced_documents_in_its_metadata(
     connect_patient("patient-w15")
     connected_days_ago(pipeline_env, "patient-w15", 2)
     end = datetime.now(UTC).date() - timedelta(days=1)
-    result = run_sync(end - timedelta(days=3), end)
+    result = run_sync(end - timedelta(days=3), end, run_config=UNPACED)
     assert result.success
     materializations = [
         m
