@@ -1,12 +1,13 @@
 """One Dagster step per checked asset: the asset checks are plain functions of the warehouse, each with its
 `dg.AssetCheckSpec`, and `CheckSet.steps()` runs all of an asset's checks in one `dg.multi_asset_check`.
 
-Why not one `@dg.asset_check` each: every check step costs Dagster some 50-70 ms of the run's main thread
-(measured on a 3-patient 7-day run, py-spy --gil). Turning a check's result into its evaluation lists every
-partition of the daily-partitioned asset it targets (~1,070 keys by cron iteration, ~20 ms) and reads the
-asset's record, once per step (Dagster caches it per asset within a step only), and each step adds its start,
-success and resource events on top. With ~29 checks that was about a second per `oura_sync` run, nightly and
-in each of the test suite's ~80 runs; one step per asset pays it once per asset.
+Why not one `@dg.asset_check` each: every check step costs Dagster's main thread 60-90 ms of its own work.
+Turning a check's result into its evaluation lists every partition of the daily-partitioned asset it targets
+(~1,070 keys by cron iteration, ~20 ms) and reads the asset's record, once per step (Dagster caches that per
+asset within a step only; py-spy --gil put ~1.0 s per run there), and each step adds its start, success and
+resource events on top. Measured on a 3-patient 7-day `oura_sync` run (main-thread CPU, median of 3, runs
+interleaved): 36 steps and 4.1-4.5 s with 30 check steps, 21 steps and 3.0-3.2 s with 15. The nightly run and
+each of the test suite's ~80 runs pay it.
 
 Why per asset and not one step for all: a step fails after yielding all its results if a blocking check
 failed, and whatever depends on the step waits for it. Grouped by asset, a failed blocking check on

@@ -4,7 +4,7 @@ Patient-side problems (a reconnect needed, an expired membership) are not run fa
 warning on `wearable_data`, every night until they are resolved.
 
 Each check is a plain function of the warehouse (tests and `dagster asset check` call them on their own);
-`CHECK_STEPS` runs each asset's checks in one Dagster step (`check_steps.py` says why: ~50 ms of Dagster's
+`CHECK_STEPS` runs each asset's checks in one Dagster step (`check_steps.py` says why: 60-90 ms of Dagster's
 own work per step).
 """
 
