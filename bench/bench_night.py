@@ -70,6 +70,7 @@ def phase(stack: str) -> str:
         ("rebuild_per_patient", "rebuild"),
         ("publish_snapshot", "analytics snapshot"),
         ("checks.py", "asset checks"),
+        ("check_steps.py", "asset checks"),  # the step running an asset's checks, webhooks' one included
         ("defs/assets.py", "assets (other)"),
     ):
         if needle in stack:

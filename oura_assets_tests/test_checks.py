@@ -17,9 +17,11 @@ from typing import Any
 import dagster as dg
 import pytest
 
+from oura_assets import warehouse as wh
 from oura_assets.config import Settings
 from oura_assets.definitions import defs as load_defs
 from oura_assets.defs import checks
+from oura_assets.defs.assets import WEARABLE_DATA_KEY
 from oura_assets.defs.partitions import partition_range_tags
 from oura_assets.simulator import SimulatorServer
 from oura_assets_tests.conftest import pipeline_environment, simulator_config, use_pipeline_environment
@@ -38,19 +40,25 @@ CHECK_NAMES = {
 }
 
 
-def materialize(*, checks_only: bool = False) -> dict[str, dg.AssetCheckEvaluation]:
-    """Materialize every asset with its checks over START..END (or run the checks alone, on what is already
-    in the warehouse) and return each check's evaluation by name."""
+def run_checks(selection: dg.AssetSelection) -> dg.ExecuteInProcessResult:
     definitions = load_defs()
     assets = [a for a in definitions.assets or [] if isinstance(a, dg.AssetsDefinition)]
-    result = dg.materialize(
-        [*assets, *CHECKS],
+    return dg.materialize(
+        [*assets, *checks.CHECK_STEPS],
         resources=definitions.resources,
         tags=partition_range_tags(START, END),
         run_config=UNPACED,
-        selection=dg.AssetSelection.checks(*CHECKS) if checks_only else None,
+        selection=selection,
         raise_on_error=False,
     )
+
+
+def materialize(*, checks_only: bool = False) -> dict[str, dg.AssetCheckEvaluation]:
+    """Materialize every asset with these checks over START..END (or run the checks alone, on what is already
+    in the warehouse) and return each check's evaluation by name. The checks share their asset's step with
+    others (`CHECK_STEPS`); selecting them by key runs only them."""
+    selected = dg.AssetSelection.checks(*(checks.spec_of(check).key for check in CHECKS))
+    result = run_checks(selected if checks_only else dg.AssetSelection.all().without_checks() | selected)
     assert result.success, failures(result)
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert set(evaluations) == CHECK_NAMES
@@ -168,3 +176,26 @@ def test_daily_stats_disagreeing_with_wearable_data_fail_the_agreement_check(lan
     assert evaluation.severity == dg.AssetCheckSeverity.ERROR
     assert metadata(evaluation) == {"mismatched_days": 2, "checked": f"the run's days {START}..{END}"}
     assert materialize()["daily_stats_agree_with_wearable_data"].passed  # a re-sync rebuilds the stats
+
+
+def test_a_check_that_raises_fails_its_step_after_the_other_checks_of_its_asset_answered(landed, monkeypatch):
+    """All of `wearable_data`'s checks run in one step: one check's query failing must not hide the others'
+    answers (as with a step per check), and the step, so the run, still fails with that error."""
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("metric keys query broke")
+
+    monkeypatch.setattr(wh, "wearable_data_key_shapes", broken)
+    result = run_checks(dg.AssetSelection.checks_for_assets(WEARABLE_DATA_KEY))
+    assert not result.success
+    assert any("metric keys query broke" in text for text in failures(result))
+    of_the_asset = {
+        key.name
+        for step in checks.CHECK_STEPS
+        for key in step.check_keys
+        if key.asset_key == WEARABLE_DATA_KEY
+    }
+    answered = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert len(of_the_asset) >= 8
+    assert set(answered) == of_the_asset - {"wearable_data_metric_keys"}
+    assert answered["connections_need_attention"].passed

@@ -100,7 +100,7 @@ def test_first_data_lane_runs_the_reserved_request_as_a_dagster_run(
         assert run.job_name == "oura_sync_fast_lane"
         steps = {e.step_key for e in instance.all_logs(run_id) if e.step_key}
         # The raw checks gate the patient graph (blocking); the graph's warnings wait for the full run.
-        assert "oura_raw__daily_readiness_scores_in_range" in steps
+        assert "oura_raw__daily_readiness_checks" in steps
         assert "patient_graph__wearable_data" in steps
         assert not any(s.startswith("patient_graph__wearable_data_") for s in steps)
         # Claimed by the run under its own id; the event sensor closes it and writes the sync event.

@@ -22,7 +22,8 @@ from oura_assets import warehouse as wh
 from oura_assets.config import load_settings
 from oura_assets.definitions import defs as load_defs
 from oura_assets.defs import checks, webhooks
-from oura_assets.defs.assets import DAILY_STATS_KEY, RAW_KEYS
+from oura_assets.defs.assets import DAILY_STATS_KEY, RAW_KEYS, SESSIONS_KEY, WEARABLE_DATA_KEY, WORKOUTS_KEY
+from oura_assets.defs.check_steps import CheckFn
 from oura_assets.defs.partitions import partition_range_tags
 from oura_assets.defs.resources import WarehouseResource
 from oura_assets.oura.oauth import OuraOAuthApp
@@ -230,7 +231,7 @@ def daily_stats(column: str, value: int, expected: str) -> Plant:
     return plant
 
 
-CASES: list[tuple[str, dg.AssetChecksDefinition, Plant]] = [
+CASES: list[tuple[str, CheckFn, Plant]] = [
     (
         "raw readiness duplicate id",
         checks.raw_daily_readiness_unique_keys,
@@ -306,7 +307,7 @@ CASES: list[tuple[str, dg.AssetChecksDefinition, Plant]] = [
 
 @pytest.mark.parametrize(("name", "check", "plant"), CASES, ids=[case[0] for case in CASES])
 def test_check_fails_on_a_planted_bad_row_and_names_it(
-    clean: CleanRun, tmp_path: Path, name: str, check: dg.AssetChecksDefinition, plant: Plant
+    clean: CleanRun, tmp_path: Path, name: str, check: CheckFn, plant: Plant
 ) -> None:
     copy = copy_warehouse(clean.path, tmp_path)
     resource = WarehouseResource(database=str(copy))
@@ -316,7 +317,7 @@ def test_check_fails_on_a_planted_bad_row_and_names_it(
         patient, day, row_id, expected = plant(conn)
     result = check(warehouse=resource)
     assert not result.passed
-    blocking = next(iter(check.check_specs)).blocking
+    blocking = checks.spec_of(check).blocking
     assert result.severity == (dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN)
     offenders = result.metadata["offenders"].data
     assert result.metadata["offending_rows"].value == len(offenders) >= 1
@@ -345,6 +346,21 @@ def test_raw_checks_block_and_normalized_checks_warn() -> None:
             assert spec.blocking == (spec.asset_key in RAW_KEYS.values()), spec.key
 
 
+def test_each_check_step_checks_one_asset() -> None:
+    """A step fails if any of its blocking checks fails, and stops whatever is built from any asset it checks:
+    one asset per step keeps a bad `oura_raw/sleep` from stopping what does not read it. Only `oura_available`
+    (blocking nothing) spans the raw assets; every asset has one step for the rest of its checks."""
+    steps = dg.load_asset_checks_from_modules([checks, webhooks])
+    grouped = [step for step in steps if {key.name for key in step.check_keys} != {"oura_available"}]
+    assert len(grouped) == len(steps) - 1
+    assets = [{key.asset_key for key in step.check_keys} for step in grouped]
+    assert all(len(targets) == 1 for targets in assets), assets
+    assert len(assets) == len({next(iter(targets)) for targets in assets})
+    assert sum(len(step.check_keys) for step in steps) == len(
+        {key for step in steps for key in step.check_keys}
+    )
+
+
 def test_a_failing_raw_check_keeps_bad_samples_out_of_daily_stats(
     clean: CleanRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -371,6 +387,8 @@ def test_a_failing_raw_check_keeps_bad_samples_out_of_daily_stats(
     materialized = {e.asset_key for e in result.get_asset_materialization_events()}
     assert RAW_KEYS["heartrate"] in materialized
     assert DAILY_STATS_KEY not in materialized
+    # Only what is built from heart rate waits: the other raw assets' checks run in steps of their own.
+    assert {WEARABLE_DATA_KEY, WORKOUTS_KEY, SESSIONS_KEY} <= materialized
     with duckdb.connect(str(copy), read_only=True) as conn:
         # The run landed it (so the check saw what the rebuild would have read), and no day took it.
         assert conn.execute("SELECT count(*) FROM oura_raw.heartrate WHERE bpm = 300").fetchone()[0] > 0

@@ -2,6 +2,10 @@
 
 Patient-side problems (a reconnect needed, an expired membership) are not run failures; they show here, as a
 warning on `wearable_data`, every night until they are resolved.
+
+Each check is a plain function of the warehouse (tests and `dagster asset check` call them on their own);
+`CHECK_STEPS` runs each asset's checks in one Dagster step (`check_steps.py` says why: 60-90 ms of Dagster's
+own work per step).
 """
 
 from collections.abc import Iterator
@@ -19,11 +23,15 @@ from oura_assets.defs.assets import (
     WEARABLE_DATA_KEY,
     WORKOUTS_KEY,
 )
+from oura_assets.defs.check_steps import CheckFn, CheckSet
 from oura_assets.defs.partitions import run_range
 from oura_assets.defs.resources import WarehouseResource
+from oura_assets.defs.webhooks import WEBHOOKS_ANNOUNCED_CHANGES, webhooks_announced_changes
 from oura_assets.normalize import METRIC_KEYS
 from oura_assets.sync import heartrate_window
 from oura_assets.sync_errors import OURA_UNAVAILABLE_CODES
+
+_checks = CheckSet()
 
 
 def _run_window() -> wh.RunWindow | None:
@@ -55,7 +63,7 @@ def _scope(window: wh.RunWindow | None) -> dict[str, dg.MetadataValue]:
     return {"checked": dg.MetadataValue.text(f"the run's days {window.start}..{window.end}")}
 
 
-@dg.asset_check(asset=WEARABLE_DATA_KEY, description="Every row's metrics carry exactly the documented keys.")
+@_checks.check(WEARABLE_DATA_KEY, description="Every row's metrics carry exactly the documented keys.")
 def wearable_data_metric_keys(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     window = _run_window()
     with warehouse.connect("check: wearable_data metric keys") as conn:
@@ -75,8 +83,8 @@ def wearable_data_metric_keys(warehouse: WarehouseResource) -> dg.AssetCheckResu
     )
 
 
-@dg.asset_check(
-    asset=WEARABLE_DATA_KEY,
+@_checks.check(
+    WEARABLE_DATA_KEY,
     description="Patients whose Oura connection needs them to act: reconnect, or renew their membership.",
 )
 def connections_need_attention(warehouse: WarehouseResource) -> dg.AssetCheckResult:
@@ -92,8 +100,8 @@ def connections_need_attention(warehouse: WarehouseResource) -> dg.AssetCheckRes
     )
 
 
-@dg.asset_check(
-    asset=DAILY_STATS_KEY, description="Daily stats agree with wearable_data and cover the same patient-days."
+@_checks.check(
+    DAILY_STATS_KEY, description="Daily stats agree with wearable_data and cover the same patient-days."
 )
 def daily_stats_agree_with_wearable_data(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     window = _run_window()
@@ -186,12 +194,12 @@ def _combined(parts: list[wh.Offenders]) -> wh.Offenders:
     return wh.Offenders(sum(part.count for part in parts), rows[: wh.MAX_OFFENDERS])
 
 
-def _raw_unique_keys(asset: str) -> dg.AssetChecksDefinition:
+def _raw_unique_keys(asset: str) -> CheckFn:
     tables = [f"oura_raw.{collection}" for collection in RAW_ASSETS[asset]]
 
-    @dg.asset_check(
+    @_checks.check(
+        RAW_KEYS[asset],
         name="unique_keys",
-        asset=RAW_KEYS[asset],
         blocking=True,
         description=f"No two rows of {', '.join(tables)} share a key (patient and document id, or patient, "
         "timestamp and source for heart rate). Blocks the run: a duplicate would count twice downstream.",
@@ -217,10 +225,10 @@ def _unique_keys_result(
     )
 
 
-def _raw_scores(asset: str, collection: str) -> dg.AssetChecksDefinition:
-    @dg.asset_check(
+def _raw_scores(asset: str, collection: str) -> CheckFn:
+    @_checks.check(
+        RAW_KEYS[asset],
         name="scores_in_range",
-        asset=RAW_KEYS[asset],
         blocking=True,
         description=f"Every `{collection}` score is 1-100 or null. Blocks the run: wearable_data and the "
         "daily stats copy the score as it is.",
@@ -245,10 +253,10 @@ raw_daily_resilience_unique_keys = _raw_unique_keys("daily_resilience")
 raw_daily_cardiovascular_age_unique_keys = _raw_unique_keys("daily_cardiovascular_age")
 
 
-def _spans_in_order(key: dg.AssetKey, table: str) -> dg.AssetChecksDefinition:
-    @dg.asset_check(
+def _spans_in_order(key: dg.AssetKey, table: str) -> CheckFn:
+    @_checks.check(
+        key,
         name="spans_in_order",
-        asset=key,
         description=f"Every `{table}` row ends after it starts, lasts at most a day, and its `day` is "
         "within a day of its UTC start (a wrong offset would move it).",
     )
@@ -269,9 +277,9 @@ raw_daily_sleep_scores = _raw_scores("sleep", "daily_sleep")
 raw_daily_activity_scores = _raw_scores("daily_activity", "daily_activity")
 
 
-@dg.asset_check(
+@_checks.check(
+    RAW_KEYS["heartrate"],
     name="bpm_in_range",
-    asset=RAW_KEYS["heartrate"],
     blocking=True,
     description="Every heart-rate sample is 25-250 bpm. Blocks the run: one impossible sample would become "
     "a day's hr_min or hr_max.",
@@ -282,9 +290,9 @@ def raw_heartrate_bpm_in_range(warehouse: WarehouseResource) -> dg.AssetCheckRes
         return _offenders_result(wh.raw_heartrate_out_of_range(conn, window), **_scope(window))
 
 
-@dg.asset_check(
+@_checks.check(
+    RAW_KEYS["sleep"],
     name="sleep_periods_consistent",
-    asset=RAW_KEYS["sleep"],
     blocking=True,
     description=f"Every sleep period has durations >= 0, deep + REM + light <= total sleep + "
     f"{wh.SLEEP_SUM_TOLERANCE_S} s (Oura's total is the sum of the three; the tolerance covers rounding), "
@@ -304,8 +312,8 @@ def raw_sleep_periods_consistent(warehouse: WarehouseResource) -> dg.AssetCheckR
 _WARN = dg.AssetCheckSeverity.WARN
 
 
-@dg.asset_check(
-    asset=WEARABLE_DATA_KEY, description="One row per (patient, source, metric type, day): no duplicate keys."
+@_checks.check(
+    WEARABLE_DATA_KEY, description="One row per (patient, source, metric type, day): no duplicate keys."
 )
 def wearable_data_unique_keys(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     window = _run_window()
@@ -313,15 +321,15 @@ def wearable_data_unique_keys(warehouse: WarehouseResource) -> dg.AssetCheckResu
         return _unique_keys_result(conn, ["patient_graph.wearable_data"], window, _WARN)
 
 
-@dg.asset_check(asset=DAILY_STATS_KEY, description="One row per (patient, source, day): no duplicate keys.")
+@_checks.check(DAILY_STATS_KEY, description="One row per (patient, source, day): no duplicate keys.")
 def daily_stats_unique_keys(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     window = _run_window()
     with warehouse.connect("check: daily stats keys") as conn:
         return _unique_keys_result(conn, ["patient_graph.patient_wearable_daily_stats"], window, _WARN)
 
 
-@dg.asset_check(
-    asset=WEARABLE_DATA_KEY,
+@_checks.check(
+    WEARABLE_DATA_KEY,
     description="Readiness, sleep and activity scores in `metrics` are 1-100 or null.",
 )
 def wearable_data_scores_in_range(warehouse: WarehouseResource) -> dg.AssetCheckResult:
@@ -330,22 +338,22 @@ def wearable_data_scores_in_range(warehouse: WarehouseResource) -> dg.AssetCheck
         return _offenders_result(wh.wearable_data_scores_out_of_range(conn, window), _WARN, **_scope(window))
 
 
-@dg.asset_check(asset=DAILY_STATS_KEY, description="Readiness, sleep and activity scores are 1-100 or null.")
+@_checks.check(DAILY_STATS_KEY, description="Readiness, sleep and activity scores are 1-100 or null.")
 def daily_stats_scores_in_range(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     window = _run_window()
     with warehouse.connect("check: daily stats scores") as conn:
         return _offenders_result(wh.daily_stats_scores_out_of_range(conn, window), _WARN, **_scope(window))
 
 
-@dg.asset_check(asset=DAILY_STATS_KEY, description="hr_min and hr_max are 25-250 bpm (or null).")
+@_checks.check(DAILY_STATS_KEY, description="hr_min and hr_max are 25-250 bpm (or null).")
 def daily_stats_bpm_in_range(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     window = _run_window()
     with warehouse.connect("check: daily stats bpm") as conn:
         return _offenders_result(wh.daily_stats_heartrate_out_of_range(conn, window), _WARN, **_scope(window))
 
 
-@dg.asset_check(
-    asset=WEARABLE_DATA_KEY,
+@_checks.check(
+    WEARABLE_DATA_KEY,
     description="Sleep durations are >= 0 and deep + REM + light <= totalSleep + "
     f"{wh.SLEEP_SUM_TOLERANCE_S} s (Oura's total is the sum of the three; the tolerance covers rounding).",
 )
@@ -360,9 +368,7 @@ def wearable_data_sleep_durations(warehouse: WarehouseResource) -> dg.AssetCheck
         )
 
 
-@dg.asset_check(
-    asset=WEARABLE_DATA_KEY, description="Every sleep row's bedtimeEnd is after its bedtimeStart."
-)
+@_checks.check(WEARABLE_DATA_KEY, description="Every sleep row's bedtimeEnd is after its bedtimeStart.")
 def wearable_data_bedtimes_ordered(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     window = _run_window()
     with warehouse.connect("check: wearable_data bedtimes") as conn:
@@ -371,8 +377,8 @@ def wearable_data_bedtimes_ordered(warehouse: WarehouseResource) -> dg.AssetChec
         )
 
 
-@dg.asset_check(
-    asset=WEARABLE_DATA_KEY,
+@_checks.check(
+    WEARABLE_DATA_KEY,
     description=f"From {DAY_DUE_HOUR_UTC:02d}:00 UTC, every active connection has yesterday (UTC) in "
     f"wearable_data or a row in {wh.DAY_STATUS_TABLE} that says why not.",
 )
@@ -393,3 +399,12 @@ def yesterday_present_or_explained(warehouse: WarehouseResource) -> dg.AssetChec
             metadata={"day": day, "checked": f"nothing: {wh.DAY_STATUS_TABLE} does not exist yet"},
         )
     return _offenders_result(found, _WARN, day=day)
+
+
+_checks.add(WEBHOOKS_ANNOUNCED_CHANGES, webhooks_announced_changes)
+
+# One step per checked asset (what `definitions.py` loads). `oura_available` stays a step of its own: it is
+# one query for all the raw assets, and folded into their steps it would be one query each, and an error in
+# it (it blocks nothing) would fail the raw assets' blocking steps and stop the patient graph.
+CHECK_STEPS = _checks.steps()
+spec_of = _checks.spec_of

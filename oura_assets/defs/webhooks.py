@@ -74,11 +74,15 @@ renew_webhook_subscriptions = dg.ScheduleDefinition(
 COVERAGE_WINDOW = timedelta(days=2)
 
 
-@dg.asset_check(
+# Run in `wearable_data`'s check step with the other checks of that asset (`checks.CHECK_STEPS`).
+WEBHOOKS_ANNOUNCED_CHANGES = dg.AssetCheckSpec(
+    "webhooks_announced_changes",
     asset=WEARABLE_DATA_KEY,
     description="Webhooks went silent: documents that appeared or changed in the last 2 days that no Oura "
     "webhook announced, per data type (the nightly pull fetched them anyway).",
 )
+
+
 def webhooks_announced_changes(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     settings = load_settings()
     if not settings.webhook_verification_token:
