@@ -16,7 +16,16 @@ from oura_assets.defs.schedules import nightly_range
 from oura_assets.defs.sensors import build_event_sensor
 from oura_assets.normalize import METRIC_KEYS
 from oura_assets.simulator import data as simdata
-from oura_assets_tests.support import UNPACED, VOLATILE, duplicate_keys, failures, query, run_sync, snapshot
+from oura_assets_tests.support import (
+    UNPACED,
+    UNPACED_RATE_LIMIT,
+    VOLATILE,
+    duplicate_keys,
+    failures,
+    query,
+    run_sync,
+    snapshot,
+)
 
 START, END = date(2024, 6, 10), date(2024, 6, 16)
 
@@ -340,7 +349,7 @@ def test_patients_fetched_concurrently_land_exactly_what_one_at_a_time_does(
                 conn.execute(f"DELETE FROM patient_graph.{table}")  # noqa: S608 (fixed names)
             for table in ("daily_readiness", "daily_sleep", "sleep", "daily_activity", "heartrate"):
                 conn.execute(f"DELETE FROM oura_raw.{table}")  # noqa: S608 (fixed names)
-        oura = {**UNPACED["resources"]["oura"]["config"], "max_concurrent_patients": workers}
+        oura = {"rate_limit": UNPACED_RATE_LIMIT, "max_concurrent_patients": workers}
         result = run_sync(START, END, run_config={"resources": {"oura": {"config": oura}}})
         assert result.success, failures(result)
         # The raw tables were emptied above, so every document is first seen (again) by this run.
