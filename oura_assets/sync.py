@@ -440,19 +440,24 @@ def sync_patients(
     # sees. What they fetched is landed by one writer thread, several patients per transaction (rows and
     # result together, each patient whole): a fetch thread never waits for the warehouse lock, so fetching
     # goes on while a group commits, and the lock's fixed cost is paid per group, not per patient.
+    max_group = group_size(warehouse)
+    # Fetched data waiting for the writer is held in memory, so a writer that falls behind pauses the
+    # fetching rather than letting it pile up; but the bound leaves room for a whole group beside what is in
+    # flight. A group's commit and the checkpoint at its close cost far less than in proportion to its rows
+    # (DuckDB rewrites the table's partly filled last row groups), so a writer held to small groups by this
+    # bound (it was 2 x `cap`: groups of ~5 patients) spent ~2.5 us of CPU a heart-rate sample on them,
+    # against ~0.8 us in groups of 25 (bench/README.md, loading). At 90 days a patient's samples are ~4 MB
+    # of Arrow columns; a nightly run's are a few hundred KB.
+    backlog = cap + max(max_group, cap)
     with (
         ThreadPoolExecutor(cap, thread_name_prefix="oura-patient") as pool,
         GroupWriter(
-            warehouse,
-            lambda n: f"{purpose}: raw documents for {n} patient(s)",
-            max_group=group_size(warehouse),
+            warehouse, lambda n: f"{purpose}: raw documents for {n} patient(s)", max_group=max_group
         ) as writer,
     ):
         while queue or fetching or writing:
             target = cap if concurrency is None else max(1, min(cap, concurrency(cap)))
-            # Fetched data waiting for the writer is held in memory: a writer that falls behind pauses
-            # the fetching rather than letting it pile up.
-            while queue and len(fetching) < target and len(writing) < 2 * cap:
+            while queue and len(fetching) < target and len(writing) < backlog:
                 patient_id = queue.pop(0)
                 began_at[patient_id] = clock.monotonic()
                 fetching[pool.submit(fetch_one, patient_id)] = patient_id

@@ -108,3 +108,37 @@ def test_a_busy_warehouse_fails_every_job_of_the_group_without_retrying_each(sto
         holder.join(30)
     assert len(impatient.purposes) <= 2  # one try per group, not one more per job
     assert landed(store) == []
+
+
+def threads_of(conn) -> int:
+    return int(conn.execute("SELECT current_setting('threads')").fetchone()[0])
+
+
+def test_a_group_runs_on_one_duckdb_thread_and_the_instance_gets_its_threads_back(store):
+    with store.connect("test: threads before") as conn:
+        before = threads_of(conn)
+        conn.execute("SET threads = 3")  # not DuckDB's default: the writer must restore what it found
+    try:
+        with GroupWriter(store, lambda n: f"test: {n} job(s)") as writer:
+            seen = writer.submit(threads_of).result(10)
+        with store.connect("test: threads after") as conn:
+            assert (seen, threads_of(conn)) == (1, 3)
+    finally:
+        with store.connect("test: threads reset") as conn:
+            conn.execute(f"SET threads = {before}")
+
+
+def test_one_thread_holds_until_the_last_of_overlapping_blocks_leaves(store):
+    from oura_assets.warehouse.encryption import single_threaded
+
+    with store.connect("test: threads before") as conn:
+        before = threads_of(conn)
+    outer = single_threaded()
+    outer.__enter__()
+    with single_threaded():
+        pass
+    with store.connect("test: inside the outer block") as conn:
+        assert threads_of(conn) == 1  # the inner block's exit did not restore it under the outer one
+    outer.__exit__(None, None, None)
+    with store.connect("test: threads after") as conn:
+        assert threads_of(conn) == before

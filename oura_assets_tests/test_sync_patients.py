@@ -257,3 +257,58 @@ def test_a_patients_rows_and_its_recorded_result_land_in_one_transaction(pipelin
     assert sum(int(re.findall(r"\d+", p)[0]) for p in landing) == len(patients)
     assert recorded(pipeline_env) == {p: ("success", []) for p in patients}
     assert connections(pipeline_env) == {p: ("active", None, True) for p in patients}
+
+
+class HeldWarehouse(CountingWarehouse):
+    """Holds its first landing transaction until `gate` opens (or 5 s pass), as a slow writer would."""
+
+    def __init__(self, *args, gate, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = gate
+
+    def transaction(self, purpose, timeout_s=None):
+        if "raw documents" in purpose and not any("raw documents" in p for p in self.purposes):
+            self.gate.wait(5)
+        return super().transaction(purpose, timeout_s)
+
+
+def test_fetching_runs_ahead_of_a_busy_writer_by_a_whole_group(tmp_path):
+    # A group's commit and checkpoint cost far less than in proportion to its rows, so the writer must be
+    # able to find a whole group waiting; the bound on what waits used to be 2 x the fetch threads.
+    import threading
+    from datetime import UTC, datetime
+
+    from oura_assets.oura.heartrate_pages import columns_of_samples
+
+    patients = [f"patient-{n:02d}" for n in range(16)]
+    fetched, gate = [], threading.Event()
+
+    class Client:
+        def heartrate_columns(self, start, end):
+            fetched.append(1)
+            if len(fetched) == len(patients):
+                gate.set()  # every patient fetched while the writer was held
+            sample = {
+                "timestamp": datetime(2024, 6, 11, 8, tzinfo=UTC).isoformat(),
+                "bpm": 60,
+                "source": "awake",
+            }
+            return columns_of_samples([sample], start, end)
+
+    store = HeldWarehouse(tmp_path / "warehouse.duckdb", gate=gate)
+    outcome = sync_patients(
+        patients=patients,
+        client_for=lambda _: Client(),  # type: ignore[arg-type,return-value]
+        warehouse=store,
+        start=START,
+        end=END,
+        run_id=RUN_ID,
+        collections=["heartrate"],
+        max_workers=2,
+        purpose="test run",
+        progress=RecordingLog(),
+    )
+    assert [r.status for r in outcome.results] == ["success"] * len(patients)
+    assert gate.is_set()
+    sizes = [int(re.findall(r"\d+", p)[0]) for p in store.purposes if "raw documents" in p]
+    assert sum(sizes) == len(patients) and max(sizes) > 2 * 2  # more than the old bound could queue

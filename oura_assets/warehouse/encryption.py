@@ -29,6 +29,7 @@ import importlib.util
 import os
 import threading
 from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import duckdb
@@ -193,6 +194,8 @@ class _Host:
         self._conn: duckdb.DuckDBPyConnection | None = None
         self._pid = 0
         self._users: dict[str, int] = {}
+        self._narrowed = 0  # blocks inside `single_threaded`, in any thread
+        self._threads: int | None = None  # the instance's setting to restore when the last one leaves
 
     def _instance(self) -> duckdb.DuckDBPyConnection:
         # A forked child must not share its parent's DuckDB instance: it gets its own. The inherited one stays
@@ -203,7 +206,29 @@ class _Host:
                 _INHERITED.append(self._conn)
             conn = duckdb.connect()
             self._conn, self._pid, self._users = conn, os.getpid(), {}
+            self._narrowed, self._threads = 0, None
         return self._conn
+
+    @contextlib.contextmanager
+    def single_threaded(self) -> Iterator[None]:
+        with self._lock:
+            instance = self._instance()
+            if self._narrowed == 0:
+                with instance.cursor() as cursor:
+                    (threads,) = cursor.execute("SELECT current_setting('threads')").fetchone()  # type: ignore[misc]
+                    cursor.execute("SET threads = 1")
+                self._threads = int(threads)
+            self._narrowed += 1
+            pid = self._pid
+        try:
+            yield
+        finally:
+            with self._lock:
+                if self._pid == pid and self._conn is not None:
+                    self._narrowed -= 1
+                    if self._narrowed == 0 and self._threads is not None:
+                        with self._conn.cursor() as cursor:
+                            cursor.execute(f"SET threads = {self._threads}")
 
     def open(self, path: Path, key: str | None) -> duckdb.DuckDBPyConnection:
         alias = alias_for(path)
@@ -259,6 +284,20 @@ def open_attached(path: Path | str, key: str | None) -> duckdb.DuckDBPyConnectio
     `Warehouse` does this under its writer lock; prefer `open_database` anywhere else.
     """
     return _HOST.open(Path(path).expanduser().resolve(), key)
+
+
+def single_threaded() -> AbstractContextManager[None]:
+    """The process's shared instance at one DuckDB thread for the block (restored when the last such block
+    in any thread leaves), for the run's writer thread (`GroupWriter`).
+
+    Why: the writer inserts Arrow columns handed over by the fetch threads, which parse beside it on the
+    same cores. Measured on a 2-core host with them running (bench/README.md, loading), DuckDB's default
+    two threads spent about twice the CPU of one on the same insert, commit and checkpoint (its workers
+    contend for the Arrow scan and the GIL with the fetch threads) and finished no sooner. The setting is
+    the instance's, so other queries of this process that run meanwhile run on one thread too: slower,
+    never wrong.
+    """
+    return _HOST.single_threaded()
 
 
 def close_attached(conn: duckdb.DuckDBPyConnection, path: Path | str) -> None:

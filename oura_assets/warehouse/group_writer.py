@@ -27,6 +27,7 @@ from typing import Any, Generic, TypeVar
 import duckdb
 
 from oura_assets.warehouse.database import WarehouseAccess
+from oura_assets.warehouse.encryption import single_threaded
 from oura_assets.warehouse.lock import WarehouseBusy
 
 T = TypeVar("T")
@@ -119,9 +120,12 @@ class GroupWriter:
             return
         try:
             values: list[Any] = []
-            for attempt in self._warehouse.attempts(self._describe(len(group))):
-                with attempt as conn:
-                    values = [job.write(conn) for job in group]
+            # One DuckDB thread for the group, its open and its close (the checkpoint) included: see
+            # `single_threaded`. The fetch threads are the run's parallelism.
+            with single_threaded():
+                for attempt in self._warehouse.attempts(self._describe(len(group))):
+                    with attempt as conn:
+                        values = [job.write(conn) for job in group]
         except WarehouseBusy as exc:
             for job in group:
                 job.future.set_exception(exc)
