@@ -115,8 +115,13 @@ class Landing:
     errors: list[SyncError]
     statuses: dict[str, tuple[str, str]]
 
-    def land(self, conn: duckdb.DuckDBPyConnection) -> PatientSyncResult:
-        """Mirror the fetched collections into the raw tables on `conn` (inside the caller's transaction)."""
+    def land(
+        self, conn: duckdb.DuckDBPyConnection, *, stored_heartrate: int | None = None
+    ) -> PatientSyncResult:
+        """Mirror the fetched collections into the raw tables on `conn` (inside the caller's transaction).
+
+        `stored_heartrate`: the heart-rate samples stored in the patient's window, when the caller counted
+        them in this transaction (`sync_patients`: once for the writer's group)."""
         fetched_at = datetime.now(UTC)
         rows: dict[str, int] = {}
         changes = wh.DocumentChanges()
@@ -124,7 +129,7 @@ class Landing:
             if collection == "heartrate":
                 low, high = heartrate_window(self.start, self.end)
                 rows[f"oura_raw.{collection}"] = wh.replace_raw_heartrate_columns(
-                    conn, self.patient_id, low, high, documents, fetched_at
+                    conn, self.patient_id, low, high, documents, fetched_at, stored=stored_heartrate
                 )
             else:
                 written = wh.mirror_raw_documents(
@@ -403,9 +408,24 @@ def sync_patients(
             trace = traceback.format_exc()
         return fetched, trace
 
+    # The group's stored heart-rate counts, one scan for the group before its jobs run (`count_stored`),
+    # each taken by its landing; a patient twice in a group counts its own (the first changes the window).
+    stored: dict[str, int] = {}
+
+    def count_stored(conn: duckdb.DuckDBPyConnection, abouts: list[Any]) -> None:
+        hr = [a for a in abouts if isinstance(a, Landing) and "heartrate" in a.fetched]
+        ids = [a.patient_id for a in hr]
+        stored.clear()
+        stored.update(
+            wh.stored_heartrate_counts(
+                conn,
+                {a.patient_id: heartrate_window(a.start, a.end) for a in hr if ids.count(a.patient_id) == 1},
+            )
+        )
+
     def land(landing: Landing) -> Callable[[duckdb.DuckDBPyConnection], PatientSyncResult]:
         def write(conn: duckdb.DuckDBPyConnection) -> PatientSyncResult:
-            landed = landing.land(conn)
+            landed = landing.land(conn, stored_heartrate=stored.pop(landing.patient_id, None))
             _record_on(conn, run_id, landed, start, end)
             return landed
 
@@ -441,18 +461,18 @@ def sync_patients(
     # result together, each patient whole): a fetch thread never waits for the warehouse lock, so fetching
     # goes on while a group commits, and the lock's fixed cost is paid per group, not per patient.
     max_group = group_size(warehouse)
-    # Fetched data waiting for the writer is held in memory, so a writer that falls behind pauses the
-    # fetching rather than letting it pile up; but the bound leaves room for a whole group beside what is in
-    # flight. A group's commit and the checkpoint at its close cost far less than in proportion to its rows
-    # (DuckDB rewrites the table's partly filled last row groups), so a writer held to small groups by this
-    # bound (it was 2 x `cap`: groups of ~5 patients) spent ~2.5 us of CPU a heart-rate sample on them,
-    # against ~0.8 us in groups of 25 (bench/README.md, loading). At 90 days a patient's samples are ~4 MB
-    # of Arrow columns; a nightly run's are a few hundred KB.
+    # Fetched data waiting for the writer is held in memory: a writer that falls behind pauses the fetching.
+    # The bound leaves room for a whole group beside the fetches in flight: a group's commit and checkpoint
+    # cost far less than in proportion to its rows (at 2 x `cap`, groups of ~5 patients spent ~2.5 us of CPU
+    # a heart-rate sample on them, groups of 25 ~0.8 us; bench/README.md, loading).
     backlog = cap + max(max_group, cap)
     with (
         ThreadPoolExecutor(cap, thread_name_prefix="oura-patient") as pool,
         GroupWriter(
-            warehouse, lambda n: f"{purpose}: raw documents for {n} patient(s)", max_group=max_group
+            warehouse,
+            lambda n: f"{purpose}: raw documents for {n} patient(s)",
+            max_group=max_group,
+            prepare=count_stored,
         ) as writer,
     ):
         while queue or fetching or writing:
@@ -469,7 +489,7 @@ def sync_patients(
                     if trace:
                         progress.error(f"patient {fetched.patient_id}: unexpected error\n{trace}")
                     write = land(fetched) if isinstance(fetched, Landing) else record_only(fetched)
-                    writing[writer.submit(write)] = fetched
+                    writing[writer.submit(write, about=fetched)] = fetched
                     continue
                 source = writing.pop(future)
                 try:

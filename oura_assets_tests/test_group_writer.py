@@ -110,6 +110,26 @@ def test_a_busy_warehouse_fails_every_job_of_the_group_without_retrying_each(sto
     assert landed(store) == []
 
 
+def test_prepare_runs_first_in_each_groups_transaction_and_again_for_each_job_alone(store):
+    started, gate = threading.Event(), threading.Event()
+    prepared: list[list[object]] = []
+
+    def prepare(conn, abouts):
+        conn.execute("INSERT INTO main.landed VALUES (-1, 0)")  # inside the group's transaction
+        prepared.append(abouts)
+
+    with GroupWriter(store, lambda n: f"test: {n} job(s)", prepare=prepare) as writer:
+        writer.submit(blocking(started, gate), about="blocker")
+        assert started.wait(10)
+        futures = [writer.submit(job(n, fail=n == 1), about=f"job {n}") for n in range(3)]
+        gate.set()
+        with pytest.raises(ValueError, match="job 1 is broken"):
+            futures[1].result(10)
+    assert prepared == [["blocker"], ["job 0", "job 1", "job 2"], ["job 0"], ["job 1"], ["job 2"]]
+    # Rolled back with the failed group and with job 1 alone: prepare's write lands with each commit only.
+    assert landed(store) == [(-1, 0)] * 3 + [(n, part) for n in (0, 2) for part in (1, 2)]
+
+
 def threads_of(conn) -> int:
     return int(conn.execute("SELECT current_setting('threads')").fetchone()[0])
 

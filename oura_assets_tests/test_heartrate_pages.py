@@ -154,3 +154,30 @@ def test_columns_land_exactly_as_the_row_by_row_write(tmp_path: Path):
 def test_unreadable_samples_are_counted_when_nothing_is_left_in_the_window():
     columns = parse_pages([page([hr(-5), {"bpm": 60}, "junk"])], LOW, HIGH, PATH)
     assert (len(columns), columns.unreadable) == (0, 2)
+
+
+def test_stored_counts_are_each_patients_own_window_and_a_count_given_is_trusted(tmp_path: Path):
+    store = wh.Warehouse(tmp_path / "warehouse.duckdb")
+    store.ensure_schema()
+    landable, _ = screen_columns(parse_pages([page([hr(i) for i in range(0, 60, 5)])], LOW, HIGH, PATH))
+    fetched_at = datetime(2024, 7, 1, tzinfo=UTC)
+    with store.transaction("test") as conn:
+        wh.replace_raw_heartrate_columns(conn, "p1", LOW, HIGH, landable, fetched_at)
+        wh.replace_raw_heartrate_columns(conn, "p2", LOW, HIGH, landable.slice(0, 3), fetched_at)
+        later = HIGH + (HIGH - LOW)
+        assert wh.stored_heartrate_counts(
+            conn, {"p1": (LOW, HIGH), "p2": (LOW, HIGH), "p3": (LOW, HIGH)}
+        ) == {
+            "p1": 12,
+            "p2": 3,
+            "p3": 0,
+        }
+        assert wh.stored_heartrate_counts(conn, {"p1": (HIGH, later), "p2": (LOW, HIGH)}) == {
+            "p1": 0,
+            "p2": 3,
+        }
+        # Told the window is held, the write mirrors it (p2's three samples become the twelve), as it
+        # would have found by counting.
+        assert wh.replace_raw_heartrate_columns(conn, "p2", LOW, HIGH, landable, fetched_at, stored=3) == 12
+        (rows,) = conn.execute("SELECT count(*) FROM oura_raw.heartrate WHERE patient_id = 'p2'").fetchone()
+    assert rows == 12

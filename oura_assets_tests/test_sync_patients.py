@@ -267,9 +267,111 @@ class HeldWarehouse(CountingWarehouse):
         self.gate = gate
 
     def transaction(self, purpose, timeout_s=None):
-        if "raw documents" in purpose and not any("raw documents" in p for p in self.purposes):
+        if self.gate and "raw documents" in purpose and not any("raw documents" in p for p in self.purposes):
             self.gate.wait(5)
         return super().transaction(purpose, timeout_s)
+
+
+class SamplesClient:
+    """Heart rate from a list of samples (`samples_of(patient)`), opening `gate` once `expected` patients
+    have been fetched; `doubled` patients' columns repeat every sample, which their insert refuses."""
+
+    def __init__(self, patient_id, samples_of, fetched, gate, expected, doubled=frozenset()):
+        self.patient_id, self.samples_of, self.fetched, self.gate = patient_id, samples_of, fetched, gate
+        self.expected, self.doubled = expected, doubled
+
+    def heartrate_columns(self, start, end):
+        import pyarrow as pa
+
+        from oura_assets.oura.heartrate_pages import HeartRateColumns, columns_of_samples
+
+        self.fetched.append(self.patient_id)
+        if len(self.fetched) == self.expected:
+            self.gate.set()  # every patient fetched while the writer was held: they land as one group
+        columns = columns_of_samples(self.samples_of(self.patient_id), start, end)
+        if self.patient_id in self.doubled:
+            return HeartRateColumns(pa.concat_tables([columns.table, columns.table]), 0, 1)
+        return columns
+
+
+def sample(hour: int, bpm: int = 60) -> dict:
+    return {"timestamp": f"2024-06-11T{hour:02d}:00:00+00:00", "bpm": bpm, "source": "awake"}
+
+
+def sync_heartrate(store, patients, samples_of, *, doubled=frozenset()):
+    import threading
+
+    fetched, gate = [], threading.Event()
+    store.gate = gate
+    return sync_patients(
+        patients=patients,
+        client_for=lambda p: SamplesClient(p, samples_of, fetched, gate, len(patients), doubled),  # type: ignore[arg-type,return-value]
+        warehouse=store,
+        start=START,
+        end=END,
+        run_id=RUN_ID,
+        collections=["heartrate"],
+        max_workers=2,
+        purpose="test run",
+        progress=RecordingLog(),
+    )
+
+
+def heartrate_rows(store) -> dict[str, list[tuple[str, int]]]:
+    with store.connect("test: read heart rate") as conn:
+        rows = conn.execute(
+            "SELECT patient_id, strftime(timestamp, '%H'), bpm FROM oura_raw.heartrate ORDER BY ALL"
+        ).fetchall()
+    found: dict[str, list[tuple[str, int]]] = {}
+    for patient_id, hour, bpm in rows:
+        found.setdefault(patient_id, []).append((hour, bpm))
+    return found
+
+
+def test_a_group_counts_each_window_once_and_still_mirrors_a_window_already_held(tmp_path):
+    # The group's stored samples are counted in one scan; a patient whose window holds samples must still
+    # have it replaced (a sample Oura no longer sends goes), the others get a plain insert.
+    store = HeldWarehouse(tmp_path / "warehouse.duckdb", gate=None)
+    first = sync_heartrate(store, ["patient-a"], lambda _: [sample(8), sample(9)])
+    assert [r.status for r in first.results] == ["success"]
+    store.purposes.clear()
+    patients = ["patient-b", "patient-c", "patient-d", "patient-a"]  # patient-a lands in the group
+    again = sync_heartrate(
+        store, patients, lambda p: [sample(9, 70), sample(10)] if p == "patient-a" else [sample(7)]
+    )
+    assert {r.patient_id: (r.status, r.rows) for r in again.results} == {
+        "patient-a": ("success", {"oura_raw.heartrate": 2}),
+        **{p: ("success", {"oura_raw.heartrate": 1}) for p in patients[:-1]},
+    }
+    assert max(int(re.findall(r"\d+", p)[0]) for p in store.purposes if "raw documents" in p) > 1
+    assert heartrate_rows(store) == {
+        "patient-a": [("09", 70), ("10", 60)],
+        **{p: [("07", 60)] for p in patients[:-1]},
+    }
+
+
+def test_a_patient_whose_heart_rate_fails_to_land_fails_alone_in_its_group(tmp_path):
+    store = HeldWarehouse(tmp_path / "warehouse.duckdb", gate=None)
+    patients = ["patient-a", "patient-b", "patient-c", "patient-d"]
+    outcome = sync_heartrate(
+        store, patients, lambda _: [sample(7), sample(8)], doubled=frozenset({"patient-c"})
+    )
+    assert {r.patient_id: r.status for r in outcome.results} == {
+        "patient-a": "success",
+        "patient-b": "success",
+        "patient-c": "failed",
+        "patient-d": "success",
+    }
+    sizes = [int(re.findall(r"\d+", p)[0]) for p in store.purposes if "raw documents" in p]
+    assert max(sizes) > 1 and sizes.count(1) >= 3  # the group failed, then its patients landed one by one
+    assert heartrate_rows(store) == {p: [("07", 60), ("08", 60)] for p in patients if p != "patient-c"}
+    assert recorded_in(store)["patient-c"] == ("failed", ["internal_error"])
+
+
+def recorded_in(store) -> dict[str, tuple[str, list[str]]]:
+    with store.connect("test: read results") as conn:
+        results = wh.sync_results_for_run(conn, RUN_ID)
+    return {r.patient_id: (r.status, [e["code"] for e in r.errors]) for r in results}
 
 
 def test_fetching_runs_ahead_of_a_busy_writer_by_a_whole_group(tmp_path):

@@ -147,6 +147,7 @@ from oura_assets.warehouse.raw import (
     replace_raw_documents,
     replace_raw_heartrate,
     replace_raw_heartrate_columns,
+    stored_heartrate_counts,
 )
 from oura_assets.warehouse.rekey import RekeyResult, rekey
 from oura_assets.warehouse.retention import (
@@ -321,6 +322,7 @@ __all__ = [
     "set_connection_status",
     "signal_sync_queued",
     "spans_out_of_order",
+    "stored_heartrate_counts",
     "sync_errors_in_run",
     "sync_queue_signal_path",
     "sync_queue_stamp",

@@ -48,6 +48,7 @@ def group_size(warehouse: object, size: int = MAX_GROUP) -> int:
 class _Job(Generic[T]):
     write: Callable[[duckdb.DuckDBPyConnection], T]
     future: Future[T]
+    about: Any = None
 
 
 class GroupWriter:
@@ -55,6 +56,9 @@ class GroupWriter:
 
     `describe(n)` words a group's purpose for the writer lock's holder record ("dagster run 1a2b3c4d: raw
     documents for 3 patient(s)"). Use as a context manager: leaving it waits for every job submitted.
+    `prepare(conn, abouts)`, when given, runs first in every group's transaction (each try, and each job's
+    own when a group is run one by one) with what each of its jobs is `about` (as given to `submit`), so
+    a read the jobs all need is one query for the group rather than one per job.
     """
 
     def __init__(
@@ -64,23 +68,25 @@ class GroupWriter:
         *,
         max_group: int = MAX_GROUP,
         name: str = "warehouse-writer",
+        prepare: Callable[[duckdb.DuckDBPyConnection, list[Any]], None] | None = None,
     ) -> None:
         if max_group < 1:
             raise ValueError(f"max_group must be at least 1, got {max_group}")
         self._warehouse = warehouse
         self._describe = describe
         self._max_group = max_group
+        self._prepare = prepare
         self._queue: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._closed = False
         self.groups = 0
         self._thread.start()
 
-    def submit(self, write: Callable[[duckdb.DuckDBPyConnection], T]) -> Future[T]:
+    def submit(self, write: Callable[[duckdb.DuckDBPyConnection], T], about: Any = None) -> Future[T]:
         """Queue `write`; its future holds what it returned once its group committed, or why it failed."""
         if self._closed:
             raise RuntimeError("this GroupWriter is closed")
-        job: _Job[T] = _Job(write, Future())
+        job: _Job[T] = _Job(write, Future(), about)
         self._queue.put(job)
         return job.future
 
@@ -125,6 +131,8 @@ class GroupWriter:
             with single_threaded():
                 for attempt in self._warehouse.attempts(self._describe(len(group))):
                     with attempt as conn:
+                        if self._prepare is not None:
+                            self._prepare(conn, [job.about for job in group])
                         values = [job.write(conn) for job in group]
         except WarehouseBusy as exc:
             for job in group:

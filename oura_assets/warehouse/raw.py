@@ -290,23 +290,24 @@ def replace_raw_heartrate_columns(
     end: datetime,
     samples: pa.Table,
     fetched_at: datetime,
+    *,
+    stored: int | None = None,
 ) -> int:
     """`replace_raw_heartrate` for samples already parsed into columns; returns the samples written.
 
     `samples` has `timestamp` (aware), `source`, `bpm` and `document` (JSON text) with one row per
     (timestamp, source) (a repeat fails the write), as `oura.heartrate_pages` hands them over: DuckDB
     reads the Arrow columns as they are, so no sample passes through Python on its way in.
+    `stored` is how many samples the table holds in the patient's window, when the caller counted them in
+    this transaction (`stored_heartrate_counts`); else they are counted here.
     """
     if utc(end) < utc(start):
         raise ValueError(f"heart-rate window ends ({end}) before it starts ({start})")
     incomplete = samples.column("timestamp").null_count + samples.column("source").null_count
     if incomplete:
         raise ValueError(f"heartrate: {incomplete} sample(s) lack a `timestamp` or a `source`")
-    window = [patient_id, utc(start), utc(end)]
-    (stored,) = conn.execute(
-        "SELECT count(*) FROM oura_raw.heartrate WHERE patient_id = ? AND timestamp >= ? AND timestamp < ?",
-        window,
-    ).fetchone()
+    if stored is None:
+        stored = stored_heartrate_counts(conn, {patient_id: (start, end)})[patient_id]
     span = pc.min_max(samples.column("timestamp")).as_py() if samples.num_rows else None
     inside = span is None or (span["min"] >= utc(start) and span["max"] < utc(end))
     columns = (
@@ -333,6 +334,32 @@ def replace_raw_heartrate_columns(
     finally:
         conn.unregister("_heartrate_columns")
     return _mirror_heartrate(conn, patient_id, start, end)
+
+
+def stored_heartrate_counts(
+    conn: duckdb.DuckDBPyConnection, windows: Mapping[str, tuple[datetime, datetime]]
+) -> dict[str, int]:
+    """How many samples the table holds in each patient's window [start, end), one scan per distinct window.
+
+    Why one scan for many: only the time filter lets DuckDB skip row groups (a row group holds many
+    patients' rows of the same days), so counting one patient's window reads every patient's rows of it,
+    and a count per patient made a run's cost grow with the square of its patients."""
+    by_window: dict[tuple[datetime, datetime], list[str]] = {}
+    for patient_id, (start, end) in windows.items():
+        by_window.setdefault((utc(start), utc(end)), []).append(patient_id)
+    counts: dict[str, int] = {}
+    for (start, end), patient_ids in by_window.items():
+        # One patient: an equality DuckDB can check against each row group's zone map.
+        one = len(patient_ids) == 1
+        which = "patient_id = ?" if one else "list_contains(?::VARCHAR[], patient_id)"
+        rows = conn.execute(
+            f"SELECT patient_id, count(*) FROM oura_raw.heartrate WHERE {which} "  # noqa: S608 (constants)
+            "AND timestamp >= ? AND timestamp < ? GROUP BY patient_id",
+            [patient_ids[0] if one else patient_ids, start, end],
+        ).fetchall()
+        counts.update(dict.fromkeys(patient_ids, 0))
+        counts.update((patient_id, int(count)) for patient_id, count in rows)
+    return counts
 
 
 def read_raw_heartrate(
