@@ -463,8 +463,8 @@ def sync_patients(
     max_group = group_size(warehouse)
     # Fetched data waiting for the writer is held in memory: a writer that falls behind pauses the fetching.
     # The bound leaves room for a whole group beside the fetches in flight: a group's commit and checkpoint
-    # cost far less than in proportion to its rows (at 2 x `cap`, groups of ~5 patients spent ~2.5 us of CPU
-    # a heart-rate sample on them, groups of 25 ~0.8 us; bench/README.md, loading).
+    # cost far less than in proportion to its rows (measured alone at 90 days a patient: in groups of 5, the
+    # bound's 2 x `cap` before, ~2.5 us of CPU a heart-rate sample; in groups of 25, ~0.8 us).
     backlog = cap + max(max_group, cap)
     with (
         ThreadPoolExecutor(cap, thread_name_prefix="oura-patient") as pool,

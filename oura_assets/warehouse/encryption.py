@@ -291,11 +291,12 @@ def single_threaded() -> AbstractContextManager[None]:
     in any thread leaves), for the run's writer thread (`GroupWriter`).
 
     Why: the writer inserts Arrow columns handed over by the fetch threads, which parse beside it on the
-    same cores. Measured on a 2-core host with them running (bench/README.md, loading), DuckDB's default
-    two threads spent about twice the CPU of one on the same insert, commit and checkpoint (its workers
-    contend for the Arrow scan and the GIL with the fetch threads) and finished no sooner. The setting is
-    the instance's, so other queries of this process that run meanwhile run on one thread too: slower,
-    never wrong.
+    same cores. Measured on a 2-core host, DuckDB's default two threads spent about twice the CPU of one on
+    the same insert, commit and checkpoint, and were no faster by wall time: in a profile, while a DuckDB
+    worker ran a task the calling thread kept polling for the next one and taking the GIL (the Python
+    client checks for signals between tasks), against four fetch threads that want it too. The setting is the
+    instance's, so other queries of this process that run meanwhile run on one thread too: slower, never
+    wrong.
     """
     return _HOST.single_threaded()
 
