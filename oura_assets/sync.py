@@ -53,6 +53,10 @@ log = logging.getLogger(__name__)
 # The raw tables' collections, in fetch order (domain.py owns the list).
 ALL_COLLECTIONS = RAW_COLLECTIONS
 
+MAX_HELD_BYTES = 256 * 2**20
+"""At most this much fetched heart rate (Arrow columns) waits for a run's writer before fetching pauses:
+~75 patients at 90 days (~3.5 MB each), ~15 at a year, whatever the bound in patients allows."""
+
 
 @dataclass(frozen=True)
 class RefetchPolicy:
@@ -350,6 +354,11 @@ def _record_on(
         )
 
 
+def _held_bytes(fetched: Landing | PatientSyncResult) -> int:
+    table = fetched.fetched.get("heartrate") if isinstance(fetched, Landing) else None
+    return table.nbytes if isinstance(table, pa.Table) else 0
+
+
 def granted_scopes(warehouse: wh.WarehouseAccess, patients: Sequence[str]) -> dict[str, tuple[str, ...]]:
     """The scopes each patient's connection holds (from Oura's token answer), for those whose are known."""
     if not patients:
@@ -465,7 +474,7 @@ def sync_patients(
     # The bound leaves room for a whole group beside the fetches in flight: a group's commit and checkpoint
     # cost far less than in proportion to its rows (measured alone at 90 days a patient: in groups of 5, the
     # bound's 2 x `cap` before, ~2.5 us of CPU a heart-rate sample; in groups of 25, ~0.8 us).
-    backlog = cap + max(max_group, cap)
+    backlog, held = cap + max(max_group, cap), 0  # held: bytes of heart rate in `writing` (MAX_HELD_BYTES)
     with (
         ThreadPoolExecutor(cap, thread_name_prefix="oura-patient") as pool,
         GroupWriter(
@@ -477,7 +486,7 @@ def sync_patients(
     ):
         while queue or fetching or writing:
             target = cap if concurrency is None else max(1, min(cap, concurrency(cap)))
-            while queue and len(fetching) < target and len(writing) < backlog:
+            while queue and len(fetching) < target and len(writing) < backlog and held < MAX_HELD_BYTES:
                 patient_id = queue.pop(0)
                 began_at[patient_id] = clock.monotonic()
                 fetching[pool.submit(fetch_one, patient_id)] = patient_id
@@ -490,8 +499,10 @@ def sync_patients(
                         progress.error(f"patient {fetched.patient_id}: unexpected error\n{trace}")
                     write = land(fetched) if isinstance(fetched, Landing) else record_only(fetched)
                     writing[writer.submit(write, about=fetched)] = fetched
+                    held += _held_bytes(fetched)
                     continue
                 source = writing.pop(future)
+                held -= _held_bytes(source)
                 try:
                     finish(future.result())
                 except wh.WarehouseBusy as exc:

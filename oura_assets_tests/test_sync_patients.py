@@ -262,13 +262,13 @@ def test_a_patients_rows_and_its_recorded_result_land_in_one_transaction(pipelin
 class HeldWarehouse(CountingWarehouse):
     """Holds its first landing transaction until `gate` opens (or 5 s pass), as a slow writer would."""
 
-    def __init__(self, *args, gate, **kwargs) -> None:
+    def __init__(self, *args, gate, hold_s=5.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.gate = gate
+        self.gate, self.hold_s = gate, hold_s
 
     def transaction(self, purpose, timeout_s=None):
         if self.gate and "raw documents" in purpose and not any("raw documents" in p for p in self.purposes):
-            self.gate.wait(5)
+            self.gate.wait(self.hold_s)
         return super().transaction(purpose, timeout_s)
 
 
@@ -298,11 +298,12 @@ def sample(hour: int, bpm: int = 60) -> dict:
     return {"timestamp": f"2024-06-11T{hour:02d}:00:00+00:00", "bpm": bpm, "source": "awake"}
 
 
-def sync_heartrate(store, patients, samples_of, *, doubled=frozenset()):
+def sync_heartrate(store, patients, samples_of, *, doubled=frozenset(), hold_gate=True):
     import threading
 
     fetched, gate = [], threading.Event()
-    store.gate = gate
+    if hold_gate:
+        store.gate = gate
     return sync_patients(
         patients=patients,
         client_for=lambda p: SamplesClient(p, samples_of, fetched, gate, len(patients), doubled),  # type: ignore[arg-type,return-value]
@@ -414,3 +415,18 @@ def test_fetching_runs_ahead_of_a_busy_writer_by_a_whole_group(tmp_path):
     assert gate.is_set()
     sizes = [int(re.findall(r"\d+", p)[0]) for p in store.purposes if "raw documents" in p]
     assert sum(sizes) == len(patients) and max(sizes) > 2 * 2  # more than the old bound could queue
+
+
+def test_fetching_pauses_once_the_heart_rate_waiting_for_the_writer_reaches_its_bound(tmp_path, monkeypatch):
+    import threading
+
+    from oura_assets import sync
+
+    monkeypatch.setattr(sync, "MAX_HELD_BYTES", 1)  # one landing's heart rate is already over it
+    store = HeldWarehouse(tmp_path / "warehouse.duckdb", gate=threading.Event(), hold_s=1.0)
+    patients = [f"patient-{n:02d}" for n in range(8)]
+    outcome = sync_heartrate(store, patients, lambda _: [sample(7)], hold_gate=False)
+    assert [r.status for r in outcome.results] == ["success"] * len(patients)
+    sizes = [int(re.findall(r"\d+", p)[0]) for p in store.purposes if "raw documents" in p]
+    # While the writer was held, only the fetches already in flight (2) joined the one waiting.
+    assert sum(sizes) == len(patients) and max(sizes) <= 3
