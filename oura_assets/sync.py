@@ -482,6 +482,7 @@ def sync_patients(
             lambda n: f"{purpose}: raw documents for {n} patient(s)",
             max_group=max_group,
             prepare=count_stored,
+            more_coming=lambda: bool(fetching),
         ) as writer,
     ):
         while queue or fetching or writing:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,49 @@ def test_one_thread_holds_until_the_last_of_overlapping_blocks_leaves(store):
     outer.__exit__(None, None, None)
     with store.connect("test: threads after") as conn:
         assert threads_of(conn) == before
+
+
+def slow(number: int, seconds: float):
+    """A job whose transaction takes `seconds` (the fixed cost the writer's lingering pays for)."""
+
+    def write(conn):
+        conn.execute("INSERT INTO main.landed VALUES (?, 1)", [number])
+        time.sleep(seconds)
+        return number
+
+    return write
+
+
+def trickle(writer: GroupWriter, numbers: range, every_s: float) -> list:
+    """Submit a job every `every_s` (a run paced at Oura's limit hands over a patient about every second)."""
+    futures = []
+    for number in numbers:
+        futures.append(writer.submit(job(number)))
+        time.sleep(every_s)
+    return futures
+
+
+@pytest.mark.parametrize("expecting", [True, False])
+def test_jobs_arriving_slowly_wait_for_each_other_while_more_are_coming(store, expecting):
+    coming = threading.Event()
+    coming.set()
+    with GroupWriter(
+        store, lambda n: f"test: {n} jobs", more_coming=coming.is_set if expecting else None
+    ) as writer:
+        writer.submit(slow(0, 0.2)).result(timeout=10)  # its transaction took 0.2 s: linger up to 0.8 s
+        futures = trickle(writer, range(1, 6), every_s=0.05)
+        coming.clear()
+        assert [f.result(timeout=10) for f in futures] == [1, 2, 3, 4, 5]
+    groups = len(store.purposes)
+    # Lingering, the five trickled jobs share one transaction; without a producer that says more are coming,
+    # the writer lands each as it arrives (the jobs are far cheaper than the 50 ms between them).
+    assert groups == (2 if expecting else 6), store.purposes
+    assert sorted({job for job, _ in landed(store)}) == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_lone_job_is_not_held_back_when_nothing_more_is_coming(store):
+    with GroupWriter(store, lambda n: f"test: {n} jobs", more_coming=lambda: False) as writer:
+        writer.submit(slow(0, 0.3)).result(timeout=10)  # a slow transaction: lingering would be 1.2 s
+        began = time.monotonic()
+        assert writer.submit(job(1)).result(timeout=10) == 1
+        assert time.monotonic() - began < 1.0
