@@ -304,9 +304,18 @@ def sync_heartrate(store, patients, samples_of, *, doubled=frozenset(), hold_gat
     fetched, gate = [], threading.Event()
     if hold_gate:
         store.gate = gate
+    return heartrate_sync(
+        store,
+        patients,
+        lambda p: SamplesClient(p, samples_of, fetched, gate, len(patients), doubled),
+    )
+
+
+def heartrate_sync(store, patients, client_for):
+    """`sync_patients` of heart rate alone over START..END, two fetch threads, with `client_for`'s clients."""
     return sync_patients(
         patients=patients,
-        client_for=lambda p: SamplesClient(p, samples_of, fetched, gate, len(patients), doubled),  # type: ignore[arg-type,return-value]
+        client_for=client_for,
         warehouse=store,
         start=START,
         end=END,
@@ -399,18 +408,7 @@ def test_fetching_runs_ahead_of_a_busy_writer_by_a_whole_group(tmp_path):
             return columns_of_samples([sample], start, end)
 
     store = HeldWarehouse(tmp_path / "warehouse.duckdb", gate=gate)
-    outcome = sync_patients(
-        patients=patients,
-        client_for=lambda _: Client(),  # type: ignore[arg-type,return-value]
-        warehouse=store,
-        start=START,
-        end=END,
-        run_id=RUN_ID,
-        collections=["heartrate"],
-        max_workers=2,
-        purpose="test run",
-        progress=RecordingLog(),
-    )
+    outcome = heartrate_sync(store, patients, lambda _: Client())
     assert [r.status for r in outcome.results] == ["success"] * len(patients)
     assert gate.is_set()
     sizes = [int(re.findall(r"\d+", p)[0]) for p in store.purposes if "raw documents" in p]
