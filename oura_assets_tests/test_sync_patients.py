@@ -20,6 +20,8 @@ START, END = date(2024, 6, 10), date(2024, 6, 12)
 RUN_ID = "run-under-test"
 # A dead port on loopback: every request is refused at once.
 UNREACHABLE = "http://127.0.0.1:9"
+# What every sync here shares: the range, the run, two fetch threads.
+RUN_ARGS = {"start": START, "end": END, "run_id": RUN_ID, "max_workers": 2, "purpose": "test run"}
 
 
 class RecordingLog:
@@ -75,11 +77,7 @@ def run(
         patients=patients,
         client_for=client_for,
         warehouse=store,
-        start=START,
-        end=END,
-        run_id=RUN_ID,
-        max_workers=2,
-        purpose="test run",
+        **RUN_ARGS,
         progress=progress or RecordingLog(),
         # Refetch passes run, without their cool-down's real wait.
         refetch=RefetchPolicy(sleep=lambda _: None),
@@ -317,12 +315,8 @@ def heartrate_sync(store, patients, client_for):
         patients=patients,
         client_for=client_for,
         warehouse=store,
-        start=START,
-        end=END,
-        run_id=RUN_ID,
+        **RUN_ARGS,
         collections=["heartrate"],
-        max_workers=2,
-        purpose="test run",
         progress=RecordingLog(),
     )
 
