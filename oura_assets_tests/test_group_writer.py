@@ -154,13 +154,11 @@ def test_one_thread_holds_until_the_last_of_overlapping_blocks_leaves(store):
 
     with store.connect("test: threads before") as conn:
         before = threads_of(conn)
-    outer = single_threaded()
-    outer.__enter__()
     with single_threaded():
-        pass
-    with store.connect("test: inside the outer block") as conn:
-        assert threads_of(conn) == 1  # the inner block's exit did not restore it under the outer one
-    outer.__exit__(None, None, None)
+        with single_threaded():
+            pass
+        with store.connect("test: inside the outer block") as conn:
+            assert threads_of(conn) == 1  # the inner block's exit did not restore it under the outer one
     with store.connect("test: threads after") as conn:
         assert threads_of(conn) == before
 
