@@ -26,7 +26,6 @@ import httpx
 from oura_assets import warehouse as wh
 from oura_assets.config import Settings, load_settings
 from oura_assets.defs.partitions import SYNC_IDS_TAG, TRIGGER_TAG, partition_range_tags
-from oura_assets.tls import tls_context
 
 
 class DemoError(RuntimeError):
@@ -44,7 +43,7 @@ def _port(url: str) -> int:
 
 def _answers(url: str) -> bool:
     try:
-        httpx.get(url, timeout=1.0, verify=tls_context())
+        httpx.get(url, timeout=1.0)
     except httpx.HTTPError:
         return False
     return True
@@ -103,7 +102,7 @@ def connect_patient(api_url: str, patient_id: str, ring_user: str, settings: Set
     from oura_assets.api.auth import mint_dev_token
 
     jwt = mint_dev_token(settings, patient_id)
-    with httpx.Client(timeout=30.0, verify=tls_context()) as http:
+    with httpx.Client(timeout=30.0) as http:
         started = http.post(
             f"{api_url}/api/patient-graph/wearables/connect/oura", headers={"Authorization": f"Bearer {jwt}"}
         )

@@ -41,7 +41,7 @@ def read(path: Path, sql: str) -> list[tuple]:
         return conn.execute(sql).fetchall()
 
 
-def test_run_publishes_snapshot_with_views_and_without_secrets_that_the_duckdb_cli_opens(
+def test_run_publishes_snapshot_with_views_and_without_secrets(
     pipeline_env, connect_patient, warehouse_backend
 ):
     settings = pipeline_env
@@ -111,14 +111,17 @@ def test_run_publishes_snapshot_with_views_and_without_secrets_that_the_duckdb_c
     run = instance.get_run_by_id(run_id)
     assert {run.tags[f"oura_assets/patients_{s}"] for s in ("ok", "partial", "failed")} == {"2", "0"}
 
-    # It opens in the DuckDB CLI that `make sql` runs, views included (a test of its own before, with a run).
+
+def test_snapshot_opens_in_the_duckdb_cli_that_make_sql_uses(pipeline_env, connect_patient):
+    connect_patient("patient-a")
+    run_sync()
     assert DUCKDB_CLI.exists(), "duckdb-cli (a dev dependency) is not installed in this environment"
     answer = subprocess.run(
         [
             str(DUCKDB_CLI),
             "-readonly",
             "-csv",
-            str(snapshot),
+            str(pipeline_env.analytics_path),
             "-c",
             "SELECT count(*) > 0 FROM analytics.daily_wide; SELECT count(*) > 0 FROM hrv_7d",
         ],
