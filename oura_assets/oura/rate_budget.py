@@ -6,17 +6,19 @@ each run on its own would let them add up past the limit and learn it through 42
 the budget lives in one small SQLite file per application under the lock directory
 (`data/locks/oura-rate-<sha256(client id)>.sqlite`), and every request of every process takes its turn:
 
-- Pacing is pyrate-limiter's GCRA (a leaky bucket kept as one timestamp) driven by its `Limiter`: requests
-  leave evenly spaced at `share` of the limit, with a burst of a few, so Oura's fixed windows never fill even
-  when arrival times jitter.
+- Pacing is pyrate-limiter's GCRA (a leaky bucket kept as one timestamp): requests leave evenly spaced at
+  `share` of the limit, with a burst of a few, so Oura's fixed windows never fill even when arrival times
+  jitter. Each request *books* its slot: one step of the GCRA at the earliest time it allows moves the
+  shared timestamp on and tells the asker how long to sleep, so turns go in the order they were asked for.
 - The limit is learned: `X-RateLimit-Limit` / `X-RateLimit-Window` on any answer (Oura sends them on a 429
   [spec]; on other answers too, if it ever does) replace the configured one for every process at once, and
   a 429's `Retry-After` (else `X-RateLimit-Reset`) pauses every process until then. 429s are expected only
   while the limit is still being learned.
 - Fair between runs: a process queues its own threads first-come first-served and sends one of them at a
-  time to the shared bucket, so two processes draw from it as equals however many threads each has (a
-  year's backfill does not starve a new patient's initial sync running in another process). Fair between a
-  run's patients: each patient's requests are sequential, so the first-come queue takes them in turns.
+  time to the shared bucket, so each process holds at most one booked slot and the bookings of N processes
+  interleave one by one, however many threads each has (a year's backfill does not starve a new patient's
+  initial sync running in another process). Fair between a run's patients: each patient's requests are
+  sequential, so the first-come queue takes them in turns.
 - Paced from the first request: the configured limit (default Oura's documented 5,000 per 5 minutes) is
   in force until Oura announces another, so production never goes past it, even before a 429 taught it.
   The simulator's default application limit is the same, so tests and the demo pace for real (15 req/s
@@ -35,9 +37,13 @@ one it talks to; fairness between shards is fairness between processes (one turn
 Written by hand, and why: pyrate-limiter 4.5 ships GCRA's state only in memory, in a `multiprocessing`
 Manager (which needs a common parent process; our runs are independent processes) or in Redis, so
 `_SQLiteState` keeps it in SQLite (one row, `BEGIN IMMEDIATE`), next to the learned limit and the pause that
-every process must see. The in-process first-come queue (`_TurnQueue`) and the worker estimate are a few
-lines each; neither pyrate-limiter, `limits` nor `aiolimiter` (asyncio only; our client is sync httpx)
-offers them.
+every process must see. Its `Limiter` is not used: its blocking loop asks, sleeps the wait it was told and
+asks again, so the turn goes to whoever asks first *after* the slot opens. Processes that all wait for the
+same slot race for it, and one that wakes late (a busy CPU) loses its turn again and again: measured, with
+one core kept busy three processes' shares went from a third each to 0.56 for one. Booking (`book_slot`, a
+few lines over pyrate-limiter's own `GCRA.step`) gives the slot to whoever asked first. The in-process
+first-come queue (`_TurnQueue`) and the worker estimate are a few lines each; neither pyrate-limiter,
+`limits` nor `aiolimiter` (asyncio only; our client is sync httpx) offers them.
 """
 
 from __future__ import annotations
@@ -49,14 +55,13 @@ import math
 import sqlite3
 import threading
 import time
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pyrate_limiter import GCRA, Limiter, Rate, StateBucket, StateStore, WallClock
-from pyrate_limiter.abstracts.algorithm import Decision
+from pyrate_limiter import GCRA, Rate, WallClock
 
 from oura_assets.oura.concurrency import InFlightTarget
 
@@ -130,9 +135,37 @@ class RateLimitHeaders:
         )
 
 
-class BudgetStore(StateStore):
-    """Where a budget's shared row lives: GCRA's one number (through pyrate-limiter's `check`), the limit
-    learned from Oura, and the pause a 429 asked for. `check` reads the store's own clock."""
+_GCRA = GCRA()  # stateless: one instance serves every budget and thread
+
+
+def book_slot(rates: list[Rate], tat_us: int, now_ms: int, paused_until_s: float) -> tuple[int, int]:
+    """(the bucket's next timestamp, the epoch ms the booked request may go at): the earliest time at or after
+    `now_ms` and any pause that pyrate-limiter's GCRA admits one more request, admitted there."""
+    at = max(now_ms, math.ceil(paused_until_s * 1000))
+    while True:
+        state, decision = _GCRA.step(rates, (tat_us,), at, 1)
+        if decision.allowed:
+            return int(state[0]), at
+        # GCRA's wait is exact (rounded up to a millisecond), so the next step is admitted.
+        at += max(1, decision.retry_after_ms or 1)
+
+
+class BudgetStore(ABC):
+    """Where a budget's shared row lives: GCRA's one number, the limit learned from Oura, and the pause a 429
+    asked for. `book` and `paused_ms` read the store's own clock."""
+
+    @abstractmethod
+    def book(self, rates: list[Rate]) -> int:
+        """Book the next slot for one request (`book_slot`, atomically on the shared row): milliseconds the
+        asker must wait before sending it."""
+
+    @abstractmethod
+    def paused_ms(self) -> int:
+        """Milliseconds left of a 429's pause (0 when none holds)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Let go of the store's connection."""
 
     @abstractmethod
     def row(self) -> tuple[int, int | None, float | None, float | None, float]:
@@ -154,8 +187,7 @@ class BudgetStore(StateStore):
 class _SQLiteState(BudgetStore):
     """GCRA's one number in a SQLite row every process on the host reads and writes atomically.
 
-    The row also holds the pause a 429 asked for: while it lasts, `check` refuses with the time left, so the
-    Limiter's own wait loop sits it out.
+    The row also holds the pause a 429 asked for: no slot is booked before it ends.
     """
 
     default_clock = WallClock()  # compared across processes: epoch milliseconds, not a monotonic clock
@@ -196,11 +228,7 @@ class _SQLiteState(BudgetStore):
         until = self.default_clock.now() / 1000 + seconds
         self._update("UPDATE budget SET paused_until = max(paused_until, ?)", (until,))
 
-    def check(self, algorithm, rates, now, weight):
-        # The clock is read here, not taken from the caller: pyrate-limiter's blocking loop advances a
-        # refused item's timestamp by the waits it slept, so a process that lost one turn would keep asking
-        # with a time one slot behind the bucket and lose every later turn to a process arriving fresh (a
-        # newcomer sent nothing for 100 s while a backfill in another process ran; see test_rate_budget).
+    def book(self, rates: list[Rate]) -> int:
         now = self.default_clock.now()
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -208,25 +236,17 @@ class _SQLiteState(BudgetStore):
                 tat_us, paused_until = self._conn.execute(
                     "SELECT tat_us, paused_until FROM budget"
                 ).fetchone()
-                if paused_until * 1000 > now:
-                    self._conn.execute("COMMIT")
-                    return Decision(
-                        failing_rate=rates[0], retry_after_ms=math.ceil(paused_until * 1000 - now)
-                    )
-                state, decision = algorithm.step(rates, (tat_us,), now, weight)
-                if decision.allowed:
-                    self._conn.execute("UPDATE budget SET tat_us = ?", (int(state[0]),))
+                tat_us, at = book_slot(rates, tat_us, now, paused_until)
+                self._conn.execute("UPDATE budget SET tat_us = ?", (tat_us,))
                 self._conn.execute("COMMIT")
-                return decision
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+        return at - now
 
-    def read(self, algorithm, rates):
-        return (self.row()[0],)
-
-    def reset(self) -> None:
-        self._update("UPDATE budget SET tat_us = 0, paused_until = 0", ())
+    def paused_ms(self) -> int:
+        paused_until = self.row()[4]
+        return max(0, math.ceil(paused_until * 1000 - self.default_clock.now()))
 
     def close(self) -> None:
         with self._lock:
@@ -285,9 +305,7 @@ class RateBudget:
         self._clock = clock
         self._state: BudgetStore = store if store is not None else _SQLiteState(Path(path))
         self._paced_for = (limit, window_s)
-        self._bucket = StateBucket([self._rate(limit, window_s)], algorithm=GCRA(), store=self._state)
-        # buffer_ms=0: GCRA's wait is exact; pyrate-limiter's default 50 ms would slow every turn.
-        self._limiter = Limiter(self._bucket, buffer_ms=0)
+        self._rates = [self._rate(limit, window_s)]
         self._turns = _TurnQueue()
         self._cycle_clock = cycle_clock
         self._in_flight = InFlightTarget()
@@ -354,9 +372,19 @@ class RateBudget:
         with self._turns:
             limit = self.limit()
             if limit != self._paced_for:
-                self._bucket.rates = [self._rate(*limit)]
+                self._rates = [self._rate(*limit)]
                 self._paced_for = limit
-            self._limiter.try_acquire("oura", blocking=True)
+            while True:
+                wait_ms = self._state.book(self._rates)
+                if wait_ms <= 0:
+                    break
+                time.sleep(wait_ms / 1000)
+                # A 429 that came while this request slept for its slot pauses it too: sit the pause out
+                # and book again.
+                paused = self._state.paused_ms()
+                if paused <= 0:
+                    break
+                time.sleep(paused / 1000)
         self._thread.went_at = self._cycle_clock()
         self.requests += 1
 
@@ -391,7 +419,7 @@ class RateBudget:
         return self._in_flight.target(self.rate_per_s, cap)
 
     def close(self) -> None:
-        self._limiter.close()  # closes the bucket and with it the SQLite connection
+        self._state.close()
 
     def __enter__(self) -> RateBudget:
         return self

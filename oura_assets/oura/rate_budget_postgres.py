@@ -7,7 +7,8 @@ of one PostgreSQL table instead (`oura_rate_budget`, one row per Oura applicatio
 client id): GCRA's next-allowed time, the limit learned from Oura's headers and the pause a 429 asked for.
 
 Each request's turn is one short transaction: `SELECT ... FOR UPDATE` of the row (so processes queue on the
-row lock, never race), pyrate-limiter's GCRA step, `UPDATE`, `COMMIT`. The time it is judged by is the
+row lock, never race), the booking step over pyrate-limiter's GCRA (`rate_budget.book_slot`), `UPDATE`,
+`COMMIT`. The time it is judged by is the
 server's `clock_timestamp()`, read in that same statement, so hosts whose clocks disagree still share one
 timeline; a 429's pause is likewise set in server time.
 
@@ -22,16 +23,14 @@ dagster-postgres already brings, rather than a second one.
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg2
-from pyrate_limiter.abstracts.algorithm import Decision
-from pyrate_limiter.clocks import WallClock
+from pyrate_limiter import Rate
 
-from oura_assets.oura.rate_budget import BudgetStore
+from oura_assets.oura.rate_budget import BudgetStore, book_slot
 from oura_assets.postgres_dsn import describe, first_line
 
 T = TypeVar("T")
@@ -61,10 +60,6 @@ class RateBudgetUnavailable(RuntimeError):
 class PostgresBudgetState(BudgetStore):
     """One application's budget row in PostgreSQL; one connection per process, used by one thread at a
     time, reconnected once when the server dropped it."""
-
-    # What pyrate-limiter stamps items with; `check` ignores it and judges by the server's clock instead,
-    # so this costs no round trip.
-    default_clock = WallClock()
 
     def __init__(self, dsn: str, *, application: str, connect_timeout_s: int = 10) -> None:
         self._dsn = dsn
@@ -160,36 +155,34 @@ class PostgresBudgetState(BudgetStore):
     def pause(self, seconds: float) -> None:
         self._update(f"paused_until = greatest(paused_until, {_NOW_MS} / 1000.0 + %s)", (seconds,))
 
-    def check(self, algorithm, rates, now, weight):  # type: ignore[no-untyped-def]
-        # `now` from the caller is ignored, as in the SQLite store: the server's clock, read under the row
-        # lock, is the one every host agrees on (and a process that lost a turn is not judged by a stale
-        # time).
-        def step(cur: Any) -> Decision:
+    def book(self, rates: list[Rate]) -> int:
+        # The server's clock, read under the row lock, is the one every host agrees on.
+        def step(cur: Any) -> int:
             cur.execute(
                 f"SELECT tat_us, paused_until, {_NOW_MS} FROM {TABLE} "  # noqa: S608
                 "WHERE application = %s FOR UPDATE",
                 (self._application,),
             )
             tat_us, paused_until, server_now = cur.fetchone()
-            if paused_until * 1000 > server_now:
-                return Decision(
-                    failing_rate=rates[0], retry_after_ms=math.ceil(paused_until * 1000 - server_now)
-                )
-            state, decision = algorithm.step(rates, (tat_us,), int(server_now), weight)
-            if decision.allowed:
-                cur.execute(
-                    f"UPDATE {TABLE} SET tat_us = %s WHERE application = %s",  # noqa: S608
-                    (int(state[0]), self._application),
-                )
-            return decision
+            tat_us, at = book_slot(rates, int(tat_us), int(server_now), paused_until)
+            cur.execute(
+                f"UPDATE {TABLE} SET tat_us = %s WHERE application = %s",  # noqa: S608
+                (tat_us, self._application),
+            )
+            return at - int(server_now)
 
         return self._transaction(step)
 
-    def read(self, algorithm, rates):  # type: ignore[no-untyped-def]
-        return (self.row()[0],)
+    def paused_ms(self) -> int:
+        def left(cur: Any) -> int:
+            cur.execute(
+                f"SELECT greatest(0, ceil(paused_until * 1000 - {_NOW_MS})) FROM {TABLE} "  # noqa: S608
+                "WHERE application = %s",
+                (self._application,),
+            )
+            return int(cur.fetchone()[0])
 
-    def reset(self) -> None:
-        self._update("tat_us = 0, paused_until = 0", ())
+        return self._transaction(left)
 
     def close(self) -> None:
         with self._lock:
