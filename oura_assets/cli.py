@@ -209,12 +209,13 @@ def _subscribe_when_up(settings: Settings, wait_s: float = 120.0) -> None:
     import httpx
 
     from oura_assets.oura.webhooks import WebhookApiError, ensure_from_settings
+    from oura_assets.tls import tls_context
 
     deadline = time.monotonic() + wait_s
     last = "the API did not answer"
     while time.monotonic() < deadline:
         try:
-            if httpx.get(settings.api_url + "/healthz", timeout=2).status_code == 200:
+            if httpx.get(settings.api_url + "/healthz", timeout=2, verify=tls_context()).status_code == 200:
                 report = ensure_from_settings(settings)
                 print(
                     f"webhook subscriptions: {len(report.created)} created, {len(report.renewed)} renewed, "

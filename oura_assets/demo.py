@@ -26,6 +26,7 @@ import httpx
 from oura_assets import warehouse as wh
 from oura_assets.config import Settings, load_settings
 from oura_assets.defs.partitions import SYNC_IDS_TAG, TRIGGER_TAG, partition_range_tags
+from oura_assets.tls import tls_context
 
 
 class DemoError(RuntimeError):
@@ -43,7 +44,7 @@ def _port(url: str) -> int:
 
 def _answers(url: str) -> bool:
     try:
-        httpx.get(url, timeout=1.0)
+        httpx.get(url, timeout=1.0, verify=tls_context())
     except httpx.HTTPError:
         return False
     return True
@@ -102,7 +103,7 @@ def connect_patient(api_url: str, patient_id: str, ring_user: str, settings: Set
     from oura_assets.api.auth import mint_dev_token
 
     jwt = mint_dev_token(settings, patient_id)
-    with httpx.Client(timeout=30.0) as http:
+    with httpx.Client(timeout=30.0, verify=tls_context()) as http:
         started = http.post(
             f"{api_url}/api/patient-graph/wearables/connect/oura", headers={"Authorization": f"Bearer {jwt}"}
         )

@@ -22,6 +22,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from oura_assets.redaction import install_log_redaction
+from oura_assets.tls import tls_context
 
 
 class ThreadedUvicorn:
@@ -77,7 +78,10 @@ class ThreadedUvicorn:
                 self.stop()
                 raise RuntimeError(f"the {self.name} stopped during start-up; see the log above")
             try:
-                if httpx.get(self.url + self.ready_path, timeout=1.0).status_code == 200:
+                if (
+                    httpx.get(self.url + self.ready_path, timeout=1.0, verify=tls_context()).status_code
+                    == 200
+                ):
                     return self
             except httpx.HTTPError:
                 pass

@@ -147,10 +147,12 @@ class ApiHarness:
         """The patient's browser at the simulator's consent page: the query Oura redirects back with."""
         import httpx
 
+        from oura_assets.tls import tls_context
+
         extra = {"sim_deny": "1"} if deny else {"sim_user": ring_user or "ring-user"}
         # Added to the URL's own query (httpx's `params=` would replace it).
         url = httpx.URL(auth_url)
-        answer = httpx.get(url.copy_merge_params(extra), follow_redirects=False)
+        answer = httpx.get(url.copy_merge_params(extra), follow_redirects=False, verify=tls_context())
         assert answer.status_code in (302, 303), answer.text
         return dict(httpx.URL(answer.headers["location"]).params)
 

@@ -25,6 +25,7 @@ from oura_assets import warehouse as wh
 from oura_assets.config import Settings
 from oura_assets.oura.client import OuraClient
 from oura_assets.oura.oauth import OuraOAuthApp, TokenSet
+from oura_assets.tls import tls_context
 from oura_assets.tokens import PatientTokens, TokenCipher, store_granted_tokens
 
 if TYPE_CHECKING:
@@ -161,6 +162,7 @@ def authorize_code(app: OuraOAuthApp, ring_user: str, state: str = "test-state")
         httpx.URL(app.authorization_url(state)).copy_add_param("sim_user", ring_user),
         follow_redirects=False,
         timeout=10,
+        verify=tls_context(),  # one context per process, as the package's own clients (tls.py)
     )
     assert answer.status_code in (302, 303), answer.text
     location = httpx.URL(answer.headers["location"])

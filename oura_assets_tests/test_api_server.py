@@ -28,6 +28,7 @@ from oura_assets.api.server import ApiServer
 from oura_assets.config import ConfigError, Settings, load_settings
 from oura_assets.redaction import RedactQueryFilter
 from oura_assets.simulator import SimulatorConfig, SimulatorServer
+from oura_assets.tls import tls_context
 from oura_assets_tests.api_support import ISSUER, JwksServer, claims, jwks_server, new_key, public, sign
 
 W = "/api/patient-graph/wearables"
@@ -232,7 +233,8 @@ WRITER = textwrap.dedent(
 
 def hammer(base: str, headers: dict[str, str], sync_id: str, rounds: int) -> list[httpx.Response]:
     def one(n: int) -> httpx.Response:
-        with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
+        # A client (and connection) of its own per request; the TLS context is the process's one (tls.py).
+        with httpx.Client(base_url=base, headers=headers, timeout=30, verify=tls_context()) as http:
             kind = n % 3
             if kind == 0:
                 return http.post(

@@ -38,7 +38,8 @@ def sync_and_record(
     Unpaced (`support.UNPACED`) unless `paced`: what these tests look at is what lands, not how requests are
     spread (test_pacing.py, test_rate_budget.py and bench/ are about that), and spreading a run's ~100
     requests at Oura's 15 a second is ~6 s of idle waiting a test. One test keeps the shipped pacing
-    (`test_materialized_range_lands_every_table`), so a run here still goes through the budget as deployed."""
+    (`test_materialized_range_lands_every_table_and_a_second_run_changes_nothing`), so a run here still
+    goes through the budget as deployed."""
     definitions = load_defs()
     instance = dg.DagsterInstance.ephemeral()
     result = run_sync(
@@ -75,10 +76,16 @@ def test_definitions_load_with_assets_schedule_and_sensors(pipeline_env):
     assert raw.backfill_policy == dg.BackfillPolicy.single_run()
 
 
-def test_materialized_range_lands_every_table(pipeline_env, connect_patient, warehouse_backend):
+# One test, not four: the second run below was `test_materializing_twice_leaves_tables_identical`, whose own
+# first run (two patients of its own) only repeated this one's, and the plain-file and no-plaintext-token
+# checks were two tests of one run each (`test_warehouse_file_is_a_plain_duckdb_database`,
+# `test_no_plaintext_token_in_the_warehouse_file`). Four in-process runs fewer, ~4-10 s of CPU each.
+@pytest.mark.slow
+def test_materialized_range_lands_every_table_and_a_second_run_changes_nothing(
+    pipeline_env, connect_patient, warehouse_backend
+):
     settings = pipeline_env
-    for n in range(3):
-        connect_patient(f"patient-{n}")
+    patients = [connect_patient(f"patient-{n}") for n in range(3)]
     _, _, run_id = sync_and_record(paced=True)  # the shipped pacing: the run's requests go through the budget
 
     metric_types = {
@@ -136,18 +143,22 @@ def test_materialized_range_lands_every_table(pipeline_env, connect_patient, war
     assert day_status == [(3 * 7, 3 * 7, 3 * 7)]
     synced = query(settings, "SELECT count(last_synced_at) FROM patient_graph.wearable_connections")
     assert synced == [(3,)]
+    if warehouse_backend == "duckdb":
+        # The warehouse is a plain DuckDB file that any DuckDB opens, and holds no token in plaintext.
+        with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:
+            (count,) = conn.execute(
+                "SELECT count(*) FROM patient_graph.patient_wearable_daily_stats"
+            ).fetchone()
+        assert count > 0
+        raw = settings.warehouse_path.read_bytes()
+        assert [p.patient_id for p in patients if p.access_token.encode() in raw] == []
 
-
-@pytest.mark.slow
-def test_materializing_twice_leaves_tables_identical(pipeline_env, connect_patient, warehouse_backend):
-    connect_patient("patient-a")
-    connect_patient("patient-b")
+    # Materializing the same range again leaves every table as it was: nothing duplicated, nothing lost.
+    first = snapshot(settings)
     sync_and_record()
-    first = snapshot(pipeline_env)
-    sync_and_record()
-    assert snapshot(pipeline_env) == first
+    assert snapshot(settings) == first
     assert sum(len(rows) for rows in first.values()) > 100
-    assert duplicate_keys(pipeline_env) == {}
+    assert duplicate_keys(settings) == {}
 
 
 # A month, not a quarter: the run's Dagster bookkeeping grows with its days (an event per asset per day), and
@@ -245,13 +256,6 @@ def test_expired_access_token_is_refreshed_and_rotated_pair_stored(pipeline_env,
     assert simulator.control.stats()["refresh_grants"] >= 1
 
 
-def test_no_plaintext_token_in_the_warehouse_file(pipeline_env, connect_patient):
-    patient = connect_patient("patient-a")
-    sync_and_record()
-    raw = pipeline_env.warehouse_path.read_bytes()
-    assert patient.access_token.encode() not in raw
-
-
 def test_run_for_one_patient_syncs_only_that_patient(pipeline_env, connect_patient):
     connect_patient("patient-a")
     connect_patient("patient-b")
@@ -298,15 +302,6 @@ def test_sync_request_sensor_turns_a_request_into_a_run(pipeline_env, connect_pa
     assert [r.run_key for r in requests] == [sync_id]
     assert requests[0].tags[PATIENT_TAG] == "patient-a"
     assert requests[0].tags["dagster/asset_partition_range_start"] == START.isoformat()
-
-
-def test_warehouse_file_is_a_plain_duckdb_database(pipeline_env, connect_patient):
-    connect_patient("patient-a")
-    sync_and_record()
-    with duckdb.connect(str(pipeline_env.warehouse_path), read_only=True) as conn:
-        assert (
-            conn.execute("SELECT count(*) FROM patient_graph.patient_wearable_daily_stats").fetchone()[0] > 0
-        )
 
 
 def test_bad_raw_document_is_left_out_and_reported_while_the_rest_lands(pipeline_env, connect_patient):

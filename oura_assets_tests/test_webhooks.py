@@ -36,6 +36,7 @@ from oura_assets.oura.webhooks import (
 from oura_assets.simulator import SimulatorServer
 from oura_assets.simulator.data.queries import documents_for_day
 from oura_assets.simulator.data.users import profile
+from oura_assets.tls import tls_context
 from oura_assets_tests.api_support import ISSUER, new_key, public
 from oura_assets_tests.conftest import TEST_CLIENT_ID, TEST_CLIENT_SECRET
 from oura_assets_tests.support import UNPACED, ConnectedPatient, query, run_sync
@@ -61,7 +62,8 @@ class Receiver:
     ) -> httpx.Response:
         raw = body if body is not None else json.dumps(event).encode()
         signed = sign_event(secret, str(int(time.time() if at is None else at)), raw)
-        return httpx.post(self.url, content=raw, headers={**signed, **(headers or {})}, timeout=15)
+        headers = {**signed, **(headers or {})}
+        return httpx.post(self.url, content=raw, headers=headers, timeout=15, verify=tls_context())
 
 
 @pytest.fixture

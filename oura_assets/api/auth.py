@@ -30,6 +30,7 @@ from joserfc.jws import extract_compact
 
 from oura_assets.config import ConfigError, Settings
 from oura_assets.private_files import write_private
+from oura_assets.tls import tls_context
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class JwksKeys:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url = url
-        self._http = http or httpx.Client(timeout=timeout_s, follow_redirects=False)
+        self._http = http or httpx.Client(timeout=timeout_s, follow_redirects=False, verify=tls_context())
         self._min_interval = min_fetch_interval_s
         self._max_age = max_age_s
         self._clock = clock

@@ -216,14 +216,23 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefini
                 k: dg.MetadataValue.json(v) if isinstance(v, dict) else v
                 for k, v in report.metadata().items()
             }
+        tables = {name: [f"oura_raw.{c}" for c in RAW_ASSETS[name]] for name in selected}
+        # Every raw asset's preview in one hold of the warehouse (each `preview_metadata` nests in it), so the
+        # file is attached once for all of them rather than once per asset; yielded after it is let go.
+        purpose = f"dagster run {run_id[:8]}"
+        with warehouse.connect(f"{purpose}: raw previews"):
+            previews = {
+                name: preview_metadata(warehouse, tables[name], start, end, _run_patient(context), purpose)
+                for name in selected
+            }
         for name in selected:
-            tables = [f"oura_raw.{c}" for c in RAW_ASSETS[name]]
-            preview = preview_metadata(
-                warehouse, tables, start, end, _run_patient(context), f"dagster run {run_id[:8]}"
-            )
             yield dg.MaterializeResult(
                 asset_key=RAW_KEYS[name],
-                metadata={**_summary_metadata(outcome, outcome.rows(tables)), **preview, **coverage},
+                metadata={
+                    **_summary_metadata(outcome, outcome.rows(tables[name])),
+                    **previews[name],
+                    **coverage,
+                },
             )
 
     return oura_raw

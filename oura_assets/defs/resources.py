@@ -30,6 +30,7 @@ from oura_assets.config import Settings, load_settings
 from oura_assets.oura.client import OuraClient, RetryPolicy
 from oura_assets.oura.oauth import OuraOAuthApp
 from oura_assets.oura.rate_budget import RateBudget
+from oura_assets.tls import tls_context
 from oura_assets.tokens import PatientTokens, TokenCipher
 
 
@@ -177,7 +178,12 @@ class OuraResource(dg.ConfigurableResource):
             share=self.rate_limit_share,
         )
         with (
-            httpx.Client(timeout=timeout, limits=limits, headers={"User-Agent": "oura-assets"}) as http,
+            httpx.Client(
+                timeout=timeout,
+                limits=limits,
+                headers={"User-Agent": "oura-assets"},
+                verify=tls_context(),
+            ) as http,
             budget,
         ):
             yield OuraSession(

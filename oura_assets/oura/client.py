@@ -27,6 +27,7 @@ from oura_assets.clock import as_utc, utc_now
 from oura_assets.oura import heartrate_pages
 from oura_assets.oura.heartrate_pages import HeartRateColumns
 from oura_assets.oura.rate_budget import RateBudget
+from oura_assets.tls import tls_context
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +238,7 @@ class OuraClient:
         self._budget = budget
         self._tokens = tokens
         self._owns_http = http is None
-        self._http = http if http is not None else httpx.Client(timeout=DEFAULT_TIMEOUT)
+        self._http = http if http is not None else httpx.Client(timeout=DEFAULT_TIMEOUT, verify=tls_context())
         self._retry = retry if retry is not None else RetryPolicy()
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ from authlib.integrations.httpx_client import OAuth2Client
 from oura_assets.config import OAUTH_SCOPES, Settings
 from oura_assets.oura.client import OuraError
 from oura_assets.redaction import install_log_redaction
+from oura_assets.tls import tls_context
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +220,7 @@ class OuraOAuthApp:
             redirect_uri=self.redirect_uri,
             timeout=self._timeout,
             transport=self._transport,
+            verify=tls_context(),
         )
 
     def _token_request(self, what: str, redact: _Redactor, **grant: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ import httpx
 from oura_assets.clock import as_utc, utc_now
 from oura_assets.config import ConfigError, Settings
 from oura_assets.domain import DOCUMENT_COLLECTIONS
+from oura_assets.tls import tls_context
 
 SUBSCRIPTION_PATH = "/v2/webhook/subscription"
 EVENT_TYPES = ("create", "update", "delete")
@@ -126,7 +127,7 @@ class WebhookClient:
         http: httpx.Client | None = None,
         timeout_s: float = 30.0,
     ) -> None:
-        self._http = http or httpx.Client(timeout=timeout_s)
+        self._http = http or httpx.Client(timeout=timeout_s, verify=tls_context())
         self._owns_http = http is None
         self._base = base_url.rstrip("/")
         self._headers = {"x-client-id": client_id, "x-client-secret": client_secret}

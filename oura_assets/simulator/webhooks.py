@@ -43,6 +43,7 @@ from oura_assets.simulator.data.queries import documents_for_day
 from oura_assets.simulator.data.users import profile
 from oura_assets.simulator.problems import Problem
 from oura_assets.simulator.state import SimulatorState
+from oura_assets.tls import tls_context
 
 OPERATIONS = ("create", "update", "delete")
 # ExtApiV2DataType of the spec.
@@ -168,6 +169,7 @@ class WebhookHub:
                 callback_url,
                 params={"verification_token": token, "challenge": challenge},
                 timeout=CALLBACK_TIMEOUT_S,
+                verify=tls_context(),
             )
             echoed = answer.json().get("challenge") if answer.status_code == 200 else None
         except (httpx.HTTPError, ValueError, AttributeError):
@@ -279,6 +281,7 @@ class WebhookHub:
                             content=body,
                             headers=sign_event(client.secret, stamp, body),
                             timeout=CALLBACK_TIMEOUT_S,
+                            verify=tls_context(),
                         )
                         status: int | None = answer.status_code
                     except httpx.HTTPError:
