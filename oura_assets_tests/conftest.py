@@ -40,6 +40,8 @@ hypothesis_settings.load_profile("oura_assets")
 # deadlines (a lock wait, an API's 503 after a few seconds, a daemon's poll): under xdist they run one after
 # another in one group, never two of them at once, so a CI machine's two cores are never shared by two such
 # races. Named by file and function (every parametrization); a name that no longer matches only loses this.
+# Under `make test`'s three workers a race shares the two cores with two other workers' tests: every file
+# holding one passed with two cores kept busy by spinning processes (126 tests, 191 s, 2026-12-04).
 # Not here, though they start processes: tests that only count or compare what their own processes did to
 # their own files, with no deadline a slow host could miss (`test_many_writer_processes_lose_no_write`: four
 # writers, a 60 s lock wait each behind three short transactions; `test_snapshot_held_open_by_another_process_
@@ -150,10 +152,10 @@ class GroupedNodeIds:
 # this conftest, so it would otherwise be called first and see none).
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Order and group the tests for `make test`'s two xdist workers (`-n 2 --dist loadgroup`).
+    """Order and group the tests for `make test`'s xdist workers (`-n 3 --dist loadgroup`).
 
     Tests marked `slow` (each a long wait on child processes or a long run) go first, so the short ones fill
-    in around them and the two workers finish together instead of one of them starting a 60 s test last.
+    in around them and the workers finish together instead of one of them starting a 60 s test last.
     The `PROCESS_RACES` share one xdist group (one worker, one at a time). A test that uses a module-scoped
     fixture (one expensive setup shared read-only by its module) is grouped with the rest of its module on
     one worker, so that setup runs once, not once per worker. Without xdist the group marks are inert and the
