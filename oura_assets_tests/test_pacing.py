@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from oura_assets.oura.concurrency import InFlightTarget
 from oura_assets.oura.rate_budget import RateBudget
 from oura_assets_tests import support
@@ -42,8 +43,9 @@ def test_a_known_limit_is_paced_below_every_rolling_window_and_close_to_its_shar
     tmp_path, limit, window_s, seconds
 ):
     """Requests asked for as fast as possible (1 ms after the previous one went, or 20 ms for the 5-minute
-    window) from a fresh budget: no rolling window of Oura's ever holds `limit` of them (no 429 once the limit is known),
-    and over the run they go at the paced share (0.9) of the limit, less only the first window's burst."""
+    window) from a fresh budget: no rolling window of Oura's ever holds `limit` of them (no 429 once the
+    limit is known), and over the run they go at the paced share (0.9) of the limit, less only the first
+    window's burst."""
     with RateBudget(tmp_path / "b.sqlite", limit=limit, window_s=window_s) as budget:
         went = _allowed(budget, limit, window_s, seconds, step_ms=1 if window_s < 10 else 20)
     assert support.peak_in_window(went, round(window_s * 1000)) < limit
