@@ -66,3 +66,25 @@ def test_a_window_write_counts_each_kind_and_keeps_replaced_versions(tmp_path: P
         assert wh.mirror_raw_documents(conn, "workout", "p1", *window, [], SECOND) == wh.DocumentChanges()
         leftovers = "SELECT count(*) FROM duckdb_tables() WHERE temporary AND table_name LIKE '_staged%'"
         assert conn.execute(leftovers).fetchone() == (0,)
+
+
+def test_a_document_whose_day_moved_into_the_window_replaces_its_stored_version(tmp_path: Path) -> None:
+    """The stored versions are looked up as the window's rows plus the fetched ids stored on other days: a
+    document Oura now dates inside the window, stored under a day outside it, is the same document changed
+    (one row, its old version in the history), not a new one beside it; another patient's document with the
+    same id is not it."""
+    store = wh.Warehouse(tmp_path / "w.duckdb")
+    earlier = D - timedelta(days=5)
+    with store.transaction("test") as conn:
+        wh.mirror_raw_documents(conn, "daily_sleep", "p1", earlier, earlier, [doc("m", earlier)], FIRST)
+        wh.mirror_raw_documents(conn, "daily_sleep", "p2", D, D, [doc("m", D)], FIRST)
+    with store.transaction("test") as conn:
+        changes = wh.mirror_raw_documents(conn, "daily_sleep", "p1", D, D, [doc("m", D)], SECOND)
+        assert changes == wh.DocumentChanges(changed=1)
+        assert conn.execute(
+            "SELECT patient_id, day, revision, first_seen_at FROM oura_raw.daily_sleep WHERE id = 'm' "
+            "ORDER BY patient_id"
+        ).fetchall() == [("p1", D, 1, FIRST), ("p2", D, 0, FIRST)]
+        assert conn.execute(
+            "SELECT patient_id, day, change FROM oura_raw.document_revisions WHERE id = 'm'"
+        ).fetchall() == [("p1", earlier, "changed")]
