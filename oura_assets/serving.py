@@ -78,10 +78,8 @@ class ThreadedUvicorn:
                 self.stop()
                 raise RuntimeError(f"the {self.name} stopped during start-up; see the log above")
             try:
-                if (
-                    httpx.get(self.url + self.ready_path, timeout=1.0, verify=tls_context()).status_code
-                    == 200
-                ):
+                answer = httpx.get(self.url + self.ready_path, timeout=1.0, verify=tls_context())
+                if answer.status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
