@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import multiprocessing
 import os
 import pickle
@@ -16,6 +17,7 @@ from typing import Any
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 import pytest
 
 from oura_assets import warehouse as wh
@@ -242,7 +244,8 @@ PRIMARY_KEYS = {
     "patient_graph.sync_results": ["run_id", "patient_id"],
     "patient_graph.oauth_states": ["state_hash"],
     **{f"oura_raw.{c}": ["patient_id", "id"] for c in wh.DOCUMENT_COLLECTIONS},
-    "oura_raw.heartrate": ["patient_id", "timestamp", "source"],
+    # oura_raw.heartrate: keyed by (patient_id, timestamp, source) without a PRIMARY KEY (schema.py says why;
+    # test_heartrate_key_is_kept_without_a_primary_key).
     "oura_raw.document_revisions": ["collection", "patient_id", "id", "revision", "superseded_at"],
     "patient_graph.wearable_day_status": ["patient_id", "source", "day"],
     "patient_graph.audit_log": ["audit_id"],
@@ -303,6 +306,71 @@ def test_primary_key_forbids_a_duplicate_row(conn):
     wh.record_event(conn, patient_id="p1", event_type="wearable_sync", payload={}, event_id="e1")
     with pytest.raises(duckdb.ConstraintException):
         conn.execute("INSERT INTO patient_graph.patient_events SELECT * FROM patient_graph.patient_events")
+
+
+def _heartrate_columns(*samples: tuple[datetime, str, int]) -> pa.Table:
+    return pa.table(
+        {
+            "timestamp": pa.array([t for t, _, _ in samples], pa.timestamp("us", tz="UTC")),
+            "source": [s for _, s, _ in samples],
+            "bpm": pa.array([b for _, _, b in samples], pa.int32()),
+            "document": [
+                json.dumps({"bpm": b, "source": s, "timestamp": t.isoformat()}) for t, s, b in samples
+            ],
+        }
+    )
+
+
+def test_heartrate_key_is_kept_without_a_primary_key(conn):
+    assert not wh.primary_key_enforced(conn, "oura_raw.heartrate")
+    start, end = datetime(2024, 6, 1, tzinfo=UTC), datetime(2024, 6, 2, tzinfo=UTC)
+    first = start + timedelta(hours=1)
+    samples = _heartrate_columns((first, "awake", 60), (first, "rest", 55))
+    assert wh.replace_raw_heartrate_columns(conn, "p1", start, end, samples, NOW) == 2
+    # A repeated (timestamp, source) in what is handed over is refused, and nothing of it lands.
+    repeated = _heartrate_columns(
+        (first, "awake", 61), (first + timedelta(minutes=5), "awake", 62), (first, "awake", 63)
+    )
+    with pytest.raises(ValueError, match="1 sample\\(s\\) repeat another's `timestamp` and `source`"):
+        wh.replace_raw_heartrate_columns(conn, "p1", start, end, repeated, NOW)
+    # Written again (the window held), and through the row path, each key is still held once.
+    wh.replace_raw_heartrate_columns(conn, "p1", start, end, samples, NOW)
+    wh.replace_raw_heartrate(
+        conn, "p1", start, end, [{"timestamp": first.isoformat(), "source": "awake", "bpm": 70}], NOW
+    )
+    assert query(conn, "SELECT source, bpm FROM oura_raw.heartrate ORDER BY ALL") == [("awake", 70)]
+    assert wh.duplicate_keys(conn, "oura_raw.heartrate").count == 0
+
+
+def test_a_file_from_before_migration_7_keeps_its_heart_rate_without_the_key(store):
+    store.ensure_schema()
+    heartrate = wh.TABLES["oura_raw.heartrate"]
+    with store.connect("test: the file as migration 6 left it") as conn:
+        conn.execute("DROP TABLE oura_raw.heartrate")
+        conn.execute(
+            heartrate.ddl().replace("\n)", f",\n    PRIMARY KEY ({', '.join(heartrate.primary_key)})\n)")
+        )
+        conn.execute(
+            "INSERT INTO oura_raw.heartrate VALUES "
+            "('p1', ?, 'awake', 60, '{}', ?), ('p2', ?, 'rest', NULL, '{}', ?)",
+            [NOW, NOW, NOW, NOW],
+        )
+        conn.execute("DELETE FROM main.schema_version WHERE version = 7")
+        assert wh.primary_key_enforced(conn, "oura_raw.heartrate")
+    store.ensure_schema()
+    with store.connect("test: read") as conn:
+        assert not wh.primary_key_enforced(conn, "oura_raw.heartrate")
+        assert query(conn, "SELECT patient_id, source, bpm FROM oura_raw.heartrate ORDER BY ALL") == [
+            ("p1", "awake", 60),
+            ("p2", "rest", None),
+        ]
+        nullable = query(
+            conn,
+            "SELECT column_name, is_nullable FROM information_schema.columns "
+            "WHERE table_schema = 'oura_raw' AND table_name = 'heartrate' ORDER BY ordinal_position",
+        )
+        assert nullable == [(c.name, "YES" if c.nullable else "NO") for c in heartrate.columns]
+        assert query(conn, "SELECT max(version) FROM main.schema_version") == [(wh.SCHEMA_VERSION,)]
 
 
 def test_ensure_schema_is_idempotent_and_versioned(store):

@@ -216,8 +216,9 @@ def _unique_keys_result(
     conn: object, tables: list[str], window: wh.RunWindow | None, severity: dg.AssetCheckSeverity
 ) -> dg.AssetCheckResult:
     """In a run, a table the database holds to its primary key cannot hold a duplicate: no scan (the insert
-    that would have made one failed). Otherwise (a DuckLake catalog, a table rebuilt without its key) the
-    keys of the run's rows are looked at; called on its own, the whole table."""
+    that would have made one failed). Otherwise (a DuckLake catalog, `oura_raw.heartrate`, which has no key
+    index in a DuckDB file either, a table rebuilt without its key) the keys of the run's rows are looked
+    at; called on its own, the whole table."""
     enforced = [t for t in tables if window is not None and wh.primary_key_enforced(conn, t)]
     found = _combined([wh.duplicate_keys(conn, t, window) for t in tables if t not in enforced])
     return _offenders_result(

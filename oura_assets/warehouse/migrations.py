@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 import duckdb
 
-from oura_assets.domain import CORE_COLLECTIONS, SESSION, WELLNESS_COLLECTIONS, WORKOUT
+from oura_assets.domain import CORE_COLLECTIONS, HEARTRATE, SESSION, WELLNESS_COLLECTIONS, WORKOUT
 from oura_assets.warehouse.dialect import GUARDS_DDL, seed_guards_sql
 from oura_assets.warehouse.lake import is_conflict, is_lake_connection
 from oura_assets.warehouse.schema import (
@@ -89,6 +89,24 @@ def _revisions_not_null(lake: bool) -> tuple[str, ...]:
     )
 
 
+def _heartrate_without_key(lake: bool) -> tuple[str, ...]:
+    # DuckDB cannot drop a primary key (ALTER TABLE … DROP CONSTRAINT is not supported), so the table is
+    # copied into one without it, in the migration's one transaction. The copy is the whole table, once:
+    # 105 M samples took 26 s (50 CPU-s, 1.9 GiB of memory) on two cores. The file keeps its size (DuckDB
+    # reuses the freed blocks). A DuckLake never had the key.
+    if lake:
+        return ()
+    heartrate = TABLES[f"oura_raw.{HEARTRATE}"]
+    rebuilt = f"{heartrate.name}_without_key"
+    return (
+        f"DROP TABLE IF EXISTS {rebuilt}",
+        heartrate.ddl(keys=False, name=rebuilt),
+        f"INSERT INTO {rebuilt} BY NAME SELECT * FROM {heartrate.name}",  # noqa: S608 (constants)
+        f"DROP TABLE {heartrate.name}",
+        f"ALTER TABLE {rebuilt} RENAME TO {HEARTRATE}",
+    )
+
+
 _MIGRATIONS: tuple[tuple[int, str, Statements], ...] = (
     (1, "initial schema: CONTRACT §5 tables and the project's bookkeeping tables", _initial),
     (
@@ -124,6 +142,11 @@ _MIGRATIONS: tuple[tuple[int, str, Statements], ...] = (
                 for column in WELLNESS_COLUMNS
             ),
         ),
+    ),
+    (
+        7,
+        "oura_raw.heartrate without a PRIMARY KEY index (its writers keep the key, as on a DuckLake)",
+        _heartrate_without_key,
     ),
 )
 SCHEMA_VERSION = _MIGRATIONS[-1][0]

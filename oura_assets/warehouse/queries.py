@@ -202,8 +202,9 @@ def primary_key_enforced(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
 def duplicate_keys(conn: duckdb.DuckDBPyConnection, table: str, window: RunWindow | None = None) -> Offenders:
     """Keys of `table` (schema.TABLES' primary key) held by more than one row.
 
-    DuckDB enforces the keys, but a DuckLake catalog does not, and a table copied or rebuilt by hand loses
-    them: this is what says so. With `window`, only the keys of the rows in it (what a run wrote) are looked
+    DuckDB enforces the keys, but a DuckLake catalog does not, nor does a DuckDB file for
+    `oura_raw.heartrate` (`schema.py` says why), and a table copied or rebuilt by hand loses them: this is
+    what says so. With `window`, only the keys of the rows in it (what a run wrote) are looked
     at, every row holding one of them counted wherever it lies, so a duplicate the run made is always found.
     """
     key = TABLES[table].primary_key

@@ -327,8 +327,8 @@ def replace_raw_heartrate_columns(
     """`replace_raw_heartrate` for samples already parsed into columns; returns the samples written.
 
     `samples` has `timestamp` (aware), `source`, `bpm` and `document` (JSON text) with one row per
-    (timestamp, source) (a repeat fails the write), as `oura.heartrate_pages` hands them over: DuckDB
-    reads the Arrow columns as they are, so no sample passes through Python on its way in.
+    (timestamp, source) (a repeat fails the write, with nothing written), as `oura.heartrate_pages` hands
+    them over: DuckDB reads the Arrow columns as they are, so no sample passes through Python on its way in.
     `stored` is how many samples the table holds in the patient's window, when the caller counted them in
     this transaction (`stored_heartrate_counts`); else they are counted here.
     """
@@ -337,6 +337,14 @@ def replace_raw_heartrate_columns(
     incomplete = samples.column("timestamp").null_count + samples.column("source").null_count
     if incomplete:
         raise ValueError(f"heartrate: {incomplete} sample(s) lack a `timestamp` or a `source`")
+    # The table has no primary key to refuse a repeat (schema.py says why), so the write does.
+    distinct = (
+        samples.select(["timestamp", "source"]).group_by(["timestamp", "source"]).aggregate([]).num_rows
+    )
+    if distinct < samples.num_rows:
+        raise ValueError(
+            f"heartrate: {samples.num_rows - distinct} sample(s) repeat another's `timestamp` and `source`"
+        )
     if stored is None:
         stored = stored_heartrate_counts(conn, {patient_id: (start, end)})[patient_id]
     span = pc.min_max(samples.column("timestamp")).as_py() if samples.num_rows else None

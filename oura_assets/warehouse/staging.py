@@ -69,9 +69,11 @@ def mirror(
     inserting; at 1.7 M rows both cost ~0.015 s). Every nightly run re-stages the keys the last one wrote,
     so that cost grew with the warehouse on every write of every table. Staged rows outside the window (a
     document whose `day` moved, a sample outside its fetch window) are rare; their keys are deleted by a
-    join only when there are any, since that join reads the whole table. The table's primary key still
-    refuses a duplicate: DuckDB lets a transaction insert a key it deleted. On a DuckLake (no keys) the
-    table's write guard (`dialect.guard`) makes a concurrent writer of the same table conflict and run again.
+    join only when there are any, since that join reads the whole table. Where the table has a primary key
+    it still refuses a duplicate (DuckDB lets a transaction insert a key it deleted). Without one (a
+    DuckLake, `oura_raw.heartrate`) the staged rows are one per key (`stage`'s `last_per`) and one writer at
+    a time holds a DuckDB file; on a DuckLake the table's write guard (`dialect.guard`) makes a concurrent
+    writer of the same table conflict and run again.
     """
     guard(conn, table)
     conn.execute(f"DELETE FROM {table} WHERE {window}", list(window_params))  # noqa: S608

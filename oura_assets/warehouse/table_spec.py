@@ -26,6 +26,10 @@ class Table:
     description: str
     columns: tuple[Column, ...]
     primary_key: tuple[str, ...]
+    enforce_key: bool = True
+    """False: the DuckDB file holds no PRIMARY KEY for this table either, as a DuckLake holds none. Its
+    writers keep the key unique (one writer at a time holds a DuckDB file, and every write replaces a window
+    by deleting it first), and the run's quality check looks for duplicate keys in what the run wrote."""
 
     @property
     def schema(self) -> str:
@@ -37,17 +41,18 @@ class Table:
                 return column
         raise KeyError(f"{self.name} has no column {name!r}")
 
-    def ddl(self, *, keys: bool = True) -> str:
+    def ddl(self, *, keys: bool = True, name: str | None = None) -> str:
         """`CREATE TABLE IF NOT EXISTS` for this table, columns in their declared order.
 
         `keys=False` leaves out the PRIMARY KEY, for a DuckLake (which has none: the writers keep the key
-        unique themselves, see `dialect.py`).
+        unique themselves, see `dialect.py`); a table with `enforce_key=False` never has one.
+        `name` creates it under another name (a migration rebuilding the table).
         """
         lines = [f"{c.name} {c.type}{'' if c.nullable else ' NOT NULL'}" for c in self.columns]
-        if keys:
+        if keys and self.enforce_key:
             lines.append(f"PRIMARY KEY ({', '.join(self.primary_key)})")
         body = ",\n    ".join(lines)
-        return f"CREATE TABLE IF NOT EXISTS {self.name} (\n    {body}\n)"
+        return f"CREATE TABLE IF NOT EXISTS {name or self.name} (\n    {body}\n)"
 
 
 def required(name: str, type_: str, description: str, unit: str | None = None) -> Column:
