@@ -157,13 +157,15 @@ def _time_open_close(timed: _Timed) -> None:
 
 
 def _ceiling(store: wh.Warehouse, files: list[Path], low: datetime, high: datetime) -> int:
-    """DuckDB's own: every patient's pages read by read_json and inserted in one statement."""
+    """DuckDB's own: every patient's pages read by read_json and inserted in one statement, one row per key
+    (`DISTINCT ON`: the table has no primary key for an `INSERT OR IGNORE` to lean on)."""
     with store.transaction("bench: ceiling") as conn:
         (written,) = conn.execute(
-            "INSERT OR IGNORE INTO oura_raw.heartrate "
-            "SELECT regexp_extract(filename, 'bench-patient-[0-9]+'), ts, (d->>'source'), "
+            "INSERT INTO oura_raw.heartrate "
+            "SELECT DISTINCT ON (patient_id, ts, source) patient_id, ts, source, "
             "CAST((d->>'bpm') AS INTEGER), d, ?::TIMESTAMPTZ "
-            "FROM (SELECT filename, d, TRY_CAST((d->>'timestamp') AS TIMESTAMPTZ) AS ts FROM "
+            "FROM (SELECT regexp_extract(filename, 'bench-patient-[0-9]+') AS patient_id, d, "
+            "TRY_CAST((d->>'timestamp') AS TIMESTAMPTZ) AS ts, (d->>'source') AS source FROM "
             "(SELECT filename, unnest(data) AS d FROM read_json(?, format = 'newline_delimited', "
             "columns = {'data': 'JSON[]', 'next_token': 'VARCHAR'}, filename = true))) "
             "WHERE ts >= ? AND ts < ?",
