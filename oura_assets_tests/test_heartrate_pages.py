@@ -108,7 +108,33 @@ def test_samples_are_windowed_deduplicated_and_screened():
     landable, errors = screen_columns(columns)
     assert landable.num_rows == 4
     assert [e.code for e in errors] == ["rejected_document"]
+
     assert errors[0].message.startswith("3 heart-rate sample(s) left out; first: ")
+
+
+def test_repeats_are_found_wherever_the_pages_put_them():
+    # Repeats across pages, out of order, in threes, without a source, and samples without an instant (each
+    # kept, whatever they share): what is left is the last one seen of each instant and source.
+    sourceless = {"bpm": 1, "timestamp": (LOW + timedelta(minutes=5)).isoformat()}
+    pages = [
+        page(
+            [hr(3, bpm=1), hr(1, bpm=1), hr(2, source="rest", bpm=1), hr(4, source=None, bpm=1), sourceless]
+        ),
+        page(
+            [hr(1, bpm=2), {"bpm": 9, "source": "awake"}, hr(3, bpm=2), hr(4, source=None, bpm=2), sourceless]
+        ),
+        page([hr(1, bpm=3), {"bpm": 9, "source": "awake"}, hr(2, source="awake", bpm=3)]),
+    ]
+    columns = parse_pages(pages, LOW, HIGH, PATH, keep_unreadable=True)
+    rows = [
+        (r["timestamp"] and r["timestamp"].minute, r["source"], r["bpm"]) for r in columns.table.to_pylist()
+    ]
+    kept = [
+        (1, "awake", 3), (2, "awake", 3), (2, "rest", 1), (3, "awake", 2), (4, None, None), (5, None, None),
+        (None, "awake", None), (None, "awake", None),
+    ]  # fmt: skip
+    assert sorted(rows, key=str) == sorted(kept, key=str)
+    assert columns.unreadable == 2
 
 
 def test_samples_given_as_values_keep_the_unreadable_for_the_screen():
