@@ -97,16 +97,16 @@ def mark_partial(
 ) -> bool:
     """Turn a patient's result in a run `partial` (at best) for documents left out, with why; False when the
     run has no result for them (a rebuild outside a sync run)."""
-    previous = [r for r in wh.sync_results_for_run(conn, run_id) if r.patient_id == patient_id]
-    if not previous:
+    previous = wh.sync_result(conn, run_id, patient_id)
+    if previous is None:
         return False
     record_patient_result(
         conn,
         run_id=run_id,
         patient_id=patient_id,
         status=domain.PARTIAL,
-        start_day=previous[0].start_day,
-        end_day=previous[0].end_day,
+        start_day=previous.start_day,
+        end_day=previous.end_day,
         rows={},
         errors=errors,
     )

@@ -115,11 +115,10 @@ def report_rejected(
 
 def fetch_failures(conn: duckdb.DuckDBPyConnection, run_id: str, patient_id: str) -> frozenset[str]:
     """The collections whose fetch failed for the patient in this run (after every refetch pass)."""
+    result = wh.sync_result(conn, run_id, patient_id)
     return frozenset(
         str(error["collection"])
-        for result in wh.sync_results_for_run(conn, run_id)
-        if result.patient_id == patient_id
-        for error in result.errors
+        for error in (result.errors if result is not None else ())
         if error.get("code") in FETCH_FAILURE_CODES and error.get("collection")
     )
 

@@ -166,6 +166,7 @@ from oura_assets.warehouse.runs import (
     queued_sync_requests,
     record_event,
     record_sync_result,
+    sync_result,
     sync_results_for_run,
 )
 from oura_assets.warehouse.schema import AUDIT_LOG, TABLES
@@ -326,6 +327,7 @@ __all__ = [
     "sync_errors_in_run",
     "sync_queue_signal_path",
     "sync_queue_stamp",
+    "sync_result",
     "sync_results_for_run",
     "unannounced_documents",
     "upsert_connection",
