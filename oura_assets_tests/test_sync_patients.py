@@ -4,6 +4,7 @@ throwaway DuckDB file. One patient's failure stays that patient's; only failures
 from __future__ import annotations
 
 import re
+import sys
 from datetime import date
 
 import pytest
@@ -422,3 +423,26 @@ def test_fetching_pauses_once_the_heart_rate_waiting_for_the_writer_reaches_its_
     sizes = [int(re.findall(r"\d+", p)[0]) for p in store.purposes if "raw documents" in p]
     # While the writer was held, only the fetches already in flight (2) joined the one waiting.
     assert sum(sizes) == len(patients) and max(sizes) <= 3
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own priority is Linux's")
+def test_fetch_threads_run_below_the_writers_priority(tmp_path):
+    # The writer is a run's one serial step: the fetch threads parse beside it at a lower priority.
+    import os
+    import threading
+
+    from oura_assets import sync
+    from oura_assets.oura.heartrate_pages import columns_of_samples
+
+    priorities = []
+
+    class Client:
+        def heartrate_columns(self, start, end):
+            priorities.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            return columns_of_samples([sample(8)], start, end)
+
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    outcome = heartrate_sync(wh.Warehouse(tmp_path / "warehouse.duckdb"), ["a", "b", "c"], lambda _: Client())
+    assert [r.status for r in outcome.results] == ["success"] * 3
+    assert priorities == [min(19, own + sync.FETCH_THREAD_NICENESS)] * 3
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own  # the caller's is its own
