@@ -176,8 +176,9 @@ def _sync_result(row: Sequence[Any]) -> SyncResultRecord:
 
 
 def sync_result(conn: duckdb.DuckDBPyConnection, run_id: str, patient_id: str) -> SyncResultRecord | None:
-    """The patient's result in the run, or None (read by the key: a run's rebuilds ask for each patient's,
-    and reading the run's every result each time made them grow with the square of its patients)."""
+    """The patient's result in the run, or None. Filtered in SQL: the rebuilds ask for each patient's, and
+    turning the run's every result into Python records each time made them grow with the square of the run's
+    patients. (DuckDB scans the table for it: its index serves no lookup on a two-column key.)"""
     row = conn.execute(
         f"SELECT {_SYNC_RESULT_COLUMNS} FROM patient_graph.sync_results "  # noqa: S608
         "WHERE run_id = ? AND patient_id = ?",
