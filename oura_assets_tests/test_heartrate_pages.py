@@ -207,3 +207,26 @@ def test_stored_counts_are_each_patients_own_window_and_a_count_given_is_trusted
         assert wh.replace_raw_heartrate_columns(conn, "p2", LOW, HIGH, landable, fetched_at, stored=3) == 12
         (rows,) = conn.execute("SELECT count(*) FROM oura_raw.heartrate WHERE patient_id = 'p2'").fetchone()
     assert rows == 12
+
+
+def test_repeats_are_dropped_across_the_chunks_duckdb_hands_over():
+    # DuckDB hands a large result over in several Arrow chunks: neighbours compare across their boundaries.
+    import pyarrow as pa
+
+    from oura_assets.oura.heartrate_pages import _last_of_each_key
+
+    minute = [0, 0, 1, 2, 2, None, None]
+    rows = pa.table(
+        {
+            "timestamp": pa.array(
+                [None if m is None else LOW + timedelta(minutes=m) for m in minute],
+                pa.timestamp("us", tz="UTC"),
+            ),
+            "key_source": ['"awake"', '"awake"', '"awake"', '"awake"', '"rest"', '"awake"', '"awake"'],
+            "seen": list(range(7)),
+        }
+    )
+    for table in (rows, pa.Table.from_batches(rows.to_batches(max_chunksize=2))):
+        kept = _last_of_each_key(table)
+        assert kept.column("seen").to_pylist() == [1, 2, 3, 4, 5, 6]
+        assert "key_source" not in kept.column_names
