@@ -86,21 +86,31 @@ def replace_row(
     columns: Sequence[str],
     values: Sequence[Any],
     key: Sequence[str],
+    *,
+    exists: bool | None = None,
 ) -> None:
-    """Insert one row, replacing the row with the same `key` if there is one."""
-    placeholders = ", ".join("?" for _ in columns)
+    """Insert one row, replacing the row with the same `key` if there is one.
+
+    `exists`: whether the row is there, when the caller read it in this transaction. On a DuckDB file (one
+    writer; the primary key refuses a row that appeared meanwhile) that makes the write a plain INSERT or an
+    UPDATE: DuckDB's INSERT OR REPLACE cost ~2x the UPDATE and ~3x the INSERT (1.8 / 0.95 / 0.8 ms a row).
+    """
+    by_name = dict(zip(columns, values, strict=True))
+    match = " AND ".join(f"{k} = ?" for k in key)
+    into = f"INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
     if guard(conn, table):
-        by_name = dict(zip(columns, values, strict=True))
+        conn.execute(f"DELETE FROM {table} WHERE {match}", [by_name[k] for k in key])  # noqa: S608
+        conn.execute(f"INSERT {into}", list(values))
+    elif exists is None:
+        conn.execute(f"INSERT OR REPLACE {into}", list(values))
+    elif not exists:
+        conn.execute(f"INSERT {into}", list(values))
+    else:
+        rest = [c for c in columns if c not in key]
         conn.execute(
-            f"DELETE FROM {table} WHERE {' AND '.join(f'{k} = ?' for k in key)}",  # noqa: S608
-            [by_name[k] for k in key],
+            f"UPDATE {table} SET {', '.join(f'{c} = ?' for c in rest)} WHERE {match}",  # noqa: S608
+            [*(by_name[c] for c in rest), *(by_name[k] for k in key)],
         )
-        conn.execute(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})", list(values))  # noqa: S608
-        return
-    conn.execute(
-        f"INSERT OR REPLACE INTO {table} ({', '.join(columns)}) VALUES ({placeholders})",  # noqa: S608
-        list(values),
-    )
 
 
 def replace_rows(

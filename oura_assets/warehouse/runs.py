@@ -19,7 +19,6 @@ import duckdb
 from oura_assets import domain
 from oura_assets.domain import SOURCE
 from oura_assets.warehouse.dialect import insert_absent, replace_row, updated
-from oura_assets.warehouse.lake import is_lake_connection
 from oura_assets.warehouse.values import dumps, loads, record_columns, record_values, to_day, utc
 
 
@@ -228,32 +227,25 @@ def record_sync_result(
         datetime.now(UTC),
         {str(k): int(v) for k, v in merged_documents.items()},
     )
-    columns = _SYNC_RESULT_COLUMNS.split(", ")
-    values = [
-        *(getattr(result, c) for c in columns[:6]),
-        dumps(result.rows),
-        dumps(result.errors),
-        result.recorded_at,
-        dumps(result.documents),
-    ]
-    if is_lake_connection(conn):
-        replace_row(conn, "patient_graph.sync_results", columns, values, key=("run_id", "patient_id"))
-    elif previous is None:
-        # On a DuckDB file (one writer, the primary key refuses a row that appeared meanwhile) the row it
-        # read is the row to write: a plain INSERT for a patient's first result in the run, an UPDATE after.
-        # DuckDB's INSERT OR REPLACE cost ~2x the UPDATE and ~3x the INSERT (1.8 / 0.95 / 0.8 ms), and
-        # every run writes one per patient and each rebuild adds to it.
-        placeholders = ", ".join("?" for _ in columns)
-        conn.execute(
-            f"INSERT INTO patient_graph.sync_results ({', '.join(columns)}) VALUES ({placeholders})",  # noqa: S608
-            values,
-        )
-    else:
-        assignments = ", ".join(f"{c} = ?" for c in columns[2:])
-        conn.execute(
-            f"UPDATE patient_graph.sync_results SET {assignments} WHERE run_id = ? AND patient_id = ?",  # noqa: S608
-            [*values[2:], run_id, patient_id],
-        )
+    replace_row(
+        conn,
+        "patient_graph.sync_results",
+        _SYNC_RESULT_COLUMNS.split(", "),
+        [
+            result.run_id,
+            result.patient_id,
+            result.source,
+            result.status,
+            result.start_day,
+            result.end_day,
+            dumps(result.rows),
+            dumps(result.errors),
+            result.recorded_at,
+            dumps(result.documents),
+        ],
+        key=("run_id", "patient_id"),
+        exists=previous is not None,  # read above: a first result is an INSERT, a later one an UPDATE
+    )
     return result
 
 
