@@ -13,9 +13,6 @@ heart-rate samples.
 from __future__ import annotations
 
 import logging
-import os
-import sys
-import threading
 import time as clock
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -49,7 +46,7 @@ from oura_assets.sync_errors import (
 )
 from oura_assets.sync_outcome import PatientSyncResult, RunLog, RunOutcome
 from oura_assets.tokens import ReconnectRequired
-from oura_assets.warehouse.group_writer import GroupWriter, group_size
+from oura_assets.warehouse.group_writer import GroupWriter, group_size, yield_to_the_writer
 
 log = logging.getLogger(__name__)
 
@@ -59,31 +56,6 @@ ALL_COLLECTIONS = RAW_COLLECTIONS
 MAX_HELD_BYTES = 256 * 2**20
 """At most this much fetched heart rate (Arrow columns) waits for a run's writer before fetching pauses:
 ~75 patients at 90 days (~3.5 MB each), ~15 at a year, whatever the bound in patients allows."""
-
-# How much lower than the rest of the process a run's fetch threads run (Linux's per-thread nice, 0-19).
-FETCH_THREAD_NICENESS = 10
-
-
-def _yield_to_the_writer() -> None:
-    """Lower this fetch thread's OS priority below the run's writer thread's (Linux only).
-
-    The writer is the run's one serial step; the fetch threads (four by default) parse beside it on the same
-    cores. At equal priority a heart-rate load's writer got about a fifth of two cores, and the fetch threads
-    then sat idle waiting for it to make room: 474-489 k samples/s (bench `loading`'s pipeline, 200 patients x
-    90 days, an idle 2-core host). With the fetch threads at nice +10 the writer has a core whenever it wants
-    one and they take the rest: 580-584 k (alternated twice). On Linux `setpriority` on a thread id changes
-    that thread only; elsewhere a thread id is no process id, so nothing is done. Never raised back: the
-    pool's threads end with the run.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    thread = threading.get_native_id()
-    try:
-        os.setpriority(
-            os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + FETCH_THREAD_NICENESS
-        )
-    except OSError:
-        log.debug("could not lower the priority of fetch thread %d", thread, exc_info=True)
 
 
 @dataclass(frozen=True)
@@ -506,7 +478,7 @@ def sync_patients(
     # idle 63 % of a heart-rate load's wall time, waiting for the writer to make room.
     backlog, held = cap + 2 * max(max_group, cap), 0  # held: heart rate's bytes in `writing` (MAX_HELD_BYTES)
     with (
-        ThreadPoolExecutor(cap, thread_name_prefix="oura-patient", initializer=_yield_to_the_writer) as pool,
+        ThreadPoolExecutor(cap, thread_name_prefix="oura-patient", initializer=yield_to_the_writer) as pool,
         GroupWriter(
             warehouse,
             lambda n: f"{purpose}: raw documents for {n} patient(s)",

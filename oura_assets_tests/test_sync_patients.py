@@ -431,8 +431,8 @@ def test_fetch_threads_run_below_the_writers_priority(tmp_path):
     import os
     import threading
 
-    from oura_assets import sync
     from oura_assets.oura.heartrate_pages import columns_of_samples
+    from oura_assets.warehouse import group_writer
 
     priorities = []
 
@@ -444,5 +444,5 @@ def test_fetch_threads_run_below_the_writers_priority(tmp_path):
     own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     outcome = heartrate_sync(wh.Warehouse(tmp_path / "warehouse.duckdb"), ["a", "b", "c"], lambda _: Client())
     assert [r.status for r in outcome.results] == ["success"] * 3
-    assert priorities == [min(19, own + sync.FETCH_THREAD_NICENESS)] * 3
+    assert priorities == [min(19, own + group_writer.FETCH_THREAD_NICENESS)] * 3
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own  # the caller's is its own
