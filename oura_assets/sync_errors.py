@@ -23,7 +23,7 @@ from oura_assets.oura.client import (
     OuraUnavailable,
     parse_instant,
 )
-from oura_assets.oura.heartrate_pages import HeartRateColumns
+from oura_assets.oura.heartrate_pages import BPM_MAX, BPM_MIN, HeartRateColumns
 
 # Patient-side failures: the patient (or their Oura account) must act, not us. They leave the run green and
 # surface in the connection's status, the sync event and the asset checks.
@@ -59,6 +59,8 @@ def sample_problem(sample: Any) -> str | None:
     bpm = sample.get("bpm")
     if isinstance(bpm, bool) or not isinstance(bpm, int | float) or bpm != bpm or float(bpm) % 1:
         return f"`bpm` is {bpm!r}, not a whole number"
+    if not BPM_MIN <= bpm <= BPM_MAX:
+        return f"`bpm` is {bpm!r}, outside the range the warehouse stores ({BPM_MIN:,} to {BPM_MAX:,})"
     return None
 
 

@@ -230,3 +230,29 @@ def test_repeats_are_dropped_across_the_chunks_duckdb_hands_over():
         kept = _last_of_each_key(table)
         assert kept.column("seen").to_pylist() == [1, 2, 3, 4, 5, 6]
         assert "key_source" not in kept.column_names
+
+
+def test_a_bpm_the_warehouse_cannot_store_is_left_out_alone():
+    # A whole number past INTEGER's range used to fail the cast, and with it every sample of the patient.
+    columns = parse_pages(
+        [page([hr(0), hr(1, bpm=2**40), hr(2, bpm=-(2**31)), hr(3, bpm=1e300)])], LOW, HIGH, PATH
+    )
+    landable, errors = screen_columns(columns)
+    assert landable.column("bpm").to_pylist() == [60, -(2**31)]
+    assert errors[0].message == (
+        "2 heart-rate sample(s) left out; first: `bpm` is 1099511627776, outside the range the warehouse "
+        "stores (-2,147,483,648 to 2,147,483,647)"
+    )
+
+
+def test_a_null_source_and_a_missing_one_are_different_samples():
+    # Neither can land; each is named by the screen, neither counted as a repeat of the other.
+    moment = (LOW + timedelta(minutes=1)).isoformat()
+    columns = parse_pages([page([{"bpm": 1, "timestamp": moment}, hr(1, source=None)])], LOW, HIGH, PATH)
+    _, errors = screen_columns(columns)
+    assert errors[0].message == "2 heart-rate sample(s) left out; first: no `source`"
+
+
+def test_samples_out_of_time_order_are_handed_over_by_instant():
+    columns = parse_pages([page([hr(3), hr(1)]), page([hr(2), hr(0)])], LOW, HIGH, PATH)
+    assert [t.minute for t in columns.table.column("timestamp").to_pylist()] == [0, 1, 2, 3]
