@@ -256,3 +256,56 @@ def test_a_null_source_and_a_missing_one_are_different_samples():
 def test_samples_out_of_time_order_are_handed_over_by_instant():
     columns = parse_pages([page([hr(3), hr(1)]), page([hr(2), hr(0)])], LOW, HIGH, PATH)
     assert [t.minute for t in columns.table.column("timestamp").to_pylist()] == [0, 1, 2, 3]
+
+
+def test_parses_beyond_the_cores_wait_their_turn(monkeypatch):
+    # A run keeps many patients in flight for Oura's latency; their parses take the cores in turn.
+    import threading
+    import time
+
+    from oura_assets.oura import heartrate_pages
+
+    monkeypatch.setattr(heartrate_pages, "_usable_cores", lambda: 2)
+    monkeypatch.setattr(heartrate_pages, "_parse_slots", None)
+    running, most, lock = 0, 0, threading.Lock()
+    parse = heartrate_pages._parse
+
+    def counted(*args, **kwargs):
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.05)
+        try:
+            return parse(*args, **kwargs)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(heartrate_pages, "_parse", counted)
+    threads = [
+        threading.Thread(target=parse_pages, args=([page([hr(i)])], LOW, HIGH, PATH)) for i in range(6)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most == 2
+
+
+def test_a_forked_child_parses_while_its_parent_holds_every_slot(monkeypatch):
+    import multiprocessing
+
+    from oura_assets.oura import heartrate_pages
+
+    monkeypatch.setattr(heartrate_pages, "_usable_cores", lambda: 1)
+    monkeypatch.setattr(heartrate_pages, "_parse_slots", None)
+    with heartrate_pages._slots():
+        child = multiprocessing.get_context("fork").Process(
+            target=parse_pages, args=([page([hr(0)])], LOW, HIGH, PATH)
+        )
+        child.start()
+        child.join(timeout=60)
+    if child.is_alive():  # stuck on a slot it inherited as held
+        child.kill()
+    assert child.exitcode == 0
