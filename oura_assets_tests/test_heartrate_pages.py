@@ -42,6 +42,9 @@ def hr(minute: int, bpm=60, source="awake", stamp: str | None = None) -> dict:
         (json.dumps({"data": [hr(0)], "next\\u005ftoken": "x"}).encode().replace(b"\\\\", b"\\"), "x"),
         (b' {"data": [], "meta": {"next_token": "inner"}}', None),
         (page([], next_token=""), None),
+        # A token longer than the short tail searched first: found in the longer one.
+        (page([hr(0)], next_token="t" * 1000), "t" * 1000),
+        (page([{"note": ',"next_token":"x"}' * 40}], next_token="y" * 600), "y" * 600),
     ],
 )
 def test_next_token_is_read_from_the_page(body, token):

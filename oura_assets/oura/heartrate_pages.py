@@ -37,6 +37,11 @@ import pyarrow.compute as pc
 _HEAD = re.compile(rb'\A\s*\{\s*"data"\s*:\s*\[')
 _TAIL = re.compile(rb'[{,]\s*"next_token"\s*:\s*(null|"(?:[^"\\]|\\.)*")\s*}\s*\Z')
 _TAIL_BYTES = 4096
+# Most pages' `next_token` fits in their last 512 bytes: searched first, it costs a sixth of the 4 KiB search
+# (3.6 against 21 us a page, ~0.1 us a heart-rate sample). Where both match they match the same member: a
+# match depends only on the text from its start to the end, and a second `"next_token"` key inside a string
+# value would need unescaped quotes.
+_SHORT_TAIL_BYTES = 512
 
 _JSON_TYPE_NAMES = {
     "ARRAY": "list",
@@ -110,8 +115,7 @@ def next_token_of(body: bytes, path: str) -> str | None:
     DuckDB parses them (`parse_pages`). Any other page is parsed and checked in full here.
     """
     if _HEAD.match(body, 0, 64) is not None:
-        tail = body[-_TAIL_BYTES:]
-        match = _TAIL.search(tail)
+        match = _TAIL.search(body[-_SHORT_TAIL_BYTES:]) or _TAIL.search(body[-_TAIL_BYTES:])
         if match is not None:
             token = match.group(1)
             return None if token == b"null" else json.loads(token) or None
