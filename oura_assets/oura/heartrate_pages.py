@@ -1,15 +1,16 @@
-"""Heart-rate pages as Oura sent them (JSON bytes), parsed by DuckDB into columns in one statement.
+"""Heart-rate pages as Oura sent them (JSON bytes), parsed by DuckDB into Arrow columns in one statement.
 
 A 90-day heart-rate sync is ~25,000 samples per patient, a nightly run holds hundreds of patients: parsing
 each sample into a Python dict, checking it, re-serializing it and binding it back into DuckDB cost ~20 µs a
-sample, most of a sync's local time. Here the pages stay bytes until DuckDB parses them, screens, windows and
-de-duplicates them in one query, and hands over Arrow columns (timestamp, source, bpm, document) that the
-warehouse inserts as they are (`warehouse.replace_raw_heartrate_columns`). Python touches each page once (for
-its `next_token`, `next_token_of`) and each sample never, except the rare ones the screen rejects, whose
-reasons are worded by the same rule as before (`sync_errors.sample_problem`).
+sample, most of a sync's local time. Here the pages stay bytes until DuckDB parses and screens them in one
+query; vectorized Arrow compute windows and de-duplicates the columns it hands over (timestamp, source, bpm,
+document), which the warehouse inserts as they are (`warehouse.replace_raw_heartrate_columns`). Python
+touches each page once (for its `next_token`, `next_token_of`) and each sample never, except the rare ones
+the screen rejects, whose reasons are worded by the same rule as before (`sync_errors.sample_problem`).
 
 The parse runs on a process-wide in-memory DuckDB (one cursor per call: cursors of one database may be used
-from several threads at once), never on the warehouse, so it happens before the warehouse lock is taken.
+from several threads at once), never on the warehouse, so it happens before the warehouse lock is taken; at
+most one parse per usable core runs at a time (`_slots`).
 """
 
 from __future__ import annotations
