@@ -269,7 +269,7 @@ def test_parses_beyond_the_cores_wait_their_turn(monkeypatch):
     from oura_assets.oura import heartrate_pages
 
     monkeypatch.setattr(heartrate_pages, "_usable_cores", lambda: 2)
-    monkeypatch.setattr(heartrate_pages, "_parse_slots", None)
+    monkeypatch.setattr(heartrate_pages, "_parser", None)
     running, most, lock = 0, 0, threading.Lock()
     parse = heartrate_pages._parse
 
@@ -302,8 +302,8 @@ def test_a_forked_child_parses_while_its_parent_holds_every_slot(monkeypatch):
     from oura_assets.oura import heartrate_pages
 
     monkeypatch.setattr(heartrate_pages, "_usable_cores", lambda: 1)
-    monkeypatch.setattr(heartrate_pages, "_parse_slots", None)
-    with heartrate_pages._slots():
+    monkeypatch.setattr(heartrate_pages, "_parser", None)
+    with heartrate_pages._process_parser().slots:
         child = multiprocessing.get_context("fork").Process(
             target=parse_pages, args=([page([hr(0)])], LOW, HIGH, PATH)
         )

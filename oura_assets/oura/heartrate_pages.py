@@ -10,7 +10,7 @@ the screen rejects, whose reasons are worded by the same rule as before (`sync_e
 
 The parse runs on a process-wide in-memory DuckDB (one cursor per call: cursors of one database may be used
 from several threads at once), never on the warehouse, so it happens before the warehouse lock is taken; at
-most one parse per usable core runs at a time (`_slots`).
+most one parse per usable core runs at a time (`_process_parser`).
 """
 
 from __future__ import annotations
@@ -44,33 +44,30 @@ _TAIL_BYTES = 4096
 # value would need unescaped quotes.
 _SHORT_TAIL_BYTES = 512
 
-_JSON_TYPE_NAMES = {
-    "ARRAY": "list",
-    "OBJECT": "dict",
-    "VARCHAR": "str",
-    "UBIGINT": "int",
-    "BIGINT": "int",
-    "DOUBLE": "float",
-    "BOOLEAN": "bool",
-    "NULL": "NoneType",
-}
-
 BPM_MIN, BPM_MAX = -(2**31), 2**31 - 1
 """The range of `oura_raw.heartrate.bpm` (INTEGER): a whole number outside it is a sample that cannot land,
 left out and named like any other, instead of failing the cast and with it the patient's whole parse."""
-
-_database: duckdb.DuckDBPyConnection | None = None
-_database_pid: int | None = None
-_database_lock = threading.Lock()
 
 # At most one parse per usable core at a time, process-wide: a run keeps many patients in flight for Oura's
 # latency (16 by default), and their fetch threads would otherwise all parse at once beside the run's writer.
 # Measured on 2 cores (the loading benchmark's pipeline, 200 patients x 90 days, alternated, idle host): 4
 # fetch threads parsing freely 556-567 k samples/s, 3 threads 593-618 k, 2 threads 643 k; the CPU a sample
 # fell with them (2.9 -> 2.75 us): parses beyond the cores only take turns on them, evicting each other's
-# caches and the writer's. The slots are made again in a forked child (a semaphore held at fork stays held).
-_parse_slots: threading.BoundedSemaphore | None = None
-_parse_slots_pid: int | None = None
+# caches and the writer's.
+
+
+@dataclass(frozen=True)
+class _Parser:
+    """The process's parse resources, made again in a forked child (a run worker): a DuckDB instance is not
+    to be shared across fork, and a semaphore held at fork stays held in the child."""
+
+    pid: int
+    database: duckdb.DuckDBPyConnection
+    slots: threading.BoundedSemaphore
+
+
+_parser: _Parser | None = None
+_parser_lock = threading.Lock()
 
 
 def _usable_cores() -> int:
@@ -80,23 +77,10 @@ def _usable_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def _slots() -> threading.BoundedSemaphore:
-    global _parse_slots, _parse_slots_pid
-    with _database_lock:
-        if _parse_slots is None or _parse_slots_pid != os.getpid():
-            _parse_slots, _parse_slots_pid = threading.BoundedSemaphore(_usable_cores()), os.getpid()
-        return _parse_slots
-
-
-class PageError(ValueError):
-    """A page that is not Oura's envelope; `message` is safe to log (it names the route, never a token)."""
-
-
-def _cursor() -> duckdb.DuckDBPyConnection:
-    global _database, _database_pid
-    with _database_lock:
-        # A forked child (a run worker) opens its own: a DuckDB instance is not to be shared across fork.
-        if _database is None or _database_pid != os.getpid():
+def _process_parser() -> _Parser:
+    global _parser
+    with _parser_lock:
+        if _parser is None or _parser.pid != os.getpid():
             database = duckdb.connect(":memory:")
             # A timestamp without an offset is read as UTC, as Oura documents for heart rate.
             database.execute("SET TimeZone = 'UTC'")
@@ -105,8 +89,12 @@ def _cursor() -> duckdb.DuckDBPyConnection:
             # host, DuckDB's default (a thread per core) spent ~1.3-1.7x the CPU for the same parse
             # (bench/README.md, loading).
             database.execute("SET threads = 1")
-            _database, _database_pid = database, os.getpid()
-        return _database.cursor()
+            _parser = _Parser(os.getpid(), database, threading.BoundedSemaphore(_usable_cores()))
+        return _parser
+
+
+class PageError(ValueError):
+    """A page that is not Oura's envelope; `message` is safe to log (it names the route, never a token)."""
 
 
 def next_token_of(body: bytes, path: str) -> str | None:
@@ -292,15 +280,22 @@ def parse_pages(
 
     Raises `PageError` for a page that is not JSON (the pages' envelopes were read by `next_token_of`).
     """
-    with _slots():
-        return _parse(pages, low, high, path, keep_unreadable=keep_unreadable)
+    parser = _process_parser()
+    with parser.slots:
+        return _parse(parser.database, pages, low, high, path, keep_unreadable=keep_unreadable)
 
 
 def _parse(
-    pages: Sequence[bytes], low: datetime, high: datetime, path: str, *, keep_unreadable: bool
+    database: duckdb.DuckDBPyConnection,
+    pages: Sequence[bytes],
+    low: datetime,
+    high: datetime,
+    path: str,
+    *,
+    keep_unreadable: bool,
 ) -> HeartRateColumns:
     texts = pa.table({"p": pa.array([page.decode("utf-8", errors="replace") for page in pages], pa.string())})
-    cursor = _cursor()
+    cursor = database.cursor()  # one per call: cursors of one database may be used from several threads
     cursor.register("_pages", texts)
     try:
         try:
