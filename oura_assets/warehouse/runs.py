@@ -19,7 +19,7 @@ import duckdb
 from oura_assets import domain
 from oura_assets.domain import SOURCE
 from oura_assets.warehouse.dialect import insert_absent, replace_row, updated
-from oura_assets.warehouse.values import dumps, loads, record_columns, record_values, to_day, utc
+from oura_assets.warehouse.values import dumps, loads, record_columns, record_row, record_values, to_day, utc
 
 
 def record_event(
@@ -164,6 +164,7 @@ class SyncResultRecord:
 
 
 _SYNC_RESULT_COLUMNS = record_columns(SyncResultRecord)
+_SYNC_RESULT_JSON = ("rows", "errors", "documents")  # stored as JSON text
 
 
 def _sync_result(row: Sequence[Any]) -> SyncResultRecord:
@@ -231,18 +232,7 @@ def record_sync_result(
         conn,
         "patient_graph.sync_results",
         _SYNC_RESULT_COLUMNS.split(", "),
-        [
-            result.run_id,
-            result.patient_id,
-            result.source,
-            result.status,
-            result.start_day,
-            result.end_day,
-            dumps(result.rows),
-            dumps(result.errors),
-            result.recorded_at,
-            dumps(result.documents),
-        ],
+        record_row(result, _SYNC_RESULT_JSON),
         key=("run_id", "patient_id"),
         exists=previous is not None,  # read above: a first result is an INSERT, a later one an UPDATE
     )

@@ -72,3 +72,13 @@ def record_columns(record: type) -> str:
 def record_values(record: type, row: Sequence[Any]) -> dict[str, Any]:
     """A row selected with `record_columns(record)`, by column name."""
     return dict(zip((f.name for f in fields(record)), row, strict=True))
+
+
+def record_row(record: Any, json_fields: Sequence[str] = ()) -> list[Any]:
+    """A record's values in `record_columns` order, to write as its table's row (`record_values` read back),
+    the fields named in `json_fields` as JSON text."""
+    return [
+        dumps(value) if f.name in json_fields else value
+        for f in fields(record)
+        for value in (getattr(record, f.name),)
+    ]
